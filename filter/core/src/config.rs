@@ -1,0 +1,535 @@
+//! The plugin configuration Envoy hands the filter (SPEC section 9), as serde types.
+//!
+//! Parsing is the first of two phases: these types mirror the JSON exactly and
+//! refuse unknown fields, so a typo is an error rather than a silently ignored
+//! option. [`crate::Guard::from_json`] then compiles them into immutable
+//! structures; every error of either phase names the field path it is about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyDocument;
+
+/// A configuration error: the field path it is about and what is wrong.
+///
+/// Displayed as `providers[1].jwks.keys[0].n: not base64url`, so an operator
+/// reading Envoy's log knows which line of the configuration to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", path_prefix(.path))]
+pub struct ConfigError {
+    /// Where in the configuration, as a JSON path (`routes[2].match.glob`); empty for the whole.
+    pub path: String,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+impl ConfigError {
+    /// An error about the field at `path`.
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The same error, located inside the field `outer` (`policy` + `roles.x` -> `policy.roles.x`).
+    #[must_use]
+    pub fn within(mut self, outer: &str) -> Self {
+        self.path = match (outer.is_empty(), self.path.is_empty()) {
+            (true, _) => self.path,
+            (false, true) => outer.to_owned(),
+            (false, false) if self.path.starts_with('[') => format!("{outer}{}", self.path),
+            (false, false) => format!("{outer}.{}", self.path),
+        };
+        self
+    }
+}
+
+/// Parses JSON into `T`, naming the field path of the first error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, err.into_inner())
+    })
+}
+
+/// Whether decisions are enforced or only logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Denials are answered (401/403/...). The default.
+    #[default]
+    Enforce,
+    /// Every decision is logged, every request goes upstream: for rolling out a policy.
+    Audit,
+}
+
+/// The whole plugin configuration.
+///
+/// # Defaults
+/// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
+/// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
+/// `allow_cors_preflight: true`, the `x-noetl-user-*` header names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// `enforce` or `audit`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where the session token is looked for, in order.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<TokenSourceConfig>,
+    /// Accept tokens that are not JWTs (only the validation service can vouch for them).
+    #[serde(default)]
+    pub opaque_tokens: bool,
+    /// Leeway for `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    /// The JWT issuers this filter trusts.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// The per-session cache (used with a validation service).
+    #[serde(default)]
+    pub session: SessionConfig,
+    /// The session-validation service; absent means roles come from the JWT alone.
+    #[serde(default)]
+    pub validation: Option<ValidationConfig>,
+    /// Ordered route rules; the first that matches decides.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// What happens to a request that no route matches.
+    #[serde(default)]
+    pub default_action: DefaultAction,
+    /// The largest request body a body-sourced route buffers; more is a 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Let CORS preflights through without a token, as `jwt_authn`'s `bypass_cors_preflight`.
+    #[serde(default = "default_true")]
+    pub allow_cors_preflight: bool,
+    /// Names of the identity headers sent upstream.
+    #[serde(default)]
+    pub headers: HeaderNames,
+    /// Roles, permissions and playbook globs.
+    pub policy: PolicyDocument,
+}
+
+fn default_token_sources() -> Vec<TokenSourceConfig> {
+    vec![
+        TokenSourceConfig {
+            header: Some("authorization".into()),
+            prefix: Some("Bearer ".into()),
+            cookie: None,
+        },
+        TokenSourceConfig {
+            header: Some("x-session-token".into()),
+            prefix: None,
+            cookie: None,
+        },
+        TokenSourceConfig {
+            header: None,
+            prefix: None,
+            cookie: Some("session_token".into()),
+        },
+    ]
+}
+
+fn default_clock_skew() -> u64 {
+    60
+}
+
+fn default_max_body_bytes() -> u64 {
+    64 * 1024
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One place a token may be: a header (with an optional scheme prefix) or a cookie.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSourceConfig {
+    /// Header name (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A prefix the header value must start with, such as `Bearer ` (scheme compared case-insensitively).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Cookie name (case-sensitive, as cookies are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// A trusted JWT issuer and how to check its tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// The exact `iss` this provider's tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values; empty accepts any audience.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values (`HS256`, `RS256`, ...).
+    pub algorithms: Vec<String>,
+    /// Environment variable holding the HMAC secret (raw bytes, at least 32).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// An inline JWK Set (RFC 7517).
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// A JWK Set fetched through an Envoy cluster.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
+    /// A claim holding the user's roles (array, or space-separated string).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Claims that must be present: a list of names, or names with the value they must have.
+    #[serde(default)]
+    pub required_claims: Option<RequiredClaims>,
+    /// If non-empty, the `email` claim must be in one of these domains.
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// If set, the Auth0 `org_id` claim must equal it.
+    #[serde(default)]
+    pub organization: Option<String>,
+}
+
+/// `required_claims`: `["email"]` or `{"email_verified": true, "tenant": null}` (null: any value).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RequiredClaims {
+    /// Claims that must be present, with any value.
+    Names(Vec<String>),
+    /// Claims that must be present with this value (null: any value).
+    Values(BTreeMap<String, serde_json::Value>),
+}
+
+/// Where a remote JWK Set comes from.
+///
+/// # Defaults
+/// `cache_secs: 600`, `timeout_ms: 2000`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// The Envoy cluster to send the request through.
+    pub cluster: String,
+    /// The JWKS URL (its authority and path are used on the cluster).
+    pub uri: String,
+    /// How long a fetched set is trusted.
+    #[serde(default = "default_jwks_cache_secs")]
+    pub cache_secs: u64,
+    /// The fetch timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_jwks_cache_secs() -> u64 {
+    600
+}
+
+fn default_timeout_ms() -> u64 {
+    2000
+}
+
+/// The per-session cache.
+///
+/// # Defaults
+/// `ttl_secs: 300`, `negative_ttl_secs: 30`, `max_entries: 100000`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// How long a validation answer is fresh.
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// How long an invalid-session answer is remembered.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl_secs: u64,
+    /// Bound on cached sessions; the oldest go first.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl_secs: default_ttl(),
+            negative_ttl_secs: default_negative_ttl(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+
+fn default_negative_ttl() -> u64 {
+    30
+}
+
+fn default_max_entries() -> u64 {
+    100_000
+}
+
+/// The session-validation callout.
+///
+/// # Defaults
+/// `path: /api/auth/session/validate`, `credential: pg_auth`, `timeout_ms: 2000`,
+/// `failure_mode: deny`, `stale_grace_secs: 60`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// The Envoy cluster of the NoETL server.
+    pub cluster: String,
+    /// The validation API path.
+    #[serde(default = "default_validation_path")]
+    pub path: String,
+    /// The `credential` sent with the token; `null` omits it.
+    #[serde(default = "default_credential")]
+    pub credential: Option<String>,
+    /// The callout timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What to do when the service cannot answer.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// How long past its freshness a stale entry may serve under `serve_stale`.
+    #[serde(default = "default_stale_grace")]
+    pub stale_grace_secs: u64,
+}
+
+fn default_validation_path() -> String {
+    "/api/auth/session/validate".into()
+}
+
+fn default_credential() -> Option<String> {
+    Some("pg_auth".into())
+}
+
+fn default_stale_grace() -> u64 {
+    60
+}
+
+/// What to do when the validation service fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// 503 with `Retry-After`. The default.
+    #[default]
+    Deny,
+    /// Serve the stale entry for up to `stale_grace_secs`, then deny.
+    ServeStale,
+}
+
+/// One route rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Which requests the rule covers.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatchConfig,
+    /// No token needed.
+    #[serde(default)]
+    pub public: bool,
+    /// A valid session is enough; no playbook check.
+    #[serde(default)]
+    pub authenticate: bool,
+    /// A valid session whose roles allow `permission` on the playbook.
+    #[serde(default)]
+    pub authorize: Option<AuthorizeConfig>,
+    /// Overrides the top-level `max_body_bytes` for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Request matching: all given conditions must hold; exactly one of `path`, `prefix`, `glob`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatchConfig {
+    /// HTTP methods (any, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// The exact path (query string ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A path glob (`*` within a segment, `**` across).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+}
+
+/// What an `authorize` route checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeConfig {
+    /// The permission asked for (`execute`, `view`, ...).
+    pub permission: String,
+    /// Where the playbook path comes from.
+    pub playbook: PlaybookSourceConfig,
+}
+
+/// Where a route finds the playbook path: exactly one field.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookSourceConfig {
+    /// The request path after the route's `prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_after_prefix: Option<bool>,
+    /// A JSON pointer (RFC 6901) into the JSON request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_pointer: Option<String>,
+    /// The argument of `executePlaybook(...)` in a GraphQL request, literal or variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql_variable: Option<String>,
+    /// The GraphQL field whose argument is read (default `executePlaybook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql_field: Option<String>,
+    /// A request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// What a request that matches no route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    /// 403. The default.
+    #[default]
+    Deny,
+    /// Passed with no token check.
+    Allow,
+    /// A valid session is required, no playbook check.
+    Authenticate,
+}
+
+/// Names of the identity headers sent upstream.
+///
+/// # Defaults
+/// `x-noetl-user-id`, `x-noetl-user-email`, `x-noetl-user-name`, `x-noetl-user-roles`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderNames {
+    /// The user's id (the JWT `sub`, or the validation service's `user_id`).
+    #[serde(default = "default_user_id_header")]
+    pub user_id: String,
+    /// The user's email.
+    #[serde(default = "default_email_header")]
+    pub email: String,
+    /// The user's display name.
+    #[serde(default = "default_name_header")]
+    pub display_name: String,
+    /// The user's roles, comma-separated.
+    #[serde(default = "default_roles_header")]
+    pub roles: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            user_id: default_user_id_header(),
+            email: default_email_header(),
+            display_name: default_name_header(),
+            roles: default_roles_header(),
+        }
+    }
+}
+
+fn default_user_id_header() -> String {
+    "x-noetl-user-id".into()
+}
+
+fn default_email_header() -> String {
+    "x-noetl-user-email".into()
+}
+
+fn default_name_header() -> String {
+    "x-noetl-user-name".into()
+}
+
+fn default_roles_header() -> String {
+    "x-noetl-user-roles".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let err = parse_json::<PluginConfig>(
+            br#"{"policy":{"roles":{}},"routes":[{"match":{"prefx":"/"}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "routes[0].match.prefx");
+        assert!(err.message.contains("prefx"), "{err}");
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let cfg: PluginConfig = parse_json(br#"{"policy":{"roles":{}}}"#).unwrap();
+        assert_eq!(cfg.mode, Mode::Enforce);
+        assert_eq!(cfg.clock_skew_secs, 60);
+        assert_eq!(cfg.max_body_bytes, 65536);
+        assert_eq!(cfg.session.ttl_secs, 300);
+        assert_eq!(cfg.session.negative_ttl_secs, 30);
+        assert_eq!(cfg.session.max_entries, 100_000);
+        assert_eq!(cfg.default_action, DefaultAction::Deny);
+        assert_eq!(cfg.token_sources.len(), 3);
+        assert_eq!(cfg.headers.roles, "x-noetl-user-roles");
+        assert!(cfg.allow_cors_preflight);
+    }
+
+    #[test]
+    fn validation_defaults_and_null_credential() {
+        let v: ValidationConfig = parse_json(br#"{"cluster":"noetl"}"#).unwrap();
+        assert_eq!(v.path, "/api/auth/session/validate");
+        assert_eq!(v.credential.as_deref(), Some("pg_auth"));
+        assert_eq!(v.failure_mode, FailureMode::Deny);
+        let v: ValidationConfig = parse_json(br#"{"cluster":"noetl","credential":null}"#).unwrap();
+        assert_eq!(v.credential, None);
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            b"{\"policy\": 3}",
+            b"\xff\xfe",
+        ] {
+            assert!(parse_json::<PluginConfig>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn within_joins_paths() {
+        assert_eq!(
+            ConfigError::new("roles.x", "m").within("policy").path,
+            "policy.roles.x"
+        );
+        assert_eq!(
+            ConfigError::new("[0].n", "m").within("keys").path,
+            "keys[0].n"
+        );
+        assert_eq!(ConfigError::new("", "m").within("policy").path, "policy");
+        assert_eq!(ConfigError::new("a", "m").to_string(), "a: m");
+    }
+}

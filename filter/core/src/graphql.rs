@@ -1,0 +1,349 @@
+//! Finds the playbook a GraphQL request asks to run: the argument of `executePlaybook(...)`.
+//!
+//! A full GraphQL parser is more than this needs and would grow the `.wasm`; what matters is
+//! that no spelling of the request can hide a call from us. So this scans tokens (skipping
+//! strings, block strings and comments, where the field name may appear harmlessly) and
+//! fails closed: a call whose argument is not a string literal or a variable with a string
+//! value is an error, never "no playbook".
+
+use serde_json::Value;
+
+/// Why the GraphQL request could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphQlError {
+    /// The body is not a GraphQL-over-HTTP JSON request.
+    #[error("body is not a GraphQL JSON request with a `query` string")]
+    NotARequest,
+    /// The field is called without the argument.
+    #[error("{field} is called without its `{argument}` argument")]
+    MissingArgument {
+        /// The field.
+        field: String,
+        /// The argument.
+        argument: String,
+    },
+    /// The argument is neither a string nor a variable holding one.
+    #[error("the `{0}` argument must be a string or a variable holding one")]
+    NotAString(String),
+    /// The query does not tokenise (an unterminated string, unbalanced parentheses).
+    #[error("the query does not parse: {0}")]
+    Syntax(&'static str),
+}
+
+/// Every value of `argument` in calls to `field`, across a request or a batch of them.
+pub fn playbook_arguments(
+    body: &Value,
+    field: &str,
+    argument: &str,
+) -> Result<Vec<String>, GraphQlError> {
+    let requests: Vec<&Value> = match body {
+        Value::Array(batch) => batch.iter().collect(),
+        other => vec![other],
+    };
+    let mut found = Vec::new();
+    for request in requests {
+        let query = request
+            .get("query")
+            .and_then(Value::as_str)
+            .ok_or(GraphQlError::NotARequest)?;
+        let variables = request.get("variables").filter(|v| !v.is_null());
+        for value in argument_values(query, field, argument)? {
+            found.push(match value {
+                ArgValue::Literal(s) => s,
+                ArgValue::Variable(name) => variables
+                    .and_then(|v| v.get(&name))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| GraphQlError::NotAString(argument.to_owned()))?,
+            });
+        }
+    }
+    Ok(found)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token<'q> {
+    Name(&'q str),
+    Str(String),
+    Punct(char),
+    Variable(&'q str),
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ArgValue {
+    Literal(String),
+    Variable(String),
+}
+
+fn argument_values(
+    query: &str,
+    field: &str,
+    argument: &str,
+) -> Result<Vec<ArgValue>, GraphQlError> {
+    let tokens = tokenize(query)?;
+    let mut values = Vec::new();
+    let mut i = 0;
+    while let Some(token) = tokens.get(i) {
+        i += 1;
+        if *token != Token::Name(field) {
+            continue;
+        }
+        match tokens.get(i) {
+            // `executePlaybook: other` is an alias, `(executePlaybook: 1)` an argument name.
+            Some(Token::Punct(':')) => continue,
+            Some(Token::Punct('(')) => {}
+            _ => {
+                return Err(GraphQlError::MissingArgument {
+                    field: field.to_owned(),
+                    argument: argument.to_owned(),
+                });
+            }
+        }
+        // Inside the argument list: `name: value` pairs up to the matching ')'.
+        i += 1;
+        let mut depth = 1usize;
+        let mut value = None;
+        while depth > 0 {
+            let tok = tokens
+                .get(i)
+                .ok_or(GraphQlError::Syntax("unbalanced parentheses"))?;
+            match tok {
+                Token::Punct('(' | '[' | '{') => depth += 1,
+                Token::Punct(')' | ']' | '}') => depth -= 1,
+                Token::Name(name)
+                    if depth == 1
+                        && *name == argument
+                        && tokens.get(i + 1) == Some(&Token::Punct(':')) =>
+                {
+                    value = Some(match tokens.get(i + 2) {
+                        Some(Token::Str(s)) => ArgValue::Literal(s.clone()),
+                        Some(Token::Variable(v)) => ArgValue::Variable((*v).to_owned()),
+                        _ => return Err(GraphQlError::NotAString(argument.to_owned())),
+                    });
+                    i += 2;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        values.push(value.ok_or_else(|| GraphQlError::MissingArgument {
+            field: field.to_owned(),
+            argument: argument.to_owned(),
+        })?);
+    }
+    Ok(values)
+}
+
+fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
+    let bytes = query.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    let name_end = |mut j: usize| {
+        while bytes
+            .get(j)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
+            j += 1;
+        }
+        j
+    };
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+            0xEF if query.get(i..i + 3) == Some("\u{feff}") => i += 3,
+            b'#' => {
+                while bytes.get(i).is_some_and(|c| *c != b'\n' && *c != b'\r') {
+                    i += 1;
+                }
+            }
+            b'"' if query.get(i..i + 3) == Some("\"\"\"") => {
+                let rest = query.get(i + 3..).unwrap_or_default();
+                let end = find_block_string_end(rest)
+                    .ok_or(GraphQlError::Syntax("unterminated block string"))?;
+                let raw = rest.get(..end).unwrap_or_default();
+                tokens.push(Token::Str(
+                    raw.replace("\\\"\"\"", "\"\"\"").trim().to_owned(),
+                ));
+                i += 3 + end + 3;
+            }
+            b'"' => {
+                let (s, len) = string_literal(query.get(i + 1..).unwrap_or_default())?;
+                tokens.push(Token::Str(s));
+                i += 1 + len;
+            }
+            b'$' => {
+                let end = name_end(i + 1);
+                tokens.push(Token::Variable(query.get(i + 1..end).unwrap_or_default()));
+                i = end.max(i + 1);
+            }
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
+                let end = name_end(i);
+                tokens.push(Token::Name(query.get(i..end).unwrap_or_default()));
+                i = end;
+            }
+            b'(' | b')' | b'[' | b']' | b'{' | b'}' | b':' | b'=' | b'!' | b'@' | b'|' | b'&' => {
+                tokens.push(Token::Punct(b as char));
+                i += 1;
+            }
+            _ => {
+                // Numbers, `...` and anything else: one opaque token per character is enough,
+                // since none of them can start a field name or a string.
+                tokens.push(Token::Other);
+                i += query
+                    .get(i..)
+                    .and_then(|s| s.chars().next())
+                    .map_or(1, char::len_utf8);
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn find_block_string_end(rest: &str) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let at = from + rest.get(from..)?.find("\"\"\"")?;
+        if at > 0 && rest.as_bytes().get(at - 1) == Some(&b'\\') {
+            from = at + 3;
+            continue;
+        }
+        return Some(at);
+    }
+}
+
+/// A `"..."` string body (after the opening quote): its value and its length including the
+/// closing quote. Escapes are decoded so that `"sys\u0074em/x"` is read as `system/x`.
+fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
+    let mut out = String::new();
+    let mut chars = rest.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, at + 1)),
+            '\n' | '\r' => break,
+            '\\' => {
+                let (_, esc) = chars
+                    .next()
+                    .ok_or(GraphQlError::Syntax("unterminated string"))?;
+                match esc {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
+                        let code = u32::from_str_radix(&hex, 16)
+                            .map_err(|_| GraphQlError::Syntax("bad \\u escape"))?;
+                        out.push(
+                            char::from_u32(code).ok_or(GraphQlError::Syntax("bad \\u escape"))?,
+                        );
+                    }
+                    other => out.push(other),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Err(GraphQlError::Syntax("unterminated string"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn run(body: Value) -> Result<Vec<String>, GraphQlError> {
+        playbook_arguments(&body, "executePlaybook", "name")
+    }
+
+    #[test]
+    fn variable_and_literal_arguments() {
+        let q =
+            "mutation Run($name: String!) { executePlaybook(name: $name, args: {a: 1}) { id } }";
+        assert_eq!(
+            run(json!({"query": q, "variables": {"name": "data/x"}})).unwrap(),
+            ["data/x"]
+        );
+        let q = r#"mutation { executePlaybook(args: {name: "decoy"}, name: "system/x") { id } }"#;
+        assert_eq!(run(json!({"query": q})).unwrap(), ["system/x"]);
+        let q = r#"mutation { a: executePlaybook(name: "data/a") { id } b: executePlaybook(name: "system/b") { id } }"#;
+        assert_eq!(run(json!({"query": q})).unwrap(), ["data/a", "system/b"]);
+        let q = "mutation { executePlaybook(name: \"sys\\u0074em/x\") { id } }";
+        assert_eq!(run(json!({"query": q})).unwrap(), ["system/x"]);
+        let q = "mutation { executePlaybook(name: \"\"\"system/x\"\"\") { id } }";
+        assert_eq!(run(json!({"query": q})).unwrap(), ["system/x"]);
+    }
+
+    #[test]
+    fn mentions_in_strings_comments_and_aliases_are_not_calls() {
+        let q = "# executePlaybook(name: \"x\")\nquery { status(note: \"executePlaybook(name: 1)\") { executePlaybook: id } }";
+        assert_eq!(run(json!({"query": q})).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn batches_are_all_read() {
+        let body = json!([
+            {"query": "mutation($n: String) { executePlaybook(name: $n) }", "variables": {"n": "data/a"}},
+            {"query": "mutation { executePlaybook(name: \"system/b\") }"}
+        ]);
+        assert_eq!(run(body).unwrap(), ["data/a", "system/b"]);
+    }
+
+    #[test]
+    fn failing_closed() {
+        let err = |body: Value| run(body).unwrap_err();
+        assert_eq!(err(json!({"variables": {}})), GraphQlError::NotARequest);
+        assert_eq!(err(json!("query")), GraphQlError::NotARequest);
+        assert!(matches!(
+            err(json!({"query": "mutation { executePlaybook { id } }"})),
+            GraphQlError::MissingArgument { .. }
+        ));
+        assert!(matches!(
+            err(json!({"query": "mutation { executePlaybook(other: 1) { id } }"})),
+            GraphQlError::MissingArgument { .. }
+        ));
+        assert_eq!(
+            err(json!({"query": "mutation { executePlaybook(name: 42) }"})),
+            GraphQlError::NotAString("name".into())
+        );
+        assert_eq!(
+            err(json!({"query": "mutation($n: String) { executePlaybook(name: $n) }"})),
+            GraphQlError::NotAString("name".into())
+        );
+        assert_eq!(
+            err(
+                json!({"query": "mutation($n: String) { executePlaybook(name: $n) }", "variables": {"n": ["x"]}})
+            ),
+            GraphQlError::NotAString("name".into())
+        );
+        assert!(matches!(
+            err(json!({"query": "mutation { executePlaybook(name: \"x"})),
+            GraphQlError::Syntax(_)
+        ));
+        assert!(matches!(
+            err(json!({"query": "mutation { executePlaybook(name: \"x\""})),
+            GraphQlError::Syntax(_)
+        ));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics() {
+        for q in [
+            "",
+            "(",
+            ")))",
+            "\"\"\"",
+            "\\",
+            "$",
+            "executePlaybook(",
+            "executePlaybook(name:",
+            "é executePlaybook(name: \"\\u12\")",
+            "\"\\",
+        ] {
+            let _ = run(json!({"query": q}));
+        }
+    }
+}

@@ -1,0 +1,488 @@
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::verdict::DenialKind;
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+const POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
+
+fn config(patch: Value) -> Value {
+    let policy: Value = serde_yaml_ng::from_str(POLICY).unwrap();
+    let mut cfg = json!({
+        "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
+                       "algorithms": ["HS256"], "secret_env": "SECRET", "roles_claim": "https://noetl.io/roles"}],
+        "routes": [
+            {"match": {"prefix": "/api/auth/"}, "public": true},
+            {"match": {"methods": ["POST"], "path": "/graphql"},
+             "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
+            {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
+             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
+            {"match": {"prefix": "/api/catalog/"},
+             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
+            {"match": {"path": "/api/me"}, "authenticate": true}
+        ],
+        "policy": policy
+    });
+    for (k, v) in patch.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    cfg
+}
+
+fn guard_with(patch: Value) -> Guard {
+    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
+    Guard::from_json(config(patch).to_string().as_bytes(), &env).unwrap()
+}
+
+fn guard() -> Guard {
+    guard_with(json!({}))
+}
+
+fn token(roles: &[&str], patch: Value) -> String {
+    let mut claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "42", "sid": "s-42",
+                            "email": "ada@example.com", "name": "Ada", "exp": NOW + 300, "https://noetl.io/roles": roles});
+    for (k, v) in patch.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn bearer(t: &str) -> Vec<(String, String)> {
+    vec![("authorization".into(), format!("Bearer {t}"))]
+}
+
+fn head<'a>(method: &'a str, path: &'a str, headers: &'a [(String, String)]) -> RequestHead<'a> {
+    RequestHead {
+        method,
+        path,
+        headers,
+    }
+}
+
+fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) -> Verdict {
+    match g.on_request_headers(&head(method, path, headers), NOW) {
+        HeadersStep::Verdict(v) => v,
+        HeadersStep::ReadBody(_) => panic!("{method} {path} wants the body"),
+    }
+}
+
+fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
+    match g.on_request_headers(&head("POST", path, headers), NOW) {
+        HeadersStep::ReadBody(p) => g.on_request_body(&p, body.as_bytes()),
+        HeadersStep::Verdict(v) => v,
+    }
+}
+
+fn status(v: &Verdict) -> u32 {
+    match v {
+        Verdict::Allow { .. } => 200,
+        Verdict::Deny(d) => d.status,
+    }
+}
+
+fn body(v: &Verdict) -> Value {
+    match v {
+        Verdict::Deny(d) => serde_json::from_str(&d.body).unwrap(),
+        Verdict::Allow { .. } => panic!("allowed"),
+    }
+}
+
+#[test]
+fn allowed_request_carries_identity_headers() {
+    let g = guard();
+    let v = verdict(
+        &g,
+        "GET",
+        "/api/catalog/data/daily_load",
+        &bearer(&token(&["analyst"], json!({}))),
+    );
+    let Verdict::Allow {
+        headers,
+        detail,
+        audited,
+    } = v
+    else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        headers,
+        [
+            ("x-noetl-user-id".to_string(), "42".to_string()),
+            ("x-noetl-user-email".into(), "ada@example.com".into()),
+            ("x-noetl-user-name".into(), "Ada".into()),
+            ("x-noetl-user-roles".into(), "analyst".into())
+        ]
+    );
+    assert!(
+        detail.contains("rule=\"roles.analyst.allow[0]\""),
+        "{detail}"
+    );
+    assert!(audited.is_none());
+}
+
+#[test]
+fn policy_denial_is_403_with_the_spec_body() {
+    let g = guard();
+    let v = verdict(
+        &g,
+        "GET",
+        "/api/catalog/system/reset",
+        &bearer(&token(&["developer"], json!({}))),
+    );
+    assert_eq!(status(&v), 403);
+    assert_eq!(
+        body(&v),
+        json!({"error": "Permission denied", "playbook_path": "system/reset", "permission_type": "view"})
+    );
+    let Verdict::Deny(d) = v else { unreachable!() };
+    assert!(d.detail.contains("roles.developer.deny[0]"), "{}", d.detail);
+    assert_eq!(d.kind, DenialKind::Forbidden);
+}
+
+#[test]
+fn unauthenticated_requests_get_401_with_reasons() {
+    let g = guard();
+    let cases = [
+        (vec![], "missing_token"),
+        (bearer("garbage"), "malformed"),
+        (bearer("a.b.c"), "malformed"),
+        (
+            bearer(&token(&["admin"], json!({"exp": NOW - 3600}))),
+            "expired",
+        ),
+        (
+            bearer(&token(&["admin"], json!({"iss": "https://other"}))),
+            "unknown_issuer",
+        ),
+        (
+            bearer(&token(&["admin"], json!({"aud": "other"}))),
+            "invalid_audience",
+        ),
+        (
+            bearer(&format!("{}x", token(&["admin"], json!({})))),
+            "bad_signature",
+        ),
+        (
+            vec![("authorization".into(), "Basic dTpw".into())],
+            "missing_token",
+        ),
+    ];
+    for (headers, reason) in cases {
+        let v = verdict(&g, "GET", "/api/catalog/data/x", &headers);
+        assert_eq!(status(&v), 401, "{headers:?}");
+        assert_eq!(body(&v)["reason"], reason, "{headers:?}");
+    }
+}
+
+#[test]
+fn tokens_from_header_and_cookie() {
+    let g = guard();
+    let t = token(&["viewer"], json!({}));
+    for headers in [
+        vec![("x-session-token".to_string(), t.clone())],
+        vec![("cookie".to_string(), format!("a=b; session_token={t}"))],
+    ] {
+        assert_eq!(
+            status(&verdict(&g, "GET", "/api/catalog/data/x", &headers)),
+            200
+        );
+    }
+}
+
+#[test]
+fn public_routes_cors_and_default_deny() {
+    let g = guard();
+    assert_eq!(status(&verdict(&g, "POST", "/api/auth/login", &[])), 200);
+    let v = verdict(
+        &g,
+        "GET",
+        "/unlisted",
+        &bearer(&token(&["admin"], json!({}))),
+    );
+    assert_eq!(status(&v), 403);
+    assert_eq!(body(&v)["reason"], "no_route");
+    let preflight = vec![
+        ("origin".to_string(), "https://app.example".to_string()),
+        (
+            "access-control-request-method".to_string(),
+            "POST".to_string(),
+        ),
+    ];
+    assert_eq!(
+        status(&verdict(&g, "OPTIONS", "/api/run/playbook", &preflight)),
+        200
+    );
+    assert_eq!(
+        status(&verdict(
+            &g,
+            "OPTIONS",
+            "/api/run/playbook",
+            &preflight[..1]
+        )),
+        403,
+        "not a preflight"
+    );
+    let strict = guard_with(json!({"allow_cors_preflight": false}));
+    assert_eq!(
+        status(&verdict(
+            &strict,
+            "OPTIONS",
+            "/api/run/playbook",
+            &preflight
+        )),
+        403
+    );
+    let open = guard_with(json!({"default_action": "allow"}));
+    assert_eq!(status(&verdict(&open, "GET", "/unlisted", &[])), 200);
+    let authn = guard_with(json!({"default_action": "authenticate"}));
+    assert_eq!(status(&verdict(&authn, "GET", "/unlisted", &[])), 401);
+}
+
+#[test]
+fn authenticate_routes_need_only_a_session() {
+    let g = guard();
+    assert_eq!(
+        status(&verdict(
+            &g,
+            "GET",
+            "/api/me",
+            &bearer(&token(&[], json!({})))
+        )),
+        200
+    );
+    assert_eq!(status(&verdict(&g, "GET", "/api/me", &[])), 401);
+}
+
+#[test]
+fn body_sources_json_pointer_and_graphql() {
+    let g = guard();
+    let analyst = bearer(&token(&["analyst"], json!({})));
+    assert_eq!(
+        status(&with_body(
+            &g,
+            "/api/run/playbook",
+            &analyst,
+            r#"{"path": "data/load"}"#
+        )),
+        200
+    );
+    let v = with_body(&g, "/api/run/playbook", &analyst, r#"{"path": "system/x"}"#);
+    assert_eq!(body(&v)["playbook_path"], "system/x");
+    assert_eq!(
+        status(&with_body(
+            &g,
+            "/api/run/playbook",
+            &analyst,
+            r#"{"path": "data/../system/x"}"#
+        )),
+        400
+    );
+    assert_eq!(
+        status(&with_body(&g, "/api/run/playbook", &analyst, "{}")),
+        400
+    );
+    assert_eq!(
+        status(&with_body(&g, "/api/run/playbook", &analyst, "")),
+        400
+    );
+
+    let q = json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/x"}});
+    assert_eq!(
+        status(&with_body(&g, "/graphql", &analyst, &q.to_string())),
+        200
+    );
+    let q = json!({"query": "mutation { a: executePlaybook(name: \"data/x\") { id } b: executePlaybook(name: \"system/y\") { id } }"});
+    let v = with_body(&g, "/graphql", &analyst, &q.to_string());
+    assert_eq!(
+        body(&v)["playbook_path"],
+        "system/y",
+        "every call is checked"
+    );
+
+    // An unauthenticated body route is refused before any body is read.
+    assert_eq!(
+        status(&with_body(
+            &g,
+            "/api/run/playbook",
+            &[],
+            r#"{"path": "data/load"}"#
+        )),
+        401
+    );
+}
+
+#[test]
+fn body_over_the_limit_is_413() {
+    let g = guard_with(json!({"max_body_bytes": 16}));
+    let analyst = bearer(&token(&["analyst"], json!({})));
+    let HeadersStep::ReadBody(p) =
+        g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW)
+    else {
+        panic!()
+    };
+    assert_eq!(p.max_body_bytes, 16);
+    assert_eq!(
+        status(&g.on_request_body(&p, br#"{"path": "data/load-that-is-long"}"#)),
+        413
+    );
+    assert_eq!(status(&g.body_too_large(&p)), 413);
+}
+
+#[test]
+fn path_tricks_cannot_escape_a_glob() {
+    let g = guard();
+    let analyst = bearer(&token(&["analyst"], json!({})));
+    for path in [
+        "/api/catalog/data/../system/x",
+        "/api/catalog/data/%2e%2e/system/x",
+        "/api/catalog/data/%2E%2E/system/x",
+        "/api/auth/../catalog/system/x",
+    ] {
+        assert_eq!(status(&verdict(&g, "GET", path, &analyst)), 400, "{path}");
+    }
+    for path in [
+        "/api/catalog//system/x",
+        "/api/catalog/./system/x",
+        "/api/catalog/system%2fx",
+        "//api/catalog/system/x",
+    ] {
+        let v = verdict(&g, "GET", path, &analyst);
+        assert_eq!(status(&v), 403, "{path}");
+        assert_eq!(body(&v)["playbook_path"], "system/x", "{path}");
+    }
+}
+
+#[test]
+fn audit_mode_lets_everything_through_and_says_what_it_would_do() {
+    let g = guard_with(json!({"mode": "audit"}));
+    let v = verdict(
+        &g,
+        "GET",
+        "/api/catalog/system/x",
+        &bearer(&token(&["analyst"], json!({}))),
+    );
+    let Verdict::Allow {
+        headers,
+        detail,
+        audited,
+    } = v
+    else {
+        panic!()
+    };
+    assert_eq!(audited.map(|d| d.status), Some(403));
+    assert!(detail.starts_with("audit: would deny"), "{detail}");
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "x-noetl-user-id" && v == "42"));
+    let v = verdict(&g, "GET", "/api/catalog/data/x", &[]);
+    assert!(matches!(
+        v,
+        Verdict::Allow {
+            audited: Some(Denial { status: 401, .. }),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn header_names_are_configurable_and_listed_for_removal() {
+    let g = guard_with(json!({"headers": {"user_id": "X-User", "roles": "x-roles"}}));
+    assert_eq!(
+        g.identity_headers(),
+        [
+            "x-user",
+            "x-noetl-user-email",
+            "x-noetl-user-name",
+            "x-roles"
+        ]
+    );
+    let v = verdict(
+        &g,
+        "GET",
+        "/api/catalog/data/x",
+        &bearer(&token(&["analyst", "viewer"], json!({}))),
+    );
+    let Verdict::Allow { headers, .. } = v else {
+        panic!()
+    };
+    assert!(headers.contains(&("x-roles".into(), "analyst,viewer".into())));
+}
+
+#[test]
+fn configuration_errors_name_the_field_path() {
+    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
+    let cases = [
+        (json!({"mode": "loud"}), "mode"),
+        (
+            json!({"providers": [{"name": "a", "issuer": "b", "algorithms": ["RS256"], "jwks": {"keys": [{"kty": "RSA", "n": "%", "e": "AQAB"}]}}]}),
+            "providers[0].jwks.keys[0].n",
+        ),
+        (
+            json!({"routes": [{"match": {"prefix": "x"}, "public": true}]}),
+            "routes[0].match.prefix",
+        ),
+        (
+            json!({"policy": {"roles": {"a": {"allow": [{"permissions": ["x"], "playbooks": ["[z"]}]}}}}),
+            "policy.roles.a.allow[0].playbooks[0]",
+        ),
+        (json!({"token_sources": []}), "token_sources"),
+        (json!({"headers": {"roles": "bad header"}}), "headers.roles"),
+        (json!({"validation": {"cluster": "noetl"}}), "validation"),
+        (json!({"opaque_tokens": true}), "opaque_tokens"),
+        (json!({"typo": 1}), "typo"),
+    ];
+    for (patch, path) in cases {
+        let err = Guard::from_json(config(patch.clone()).to_string().as_bytes(), &env).unwrap_err();
+        assert_eq!(err.path, path, "{patch}: {err}");
+    }
+    assert!(Guard::from_json(b"not json", &env).is_err());
+}
+
+#[test]
+fn the_example_in_the_spec_parses() {
+    // SPEC section 9's example, minus `validation` (the next slice) and with a secret set.
+    let mut cfg: Value = serde_json::from_str(
+        r#"{
+  "mode": "enforce",
+  "token_sources": [{"header": "authorization", "prefix": "Bearer "},
+                    {"header": "x-session-token"}, {"cookie": "session_token"}],
+  "opaque_tokens": false,
+  "clock_skew_secs": 60,
+  "providers": [
+    {"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
+     "algorithms": ["HS256"], "secret_env": "PLAYBOOK_GUARD_HS256_SECRET"},
+    {"name": "auth0", "roles_claim": "https://noetl.io/roles", "issuer": "https://tenant.auth0.com/", "audiences": ["https://noetl/api"],
+     "algorithms": ["RS256"], "jwks": {"keys": []}},
+    {"name": "okta", "issuer": "https://example.okta.com/oauth2/default", "algorithms": ["RS256"],
+     "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/oauth2/default/v1/keys",
+                     "cache_secs": 600}}
+  ],
+  "session": {"ttl_secs": 300, "negative_ttl_secs": 30, "max_entries": 100000},
+  "routes": [
+    {"match": {"prefix": "/api/auth/"}, "public": true},
+    {"match": {"methods": ["POST"], "path": "/graphql"},
+     "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
+    {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
+     "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
+    {"match": {"prefix": "/api/catalog/"},
+     "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}}
+  ],
+  "default_action": "deny",
+  "headers": {"user_id": "x-noetl-user-id", "email": "x-noetl-user-email",
+              "display_name": "x-noetl-user-name", "roles": "x-noetl-user-roles"},
+  "policy": {"version": "...", "roles": {}, "deny": []}
+}"#,
+    )
+    .unwrap();
+    cfg["policy"] = serde_yaml_ng::from_str(POLICY).unwrap();
+    let env = |name: &str| (name == "PLAYBOOK_GUARD_HS256_SECRET").then(|| SECRET.to_owned());
+    let g = Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap();
+    assert_eq!(g.policy_version(), "2026-11-23.1");
+}

@@ -1,0 +1,614 @@
+//! Session JWTs: providers, keys, signature and claim checks (SPEC section 3).
+//!
+//! `jsonwebtoken` checks signatures; the claims are checked here rather than by its
+//! `Validation`, because that reads the system clock and the core takes `now` as an argument,
+//! and because each failure needs its own reason code for the 401 answer.
+
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ConfigError, ProviderConfig, RequiredClaims};
+
+/// The shortest HMAC secret accepted: RFC 7518 section 3.2 asks for a key at least as long as
+/// the hash output, and 32 bytes is HS256's.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Why a token was refused. [`AuthError::reason`] is the code in the 401 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No token in any configured source.
+    #[error("no session token in the request")]
+    Missing,
+    /// Not a compact JWS, or a part that does not decode.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// `alg: none`, refused always.
+    #[error("unsigned tokens (alg none) are not accepted")]
+    AlgNone,
+    /// An `alg` this filter does not implement.
+    #[error("unsupported algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// An `alg` the provider does not allow.
+    #[error("algorithm {0:?} is not allowed for this issuer")]
+    AlgorithmNotAllowed(String),
+    /// No provider has this `iss`.
+    #[error("unknown issuer {0:?}")]
+    UnknownIssuer(String),
+    /// No key of the provider matches the token's `kid` and `alg`.
+    #[error("no key matches the token (kid {0:?})")]
+    UnknownKey(Option<String>),
+    /// The provider's keys are not available yet (a remote JWKS not fetched).
+    #[error("the issuer's keys are not available")]
+    KeysUnavailable,
+    /// The signature does not verify.
+    #[error("signature verification failed")]
+    BadSignature,
+    /// `exp` is past (beyond the clock skew).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` or `iat` is in the future (beyond the clock skew).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `exp` is missing, or a claim has the wrong type.
+    #[error("missing or invalid claim {0:?}")]
+    MissingClaim(String),
+    /// `aud` does not name an accepted audience.
+    #[error("audience not accepted")]
+    InvalidAudience,
+    /// A required claim has another value, the email domain or the organization is not allowed.
+    #[error("claim {0:?} not accepted")]
+    ClaimRejected(String),
+    /// An opaque token where only JWTs are accepted.
+    #[error("token is not a JWT and opaque session tokens are not enabled")]
+    OpaqueNotAccepted,
+}
+
+impl AuthError {
+    /// The short, stable code sent in the 401 body's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Malformed(_) | AuthError::OpaqueNotAccepted => "malformed",
+            AuthError::AlgNone | AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthError::UnknownIssuer(_) => "unknown_issuer",
+            AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::InvalidAudience => "invalid_audience",
+            AuthError::ClaimRejected(_) => "claim_rejected",
+        }
+    }
+}
+
+/// A verification key with the constraints its JWK put on it.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    /// The only algorithm this key may verify, when its JWK says so (`alg`, or `crv` for EC).
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+impl Key {
+    fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
+        self.key.family() == alg.family()
+            && self.alg.is_none_or(|a| a == alg)
+            && kid.is_none_or(|kid| self.kid.as_deref() == Some(kid))
+    }
+}
+
+/// One trusted issuer.
+#[derive(Clone)]
+struct Provider {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    keys: Vec<Key>,
+    remote: bool,
+    roles_claim: Option<String>,
+    required_claims: Vec<(String, Option<Value>)>,
+    email_domains: Vec<String>,
+    organization: Option<String>,
+}
+
+/// The compiled providers and clock skew; verifies tokens.
+#[derive(Clone)]
+pub struct Verifier {
+    providers: Vec<Provider>,
+    clock_skew: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field(
+                "providers",
+                &self.providers.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .field("clock_skew", &self.clock_skew)
+            .finish()
+    }
+}
+
+/// What a verified token says about its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The provider's `name`.
+    pub provider: String,
+    /// The session key: `sid`, else `jti`, else the SHA-256 of the token (hex).
+    pub session_key: String,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// `sub`, if any.
+    pub subject: Option<String>,
+    /// `email`, if any.
+    pub email: Option<String>,
+    /// `name`, if any.
+    pub name: Option<String>,
+    /// Roles from the provider's `roles_claim` (empty without one).
+    pub roles: Vec<String>,
+}
+
+/// A token as it was found in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Three base64url parts separated by dots: a compact JWS.
+    Jws,
+    /// Anything else: a NoETL opaque session token.
+    Opaque,
+}
+
+/// Whether `token` has the shape of a compact JWS (RFC 7515 section 7.1).
+pub fn token_kind(token: &str) -> TokenKind {
+    let mut parts = 0;
+    for (i, part) in token.split('.').enumerate() {
+        parts += 1;
+        let b64 = part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        // The signature may be empty (that is how `alg: none` looks); header and payload may not.
+        if !b64 || (part.is_empty() && i < 2) {
+            return TokenKind::Opaque;
+        }
+    }
+    if parts == 3 {
+        TokenKind::Jws
+    } else {
+        TokenKind::Opaque
+    }
+}
+
+/// The SHA-256 of a token, hex: the session key of last resort and a safe name for logs.
+pub fn token_digest(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+impl Verifier {
+    /// Compiles `providers`. `env` looks up an environment variable of the VM (for `secret_env`).
+    /// Errors name `[i].field`.
+    pub fn compile(
+        providers: &[ProviderConfig],
+        clock_skew: u64,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut compiled = Vec::with_capacity(providers.len());
+        for (i, cfg) in providers.iter().enumerate() {
+            let provider = compile_provider(cfg, env).map_err(|e| e.within(&format!("[{i}]")))?;
+            if let Some(dup) = compiled
+                .iter()
+                .position(|p: &Provider| p.issuer == provider.issuer)
+            {
+                return Err(ConfigError::new(
+                    format!("[{i}].issuer"),
+                    format!(
+                        "issuer {:?} is already used by providers[{dup}]",
+                        provider.issuer
+                    ),
+                ));
+            }
+            compiled.push(provider);
+        }
+        Ok(Verifier {
+            providers: compiled,
+            clock_skew,
+        })
+    }
+
+    /// Whether any provider is configured.
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Verifies a compact JWS at time `now` (seconds since the epoch).
+    ///
+    /// The provider is chosen by the unverified `iss`, then the signature is checked with a key
+    /// of that provider that fits the header's `alg` and `kid`, and only then the claims.
+    pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
+        let mut parts = token.splitn(3, '.');
+        let (Some(header_b64), Some(payload_b64), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed("not three dot-separated parts"));
+        };
+        let header = decode_object(header_b64)
+            .ok_or(AuthError::Malformed("header is not base64url JSON"))?;
+        let alg = match header.get("alg") {
+            Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => {
+                return Err(AuthError::AlgNone)
+            }
+            Some(Value::String(alg)) => Algorithm::from_str(alg)
+                .map_err(|_| AuthError::UnsupportedAlgorithm(alg.clone()))?,
+            _ => return Err(AuthError::Malformed("header has no alg")),
+        };
+        // RFC 7515 section 4.1.11: extensions we do not understand must not be ignored.
+        if header.contains_key("crit") {
+            return Err(AuthError::Malformed(
+                "critical header extensions are not supported",
+            ));
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(AuthError::Malformed("kid is not a string")),
+        };
+        let claims = decode_object(payload_b64)
+            .ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
+        let issuer = match claims.get("iss") {
+            Some(Value::String(iss)) => iss.as_str(),
+            _ => return Err(AuthError::MissingClaim("iss".into())),
+        };
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.issuer == issuer)
+            .ok_or_else(|| AuthError::UnknownIssuer(issuer.to_owned()))?;
+        if !provider.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
+        }
+
+        let mut keys = provider.keys.iter().filter(|k| k.fits(alg, kid)).peekable();
+        if keys.peek().is_none() {
+            return Err(if provider.remote && provider.keys.is_empty() {
+                AuthError::KeysUnavailable
+            } else {
+                AuthError::UnknownKey(kid.map(str::to_owned))
+            });
+        }
+        let message_len = header_b64.len() + 1 + payload_b64.len();
+        let message = token
+            .get(..message_len)
+            .ok_or(AuthError::Malformed("truncated"))?;
+        let verified = keys.any(|k| {
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg)
+                .unwrap_or(false)
+        });
+        if !verified {
+            return Err(AuthError::BadSignature);
+        }
+
+        self.check_claims(provider, &claims, token, now)
+    }
+
+    fn check_claims(
+        &self,
+        provider: &Provider,
+        claims: &Map<String, Value>,
+        token: &str,
+        now: u64,
+    ) -> Result<VerifiedToken, AuthError> {
+        let skew = self.clock_skew;
+        let exp =
+            numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        if now >= exp.saturating_add(skew) {
+            return Err(AuthError::Expired);
+        }
+        for name in ["nbf", "iat"] {
+            if let Some(t) = numeric_date(claims, name)? {
+                if t > now.saturating_add(skew) {
+                    return Err(AuthError::NotYetValid);
+                }
+            }
+        }
+        if !provider.audiences.is_empty() {
+            let accepted = |aud: &str| provider.audiences.iter().any(|a| a == aud);
+            let ok = match claims.get("aud") {
+                Some(Value::String(aud)) => accepted(aud),
+                Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(accepted),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::InvalidAudience);
+            }
+        }
+        for (name, want) in &provider.required_claims {
+            match (claims.get(name), want) {
+                (None | Some(Value::Null), _) => return Err(AuthError::MissingClaim(name.clone())),
+                (Some(got), Some(want)) if got != want => {
+                    return Err(AuthError::ClaimRejected(name.clone()))
+                }
+                _ => {}
+            }
+        }
+        let email = string_claim(claims, "email");
+        if !provider.email_domains.is_empty() {
+            let domain = email
+                .as_deref()
+                .and_then(|e| e.rsplit_once('@'))
+                .map(|(_, d)| d.to_ascii_lowercase());
+            if !domain.is_some_and(|d| provider.email_domains.contains(&d)) {
+                return Err(AuthError::ClaimRejected("email".into()));
+            }
+        }
+        if let Some(org) = &provider.organization {
+            if string_claim(claims, "org_id").as_ref() != Some(org) {
+                return Err(AuthError::ClaimRejected("org_id".into()));
+            }
+        }
+        let roles = match &provider.roles_claim {
+            None => Vec::new(),
+            Some(claim) => roles_from(claims.get(claim)),
+        };
+        let session_key = string_claim(claims, "sid")
+            .or_else(|| string_claim(claims, "jti"))
+            .unwrap_or_else(|| token_digest(token));
+        Ok(VerifiedToken {
+            provider: provider.name.clone(),
+            session_key,
+            expires_at: exp,
+            subject: string_claim(claims, "sub"),
+            email,
+            name: string_claim(claims, "name"),
+            roles,
+        })
+    }
+}
+
+/// Roles from a claim holding an array of strings or one space-separated string.
+pub fn roles_from(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A string claim; numbers are accepted too (`sub: 42`), as some issuers send ids that way.
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A NumericDate claim (RFC 7519 section 2): seconds, possibly fractional; negative is 0.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n
+                .as_u64()
+                .or_else(|| n.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 }));
+            secs.map(Some)
+                .ok_or_else(|| AuthError::MissingClaim(name.into()))
+        }
+        Some(_) => Err(AuthError::MissingClaim(name.into())),
+    }
+}
+
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn compile_provider(
+    cfg: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
+    if cfg.name.trim().is_empty() {
+        return Err(ConfigError::new("name", "must not be empty"));
+    }
+    if cfg.issuer.is_empty() {
+        return Err(ConfigError::new("issuer", "must not be empty"));
+    }
+    if cfg.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            "algorithms",
+            "list at least one algorithm, such as \"RS256\"",
+        ));
+    }
+    let mut algorithms = Vec::with_capacity(cfg.algorithms.len());
+    for (i, name) in cfg.algorithms.iter().enumerate() {
+        let alg = Algorithm::from_str(name).map_err(|_| {
+            ConfigError::new(
+                format!("algorithms[{i}]"),
+                format!("unsupported algorithm {name:?}; use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"),
+            )
+        })?;
+        algorithms.push(alg);
+    }
+
+    let sources = [
+        cfg.secret_env.is_some(),
+        cfg.jwks.is_some(),
+        cfg.remote_jwks.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(ConfigError::new(
+            "",
+            "give exactly one of `secret_env`, `jwks`, `remote_jwks`",
+        ));
+    }
+    let mut keys = Vec::new();
+    if let Some(var) = &cfg.secret_env {
+        let secret = env(var).ok_or_else(|| {
+            ConfigError::new(
+                "secret_env",
+                format!("environment variable {var:?} is not set in the VM (pass it with vm_config.environment_variables)"),
+            )
+        })?;
+        if secret.len() < MIN_HMAC_SECRET_BYTES {
+            return Err(ConfigError::new(
+                "secret_env",
+                format!("the secret in {var:?} is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are needed", secret.len()),
+            ));
+        }
+        if let Some((i, _)) = algorithms
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.family() != AlgorithmFamily::Hmac)
+        {
+            return Err(ConfigError::new(
+                format!("algorithms[{i}]"),
+                "an HMAC secret verifies only HS256, HS384 and HS512",
+            ));
+        }
+        keys.push(Key {
+            kid: None,
+            alg: None,
+            key: DecodingKey::from_secret(secret.as_bytes()),
+        });
+    }
+    if let Some(jwks) = &cfg.jwks {
+        keys = compile_jwks(jwks).map_err(|e| e.within("jwks"))?;
+        if keys.is_empty()
+            && !jwks
+                .get("keys")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+        {
+            return Err(ConfigError::new("jwks.keys", "no usable signing key"));
+        }
+        if keys.iter().any(|k| k.key.family() == AlgorithmFamily::Hmac)
+            && algorithms
+                .iter()
+                .any(|a| a.family() != AlgorithmFamily::Hmac)
+        {
+            // An `oct` key next to asymmetric algorithms is the HS/RS confusion waiting to happen.
+            return Err(ConfigError::new(
+                "jwks",
+                "symmetric (oct) keys cannot be mixed with asymmetric algorithms",
+            ));
+        }
+    }
+    if let Some(remote) = &cfg.remote_jwks {
+        if remote.cluster.is_empty() {
+            return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
+        }
+        if !(remote.uri.starts_with("https://") || remote.uri.starts_with("http://")) {
+            return Err(ConfigError::new(
+                "remote_jwks.uri",
+                "must be an http(s) URL",
+            ));
+        }
+    }
+
+    let required_claims = match &cfg.required_claims {
+        None => Vec::new(),
+        Some(RequiredClaims::Names(names)) => names.iter().map(|n| (n.clone(), None)).collect(),
+        Some(RequiredClaims::Values(map)) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.clone())))
+            .collect(),
+    };
+    Ok(Provider {
+        name: cfg.name.clone(),
+        issuer: cfg.issuer.clone(),
+        audiences: cfg.audiences.clone(),
+        algorithms,
+        keys,
+        remote: cfg.remote_jwks.is_some(),
+        roles_claim: cfg.roles_claim.clone().filter(|c| !c.is_empty()),
+        required_claims,
+        email_domains: cfg
+            .allowed_email_domains
+            .iter()
+            .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+            .collect(),
+        organization: cfg.organization.clone(),
+    })
+}
+
+/// Compiles a JWK Set. Keys meant for encryption (`use: enc`) are skipped; any other key that
+/// does not parse is an error naming `keys[i].field`, because a silently dropped signing key
+/// shows up only as 401s in production.
+fn compile_jwks(jwks: &Value) -> Result<Vec<Key>, ConfigError> {
+    let list = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConfigError::new("keys", "a JWK Set needs a `keys` array"))?;
+    let mut keys = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}]{field}");
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
+        if obj.get("use").and_then(Value::as_str) == Some("enc") {
+            continue;
+        }
+        for field in ["n", "e", "x", "y", "k"] {
+            if let Some(v) = obj.get(field) {
+                let ok = v
+                    .as_str()
+                    .is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
+                if !ok {
+                    return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
+                }
+            }
+        }
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(raw.clone())
+            .map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;
+        let key = DecodingKey::from_jwk(&jwk)
+            .map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
+        let alg = match obj.get("alg").and_then(Value::as_str) {
+            Some(name) => Some(Algorithm::from_str(name).map_err(|_| {
+                ConfigError::new(
+                    at(".alg"),
+                    format!("unsupported signing algorithm {name:?}"),
+                )
+            })?),
+            None => match obj.get("crv").and_then(Value::as_str) {
+                Some("P-256") => Some(Algorithm::ES256),
+                Some("P-384") => Some(Algorithm::ES384),
+                Some("Ed25519") => Some(Algorithm::EdDSA),
+                Some(other) if key.family() != AlgorithmFamily::Rsa => {
+                    return Err(ConfigError::new(
+                        at(".crv"),
+                        format!("unsupported curve {other:?}"),
+                    ));
+                }
+                _ => None,
+            },
+        };
+        let kid = obj.get("kid").and_then(Value::as_str).map(str::to_owned);
+        keys.push(Key { kid, alg, key });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,513 @@
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+const RSA: &str = include_str!("../../testdata/rsa.pem");
+const RSA_OTHER: &str = include_str!("../../testdata/rsa-other.pem");
+const EC256: &str = include_str!("../../testdata/ec256.pem");
+const EC384: &str = include_str!("../../testdata/ec384.pem");
+const ED25519: &str = include_str!("../../testdata/ed25519.pem");
+
+fn enc_key(alg: Algorithm, pem: &str) -> EncodingKey {
+    match alg.family() {
+        AlgorithmFamily::Hmac => EncodingKey::from_secret(SECRET.as_bytes()),
+        AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+    }
+}
+
+fn public_jwk(alg: Algorithm, pem: &str, kid: &str) -> Value {
+    let mut jwk = Jwk::from_encoding_key(&enc_key(alg, pem), alg).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    serde_json::to_value(jwk).unwrap()
+}
+
+fn sign(alg: Algorithm, pem: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &enc_key(alg, pem)).unwrap()
+}
+
+fn claims(iss: &str) -> Value {
+    json!({"iss": iss, "aud": "noetl-gateway", "sub": "u-1", "exp": NOW + 600, "iat": NOW - 10,
+           "email": "ada@example.com", "name": "Ada", "sid": "s-1", "roles": ["analyst", "viewer"]})
+}
+
+fn env(name: &str) -> Option<String> {
+    (name == "SECRET").then(|| SECRET.to_owned())
+}
+
+fn verifier(providers: Value) -> Verifier {
+    let providers: Vec<ProviderConfig> = serde_json::from_value(providers).unwrap();
+    Verifier::compile(&providers, 60, &env).unwrap()
+}
+
+fn compile_err(providers: Value) -> ConfigError {
+    let providers: Vec<ProviderConfig> = serde_json::from_value(providers).unwrap();
+    Verifier::compile(&providers, 60, &env).unwrap_err()
+}
+
+fn hs() -> Verifier {
+    verifier(
+        json!([{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
+                     "algorithms": ["HS256", "HS384", "HS512"], "secret_env": "SECRET", "roles_claim": "roles"}]),
+    )
+}
+
+fn asym() -> Verifier {
+    let keys = json!([
+        public_jwk(Algorithm::RS256, RSA, "rsa"),
+        public_jwk(Algorithm::ES256, EC256, "ec256"),
+        public_jwk(Algorithm::ES384, EC384, "ec384"),
+        public_jwk(Algorithm::EdDSA, ED25519, "ed"),
+    ]);
+    // from_encoding_key records the alg it was made for; drop it from the RSA key so one key
+    // serves RS and PS, as issuers' JWKS often do.
+    let mut keys = keys;
+    keys[0].as_object_mut().unwrap().remove("alg");
+    verifier(
+        json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "audiences": ["noetl-gateway"],
+                     "algorithms": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
+                     "jwks": {"keys": keys}, "roles_claim": "https://noetl.io/roles"}]),
+    )
+}
+
+#[test]
+fn every_hmac_algorithm_verifies() {
+    let v = hs();
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        let token = sign(alg, "", None, &claims("https://noetl.local"));
+        let ok = v
+            .verify(&token, NOW)
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(ok.session_key, "s-1");
+        assert_eq!(ok.roles, ["analyst", "viewer"]);
+        assert_eq!(ok.subject.as_deref(), Some("u-1"));
+        assert_eq!(ok.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(ok.name.as_deref(), Some("Ada"));
+        assert_eq!(ok.expires_at, NOW + 600);
+        assert_eq!(ok.provider, "noetl");
+    }
+}
+
+#[test]
+fn every_asymmetric_algorithm_verifies_with_its_jwks_key() {
+    let v = asym();
+    let cases = [
+        (Algorithm::RS256, RSA, "rsa"),
+        (Algorithm::RS384, RSA, "rsa"),
+        (Algorithm::RS512, RSA, "rsa"),
+        (Algorithm::PS256, RSA, "rsa"),
+        (Algorithm::PS384, RSA, "rsa"),
+        (Algorithm::PS512, RSA, "rsa"),
+        (Algorithm::ES256, EC256, "ec256"),
+        (Algorithm::ES384, EC384, "ec384"),
+        (Algorithm::EdDSA, ED25519, "ed"),
+    ];
+    for (alg, pem, kid) in cases {
+        let mut c = claims("https://tenant.auth0.com/");
+        c["https://noetl.io/roles"] = json!("developer admin");
+        // With the kid, and without it (every fitting key is tried).
+        for kid in [Some(kid), None] {
+            let token = sign(alg, pem, kid, &c);
+            let ok = v
+                .verify(&token, NOW)
+                .unwrap_or_else(|e| panic!("{alg:?} kid {kid:?}: {e}"));
+            assert_eq!(ok.roles, ["developer", "admin"]);
+        }
+    }
+}
+
+#[test]
+fn wrong_key_unknown_kid_and_tampering_are_refused() {
+    let v = asym();
+    let c = claims("https://tenant.auth0.com/");
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, RSA_OTHER, Some("rsa"), &c), NOW),
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, RSA_OTHER, None, &c), NOW),
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, RSA, Some("nope"), &c), NOW),
+        Err(AuthError::UnknownKey(Some("nope".into())))
+    );
+    // An ES256 token presented with the ES384 key's kid: no key fits.
+    assert!(matches!(
+        v.verify(&sign(Algorithm::ES256, EC256, Some("ec384"), &c), NOW),
+        Err(AuthError::UnknownKey(_))
+    ));
+
+    let token = sign(Algorithm::RS256, RSA, Some("rsa"), &c);
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let mut forged = c.clone();
+    forged["https://noetl.io/roles"] = json!(["admin"]);
+    let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+    parts[1] = &forged_payload;
+    assert_eq!(
+        v.verify(&parts.join("."), NOW),
+        Err(AuthError::BadSignature)
+    );
+    let truncated_sig = &token[..token.len() - 4];
+    assert_eq!(v.verify(truncated_sig, NOW), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn alg_none_and_algorithm_confusion_are_refused() {
+    let v = hs();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload =
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("https://noetl.local")).unwrap());
+    assert_eq!(
+        v.verify(&format!("{header}.{payload}."), NOW),
+        Err(AuthError::AlgNone)
+    );
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"None"}"#);
+    assert_eq!(
+        v.verify(&format!("{header}.{payload}.c2ln"), NOW),
+        Err(AuthError::AlgNone)
+    );
+
+    // HS256 signed with the RSA public key's bytes, as an attacker who knows the JWKS would:
+    // the RS provider does not allow HS256 at all...
+    let c = claims("https://tenant.auth0.com/");
+    let token = sign(Algorithm::HS256, "", None, &c);
+    assert_eq!(
+        asym().verify(&token, NOW),
+        Err(AuthError::AlgorithmNotAllowed("HS256".into()))
+    );
+    // ...and a provider that allowed HS256 next to an RSA JWKS still has no HMAC key to use.
+    let jwks = json!({"keys": [public_jwk(Algorithm::RS256, RSA, "rsa")]});
+    let mixed = verifier(
+        json!([{"name": "m", "issuer": "https://tenant.auth0.com/", "algorithms": ["RS256", "HS256"], "jwks": jwks}]),
+    );
+    assert_eq!(mixed.verify(&token, NOW), Err(AuthError::UnknownKey(None)));
+    // An RS256 token for the HMAC provider: algorithm not allowed.
+    let token = sign(Algorithm::RS256, RSA, None, &claims("https://noetl.local"));
+    assert_eq!(
+        v.verify(&token, NOW),
+        Err(AuthError::AlgorithmNotAllowed("RS256".into()))
+    );
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS1024"}"#);
+    assert_eq!(
+        v.verify(&format!("{header}.{payload}.c2ln"), NOW),
+        Err(AuthError::UnsupportedAlgorithm("HS1024".into()))
+    );
+}
+
+#[test]
+fn time_claims_honour_the_clock_skew() {
+    let v = hs();
+    let at = |patch: Value| {
+        let mut c = claims("https://noetl.local");
+        for (k, val) in patch.as_object().unwrap() {
+            if val.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = val.clone();
+            }
+        }
+        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
+    };
+    assert_eq!(
+        at(json!({"exp": null})),
+        Err(AuthError::MissingClaim("exp".into()))
+    );
+    assert_eq!(
+        at(json!({"exp": "soon"})),
+        Err(AuthError::MissingClaim("exp".into()))
+    );
+    assert!(at(json!({"exp": NOW - 59})).is_ok(), "inside the skew");
+    assert_eq!(at(json!({"exp": NOW - 60})), Err(AuthError::Expired));
+    assert_eq!(at(json!({"exp": NOW - 6000})), Err(AuthError::Expired));
+    assert!(
+        at(json!({"exp": (NOW + 10) as f64 + 0.5})).is_ok(),
+        "fractional NumericDate"
+    );
+    assert!(at(json!({"nbf": NOW + 60})).is_ok());
+    assert_eq!(at(json!({"nbf": NOW + 61})), Err(AuthError::NotYetValid));
+    assert_eq!(at(json!({"iat": NOW + 61})), Err(AuthError::NotYetValid));
+    assert!(at(json!({"iat": null, "nbf": null})).is_ok());
+    assert!(at(json!({"nbf": -5})).is_ok());
+}
+
+#[test]
+fn issuer_and_audience() {
+    let v = hs();
+    let mut c = claims("https://evil.example");
+    assert_eq!(
+        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW),
+        Err(AuthError::UnknownIssuer("https://evil.example".into()))
+    );
+    c = claims("https://noetl.local");
+    c.as_object_mut().unwrap().remove("iss");
+    assert_eq!(
+        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW),
+        Err(AuthError::MissingClaim("iss".into()))
+    );
+    for (aud, ok) in [
+        (json!("noetl-gateway"), true),
+        (json!(["other", "noetl-gateway"]), true),
+        (json!("other"), false),
+        (json!([]), false),
+        (json!(null), false),
+        (json!(7), false),
+    ] {
+        let mut c = claims("https://noetl.local");
+        c["aud"] = aud.clone();
+        let got = v.verify(&sign(Algorithm::HS256, "", None, &c), NOW);
+        assert_eq!(got.is_ok(), ok, "aud {aud}: {got:?}");
+        if !ok {
+            assert_eq!(got, Err(AuthError::InvalidAudience));
+        }
+    }
+    // No audiences configured: any (or no) aud is accepted, as in Envoy's jwt_authn.
+    let any = verifier(
+        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET"}]),
+    );
+    let mut c = claims("https://noetl.local");
+    c.as_object_mut().unwrap().remove("aud");
+    assert!(any
+        .verify(&sign(Algorithm::HS256, "", None, &c), NOW)
+        .is_ok());
+}
+
+#[test]
+fn optional_claim_checks() {
+    let v = verifier(
+        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET",
+        "required_claims": {"email_verified": true, "tenant": null},
+        "allowed_email_domains": ["Example.com"], "organization": "org_1"}]),
+    );
+    let base = || {
+        let mut c = claims("https://noetl.local");
+        c["email_verified"] = json!(true);
+        c["tenant"] = json!("t");
+        c["org_id"] = json!("org_1");
+        c
+    };
+    let check = |c: &Value| v.verify(&sign(Algorithm::HS256, "", None, c), NOW);
+    assert!(check(&base()).is_ok());
+    let mut c = base();
+    c["email_verified"] = json!(false);
+    assert_eq!(
+        check(&c),
+        Err(AuthError::ClaimRejected("email_verified".into()))
+    );
+    let mut c = base();
+    c.as_object_mut().unwrap().remove("tenant");
+    assert_eq!(check(&c), Err(AuthError::MissingClaim("tenant".into())));
+    let mut c = base();
+    c["email"] = json!("mallory@example.com.evil.org");
+    assert_eq!(check(&c), Err(AuthError::ClaimRejected("email".into())));
+    let mut c = base();
+    c["email"] = json!("ADA@EXAMPLE.COM");
+    assert!(check(&c).is_ok(), "domains compare case-insensitively");
+    let mut c = base();
+    c["org_id"] = json!("org_2");
+    assert_eq!(check(&c), Err(AuthError::ClaimRejected("org_id".into())));
+
+    let names = verifier(
+        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET",
+        "required_claims": ["tenant"]}]),
+    );
+    assert_eq!(
+        names.verify(
+            &sign(Algorithm::HS256, "", None, &claims("https://noetl.local")),
+            NOW
+        ),
+        Err(AuthError::MissingClaim("tenant".into()))
+    );
+}
+
+#[test]
+fn session_key_prefers_sid_then_jti_then_digest() {
+    let v = hs();
+    let mut c = claims("https://noetl.local");
+    c["jti"] = json!("j-1");
+    assert_eq!(
+        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
+            .unwrap()
+            .session_key,
+        "s-1"
+    );
+    c.as_object_mut().unwrap().remove("sid");
+    assert_eq!(
+        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
+            .unwrap()
+            .session_key,
+        "j-1"
+    );
+    c.as_object_mut().unwrap().remove("jti");
+    let token = sign(Algorithm::HS256, "", None, &c);
+    let key = v.verify(&token, NOW).unwrap().session_key;
+    assert_eq!(key, token_digest(&token));
+    assert_eq!(key.len(), 64);
+}
+
+#[test]
+fn roles_claim_shapes() {
+    assert_eq!(roles_from(Some(&json!(["a", "", "b", 3]))), ["a", "b"]);
+    assert_eq!(roles_from(Some(&json!("  a   b "))), ["a", "b"]);
+    assert!(roles_from(Some(&json!({"a": 1}))).is_empty());
+    assert!(roles_from(None).is_empty());
+}
+
+#[test]
+fn token_shapes() {
+    assert_eq!(token_kind("aGk.aGk.aGk"), TokenKind::Jws);
+    assert_eq!(token_kind("aGk.aGk."), TokenKind::Jws);
+    assert_eq!(token_kind("opaque-session-token"), TokenKind::Opaque);
+    assert_eq!(token_kind("a.b"), TokenKind::Opaque);
+    assert_eq!(token_kind("a.b.c.d"), TokenKind::Opaque);
+    assert_eq!(token_kind(".b.c"), TokenKind::Opaque);
+    assert_eq!(token_kind("a+b.c.d"), TokenKind::Opaque);
+    assert_eq!(token_kind(""), TokenKind::Opaque);
+}
+
+#[test]
+fn malformed_tokens_are_errors_never_panics() {
+    let v = hs();
+    let b = |s: &str| URL_SAFE_NO_PAD.encode(s);
+    let inputs = [
+        String::new(),
+        "..".into(),
+        "a.b".into(),
+        "!!!.???.***".into(),
+        format!("{}.{}.", b("{}"), b("{}")),
+        format!("{}.{}.x", b("[]"), b("{}")),
+        format!("{}.{}.x", b(r#"{"alg":5}"#), b("{}")),
+        format!("{}.{}.x", b(r#"{"alg":"HS256"}"#), b("not json")),
+        format!("{}.{}.x", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":7}"#)),
+        format!(
+            "{}.{}.x",
+            b(r#"{"alg":"HS256","kid":3}"#),
+            b(r#"{"iss":"https://noetl.local"}"#)
+        ),
+        format!(
+            "{}.{}.x",
+            b(r#"{"alg":"HS256","crit":["b64"]}"#),
+            b(r#"{"iss":"https://noetl.local"}"#)
+        ),
+        format!(
+            "{}.{}.%%%",
+            b(r#"{"alg":"HS256"}"#),
+            b(r#"{"iss":"https://noetl.local","exp":1}"#)
+        ),
+        format!(
+            "{}.{}",
+            b(r#"{"alg":"HS256"}"#),
+            b(r#"{"iss":"https://noetl.local"}"#)
+        ),
+        "\u{0}\u{1}.é.ü".into(),
+    ];
+    for token in inputs {
+        let err = v.verify(&token, NOW).unwrap_err();
+        assert!(!err.reason().is_empty(), "{token}: {err}");
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_field() {
+    let cases = [
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "UNSET"}]),
+            "[0].secret_env",
+            "not set",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]),
+            "[0].secret_env",
+            "not set",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "secret_env": "SECRET"}]),
+            "[0].algorithms[0]",
+            "HMAC",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["none"], "secret_env": "SECRET"}]),
+            "[0].algorithms[0]",
+            "unsupported",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": [], "secret_env": "SECRET"}]),
+            "[0].algorithms",
+            "at least one",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"]}]),
+            "[0]",
+            "exactly one",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {"keys": [{"kty": "RSA", "n": "a+b/", "e": "AQAB"}]}}]),
+            "[0].jwks.keys[0].n",
+            "not base64url",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {"keys": [{"kty": "RSA", "e": "AQAB"}]}}]),
+            "[0].jwks.keys[0]",
+            "key",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {}}]),
+            "[0].jwks.keys",
+            "keys",
+        ),
+        (
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "remote_jwks": {"cluster": "c", "uri": "keys"}}]),
+            "[0].remote_jwks.uri",
+            "URL",
+        ),
+        (
+            json!([{"name": "a", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SECRET"},
+                {"name": "b", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SECRET"}]),
+            "[1].issuer",
+            "providers[0]",
+        ),
+    ];
+    for (providers, path, message) in cases {
+        let err = compile_err(providers.clone());
+        assert_eq!(err.path, path, "{providers}: {err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+    let short = |name: &str| (name == "SHORT").then(|| "too-short".to_owned());
+    let providers: Vec<ProviderConfig> = serde_json::from_value(
+        json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]),
+    )
+    .unwrap();
+    let err = Verifier::compile(&providers, 60, &short).unwrap_err();
+    assert!(err.message.contains("at least 32"), "{err}");
+}
+
+#[test]
+fn remote_jwks_without_keys_is_unavailable_not_a_crash() {
+    let v = verifier(
+        json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
+        "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/v1/keys"}}]),
+    );
+    let token = sign(
+        Algorithm::RS256,
+        RSA,
+        Some("rsa"),
+        &claims("https://example.okta.com"),
+    );
+    assert_eq!(v.verify(&token, NOW), Err(AuthError::KeysUnavailable));
+}
+
+#[test]
+fn jwks_set_type_round_trips() {
+    // The JWKS our tests build is what `jsonwebtoken` itself parses as a set.
+    let set: JwkSet =
+        serde_json::from_value(json!({"keys": [public_jwk(Algorithm::ES256, EC256, "k")]}))
+            .unwrap();
+    assert!(set.find("k").is_some());
+}

@@ -1,0 +1,23 @@
+//! The host-free core of playbook-guard: it decides, the proxy-wasm layer does the I/O.
+//!
+//! Plain data in (request head, body, `now`), plain data out ([`Verdict`]). See [`Guard`] for
+//! the call order. This crate cannot reach proxy-wasm, the clock or the environment, so every
+//! decision is testable natively and compiled to wasm alike.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod graphql;
+pub mod guard;
+pub mod jwt;
+pub mod path;
+pub mod policy;
+pub mod routes;
+pub mod token;
+pub mod verdict;
+
+pub use config::{ConfigError, PluginConfig};
+pub use guard::{Guard, HeadersStep, Identity, PendingBody, RequestHead};
+pub use policy::{Decision, Policy, PolicyDocument};
+pub use verdict::{Denial, DenialKind, Verdict};

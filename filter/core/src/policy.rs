@@ -1,0 +1,292 @@
+//! Roles -> permissions -> playbook globs, and the decision (SPEC section 6).
+//!
+//! A user may act if some role of theirs allows the (permission, playbook) and that same role
+//! does not deny it, and no top-level `deny` matches. Roles the policy does not know grant
+//! nothing. Every rule is compiled once into a `GlobSet`; each keeps an id such as
+//! `roles.developer.deny[0]` so a decision can say which rule made it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::path::PlaybookPath;
+
+/// The policy file, as written (`policies/*.yaml`) and as embedded in the plugin configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Any string; reported in logs, stats and the CLI.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Grants and denials per role.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RolePolicy>,
+    /// Rules that bind every role (guard rails).
+    #[serde(default)]
+    pub deny: Vec<Rule>,
+}
+
+fn default_version() -> String {
+    "unversioned".into()
+}
+
+/// What one role allows and denies.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolePolicy {
+    /// Grants.
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+    /// Exceptions to this role's grants.
+    #[serde(default)]
+    pub deny: Vec<Rule>,
+}
+
+/// Permissions on playbook globs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Permission names (`execute`, `view`, ...), or `*` for all.
+    pub permissions: Vec<String>,
+    /// Playbook path globs: `*`/`?` within a segment, `**` across, `{a,b}`, `[..]`.
+    pub playbooks: Vec<String>,
+}
+
+/// Which permissions a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Permissions {
+    Any,
+    Listed(Vec<String>),
+}
+
+impl Permissions {
+    fn covers(&self, permission: &str) -> bool {
+        match self {
+            Permissions::Any => true,
+            Permissions::Listed(list) => list.iter().any(|p| p == permission),
+        }
+    }
+}
+
+/// A compiled rule and its id.
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    id: String,
+    permissions: Permissions,
+    globs: GlobSet,
+}
+
+impl CompiledRule {
+    fn matches(&self, permission: &str, playbook: &PlaybookPath) -> bool {
+        self.permissions.covers(permission) && self.globs.is_match(playbook.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRole {
+    allow: Vec<CompiledRule>,
+    deny: Vec<CompiledRule>,
+}
+
+/// A compiled, immutable policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    version: String,
+    roles: BTreeMap<String, CompiledRole>,
+    deny: Vec<CompiledRule>,
+}
+
+/// The outcome of [`Policy::decide`]: allowed or not, and the rule that decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Decision {
+    /// Whether the action is allowed.
+    pub allowed: bool,
+    /// The deciding rule (`roles.analyst.allow[0]`, `deny[1]`), or why none decided.
+    pub rule: DecidedBy,
+}
+
+/// What made a [`Decision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// A rule, by id.
+    Rule(String),
+    /// No role of the user allows it (the default deny).
+    NoGrant,
+}
+
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecidedBy::Rule(id) => f.write_str(id),
+            DecidedBy::NoGrant => f.write_str("no role grants it"),
+        }
+    }
+}
+
+impl Policy {
+    /// Compiles a policy document; errors name the rule (`roles.analyst.allow[0].playbooks[1]`).
+    pub fn compile(doc: &PolicyDocument) -> Result<Self, ConfigError> {
+        let mut roles = BTreeMap::new();
+        for (name, role) in &doc.roles {
+            if name.trim().is_empty() || name.contains(',') {
+                return Err(ConfigError::new(
+                    format!("roles.{name}"),
+                    "a role name must be non-empty and have no comma",
+                ));
+            }
+            let at = format!("roles.{name}");
+            roles.insert(
+                name.clone(),
+                CompiledRole {
+                    allow: compile_rules(&role.allow, &format!("{at}.allow"))?,
+                    deny: compile_rules(&role.deny, &format!("{at}.deny"))?,
+                },
+            );
+        }
+        Ok(Policy {
+            version: doc.version.clone(),
+            roles,
+            deny: compile_rules(&doc.deny, "deny")?,
+        })
+    }
+
+    /// The document's `version`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether a user holding `roles` may use `permission` on `playbook`.
+    pub fn decide<R: AsRef<str>>(
+        &self,
+        roles: &[R],
+        permission: &str,
+        playbook: &PlaybookPath,
+    ) -> Decision {
+        if let Some(rule) = self.deny.iter().find(|r| r.matches(permission, playbook)) {
+            return Decision {
+                allowed: false,
+                rule: DecidedBy::Rule(rule.id.clone()),
+            };
+        }
+        let mut denied_by = None;
+        for role in roles.iter().filter_map(|r| self.roles.get(r.as_ref())) {
+            let Some(allow) = role.allow.iter().find(|r| r.matches(permission, playbook)) else {
+                continue;
+            };
+            match role.deny.iter().find(|r| r.matches(permission, playbook)) {
+                None => {
+                    return Decision {
+                        allowed: true,
+                        rule: DecidedBy::Rule(allow.id.clone()),
+                    }
+                }
+                Some(deny) => denied_by = denied_by.or_else(|| Some(deny.id.clone())),
+            }
+        }
+        Decision {
+            allowed: false,
+            rule: denied_by.map_or(DecidedBy::NoGrant, DecidedBy::Rule),
+        }
+    }
+
+    /// The roles the policy defines.
+    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+}
+
+fn compile_rules(rules: &[Rule], at: &str) -> Result<Vec<CompiledRule>, ConfigError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let id = format!("{at}[{i}]");
+            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule {
+                id,
+                permissions,
+                globs,
+            })
+        })
+        .collect()
+}
+
+fn compile_rule(rule: &Rule, id: &str) -> Result<(Permissions, GlobSet), ConfigError> {
+    if rule.permissions.is_empty() {
+        return Err(ConfigError::new(
+            format!("{id}.permissions"),
+            "list at least one permission, or \"*\"",
+        ));
+    }
+    if rule.playbooks.is_empty() {
+        return Err(ConfigError::new(
+            format!("{id}.playbooks"),
+            "list at least one playbook glob, or \"**\"",
+        ));
+    }
+    let mut listed = Vec::with_capacity(rule.permissions.len());
+    for (i, p) in rule.permissions.iter().enumerate() {
+        match p.trim() {
+            "*" => return compile_globs(rule, id).map(|g| (Permissions::Any, g)),
+            "" => {
+                return Err(ConfigError::new(
+                    format!("{id}.permissions[{i}]"),
+                    "empty permission name",
+                ))
+            }
+            p if p.contains(['*', '?', ',']) => {
+                return Err(ConfigError::new(
+                    format!("{id}.permissions[{i}]"),
+                    format!("{p:?}: permissions are names or the single wildcard \"*\""),
+                ));
+            }
+            p => listed.push(p.to_owned()),
+        }
+    }
+    compile_globs(rule, id).map(|g| (Permissions::Listed(listed), g))
+}
+
+fn compile_globs(rule: &Rule, id: &str) -> Result<GlobSet, ConfigError> {
+    let mut set = GlobSetBuilder::new();
+    for (i, pattern) in rule.playbooks.iter().enumerate() {
+        set.add(
+            compile_glob(pattern)
+                .map_err(|m| ConfigError::new(format!("{id}.playbooks[{i}]"), m))?,
+        );
+    }
+    set.build()
+        .map_err(|e| ConfigError::new(format!("{id}.playbooks"), e))
+}
+
+/// One playbook glob, with `*` and `?` confined to a path segment.
+pub fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
+    if pattern.is_empty() {
+        return Err("empty glob; use \"**\" for every playbook".into());
+    }
+    if pattern.starts_with('/') {
+        return Err(format!(
+            "{pattern:?}: playbook globs have no leading '/' (write {:?})",
+            pattern.trim_start_matches('/')
+        ));
+    }
+    if pattern
+        .split('/')
+        .any(|s| s == ".." || s == "." || s.is_empty())
+    {
+        return Err(format!(
+            "{pattern:?}: empty, '.' or '..' segments never match a normalised playbook path"
+        ));
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .empty_alternates(true)
+        .build()
+        .map_err(|e| format!("{pattern:?}: {}", e.kind()))
+}
+
+#[cfg(test)]
+mod tests;

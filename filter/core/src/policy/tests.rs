@@ -1,0 +1,307 @@
+use super::*;
+
+const DEFAULT_POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
+
+fn default_policy() -> Policy {
+    let doc: PolicyDocument = serde_yaml_ng::from_str(DEFAULT_POLICY).unwrap();
+    Policy::compile(&doc).unwrap()
+}
+
+fn p(path: &str) -> PlaybookPath {
+    PlaybookPath::parse(path).unwrap()
+}
+
+fn policy(yaml: &str) -> Result<Policy, ConfigError> {
+    Policy::compile(&serde_yaml_ng::from_str(yaml).unwrap())
+}
+
+#[test]
+fn noetl_default_roles() {
+    let pol = default_policy();
+    assert_eq!(pol.version(), "2026-11-23.1");
+    let cases: &[(&[&str], &str, &str, bool, &str)] = &[
+        (
+            &["admin"],
+            "delete",
+            "system/reset",
+            true,
+            "roles.admin.allow[0]",
+        ),
+        (
+            &["developer"],
+            "execute",
+            "data/daily_load",
+            true,
+            "roles.developer.allow[0]",
+        ),
+        (
+            &["developer"],
+            "execute",
+            "system/reset",
+            false,
+            "roles.developer.deny[0]",
+        ),
+        (
+            &["developer"],
+            "delete",
+            "data/daily_load",
+            false,
+            "no role grants it",
+        ),
+        (
+            &["analyst"],
+            "execute",
+            "data/daily_load",
+            true,
+            "roles.analyst.allow[0]",
+        ),
+        (
+            &["analyst"],
+            "execute",
+            "data/a/b/c",
+            true,
+            "roles.analyst.allow[0]",
+        ),
+        (
+            &["analyst"],
+            "create",
+            "data/daily_load",
+            false,
+            "no role grants it",
+        ),
+        (
+            &["analyst"],
+            "execute",
+            "api_integration/amadeus_ai_api",
+            false,
+            "no role grants it",
+        ),
+        (
+            &["analyst"],
+            "execute",
+            "database/x",
+            false,
+            "no role grants it",
+        ),
+        (
+            &["viewer"],
+            "view",
+            "system/reset",
+            true,
+            "roles.viewer.allow[0]",
+        ),
+        (&["viewer"], "execute", "data/x", false, "no role grants it"),
+        (&["unknown"], "view", "data/x", false, "no role grants it"),
+        (&[], "view", "data/x", false, "no role grants it"),
+        // A developer who is also a viewer may view system/ (the viewer role allows it and does
+        // not deny it), but still not execute it.
+        (
+            &["developer", "viewer"],
+            "view",
+            "system/reset",
+            true,
+            "roles.viewer.allow[0]",
+        ),
+        (
+            &["developer", "viewer"],
+            "execute",
+            "system/reset",
+            false,
+            "roles.developer.deny[0]",
+        ),
+        (
+            &["analyst", "admin"],
+            "execute",
+            "system/x",
+            true,
+            "roles.admin.allow[0]",
+        ),
+    ];
+    for (roles, perm, path, allowed, rule) in cases {
+        let d = pol.decide(roles, perm, &p(path));
+        assert_eq!(
+            (d.allowed, d.rule.to_string().as_str()),
+            (*allowed, *rule),
+            "{roles:?} {perm} {path}"
+        );
+    }
+}
+
+#[test]
+fn top_level_deny_binds_every_role() {
+    let pol = policy(
+        r#"
+roles:
+  admin: { allow: [ { permissions: ["*"], playbooks: ["**"] } ] }
+deny:
+  - { permissions: [execute], playbooks: ["secrets/**", "*/danger"] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(pol.version(), "unversioned");
+    let d = pol.decide(&["admin"], "execute", &p("secrets/a/b"));
+    assert_eq!(
+        (d.allowed, d.rule),
+        (false, DecidedBy::Rule("deny[0]".into()))
+    );
+    assert!(!pol.decide(&["admin"], "execute", &p("x/danger")).allowed);
+    assert!(
+        pol.decide(&["admin"], "execute", &p("x/y/danger")).allowed,
+        "* stays in one segment"
+    );
+    assert!(pol.decide(&["admin"], "view", &p("secrets/a")).allowed);
+}
+
+#[test]
+fn glob_edge_cases_against_a_reference_matcher() {
+    // A plain reference: segment-wise matching where `*` is any run within a segment and a `**`
+    // segment is any number of segments. The compiled GlobSet must agree with it.
+    fn seg_match(pat: &[u8], s: &[u8]) -> bool {
+        match (pat.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                seg_match(&pat[1..], s) || (!s.is_empty() && seg_match(pat, &s[1..]))
+            }
+            (Some(b'?'), Some(_)) => seg_match(&pat[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => seg_match(&pat[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    // As in globset, a trailing `/**` needs at least one segment: `data/**` is what is inside
+    // `data`, not `data` itself.
+    fn reference(pat: &[&str], path: &[&str], at_start: bool) -> bool {
+        match (pat.first(), path.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) if pat.len() == 1 && !at_start => !path.is_empty(),
+            (Some(&"**"), _) => {
+                reference(&pat[1..], path, false)
+                    || (!path.is_empty() && reference(pat, &path[1..], at_start))
+            }
+            (Some(a), Some(b)) => {
+                seg_match(a.as_bytes(), b.as_bytes()) && reference(&pat[1..], &path[1..], false)
+            }
+            _ => false,
+        }
+    }
+    let patterns = [
+        "data/*",
+        "data/**",
+        "**",
+        "**/load",
+        "data/**/load",
+        "*/x",
+        "d?ta/*",
+        "data/*_load",
+        "a/**/b/**",
+    ];
+    let paths = [
+        "data",
+        "data/a",
+        "data/a/b",
+        "data/load",
+        "data/a/load",
+        "data/a/b/load",
+        "x",
+        "a/x",
+        "a/b/x",
+        "dota/q",
+        "data/daily_load",
+        "data/daily_load/x",
+        "a/b",
+        "a/q/b/z",
+        "a/b/c",
+        "load",
+    ];
+    for pat in patterns {
+        let glob = compile_glob(pat).unwrap().compile_matcher();
+        let pat_segs: Vec<&str> = pat.split('/').collect();
+        for path in paths {
+            let path_segs: Vec<&str> = path.split('/').collect();
+            assert_eq!(
+                glob.is_match(path),
+                reference(&pat_segs, &path_segs, true),
+                "{pat} vs {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn braces_classes_and_escapes() {
+    let m = |pat: &str, path: &str| compile_glob(pat).unwrap().compile_matcher().is_match(path);
+    assert!(m("{data,reports}/**", "reports/q1"));
+    assert!(!m("{data,reports}/**", "system/q1"));
+    assert!(m("data/[ab]*", "data/alpha"));
+    assert!(!m("data/[ab]*", "data/gamma"));
+    assert!(m("data/\\*", "data/*"));
+    assert!(!m("data/\\*", "data/x"));
+}
+
+#[test]
+fn permission_matching_is_exact() {
+    let pol =
+        policy("roles: { r: { allow: [ { permissions: [view], playbooks: ['**'] } ] } }").unwrap();
+    assert!(pol.decide(&["r"], "view", &p("a")).allowed);
+    assert!(!pol.decide(&["r"], "View", &p("a")).allowed);
+    assert!(!pol.decide(&["r"], "viewer", &p("a")).allowed);
+    assert!(
+        !pol.decide(&["r"], "*", &p("a")).allowed,
+        "asking for `*` is not a wildcard"
+    );
+}
+
+#[test]
+fn bad_policies_are_rejected_with_the_rule_path() {
+    let cases = [
+        (
+            "roles: { a: { allow: [ { permissions: [view], playbooks: ['data/[a'] } ] } }",
+            "roles.a.allow[0].playbooks[0]",
+        ),
+        (
+            "roles: { a: { allow: [ { permissions: [view], playbooks: ['/data/**'] } ] } }",
+            "roles.a.allow[0].playbooks[0]",
+        ),
+        (
+            "roles: { a: { allow: [ { permissions: [view], playbooks: ['data/../x'] } ] } }",
+            "roles.a.allow[0].playbooks[0]",
+        ),
+        (
+            "roles: { a: { allow: [ { permissions: [view], playbooks: [''] } ] } }",
+            "roles.a.allow[0].playbooks[0]",
+        ),
+        (
+            "roles: { a: { deny: [ { permissions: [], playbooks: ['**'] } ] } }",
+            "roles.a.deny[0].permissions",
+        ),
+        (
+            "roles: { a: { deny: [ { permissions: [view], playbooks: [] } ] } }",
+            "roles.a.deny[0].playbooks",
+        ),
+        (
+            "roles: { a: { deny: [ { permissions: ['vi*'], playbooks: ['**'] } ] } }",
+            "roles.a.deny[0].permissions[0]",
+        ),
+        (
+            "deny: [ { permissions: [x], playbooks: ['{a'] } ]",
+            "deny[0].playbooks[0]",
+        ),
+        ("roles: { 'a,b': {} }", "roles.a,b"),
+    ];
+    for (yaml, path) in cases {
+        let err = policy(yaml).unwrap_err();
+        assert_eq!(err.path, path, "{yaml}: {err}");
+    }
+    let err =
+        policy("roles: { a: { allow: [ { permissions: [view], playbooks: ['/data/**'] } ] } }")
+            .unwrap_err();
+    assert!(
+        err.message.contains("\"data/**\""),
+        "suggests the fix: {err}"
+    );
+}
+
+#[test]
+fn unknown_fields_in_a_policy_are_refused() {
+    let err = serde_yaml_ng::from_str::<PolicyDocument>("roles: { a: { alow: [] } }").unwrap_err();
+    assert!(err.to_string().contains("alow"), "{err}");
+}

@@ -1,0 +1,572 @@
+//! Route rules: which requests are public, which need a session, and which playbook and
+//! permission an `authorize` route asks about (SPEC section 5).
+
+use globset::GlobMatcher;
+use serde_json::Value;
+
+use crate::config::{ConfigError, DefaultAction, PlaybookSourceConfig, RouteConfig};
+use crate::graphql::{self, GraphQlError};
+use crate::path::{normalize_request_path, PathError, PlaybookPath};
+
+/// How a route matches the (normalised) request path.
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Glob(GlobMatcher),
+}
+
+/// What a matched route requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// No token needed.
+    Public,
+    /// A valid session, no playbook check.
+    Authenticate,
+    /// A valid session whose roles allow `permission` on the playbook from `source`.
+    Authorize {
+        /// The permission asked for.
+        permission: String,
+        /// Where the playbook path comes from.
+        source: PlaybookSource,
+    },
+    /// Refused (403) before any token is looked at: `default_action: deny`.
+    Deny,
+}
+
+/// Where an `authorize` route finds the playbook path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaybookSource {
+    /// The request path after the route's prefix.
+    PathAfterPrefix(String),
+    /// A JSON pointer into the body.
+    JsonPointer(String),
+    /// The `argument` of calls to `field` in a GraphQL body.
+    GraphQl {
+        /// The field (`executePlaybook`).
+        field: String,
+        /// The argument (`name`).
+        argument: String,
+    },
+    /// A request header (lowercased name).
+    Header(String),
+}
+
+/// Why no playbook path could be found for an `authorize` route. Answered 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlaybookError {
+    /// The source holds nothing.
+    #[error("the request names no playbook ({0})")]
+    Missing(&'static str),
+    /// The body is not JSON.
+    #[error("the request body is not JSON")]
+    BodyNotJson,
+    /// The JSON pointer points at something other than a string.
+    #[error("the value at {0} is not a string")]
+    NotAString(String),
+    /// The GraphQL request could not be read.
+    #[error("{0}")]
+    GraphQl(#[from] GraphQlError),
+    /// The playbook path is not acceptable.
+    #[error("invalid playbook path: {0}")]
+    Path(#[from] PathError),
+}
+
+impl PlaybookSource {
+    /// Whether the playbook path is in the request body (the request must be buffered).
+    pub fn needs_body(&self) -> bool {
+        matches!(
+            self,
+            PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. }
+        )
+    }
+
+    /// The playbook path from the request head (path or header sources).
+    pub fn from_head(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<Vec<PlaybookPath>, PlaybookError> {
+        let raw = match self {
+            PlaybookSource::PathAfterPrefix(prefix) => {
+                path.strip_prefix(prefix.as_str()).unwrap_or_default()
+            }
+            PlaybookSource::Header(name) => headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default(),
+            PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. } => {
+                return Err(PlaybookError::Missing("the route reads the body"));
+            }
+        };
+        if raw.trim().is_empty() {
+            return Err(PlaybookError::Missing("empty path or header"));
+        }
+        Ok(vec![PlaybookPath::parse(raw)?])
+    }
+
+    /// The playbook paths in a buffered body (JSON pointer or GraphQL sources).
+    pub fn from_body(&self, body: &[u8]) -> Result<Vec<PlaybookPath>, PlaybookError> {
+        let json: Value = serde_json::from_slice(body).map_err(|_| PlaybookError::BodyNotJson)?;
+        let raw = match self {
+            PlaybookSource::JsonPointer(pointer) => match json.pointer(pointer) {
+                None | Some(Value::Null) => {
+                    return Err(PlaybookError::Missing("nothing at the JSON pointer"))
+                }
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(_) => return Err(PlaybookError::NotAString(pointer.clone())),
+            },
+            PlaybookSource::GraphQl { field, argument } => {
+                graphql::playbook_arguments(&json, field, argument)?
+            }
+            PlaybookSource::PathAfterPrefix(_) | PlaybookSource::Header(_) => {
+                return Err(PlaybookError::Missing("the route reads the request head"));
+            }
+        };
+        if raw.is_empty() {
+            return Err(PlaybookError::Missing(
+                "no playbook call in the GraphQL request",
+            ));
+        }
+        raw.iter()
+            .map(|s| PlaybookPath::parse(s).map_err(PlaybookError::from))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    id: String,
+    methods: Option<Vec<String>>,
+    path: PathMatch,
+    action: RouteAction,
+    max_body_bytes: u64,
+}
+
+/// A route that matched: its id (`routes[2]`, or `default_action`) and what it requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'r> {
+    /// The rule's id, for logs.
+    pub id: &'r str,
+    /// What the rule requires.
+    pub action: &'r RouteAction,
+    /// The body limit for body-sourced playbooks.
+    pub max_body_bytes: u64,
+}
+
+/// The compiled route table.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    routes: Vec<Route>,
+    default: Route,
+}
+
+impl Routes {
+    /// Compiles `routes`; errors name `[i].field`.
+    pub fn compile(
+        configs: &[RouteConfig],
+        default_action: DefaultAction,
+        max_body_bytes: u64,
+    ) -> Result<Self, ConfigError> {
+        let routes = configs
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                compile_route(cfg, i, max_body_bytes).map_err(|e| e.within(&format!("[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        let action = match default_action {
+            DefaultAction::Deny => RouteAction::Deny,
+            DefaultAction::Allow => RouteAction::Public,
+            DefaultAction::Authenticate => RouteAction::Authenticate,
+        };
+        let default = Route {
+            id: "default_action".into(),
+            methods: None,
+            path: PathMatch::Prefix("/".into()),
+            action,
+            max_body_bytes,
+        };
+        Ok(Routes { routes, default })
+    }
+
+    /// The first route matching `method` and the normalised `path`, else the default action.
+    pub fn find(&self, method: &str, path: &str) -> Matched<'_> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| {
+                r.methods
+                    .as_ref()
+                    .is_none_or(|m| m.iter().any(|m| m == method))
+                    && match &r.path {
+                        PathMatch::Exact(p) => path == p,
+                        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                        PathMatch::Glob(g) => g.is_match(path),
+                    }
+            })
+            .unwrap_or(&self.default);
+        Matched {
+            id: &route.id,
+            action: &route.action,
+            max_body_bytes: route.max_body_bytes,
+        }
+    }
+}
+
+fn compile_route(
+    cfg: &RouteConfig,
+    index: usize,
+    max_body_bytes: u64,
+) -> Result<Route, ConfigError> {
+    let m = &cfg.matcher;
+    let path = match (&m.path, &m.prefix, &m.glob) {
+        (Some(p), None, None) => PathMatch::Exact(normalised_config_path(p, "match.path")?),
+        (None, Some(p), None) => PathMatch::Prefix(normalised_config_path(p, "match.prefix")?),
+        (None, None, Some(g)) => {
+            if !g.starts_with('/') {
+                return Err(ConfigError::new(
+                    "match.glob",
+                    format!("{g:?}: request path globs start with '/'"),
+                ));
+            }
+            let glob = globset::GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| ConfigError::new("match.glob", format!("{g:?}: {}", e.kind())))?;
+            PathMatch::Glob(glob.compile_matcher())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "match",
+                "give exactly one of `path`, `prefix`, `glob`",
+            ))
+        }
+    };
+    let methods = match &m.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "match.methods",
+                "empty list; omit it to match any method",
+            ))
+        }
+        Some(list) => Some(list.iter().map(|s| s.trim().to_ascii_uppercase()).collect()),
+    };
+    let action = match (cfg.public, cfg.authenticate, &cfg.authorize) {
+        (true, false, None) => RouteAction::Public,
+        (false, true, None) => RouteAction::Authenticate,
+        (false, false, Some(a)) => {
+            if a.permission.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "authorize.permission",
+                    "must not be empty",
+                ));
+            }
+            let source =
+                compile_source(&a.playbook, &path).map_err(|e| e.within("authorize.playbook"))?;
+            RouteAction::Authorize {
+                permission: a.permission.trim().to_owned(),
+                source,
+            }
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "",
+                "give exactly one of `public: true`, `authenticate: true`, `authorize`",
+            ))
+        }
+    };
+    Ok(Route {
+        id: format!("routes[{index}]"),
+        methods,
+        path,
+        action,
+        max_body_bytes: cfg.max_body_bytes.unwrap_or(max_body_bytes),
+    })
+}
+
+fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(
+            field,
+            format!("{p:?}: request paths start with '/'"),
+        ));
+    }
+    normalize_request_path(p).map_err(|e| ConfigError::new(field, format!("{p:?}: {e}")))
+}
+
+fn compile_source(
+    cfg: &PlaybookSourceConfig,
+    path: &PathMatch,
+) -> Result<PlaybookSource, ConfigError> {
+    let given = [
+        cfg.path_after_prefix.unwrap_or(false),
+        cfg.json_pointer.is_some(),
+        cfg.graphql_variable.is_some(),
+        cfg.header.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ConfigError::new(
+            "",
+            "give exactly one of `path_after_prefix: true`, `json_pointer`, `graphql_variable`, `header`",
+        ));
+    }
+    if cfg.graphql_field.is_some() && cfg.graphql_variable.is_none() {
+        return Err(ConfigError::new(
+            "graphql_field",
+            "goes with `graphql_variable`",
+        ));
+    }
+    if cfg.path_after_prefix == Some(true) {
+        let PathMatch::Prefix(prefix) = path else {
+            return Err(ConfigError::new(
+                "path_after_prefix",
+                "needs a route that matches by `prefix`",
+            ));
+        };
+        return Ok(PlaybookSource::PathAfterPrefix(prefix.clone()));
+    }
+    if let Some(pointer) = &cfg.json_pointer {
+        if !pointer.starts_with('/') {
+            return Err(ConfigError::new(
+                "json_pointer",
+                format!("{pointer:?}: a JSON pointer starts with '/' (RFC 6901)"),
+            ));
+        }
+        return Ok(PlaybookSource::JsonPointer(pointer.clone()));
+    }
+    if let Some(argument) = &cfg.graphql_variable {
+        let field = cfg
+            .graphql_field
+            .clone()
+            .unwrap_or_else(|| "executePlaybook".into());
+        for (name, value) in [("graphql_variable", argument), ("graphql_field", &field)] {
+            let ok = value
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{value:?} is not a GraphQL name"),
+                ));
+            }
+        }
+        return Ok(PlaybookSource::GraphQl {
+            field,
+            argument: argument.clone(),
+        });
+    }
+    match &cfg.header {
+        Some(h) if !h.trim().is_empty() => {
+            Ok(PlaybookSource::Header(h.trim().to_ascii_lowercase()))
+        }
+        _ => Err(ConfigError::new("header", "empty header name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn routes(json: Value) -> Result<Routes, ConfigError> {
+        let cfgs: Vec<RouteConfig> = serde_json::from_value(json).unwrap();
+        Routes::compile(&cfgs, DefaultAction::Deny, 1000)
+    }
+
+    fn spec_routes() -> Routes {
+        routes(json!([
+            {"match": {"prefix": "/api/auth/"}, "public": true},
+            {"match": {"methods": ["POST"], "path": "/graphql"},
+             "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
+            {"match": {"methods": ["post"], "path": "/api/run/playbook"},
+             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}, "max_body_bytes": 10},
+            {"match": {"prefix": "/api/catalog/"},
+             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
+            {"match": {"glob": "/static/**"}, "public": true},
+            {"match": {"path": "/api/me"}, "authenticate": true},
+            {"match": {"prefix": "/api/run/by-header"},
+             "authorize": {"permission": "execute", "playbook": {"header": "X-Playbook"}}}
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn first_match_wins_and_methods_filter() {
+        let r = spec_routes();
+        for (method, path, id) in [
+            ("POST", "/api/auth/login", "routes[0]"),
+            ("GET", "/api/auth/", "routes[0]"),
+            ("POST", "/graphql", "routes[1]"),
+            ("GET", "/graphql", "default_action"),
+            ("POST", "/api/run/playbook", "routes[2]"),
+            ("GET", "/api/catalog/data/x", "routes[3]"),
+            ("GET", "/static/css/app.css", "routes[4]"),
+            ("GET", "/api/me", "routes[5]"),
+            ("GET", "/api/me/more", "default_action"),
+            ("GET", "/elsewhere", "default_action"),
+        ] {
+            assert_eq!(r.find(method, path).id, id, "{method} {path}");
+        }
+        assert_eq!(r.find("GET", "/nope").action, &RouteAction::Deny);
+        assert_eq!(r.find("POST", "/api/run/playbook").max_body_bytes, 10);
+        assert_eq!(r.find("GET", "/api/catalog/x").max_body_bytes, 1000);
+    }
+
+    #[test]
+    fn playbook_from_path_and_header() {
+        let r = spec_routes();
+        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/catalog/data/x").action
+        else {
+            panic!()
+        };
+        assert_eq!(
+            source
+                .from_head("/api/catalog/data/daily_load", &[])
+                .unwrap()[0]
+                .as_str(),
+            "data/daily_load"
+        );
+        assert_eq!(
+            source.from_head("/api/catalog/", &[]),
+            Err(PlaybookError::Missing("empty path or header"))
+        );
+        assert!(!source.needs_body());
+        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/run/by-header").action
+        else {
+            panic!()
+        };
+        let headers = vec![("x-playbook".to_string(), "/data//x".to_string())];
+        assert_eq!(
+            source.from_head("/api/run/by-header", &headers).unwrap()[0].as_str(),
+            "data/x"
+        );
+        let headers = vec![("x-playbook".to_string(), "data/../system/x".to_string())];
+        assert_eq!(
+            source.from_head("/", &headers),
+            Err(PlaybookError::Path(PathError::DotDot))
+        );
+        assert!(matches!(
+            source.from_head("/", &[]),
+            Err(PlaybookError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn playbook_from_body() {
+        let r = spec_routes();
+        let RouteAction::Authorize { source, .. } = r.find("POST", "/api/run/playbook").action
+        else {
+            panic!()
+        };
+        assert!(source.needs_body());
+        assert_eq!(
+            source
+                .from_body(br#"{"path": "data/x", "args": {}}"#)
+                .unwrap()[0]
+                .as_str(),
+            "data/x"
+        );
+        assert_eq!(
+            source.from_body(b"not json"),
+            Err(PlaybookError::BodyNotJson)
+        );
+        assert_eq!(source.from_body(b""), Err(PlaybookError::BodyNotJson));
+        assert!(matches!(
+            source.from_body(br#"{"other": 1}"#),
+            Err(PlaybookError::Missing(_))
+        ));
+        assert_eq!(
+            source.from_body(br#"{"path": 7}"#),
+            Err(PlaybookError::NotAString("/path".into()))
+        );
+        assert_eq!(
+            source.from_body(br#"{"path": "a/%2e%2e/../b"}"#),
+            Err(PlaybookError::Path(PathError::DotDot))
+        );
+
+        let RouteAction::Authorize { source, .. } = r.find("POST", "/graphql").action else {
+            panic!()
+        };
+        let body = json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/q"}});
+        assert_eq!(
+            source.from_body(body.to_string().as_bytes()).unwrap()[0].as_str(),
+            "data/q"
+        );
+        let body = json!({"query": "query { status }"});
+        assert!(matches!(
+            source.from_body(body.to_string().as_bytes()),
+            Err(PlaybookError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn configuration_errors_name_the_field() {
+        let cases = [
+            (json!([{"match": {}, "public": true}]), "[0].match"),
+            (
+                json!([{"match": {"path": "/a", "prefix": "/b"}, "public": true}]),
+                "[0].match",
+            ),
+            (
+                json!([{"match": {"path": "a"}, "public": true}]),
+                "[0].match.path",
+            ),
+            (
+                json!([{"match": {"prefix": "/a/../b"}, "public": true}]),
+                "[0].match.prefix",
+            ),
+            (
+                json!([{"match": {"glob": "/a/[b"}, "public": true}]),
+                "[0].match.glob",
+            ),
+            (
+                json!([{"match": {"glob": "a/**"}, "public": true}]),
+                "[0].match.glob",
+            ),
+            (
+                json!([{"match": {"path": "/a", "methods": []}, "public": true}]),
+                "[0].match.methods",
+            ),
+            (json!([{"match": {"path": "/a"}}]), "[0]"),
+            (
+                json!([{"match": {"path": "/a"}, "public": true, "authenticate": true}]),
+                "[0]",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"path_after_prefix": true}}}]),
+                "[0].authorize.playbook.path_after_prefix",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {}}}]),
+                "[0].authorize.playbook",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"json_pointer": "path"}}}]),
+                "[0].authorize.playbook.json_pointer",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"graphql_variable": "a-b"}}}]),
+                "[0].authorize.playbook.graphql_variable",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": " ", "playbook": {"header": "h"}}}]),
+                "[0].authorize.permission",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "public": true}, {"match": {"path": "/b"}, "authorize": {"permission": "x", "playbook": {"header": ""}}}]),
+                "[1].authorize.playbook.header",
+            ),
+        ];
+        for (json, path) in cases {
+            let err = routes(json.clone()).unwrap_err();
+            assert_eq!(err.path, path, "{json}: {err}");
+        }
+    }
+}

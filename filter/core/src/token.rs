@@ -1,0 +1,226 @@
+//! Where the session token comes from (SPEC section 2).
+
+use crate::config::{ConfigError, TokenSourceConfig};
+
+/// One compiled token source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A header (name lowercased), with an optional scheme or prefix to strip.
+    Header {
+        name: String,
+        prefix: Option<Prefix>,
+    },
+    /// A cookie, by its case-sensitive name.
+    Cookie { name: String },
+}
+
+/// A header value prefix: an auth scheme (`Bearer `: case-insensitive, any run of spaces
+/// after it, as RFC 9110 allows) or a literal prefix matched case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prefix {
+    Scheme(String),
+    Literal(String),
+}
+
+/// The ordered token sources; the first that yields a token wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSources(Vec<Source>);
+
+/// Which source a token came from, for logs.
+pub type SourceIndex = usize;
+
+impl TokenSources {
+    /// Compiles `token_sources`; errors name `[i].field`.
+    pub fn compile(configs: &[TokenSourceConfig]) -> Result<Self, ConfigError> {
+        if configs.is_empty() {
+            return Err(ConfigError::new("", "at least one token source is needed"));
+        }
+        let mut sources = Vec::with_capacity(configs.len());
+        for (i, cfg) in configs.iter().enumerate() {
+            let at = |field: &str| format!("[{i}]{field}");
+            let source = match (&cfg.header, &cfg.cookie) {
+                (Some(header), None) if !header.trim().is_empty() => Source::Header {
+                    name: header.trim().to_ascii_lowercase(),
+                    prefix: cfg.prefix.as_deref().filter(|p| !p.is_empty()).map(|p| {
+                        match p.strip_suffix(' ') {
+                            Some(scheme) if !scheme.trim().is_empty() => {
+                                Prefix::Scheme(scheme.trim().to_owned())
+                            }
+                            _ => Prefix::Literal(p.to_owned()),
+                        }
+                    }),
+                },
+                (None, Some(cookie)) if !cookie.trim().is_empty() => {
+                    if cfg.prefix.is_some() {
+                        return Err(ConfigError::new(
+                            at(".prefix"),
+                            "a prefix applies to headers, not cookies",
+                        ));
+                    }
+                    Source::Cookie {
+                        name: cookie.trim().to_owned(),
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        at(""),
+                        "give either `header` or `cookie`, not both",
+                    ));
+                }
+                (None, None) => return Err(ConfigError::new(at(""), "give `header` or `cookie`")),
+                (Some(_), None) => {
+                    return Err(ConfigError::new(at(".header"), "empty header name"))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(at(".cookie"), "empty cookie name"))
+                }
+            };
+            sources.push(source);
+        }
+        Ok(TokenSources(sources))
+    }
+
+    /// The first token found in `headers` (names compared case-insensitively), and its source.
+    ///
+    /// A header whose scheme differs (`Authorization: Basic ...` for a `Bearer ` source) or
+    /// whose token is empty is skipped, so the next source still gets its turn.
+    pub fn find<'h>(&self, headers: &'h [(String, String)]) -> Option<(&'h str, SourceIndex)> {
+        self.0.iter().enumerate().find_map(|(i, source)| {
+            let token = match source {
+                Source::Header { name, prefix } => headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .find_map(|(_, value)| strip_prefix(value, prefix.as_ref())),
+                Source::Cookie { name } => headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                    .find_map(|(_, value)| cookie_value(value, name)),
+            };
+            token.map(|t| (t, i))
+        })
+    }
+}
+
+fn strip_prefix<'v>(value: &'v str, prefix: Option<&Prefix>) -> Option<&'v str> {
+    let rest = match prefix {
+        None => value,
+        Some(Prefix::Scheme(scheme)) => {
+            let value = value.trim_start();
+            let (got, rest) = value.split_once([' ', '\t'])?;
+            if !got.eq_ignore_ascii_case(scheme) {
+                return None;
+            }
+            rest
+        }
+        Some(Prefix::Literal(literal)) => {
+            let head = value.get(..literal.len())?;
+            if !head.eq_ignore_ascii_case(literal) {
+                return None;
+            }
+            value.get(literal.len()..)?
+        }
+    };
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; session_token=xyz`).
+fn cookie_value<'v>(header: &'v str, name: &str) -> Option<&'v str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        let v = v.trim().trim_matches('"');
+        (k.trim() == name && !v.is_empty()).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginConfig;
+
+    fn defaults() -> TokenSources {
+        let cfg: PluginConfig = serde_json::from_str(r#"{"policy":{"roles":{}}}"#).unwrap();
+        TokenSources::compile(&cfg.token_sources).unwrap()
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn bearer_header_comes_first_and_scheme_is_case_insensitive() {
+        let s = defaults();
+        let headers = h(&[
+            ("x-session-token", "b"),
+            ("authorization", "Bearer a"),
+            ("cookie", "session_token=c"),
+        ]);
+        assert_eq!(s.find(&headers), Some(("a", 0)));
+        assert_eq!(s.find(&h(&[("authorization", "bearer a")])), Some(("a", 0)));
+        assert_eq!(
+            s.find(&h(&[("Authorization", "BEARER   a  ")])),
+            Some(("a", 0))
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_skipped() {
+        let s = defaults();
+        assert_eq!(s.find(&h(&[("authorization", "Basic Zm9vOmJhcg==")])), None);
+        assert_eq!(s.find(&h(&[("authorization", "Bearer ")])), None);
+        assert_eq!(s.find(&h(&[("authorization", "Bearer")])), None);
+        assert_eq!(s.find(&h(&[("authorization", "Bearerx y")])), None);
+        let headers = h(&[("authorization", "Basic xx"), ("x-session-token", "b")]);
+        assert_eq!(s.find(&headers), Some(("b", 1)));
+    }
+
+    #[test]
+    fn session_header_and_cookie() {
+        let s = defaults();
+        assert_eq!(s.find(&h(&[("x-session-token", " b ")])), Some(("b", 1)));
+        assert_eq!(
+            s.find(&h(&[("cookie", "a=1; session_token=c; z=2")])),
+            Some(("c", 2))
+        );
+        assert_eq!(
+            s.find(&h(&[("cookie", "a=1"), ("cookie", "session_token=\"c\"")])),
+            Some(("c", 2))
+        );
+        assert_eq!(
+            s.find(&h(&[("cookie", "Session_Token=c")])),
+            None,
+            "cookie names are case-sensitive"
+        );
+        assert_eq!(s.find(&h(&[("cookie", "session_token=")])), None);
+        assert_eq!(s.find(&h(&[("cookie", "garbage;;=;")])), None);
+        assert_eq!(s.find(&[]), None);
+    }
+
+    #[test]
+    fn literal_prefixes_and_config_errors() {
+        let cfg: Vec<TokenSourceConfig> =
+            serde_json::from_str(r#"[{"header":"x-auth","prefix":"tok:"}]"#).unwrap();
+        let s = TokenSources::compile(&cfg).unwrap();
+        assert_eq!(s.find(&h(&[("x-auth", "TOK:abc")])), Some(("abc", 0)));
+        assert_eq!(s.find(&h(&[("x-auth", "t")])), None);
+        assert_eq!(s.find(&h(&[("x-auth", "é")])), None);
+
+        for (json, path) in [
+            (r#"[{"header":"a","cookie":"b"}]"#, "[0]"),
+            (r#"[{}]"#, "[0]"),
+            (r#"[{"cookie":"c","prefix":"x"}]"#, "[0].prefix"),
+            (r#"[{"header":"a"},{"header":" "}]"#, "[1].header"),
+            (r#"[]"#, ""),
+        ] {
+            let cfg: Vec<TokenSourceConfig> = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                TokenSources::compile(&cfg).unwrap_err().path,
+                path,
+                "{json}"
+            );
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Turning a decision into an HTTP answer or upstream headers (SPEC section 7).
+
+use serde_json::json;
+
+use crate::jwt::AuthError;
+
+/// What kind of refusal; the host counts each in its own stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    /// 401: no token, or one that does not verify.
+    Unauthenticated,
+    /// 403: the policy or the route table says no.
+    Forbidden,
+    /// 400: the request names no usable playbook.
+    BadRequest,
+    /// 413: the body a route must read is too large.
+    PayloadTooLarge,
+}
+
+/// A local reply: status, headers and a JSON body, plus a line for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Denial {
+    /// The kind, for stats.
+    pub kind: DenialKind,
+    /// The HTTP status.
+    pub status: u32,
+    /// Response headers (besides `content-type`, which is always JSON).
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: String,
+    /// Why, for the log line.
+    pub detail: String,
+}
+
+impl Denial {
+    /// 401 with a `reason` and an RFC 6750 `WWW-Authenticate` challenge.
+    pub fn unauthenticated(err: &AuthError) -> Self {
+        let description: String = err
+            .to_string()
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect();
+        // RFC 6750 section 3.1: a request with no credentials gets a challenge with no error code.
+        let challenge = if *err == AuthError::Missing {
+            "Bearer realm=\"playbook-guard\"".to_owned()
+        } else {
+            format!("Bearer realm=\"playbook-guard\", error=\"invalid_token\", error_description=\"{description}\"")
+        };
+        Denial {
+            kind: DenialKind::Unauthenticated,
+            status: 401,
+            headers: vec![("www-authenticate".into(), challenge)],
+            body: json!({"error": "unauthenticated", "reason": err.reason()}).to_string(),
+            detail: err.to_string(),
+        }
+    }
+
+    /// 403 for a (permission, playbook) the policy refuses.
+    pub fn forbidden(playbook: &str, permission: &str, detail: String) -> Self {
+        Denial {
+            kind: DenialKind::Forbidden,
+            status: 403,
+            headers: Vec::new(),
+            body: json!({"error": "Permission denied", "playbook_path": playbook, "permission_type": permission}).to_string(),
+            detail,
+        }
+    }
+
+    /// 403 for a request that no route allows (`default_action: deny`).
+    pub fn no_route() -> Self {
+        Denial {
+            kind: DenialKind::Forbidden,
+            status: 403,
+            headers: Vec::new(),
+            body: json!({"error": "Permission denied", "playbook_path": "", "permission_type": "", "reason": "no_route"})
+                .to_string(),
+            detail: "no route matches and default_action is deny".into(),
+        }
+    }
+
+    /// 400 with a reason.
+    pub fn bad_request(reason: &str, detail: String) -> Self {
+        Denial {
+            kind: DenialKind::BadRequest,
+            status: 400,
+            headers: Vec::new(),
+            body: json!({"error": "bad_request", "reason": reason}).to_string(),
+            detail,
+        }
+    }
+
+    /// 413 for a body over the route's limit.
+    pub fn too_large(limit: u64) -> Self {
+        Denial {
+            kind: DenialKind::PayloadTooLarge,
+            status: 413,
+            headers: Vec::new(),
+            body: json!({"error": "payload_too_large", "max_body_bytes": limit}).to_string(),
+            detail: format!("request body over {limit} bytes"),
+        }
+    }
+}
+
+/// The final word on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Verdict {
+    /// Send it upstream with these headers set (identity headers the client sent are removed
+    /// by the host before, whatever the verdict).
+    Allow {
+        /// Headers to set on the upstream request.
+        headers: Vec<(String, String)>,
+        /// What allowed it, for the log line.
+        detail: String,
+        /// In audit mode, the denial that was not enforced.
+        audited: Option<Denial>,
+    },
+    /// Answer locally.
+    Deny(Denial),
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn unauthenticated_answers_carry_reason_and_challenge() {
+        let d = Denial::unauthenticated(&AuthError::Expired);
+        assert_eq!(d.status, 401);
+        let body: Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "unauthenticated", "reason": "expired"})
+        );
+        assert_eq!(
+            d.headers,
+            [("www-authenticate".to_string(), "Bearer realm=\"playbook-guard\", error=\"invalid_token\", error_description=\"token expired\"".to_string())]
+        );
+        let d = Denial::unauthenticated(&AuthError::UnknownIssuer("a\"b\\c\n".into()));
+        assert!(
+            d.headers[0]
+                .1
+                .ends_with("error_description=\"unknown issuer abcn\""),
+            "{}",
+            d.headers[0].1
+        );
+        let d = Denial::unauthenticated(&AuthError::Missing);
+        assert_eq!(d.headers[0].1, "Bearer realm=\"playbook-guard\"");
+        assert!(d.body.contains("missing_token"));
+    }
+
+    #[test]
+    fn forbidden_body_names_playbook_and_permission() {
+        let d = Denial::forbidden("system/x", "execute", String::new());
+        let body: Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "Permission denied", "playbook_path": "system/x", "permission_type": "execute"})
+        );
+        assert_eq!(Denial::too_large(10).status, 413);
+        assert_eq!(Denial::no_route().status, 403);
+        assert_eq!(Denial::bad_request("x", String::new()).status, 400);
+    }
+}

@@ -1,1 +1,143 @@
-fn main() {}
+//! `playbook-guard`: check and explain policies, render Envoy configuration, mint dev tokens.
+//!
+//! Every decision it shows comes from the same core code the filter runs.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod render;
+mod token;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use playbook_guard_core::path::PlaybookPath;
+use playbook_guard_core::policy::{Policy, PolicyDocument};
+
+/// Command-line tool for playbook-guard.
+#[derive(Debug, Parser)]
+#[command(name = "playbook-guard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check policy files: exit 1 with file:line:column and the cause if one is bad.
+    Check {
+        /// Policy files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Explain a decision: allow or deny, and the rule that decided (exit 0 allow, 1 deny).
+    Explain {
+        /// The policy file.
+        #[arg(long, default_value = "policies/noetl-default.yaml")]
+        policy: PathBuf,
+        /// The user's roles (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// The playbook path.
+        #[arg(long)]
+        playbook: String,
+        /// The permission asked for.
+        #[arg(long)]
+        permission: String,
+    },
+    /// Render Envoy configuration for a filter configuration plus a policy.
+    Render(render::RenderArgs),
+    /// Mint a development JWT.
+    Token(token::TokenArgs),
+}
+
+/// A failure to report: the message, and the exit code.
+#[derive(Debug)]
+pub struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Explain {
+            policy,
+            roles,
+            playbook,
+            permission,
+        } => explain(&policy, &roles, &playbook, &permission),
+        Command::Render(args) => render::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            eprintln!("playbook-guard: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads and compiles a policy file; errors say `file:line:column: cause` where YAML knows the place.
+pub fn load_policy(path: &Path) -> Result<(PolicyDocument, Policy), Failure> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+        Some(at) => Failure(format!(
+            "{}:{}:{}: {e}",
+            path.display(),
+            at.line(),
+            at.column()
+        )),
+        None => Failure(format!("{}: {e}", path.display())),
+    })?;
+    let policy = Policy::compile(&doc).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    Ok((doc, policy))
+}
+
+fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
+    let mut failed = false;
+    for file in files {
+        match load_policy(file) {
+            Ok((_, policy)) => println!("{}: ok (version {:?})", file.display(), policy.version()),
+            Err(Failure(message)) => {
+                eprintln!("{message}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn explain(
+    policy: &Path,
+    roles: &[String],
+    playbook: &str,
+    permission: &str,
+) -> Result<ExitCode, Failure> {
+    let (_, policy) = load_policy(policy)?;
+    let playbook = PlaybookPath::parse(playbook)
+        .map_err(|e| Failure(format!("playbook {playbook:?}: {e}")))?;
+    let decision = policy.decide(roles, permission, &playbook);
+    let verb = if decision.allowed { "allow" } else { "deny" };
+    println!(
+        "{verb}: {permission} on {playbook} for roles [{}], decided by {}",
+        roles.join(", "),
+        decision.rule
+    );
+    Ok(if decision.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

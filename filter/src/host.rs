@@ -29,7 +29,7 @@ impl Metrics {
         ) {
             Ok(id) => Some(id),
             Err(status) => {
-                warn!("playbook-guard: cannot define metric {name}: {status:?}");
+                warn!("cannot define metric {name}: {status:?}");
                 None
             }
         };
@@ -71,17 +71,14 @@ impl RootContext for GuardRoot {
         let env = |name: &str| std::env::var(name).ok();
         match Guard::from_json(&config, &env) {
             Ok(guard) => {
-                info!(
-                    "playbook-guard: configured; policy version {:?}",
-                    guard.policy_version()
-                );
+                info!("configured; policy version {:?}", guard.policy_version());
                 self.guard = Some(Rc::new(guard));
                 true
             }
             Err(err) => {
                 // Returning false makes Envoy refuse this configuration (and keep the last good
                 // one on an update), so the error must say what to fix.
-                error!("playbook-guard: configuration rejected: {err}");
+                error!("configuration rejected: {err}");
                 false
             }
         }
@@ -132,9 +129,9 @@ impl GuardHttp {
                 Metrics::bump(self.metrics.allowed);
                 if audited.is_some() {
                     Metrics::bump(self.metrics.audit_would_deny);
-                    info!("playbook-guard: {detail}");
+                    info!("{detail}");
                 } else {
-                    debug!("playbook-guard: allow: {detail}");
+                    debug!("allow: {detail}");
                 }
                 Action::Continue
             }
@@ -150,7 +147,7 @@ impl GuardHttp {
             DenialKind::PayloadTooLarge => self.metrics.payload_too_large,
         };
         Metrics::bump(counter);
-        info!("playbook-guard: deny {}: {}", denial.status, denial.detail);
+        info!("deny {}: {}", denial.status, denial.detail);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(denial.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
@@ -174,7 +171,7 @@ impl GuardHttp {
 impl HttpContext for GuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(guard) = self.guard.clone() else {
-            error!("playbook-guard: request before any accepted configuration; refusing it");
+            error!("request before any accepted configuration; refusing it");
             self.send_http_response(
                 503,
                 vec![("content-type", "application/json")],

@@ -1,0 +1,72 @@
+# playbook-guard: the verbs a user types.
+#   make run    build the filter, start Envoy with it in front of a demo upstream, print curl lines
+#   make test   every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
+#   make build  the filter's .wasm (build/playbook_guard.wasm) and the CLI
+#   make clean  remove build outputs
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+WASM      := build/playbook_guard.wasm
+RAW_WASM  := target/wasm32-wasip1/release/playbook_guard.wasm
+CLI       := target/debug/playbook-guard
+WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
+WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+                  --enable-nontrapping-float-to-int --enable-mutable-globals
+
+.PHONY: run test build clean lint unit wasm-unit e2e venv
+
+run: build venv
+	$(PY) envoy/run_local.py
+
+test: build venv lint unit wasm-unit e2e
+
+build: $(WASM) $(CLI)
+
+# Cargo decides what is stale; the rules below always ask it.
+.PHONY: $(RAW_WASM) $(CLI)
+$(RAW_WASM):
+	cargo build -p playbook-guard --target wasm32-wasip1 --release
+
+$(CLI):
+	cargo build -p playbook-guard-cli
+
+# wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth; without
+# Node.js the unoptimised module is used as it is.
+$(WASM): $(RAW_WASM)
+	@mkdir -p build
+	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null; then \
+	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
+	@if [ -x $(WASM_OPT) ]; then \
+	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(RAW_WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
+	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(RAW_WASM) $(WASM); fi
+	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: test-harness/e2e/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r test-harness/e2e/requirements.txt
+	touch $@
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
+
+unit:
+	cargo test --workspace
+
+# The core's tests compiled to wasm32-wasip1 and run under wasmtime, as the filter runs in Envoy.
+wasm-unit: venv
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PY) $(CURDIR)/test-harness/e2e/wasi_run.py" \
+	    cargo test -p playbook-guard-core --target wasm32-wasip1
+
+e2e: build venv
+	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
+	    $(PY) -m pytest -q test-harness/e2e
+
+clean:
+	cargo clean
+	rm -rf build

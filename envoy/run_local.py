@@ -1,0 +1,106 @@
+"""`make run`: Envoy with playbook-guard in front of a demo upstream, on loopback.
+
+Starts the demo upstream and Envoy (envoy/envoy.yaml, which loads build/playbook_guard.wasm),
+mints development tokens with the CLI, shows one allowed and one denied request, and prints
+the curl lines to try more. Ctrl-C stops everything.
+"""
+
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CLI = ROOT / "target" / "debug" / "playbook-guard"
+LISTEN = "http://127.0.0.1:10000"
+ADMIN = "http://127.0.0.1:9901"
+
+
+def wait_for(url, what, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (code {proc.returncode}); see build/envoy.log")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not become ready at {url}")
+
+
+def status_of(path, token):
+    req = urllib.request.Request(LISTEN + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def mint(*args):
+    return subprocess.run([str(CLI), "token", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def main():
+    env = dict(os.environ)
+    # A fresh secret per run unless one is given: the filter refuses secrets under 32 bytes.
+    env.setdefault("PLAYBOOK_GUARD_HS256_SECRET", secrets.token_urlsafe(48))
+    os.environ.update(env)
+    (ROOT / "build").mkdir(exist_ok=True)
+    procs = []
+    try:
+        upstream = subprocess.Popen(
+            [sys.executable, str(ROOT / "test-harness" / "e2e" / "demo_upstream.py"), "--port", "18080"],
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(upstream)
+        log = open(ROOT / "build" / "envoy.log", "w")
+        envoy = subprocess.Popen(
+            [str(VENV_BIN / "envoy"), "-c", "envoy/envoy.yaml", "--concurrency", "2",
+             "--log-level", "warn", "--component-log-level", "wasm:info"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        procs.append(envoy)
+        wait_for(ADMIN + "/ready", "Envoy", envoy)
+        wait_for(LISTEN + "/health", "Envoy listener", envoy)
+
+        analyst = mint("--sub", "42", "--email", "ada@example.com", "--name", "Ada Lovelace", "--roles", "analyst")
+        allowed = f"{LISTEN}/api/catalog/data/daily_load"
+        denied = f"{LISTEN}/api/catalog/system/reset"
+        print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), demo upstream on :18080")
+        print(f"Envoy's log: build/envoy.log   stats: curl -s {ADMIN}/stats | grep playbook_guard\n")
+        print("A token for user 42 with role analyst (execute/view data/**); allowed (200):")
+        print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {allowed}")
+        print(f"  -> {status_of('/api/catalog/data/daily_load', analyst)}\n")
+        print("The same token on a system playbook; denied (403):")
+        print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {denied}")
+        print(f"  -> {status_of('/api/catalog/system/reset', analyst)}\n")
+        print("More tokens: PLAYBOOK_GUARD_HS256_SECRET=" + shlex.quote(env["PLAYBOOK_GUARD_HS256_SECRET"])
+              + f" {CLI.relative_to(ROOT)} token --roles developer")
+        print("\nCtrl-C stops Envoy and the upstream.", flush=True)
+        while envoy.poll() is None:
+            time.sleep(0.5)
+        sys.exit(f"Envoy exited (code {envoy.returncode}); see build/envoy.log")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

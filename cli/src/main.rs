@@ -66,12 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files } => check(&files),
-        Command::Explain {
-            policy,
-            roles,
-            playbook,
-            permission,
-        } => explain(&policy, &roles, &playbook, &permission),
+        Command::Explain { policy, roles, playbook, permission } => explain(&policy, &roles, &playbook, &permission),
         Command::Render(args) => render::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
     };
@@ -86,15 +81,9 @@ fn main() -> ExitCode {
 
 /// Reads and compiles a policy file; errors say `file:line:column: cause` where YAML knows the place.
 pub fn load_policy(path: &Path) -> Result<(PolicyDocument, Policy), Failure> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
-        Some(at) => Failure(format!(
-            "{}:{}:{}: {e}",
-            path.display(),
-            at.line(),
-            at.column()
-        )),
+        Some(at) => Failure(format!("{}:{}:{}: {e}", path.display(), at.line(), at.column())),
         None => Failure(format!("{}: {e}", path.display())),
     })?;
     let policy = Policy::compile(&doc).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
@@ -112,32 +101,14 @@ fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn explain(
-    policy: &Path,
-    roles: &[String],
-    playbook: &str,
-    permission: &str,
-) -> Result<ExitCode, Failure> {
+fn explain(policy: &Path, roles: &[String], playbook: &str, permission: &str) -> Result<ExitCode, Failure> {
     let (_, policy) = load_policy(policy)?;
-    let playbook = PlaybookPath::parse(playbook)
-        .map_err(|e| Failure(format!("playbook {playbook:?}: {e}")))?;
+    let playbook = PlaybookPath::parse(playbook).map_err(|e| Failure(format!("playbook {playbook:?}: {e}")))?;
     let decision = policy.decide(roles, permission, &playbook);
     let verb = if decision.allowed { "allow" } else { "deny" };
-    println!(
-        "{verb}: {permission} on {playbook} for roles [{}], decided by {}",
-        roles.join(", "),
-        decision.rule
-    );
-    Ok(if decision.allowed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    println!("{verb}: {permission} on {playbook} for roles [{}], decided by {}", roles.join(", "), decision.rule);
+    Ok(if decision.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -42,11 +42,7 @@ pub struct RenderArgs {
     #[arg(long, default_value = "build/playbook_guard.wasm")]
     wasm: String,
     /// Environment variables Envoy passes from its own environment into the VM.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "PLAYBOOK_GUARD_HS256_SECRET"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "PLAYBOOK_GUARD_HS256_SECRET")]
     vm_env: Vec<String>,
     /// The filter (and ECDS resource) name.
     #[arg(long, default_value = "playbook-guard")]
@@ -93,27 +89,23 @@ fn output_name(output: Output) -> &'static str {
 
 /// The merged plugin configuration, checked by compiling it as the filter would.
 fn plugin_config(args: &RenderArgs) -> Result<Value, Failure> {
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
-    let mut config: Value = serde_yaml_ng::from_str(&text)
-        .map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
+    let text = std::fs::read_to_string(&args.config).map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
+    let mut config: Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
     let (doc, _) = load_policy(&args.policy)?;
     let Value::Object(map) = &mut config else {
-        return Err(Failure(format!(
-            "{}: the filter configuration is a mapping",
-            args.config.display()
-        )));
+        return Err(Failure(format!("{}: the filter configuration is a mapping", args.config.display())));
     };
     map.insert("policy".into(), serde_json::to_value(doc)?);
+    // The rendered Envoy configuration sets `allow_on_headers_stop_iteration`, so the filter
+    // may hold headers until a body-sourced decision.
+    if args.output != Output::PluginConfig {
+        map.entry("hold_headers_for_body").or_insert(Value::Bool(true));
+    }
     // Secrets are Envoy's to pass in; a stand-in of the right length checks everything else.
     let env = |name: &str| Some(std::env::var(name).unwrap_or_else(|_| "x".repeat(64)));
-    Guard::from_json(config.to_string().as_bytes(), &env).map_err(|e| {
-        Failure(format!(
-            "{} + {}: {e}",
-            args.config.display(),
-            args.policy.display()
-        ))
-    })?;
+    Guard::from_json(config.to_string().as_bytes(), &env)
+        .map_err(|e| Failure(format!("{} + {}: {e}", args.config.display(), args.policy.display())))?;
     Ok(config)
 }
 
@@ -135,6 +127,9 @@ fn wasm_config(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
             },
             // A filter that cannot load must not let requests through unchecked.
             "failure_policy": "FAIL_CLOSED",
+            // Lets the filter hold a body-sourced request's headers until it has read the
+            // playbook path from the body (the filter's `hold_headers_for_body`).
+            "allow_on_headers_stop_iteration": true,
         }
     }))
 }
@@ -152,8 +147,7 @@ fn typed_extension_config(args: &RenderArgs, plugin: &Value) -> Result<Value, Fa
 }
 
 fn bootstrap(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
-    let loopback =
-        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let loopback = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     Ok(json!({
         "node": {"id": "playbook-guard-local", "cluster": "playbook-guard"},
         "admin": {"address": loopback(args.admin_port)},

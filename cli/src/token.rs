@@ -59,25 +59,16 @@ pub struct TokenArgs {
 
 /// Prints one token.
 pub fn run(args: &TokenArgs) -> Result<(), Failure> {
-    let alg = Algorithm::from_str(&args.alg)
-        .map_err(|_| Failure(format!("unsupported algorithm {:?}", args.alg)))?;
+    let alg = Algorithm::from_str(&args.alg).map_err(|_| Failure(format!("unsupported algorithm {:?}", args.alg)))?;
     let key = match alg.family() {
         AlgorithmFamily::Hmac => {
-            let secret = std::env::var(&args.secret_env).map_err(|_| {
-                Failure(format!(
-                    "set {} to the filter's HMAC secret",
-                    args.secret_env
-                ))
-            })?;
+            let secret = std::env::var(&args.secret_env)
+                .map_err(|_| Failure(format!("set {} to the filter's HMAC secret", args.secret_env)))?;
             EncodingKey::from_secret(secret.as_bytes())
         }
         family => {
-            let path = args
-                .key
-                .as_ref()
-                .ok_or_else(|| Failure(format!("--key PEM is needed for {}", args.alg)))?;
-            let pem =
-                std::fs::read(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+            let path = args.key.as_ref().ok_or_else(|| Failure(format!("--key PEM is needed for {}", args.alg)))?;
+            let pem = std::fs::read(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
             match family {
                 AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem)?,
                 AlgorithmFamily::Ec => EncodingKey::from_ec_pem(&pem)?,
@@ -85,13 +76,8 @@ pub fn run(args: &TokenArgs) -> Result<(), Failure> {
             }
         }
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let sid = args
-        .sid
-        .clone()
-        .unwrap_or_else(|| format!("dev-{:x}", now ^ i64::from(std::process::id())));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let sid = args.sid.clone().unwrap_or_else(|| format!("dev-{:x}", now ^ i64::from(std::process::id())));
     let mut claims = Map::new();
     claims.insert("iss".into(), json!(args.issuer));
     claims.insert("aud".into(), json!(args.audience));
@@ -109,8 +95,7 @@ pub fn run(args: &TokenArgs) -> Result<(), Failure> {
         claims.insert(args.roles_claim.clone(), json!(args.roles));
     }
     if let Some(extra) = &args.claims {
-        let extra: Value =
-            serde_json::from_str(extra).map_err(|e| Failure(format!("--claims: {e}")))?;
+        let extra: Value = serde_json::from_str(extra).map_err(|e| Failure(format!("--claims: {e}")))?;
         let Value::Object(extra) = extra else {
             return Err(Failure("--claims must be a JSON object".into()));
         };

@@ -23,16 +23,14 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name: &str| match hostcalls::define_metric(
-            MetricType::Counter,
-            &format!("playbook_guard.{name}"),
-        ) {
-            Ok(id) => Some(id),
-            Err(status) => {
-                warn!("cannot define metric {name}: {status:?}");
-                None
-            }
-        };
+        let counter =
+            |name: &str| match hostcalls::define_metric(MetricType::Counter, &format!("playbook_guard.{name}")) {
+                Ok(id) => Some(id),
+                Err(status) => {
+                    warn!("cannot define metric {name}: {status:?}");
+                    None
+                }
+            };
         Metrics {
             allowed: counter("allowed"),
             denied: counter("denied"),
@@ -89,6 +87,7 @@ impl RootContext for GuardRoot {
             guard: self.guard.clone(),
             metrics: self.metrics,
             pending: None,
+            headers_forwarded: false,
         }))
     }
 
@@ -103,28 +102,26 @@ struct GuardHttp {
     guard: Option<Rc<Guard>>,
     metrics: Metrics,
     pending: Option<PendingBody>,
+    /// The request headers already went upstream (a body-sourced route without
+    /// `hold_headers_for_body`); they can no longer be changed.
+    headers_forwarded: bool,
 }
 
 impl Context for GuardHttp {}
 
 impl GuardHttp {
     fn now(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
 
     /// Carries out a verdict: sets the identity headers and goes on, or answers locally.
     fn apply(&mut self, verdict: Verdict) -> Action {
         match verdict {
-            Verdict::Allow {
-                headers,
-                detail,
-                audited,
-            } => {
-                for (name, value) in &headers {
-                    self.set_http_request_header(name, Some(value));
+            Verdict::Allow { headers, detail, audited } => {
+                if !self.headers_forwarded {
+                    for (name, value) in &headers {
+                        self.set_http_request_header(name, Some(value));
+                    }
                 }
                 Metrics::bump(self.metrics.allowed);
                 if audited.is_some() {
@@ -159,11 +156,7 @@ impl GuardHttp {
         let (Some(guard), Some(pending)) = (self.guard.clone(), self.pending.take()) else {
             return Action::Continue;
         };
-        let body = if body_size == 0 {
-            None
-        } else {
-            self.get_http_request_body(0, body_size)
-        };
+        let body = if body_size == 0 { None } else { self.get_http_request_body(0, body_size) };
         self.apply(guard.on_request_body(&pending, body.as_deref().unwrap_or_default()))
     }
 }
@@ -188,27 +181,29 @@ impl HttpContext for GuardHttp {
             .into_iter()
             .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
             .collect();
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
-        let head = RequestHead {
-            method: pseudo(":method"),
-            path: pseudo(":path"),
-            headers: &headers,
-        };
+        let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
+        let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
         match guard.on_request_headers(&head, self.now()) {
             HeadersStep::Verdict(verdict) => self.apply(verdict),
             HeadersStep::ReadBody(pending) => {
-                self.pending = Some(pending);
                 if end_of_stream {
-                    self.decide_body(0)
-                } else {
-                    // Hold the headers too: identity headers can only be added while they wait.
-                    Action::Pause
+                    self.pending = Some(pending);
+                    return self.decide_body(0);
                 }
+                if guard.hold_headers_for_body() {
+                    // Envoy passes this Pause on as StopIteration only with the plugin's
+                    // `allow_on_headers_stop_iteration`; the body callbacks still come.
+                    self.pending = Some(pending);
+                    return Action::Pause;
+                }
+                // Without that knob a paused head never sees its body: send the head (with the
+                // verified identity) now and hold only the body until the decision.
+                for (name, value) in &pending.upstream_headers {
+                    self.set_http_request_header(name, Some(value));
+                }
+                self.headers_forwarded = true;
+                self.pending = Some(pending);
+                Action::Continue
             }
         }
     }
@@ -233,9 +228,7 @@ impl HttpContext for GuardHttp {
         if self.pending.is_none() {
             return Action::Continue;
         }
-        let size = self
-            .get_http_request_body(0, usize::MAX)
-            .map_or(0, |b| b.len());
+        let size = self.get_http_request_body(0, usize::MAX).map_or(0, |b| b.len());
         self.decide_body(size)
     }
 }

@@ -36,10 +36,7 @@ fn path_prefix(path: &str) -> String {
 impl ConfigError {
     /// An error about the field at `path`.
     pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.to_string(),
-        }
+        ConfigError { path: path.into(), message: message.to_string() }
     }
 
     /// The same error, located inside the field `outer` (`policy` + `roles.x` -> `policy.roles.x`).
@@ -81,7 +78,7 @@ pub enum Mode {
 /// # Defaults
 /// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
-/// `allow_cors_preflight: true`, the `x-noetl-user-*` header names.
+/// `allow_cors_preflight: true`, `hold_headers_for_body: false`, the `x-noetl-user-*` header names.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -118,6 +115,12 @@ pub struct PluginConfig {
     /// Let CORS preflights through without a token, as `jwt_authn`'s `bypass_cors_preflight`.
     #[serde(default = "default_true")]
     pub allow_cors_preflight: bool,
+    /// Hold a body-sourced request's headers until the decision (needs Envoy's
+    /// `allow_on_headers_stop_iteration: true`, Envoy 1.35+). When false, the headers (with the
+    /// identity headers) go upstream first and only the body waits for the decision, because
+    /// without that Envoy knob a filter that pauses on headers never receives the body.
+    #[serde(default)]
+    pub hold_headers_for_body: bool,
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
@@ -127,21 +130,9 @@ pub struct PluginConfig {
 
 fn default_token_sources() -> Vec<TokenSourceConfig> {
     vec![
-        TokenSourceConfig {
-            header: Some("authorization".into()),
-            prefix: Some("Bearer ".into()),
-            cookie: None,
-        },
-        TokenSourceConfig {
-            header: Some("x-session-token".into()),
-            prefix: None,
-            cookie: None,
-        },
-        TokenSourceConfig {
-            header: None,
-            prefix: None,
-            cookie: Some("session_token".into()),
-        },
+        TokenSourceConfig { header: Some("authorization".into()), prefix: Some("Bearer ".into()), cookie: None },
+        TokenSourceConfig { header: Some("x-session-token".into()), prefix: None, cookie: None },
+        TokenSourceConfig { header: None, prefix: None, cookie: Some("session_token".into()) },
     ]
 }
 
@@ -472,10 +463,8 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_with_its_path() {
-        let err = parse_json::<PluginConfig>(
-            br#"{"policy":{"roles":{}},"routes":[{"match":{"prefx":"/"}}]}"#,
-        )
-        .unwrap_err();
+        let err =
+            parse_json::<PluginConfig>(br#"{"policy":{"roles":{}},"routes":[{"match":{"prefx":"/"}}]}"#).unwrap_err();
         assert_eq!(err.path, "routes[0].match.prefx");
         assert!(err.message.contains("prefx"), "{err}");
     }
@@ -507,28 +496,15 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
-        for bad in [
-            &b""[..],
-            b"{",
-            b"[]",
-            b"null",
-            b"{\"policy\": 3}",
-            b"\xff\xfe",
-        ] {
+        for bad in [&b""[..], b"{", b"[]", b"null", b"{\"policy\": 3}", b"\xff\xfe"] {
             assert!(parse_json::<PluginConfig>(bad).is_err());
         }
     }
 
     #[test]
     fn within_joins_paths() {
-        assert_eq!(
-            ConfigError::new("roles.x", "m").within("policy").path,
-            "policy.roles.x"
-        );
-        assert_eq!(
-            ConfigError::new("[0].n", "m").within("keys").path,
-            "keys[0].n"
-        );
+        assert_eq!(ConfigError::new("roles.x", "m").within("policy").path, "policy.roles.x");
+        assert_eq!(ConfigError::new("[0].n", "m").within("keys").path, "keys[0].n");
         assert_eq!(ConfigError::new("", "m").within("policy").path, "policy");
         assert_eq!(ConfigError::new("a", "m").to_string(), "a: m");
     }

@@ -32,21 +32,14 @@ pub enum GraphQlError {
 }
 
 /// Every value of `argument` in calls to `field`, across a request or a batch of them.
-pub fn playbook_arguments(
-    body: &Value,
-    field: &str,
-    argument: &str,
-) -> Result<Vec<String>, GraphQlError> {
+pub fn playbook_arguments(body: &Value, field: &str, argument: &str) -> Result<Vec<String>, GraphQlError> {
     let requests: Vec<&Value> = match body {
         Value::Array(batch) => batch.iter().collect(),
         other => vec![other],
     };
     let mut found = Vec::new();
     for request in requests {
-        let query = request
-            .get("query")
-            .and_then(Value::as_str)
-            .ok_or(GraphQlError::NotARequest)?;
+        let query = request.get("query").and_then(Value::as_str).ok_or(GraphQlError::NotARequest)?;
         let variables = request.get("variables").filter(|v| !v.is_null());
         for value in argument_values(query, field, argument)? {
             found.push(match value {
@@ -77,11 +70,7 @@ enum ArgValue {
     Variable(String),
 }
 
-fn argument_values(
-    query: &str,
-    field: &str,
-    argument: &str,
-) -> Result<Vec<ArgValue>, GraphQlError> {
+fn argument_values(query: &str, field: &str, argument: &str) -> Result<Vec<ArgValue>, GraphQlError> {
     let tokens = tokenize(query)?;
     let mut values = Vec::new();
     let mut i = 0;
@@ -95,10 +84,7 @@ fn argument_values(
             Some(Token::Punct(':')) => continue,
             Some(Token::Punct('(')) => {}
             _ => {
-                return Err(GraphQlError::MissingArgument {
-                    field: field.to_owned(),
-                    argument: argument.to_owned(),
-                });
+                return Err(GraphQlError::MissingArgument { field: field.to_owned(), argument: argument.to_owned() });
             }
         }
         // Inside the argument list: `name: value` pairs up to the matching ')'.
@@ -106,16 +92,12 @@ fn argument_values(
         let mut depth = 1usize;
         let mut value = None;
         while depth > 0 {
-            let tok = tokens
-                .get(i)
-                .ok_or(GraphQlError::Syntax("unbalanced parentheses"))?;
+            let tok = tokens.get(i).ok_or(GraphQlError::Syntax("unbalanced parentheses"))?;
             match tok {
                 Token::Punct('(' | '[' | '{') => depth += 1,
                 Token::Punct(')' | ']' | '}') => depth -= 1,
                 Token::Name(name)
-                    if depth == 1
-                        && *name == argument
-                        && tokens.get(i + 1) == Some(&Token::Punct(':')) =>
+                    if depth == 1 && *name == argument && tokens.get(i + 1) == Some(&Token::Punct(':')) =>
                 {
                     value = Some(match tokens.get(i + 2) {
                         Some(Token::Str(s)) => ArgValue::Literal(s.clone()),
@@ -128,10 +110,12 @@ fn argument_values(
             }
             i += 1;
         }
-        values.push(value.ok_or_else(|| GraphQlError::MissingArgument {
-            field: field.to_owned(),
-            argument: argument.to_owned(),
-        })?);
+        values.push(
+            value.ok_or_else(|| GraphQlError::MissingArgument {
+                field: field.to_owned(),
+                argument: argument.to_owned(),
+            })?,
+        );
     }
     Ok(values)
 }
@@ -141,10 +125,7 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
     let mut tokens = Vec::new();
     let mut i = 0;
     let name_end = |mut j: usize| {
-        while bytes
-            .get(j)
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
-        {
+        while bytes.get(j).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
             j += 1;
         }
         j
@@ -160,12 +141,9 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
             }
             b'"' if query.get(i..i + 3) == Some("\"\"\"") => {
                 let rest = query.get(i + 3..).unwrap_or_default();
-                let end = find_block_string_end(rest)
-                    .ok_or(GraphQlError::Syntax("unterminated block string"))?;
+                let end = find_block_string_end(rest).ok_or(GraphQlError::Syntax("unterminated block string"))?;
                 let raw = rest.get(..end).unwrap_or_default();
-                tokens.push(Token::Str(
-                    raw.replace("\\\"\"\"", "\"\"\"").trim().to_owned(),
-                ));
+                tokens.push(Token::Str(raw.replace("\\\"\"\"", "\"\"\"").trim().to_owned()));
                 i += 3 + end + 3;
             }
             b'"' => {
@@ -191,10 +169,7 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
                 // Numbers, `...` and anything else: one opaque token per character is enough,
                 // since none of them can start a field name or a string.
                 tokens.push(Token::Other);
-                i += query
-                    .get(i..)
-                    .and_then(|s| s.chars().next())
-                    .map_or(1, char::len_utf8);
+                i += query.get(i..).and_then(|s| s.chars().next()).map_or(1, char::len_utf8);
             }
         }
     }
@@ -223,9 +198,7 @@ fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
             '"' => return Ok((out, at + 1)),
             '\n' | '\r' => break,
             '\\' => {
-                let (_, esc) = chars
-                    .next()
-                    .ok_or(GraphQlError::Syntax("unterminated string"))?;
+                let (_, esc) = chars.next().ok_or(GraphQlError::Syntax("unterminated string"))?;
                 match esc {
                     'n' => out.push('\n'),
                     't' => out.push('\t'),
@@ -234,11 +207,8 @@ fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
                     'f' => out.push('\u{c}'),
                     'u' => {
                         let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
-                        let code = u32::from_str_radix(&hex, 16)
-                            .map_err(|_| GraphQlError::Syntax("bad \\u escape"))?;
-                        out.push(
-                            char::from_u32(code).ok_or(GraphQlError::Syntax("bad \\u escape"))?,
-                        );
+                        let code = u32::from_str_radix(&hex, 16).map_err(|_| GraphQlError::Syntax("bad \\u escape"))?;
+                        out.push(char::from_u32(code).ok_or(GraphQlError::Syntax("bad \\u escape"))?);
                     }
                     other => out.push(other),
                 }
@@ -261,12 +231,8 @@ mod tests {
 
     #[test]
     fn variable_and_literal_arguments() {
-        let q =
-            "mutation Run($name: String!) { executePlaybook(name: $name, args: {a: 1}) { id } }";
-        assert_eq!(
-            run(json!({"query": q, "variables": {"name": "data/x"}})).unwrap(),
-            ["data/x"]
-        );
+        let q = "mutation Run($name: String!) { executePlaybook(name: $name, args: {a: 1}) { id } }";
+        assert_eq!(run(json!({"query": q, "variables": {"name": "data/x"}})).unwrap(), ["data/x"]);
         let q = r#"mutation { executePlaybook(args: {name: "decoy"}, name: "system/x") { id } }"#;
         assert_eq!(run(json!({"query": q})).unwrap(), ["system/x"]);
         let q = r#"mutation { a: executePlaybook(name: "data/a") { id } b: executePlaybook(name: "system/b") { id } }"#;
@@ -314,19 +280,11 @@ mod tests {
             GraphQlError::NotAString("name".into())
         );
         assert_eq!(
-            err(
-                json!({"query": "mutation($n: String) { executePlaybook(name: $n) }", "variables": {"n": ["x"]}})
-            ),
+            err(json!({"query": "mutation($n: String) { executePlaybook(name: $n) }", "variables": {"n": ["x"]}})),
             GraphQlError::NotAString("name".into())
         );
-        assert!(matches!(
-            err(json!({"query": "mutation { executePlaybook(name: \"x"})),
-            GraphQlError::Syntax(_)
-        ));
-        assert!(matches!(
-            err(json!({"query": "mutation { executePlaybook(name: \"x\""})),
-            GraphQlError::Syntax(_)
-        ));
+        assert!(matches!(err(json!({"query": "mutation { executePlaybook(name: \"x"})), GraphQlError::Syntax(_)));
+        assert!(matches!(err(json!({"query": "mutation { executePlaybook(name: \"x\""})), GraphQlError::Syntax(_)));
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct PendingBody {
     identity: Identity,
     /// The most bytes to buffer; more is [`Guard::body_too_large`].
     pub max_body_bytes: u64,
+    /// The identity headers, for a host that forwards the headers before the body is decided
+    /// (see [`Guard::hold_headers_for_body`]).
+    pub upstream_headers: Vec<(String, String)>,
 }
 
 /// A compiled, immutable configuration: everything a request decision needs.
@@ -90,24 +93,19 @@ pub struct Guard {
     policy: Policy,
     headers: HeaderNames,
     allow_cors_preflight: bool,
+    hold_headers_for_body: bool,
 }
 
 impl Guard {
     /// Parses and compiles the plugin configuration (JSON). `env` reads the VM's environment
     /// variables (HMAC secrets). Errors name the field path: `providers[1].jwks.keys[0].n: ...`.
-    pub fn from_json(
-        json: &[u8],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let cfg: PluginConfig = parse_json(json)?;
         Self::compile(&cfg, env)
     }
 
     /// Compiles parsed configuration.
-    pub fn compile(
-        cfg: &PluginConfig,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn compile(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         if cfg.validation.is_some() {
             // Refused rather than ignored: a configuration asking for session validation must
             // not run without it.
@@ -128,43 +126,37 @@ impl Guard {
             ("headers.display_name", &cfg.headers.display_name),
             ("headers.roles", &cfg.headers.roles),
         ] {
-            let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok || name.starts_with(':') {
-                return Err(ConfigError::new(
-                    field,
-                    format!("{name:?} is not a valid header name"),
-                ));
+                return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
             }
         }
         let mut headers = cfg.headers.clone();
-        for name in [
-            &mut headers.user_id,
-            &mut headers.email,
-            &mut headers.display_name,
-            &mut headers.roles,
-        ] {
+        for name in [&mut headers.user_id, &mut headers.email, &mut headers.display_name, &mut headers.roles] {
             *name = name.to_ascii_lowercase();
         }
         Ok(Guard {
             mode: cfg.mode,
-            tokens: TokenSources::compile(&cfg.token_sources)
-                .map_err(|e| e.within("token_sources"))?,
-            verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env)
-                .map_err(|e| e.within("providers"))?,
+            tokens: TokenSources::compile(&cfg.token_sources).map_err(|e| e.within("token_sources"))?,
+            verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env).map_err(|e| e.within("providers"))?,
             routes: Routes::compile(&cfg.routes, cfg.default_action, cfg.max_body_bytes)
                 .map_err(|e| e.within("routes"))?,
             policy: Policy::compile(&cfg.policy).map_err(|e| e.within("policy"))?,
             headers,
             allow_cors_preflight: cfg.allow_cors_preflight,
+            hold_headers_for_body: cfg.hold_headers_for_body,
         })
     }
 
     /// The active policy's `version`.
     pub fn policy_version(&self) -> &str {
         self.policy.version()
+    }
+
+    /// Whether the host should hold a body-sourced request's headers until the decision
+    /// (`hold_headers_for_body`), rather than forward them with [`PendingBody::upstream_headers`].
+    pub fn hold_headers_for_body(&self) -> bool {
+        self.hold_headers_for_body
     }
 
     /// The identity header names; the host removes these from every request before deciding,
@@ -179,10 +171,7 @@ impl Guard {
         let path = match normalize_request_path(head.path) {
             Ok(path) => path,
             Err(e) => {
-                return HeadersStep::Verdict(self.finish(
-                    Err(Denial::bad_request("invalid_path", e.to_string())),
-                    None,
-                ))
+                return HeadersStep::Verdict(self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None))
             }
         };
         if self.allow_cors_preflight && is_cors_preflight(head) {
@@ -191,19 +180,12 @@ impl Guard {
         let route = self.routes.find(head.method, &path);
         let (permission, source) = match route.action {
             RouteAction::Public => {
-                return HeadersStep::Verdict(allowed(
-                    Vec::new(),
-                    format!("route={} public", route.id),
-                ))
+                return HeadersStep::Verdict(allowed(Vec::new(), format!("route={} public", route.id)))
             }
-            RouteAction::Deny => {
-                return HeadersStep::Verdict(self.finish(Err(Denial::no_route()), None))
-            }
+            RouteAction::Deny => return HeadersStep::Verdict(self.finish(Err(Denial::no_route()), None)),
             RouteAction::Authenticate => {
                 return HeadersStep::Verdict(match self.authenticate(head, now) {
-                    Ok(id) => {
-                        self.finish(Ok(format!("route={} authenticated", route.id)), Some(&id))
-                    }
+                    Ok(id) => self.finish(Ok(format!("route={} authenticated", route.id)), Some(&id)),
                     Err(e) => self.finish(Err(Denial::unauthenticated(&e)), None),
                 });
             }
@@ -211,15 +193,14 @@ impl Guard {
         };
         let identity = match self.authenticate(head, now) {
             Ok(id) => id,
-            Err(e) => {
-                return HeadersStep::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None))
-            }
+            Err(e) => return HeadersStep::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
         };
         if source.needs_body() {
             return HeadersStep::ReadBody(PendingBody {
                 route_id: route.id.to_owned(),
                 permission: permission.clone(),
                 source: source.clone(),
+                upstream_headers: self.identity_header_values(&identity),
                 identity,
                 max_body_bytes: route.max_body_bytes,
             });
@@ -234,20 +215,12 @@ impl Guard {
             return self.body_too_large(pending);
         }
         let playbooks = pending.source.from_body(body);
-        self.authorize(
-            &pending.route_id,
-            &pending.permission,
-            playbooks,
-            &pending.identity,
-        )
+        self.authorize(&pending.route_id, &pending.permission, playbooks, &pending.identity)
     }
 
     /// The answer for a body over [`PendingBody::max_body_bytes`].
     pub fn body_too_large(&self, pending: &PendingBody) -> Verdict {
-        self.finish(
-            Err(Denial::too_large(pending.max_body_bytes)),
-            Some(&pending.identity),
-        )
+        self.finish(Err(Denial::too_large(pending.max_body_bytes)), Some(&pending.identity))
     }
 
     fn authenticate(&self, head: &RequestHead<'_>, now: u64) -> Result<Identity, AuthError> {
@@ -272,10 +245,7 @@ impl Guard {
                     PlaybookError::Path(_) => "invalid_playbook_path",
                     _ => "playbook_not_found",
                 };
-                return self.finish(
-                    Err(Denial::bad_request(reason, format!("route={route_id} {e}"))),
-                    Some(identity),
-                );
+                return self.finish(Err(Denial::bad_request(reason, format!("route={route_id} {e}"))), Some(identity));
             }
         };
         let mut detail = format!("route={route_id} permission={permission}");
@@ -289,10 +259,7 @@ impl Guard {
                     identity.user_id.as_deref().unwrap_or("-"),
                     identity.roles.join(",")
                 );
-                return self.finish(
-                    Err(Denial::forbidden(playbook.as_str(), permission, detail)),
-                    Some(identity),
-                );
+                return self.finish(Err(Denial::forbidden(playbook.as_str(), permission, detail)), Some(identity));
             }
         }
         self.finish(Ok(detail), Some(identity))
@@ -300,9 +267,7 @@ impl Guard {
 
     /// Applies the mode and attaches the identity headers.
     fn finish(&self, outcome: Result<String, Denial>, identity: Option<&Identity>) -> Verdict {
-        let headers = identity
-            .map(|id| self.identity_header_values(id))
-            .unwrap_or_default();
+        let headers = identity.map(|id| self.identity_header_values(id)).unwrap_or_default();
         match (outcome, self.mode) {
             (Ok(detail), _) => allowed(headers, detail),
             (Err(denial), Mode::Enforce) => Verdict::Deny(denial),
@@ -317,11 +282,7 @@ impl Guard {
     fn identity_header_values(&self, id: &Identity) -> Vec<(String, String)> {
         let h = &self.headers;
         let mut out = Vec::with_capacity(4);
-        for (name, value) in [
-            (&h.user_id, &id.user_id),
-            (&h.email, &id.email),
-            (&h.display_name, &id.display_name),
-        ] {
+        for (name, value) in [(&h.user_id, &id.user_id), (&h.email, &id.email), (&h.display_name, &id.display_name)] {
             if let Some(v) = value {
                 out.push((name.clone(), header_safe(v)));
             }
@@ -332,11 +293,7 @@ impl Guard {
 }
 
 fn allowed(headers: Vec<(String, String)>, detail: String) -> Verdict {
-    Verdict::Allow {
-        headers,
-        detail,
-        audited: None,
-    }
+    Verdict::Allow { headers, detail, audited: None }
 }
 
 /// Claims end up in header values: drop characters a header cannot carry.
@@ -345,11 +302,7 @@ fn header_safe(value: &str) -> String {
 }
 
 fn is_cors_preflight(head: &RequestHead<'_>) -> bool {
-    let has = |name: &str| {
-        head.headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty())
-    };
+    let has = |name: &str| head.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty());
     head.method == "OPTIONS" && has("origin") && has("access-control-request-method")
 }
 

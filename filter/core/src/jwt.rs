@@ -132,10 +132,7 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field(
-                "providers",
-                &self.providers.iter().map(|p| &p.name).collect::<Vec<_>>(),
-            )
+            .field("providers", &self.providers.iter().map(|p| &p.name).collect::<Vec<_>>())
             .field("clock_skew", &self.clock_skew)
             .finish()
     }
@@ -174,9 +171,7 @@ pub fn token_kind(token: &str) -> TokenKind {
     let mut parts = 0;
     for (i, part) in token.split('.').enumerate() {
         parts += 1;
-        let b64 = part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let b64 = part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         // The signature may be empty (that is how `alg: none` looks); header and payload may not.
         if !b64 || (part.is_empty() && i < 2) {
             return TokenKind::Opaque;
@@ -210,24 +205,15 @@ impl Verifier {
         let mut compiled = Vec::with_capacity(providers.len());
         for (i, cfg) in providers.iter().enumerate() {
             let provider = compile_provider(cfg, env).map_err(|e| e.within(&format!("[{i}]")))?;
-            if let Some(dup) = compiled
-                .iter()
-                .position(|p: &Provider| p.issuer == provider.issuer)
-            {
+            if let Some(dup) = compiled.iter().position(|p: &Provider| p.issuer == provider.issuer) {
                 return Err(ConfigError::new(
                     format!("[{i}].issuer"),
-                    format!(
-                        "issuer {:?} is already used by providers[{dup}]",
-                        provider.issuer
-                    ),
+                    format!("issuer {:?} is already used by providers[{dup}]", provider.issuer),
                 ));
             }
             compiled.push(provider);
         }
-        Ok(Verifier {
-            providers: compiled,
-            clock_skew,
-        })
+        Ok(Verifier { providers: compiled, clock_skew })
     }
 
     /// Whether any provider is configured.
@@ -241,34 +227,27 @@ impl Verifier {
     /// of that provider that fits the header's `alg` and `kid`, and only then the claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
         let mut parts = token.splitn(3, '.');
-        let (Some(header_b64), Some(payload_b64), Some(signature)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(header_b64), Some(payload_b64), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Malformed("not three dot-separated parts"));
         };
-        let header = decode_object(header_b64)
-            .ok_or(AuthError::Malformed("header is not base64url JSON"))?;
+        let header = decode_object(header_b64).ok_or(AuthError::Malformed("header is not base64url JSON"))?;
         let alg = match header.get("alg") {
-            Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => {
-                return Err(AuthError::AlgNone)
+            Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => return Err(AuthError::AlgNone),
+            Some(Value::String(alg)) => {
+                Algorithm::from_str(alg).map_err(|_| AuthError::UnsupportedAlgorithm(alg.clone()))?
             }
-            Some(Value::String(alg)) => Algorithm::from_str(alg)
-                .map_err(|_| AuthError::UnsupportedAlgorithm(alg.clone()))?,
             _ => return Err(AuthError::Malformed("header has no alg")),
         };
         // RFC 7515 section 4.1.11: extensions we do not understand must not be ignored.
         if header.contains_key("crit") {
-            return Err(AuthError::Malformed(
-                "critical header extensions are not supported",
-            ));
+            return Err(AuthError::Malformed("critical header extensions are not supported"));
         }
         let kid = match header.get("kid") {
             None => None,
             Some(Value::String(kid)) => Some(kid.as_str()),
             Some(_) => return Err(AuthError::Malformed("kid is not a string")),
         };
-        let claims = decode_object(payload_b64)
-            .ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
+        let claims = decode_object(payload_b64).ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
         let issuer = match claims.get("iss") {
             Some(Value::String(iss)) => iss.as_str(),
             _ => return Err(AuthError::MissingClaim("iss".into())),
@@ -291,13 +270,9 @@ impl Verifier {
             });
         }
         let message_len = header_b64.len() + 1 + payload_b64.len();
-        let message = token
-            .get(..message_len)
-            .ok_or(AuthError::Malformed("truncated"))?;
-        let verified = keys.any(|k| {
-            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg)
-                .unwrap_or(false)
-        });
+        let message = token.get(..message_len).ok_or(AuthError::Malformed("truncated"))?;
+        let verified =
+            keys.any(|k| jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg).unwrap_or(false));
         if !verified {
             return Err(AuthError::BadSignature);
         }
@@ -313,8 +288,7 @@ impl Verifier {
         now: u64,
     ) -> Result<VerifiedToken, AuthError> {
         let skew = self.clock_skew;
-        let exp =
-            numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        let exp = numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
         if now >= exp.saturating_add(skew) {
             return Err(AuthError::Expired);
         }
@@ -339,18 +313,13 @@ impl Verifier {
         for (name, want) in &provider.required_claims {
             match (claims.get(name), want) {
                 (None | Some(Value::Null), _) => return Err(AuthError::MissingClaim(name.clone())),
-                (Some(got), Some(want)) if got != want => {
-                    return Err(AuthError::ClaimRejected(name.clone()))
-                }
+                (Some(got), Some(want)) if got != want => return Err(AuthError::ClaimRejected(name.clone())),
                 _ => {}
             }
         }
         let email = string_claim(claims, "email");
         if !provider.email_domains.is_empty() {
-            let domain = email
-                .as_deref()
-                .and_then(|e| e.rsplit_once('@'))
-                .map(|(_, d)| d.to_ascii_lowercase());
+            let domain = email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
             if !domain.is_some_and(|d| provider.email_domains.contains(&d)) {
                 return Err(AuthError::ClaimRejected("email".into()));
             }
@@ -364,9 +333,8 @@ impl Verifier {
             None => Vec::new(),
             Some(claim) => roles_from(claims.get(claim)),
         };
-        let session_key = string_claim(claims, "sid")
-            .or_else(|| string_claim(claims, "jti"))
-            .unwrap_or_else(|| token_digest(token));
+        let session_key =
+            string_claim(claims, "sid").or_else(|| string_claim(claims, "jti")).unwrap_or_else(|| token_digest(token));
         Ok(VerifiedToken {
             provider: provider.name.clone(),
             session_key,
@@ -382,12 +350,9 @@ impl Verifier {
 /// Roles from a claim holding an array of strings or one space-separated string.
 pub fn roles_from(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => {
+            items.iter().filter_map(Value::as_str).filter(|r| !r.is_empty()).map(str::to_owned).collect()
+        }
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
@@ -407,11 +372,8 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => {
-            let secs = n
-                .as_u64()
-                .or_else(|| n.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 }));
-            secs.map(Some)
-                .ok_or_else(|| AuthError::MissingClaim(name.into()))
+            let secs = n.as_u64().or_else(|| n.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 }));
+            secs.map(Some).ok_or_else(|| AuthError::MissingClaim(name.into()))
         }
         Some(_) => Err(AuthError::MissingClaim(name.into())),
     }
@@ -425,10 +387,7 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
     }
 }
 
-fn compile_provider(
-    cfg: &ProviderConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Provider, ConfigError> {
+fn compile_provider(cfg: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
     if cfg.name.trim().is_empty() {
         return Err(ConfigError::new("name", "must not be empty"));
     }
@@ -436,10 +395,7 @@ fn compile_provider(
         return Err(ConfigError::new("issuer", "must not be empty"));
     }
     if cfg.algorithms.is_empty() {
-        return Err(ConfigError::new(
-            "algorithms",
-            "list at least one algorithm, such as \"RS256\"",
-        ));
+        return Err(ConfigError::new("algorithms", "list at least one algorithm, such as \"RS256\""));
     }
     let mut algorithms = Vec::with_capacity(cfg.algorithms.len());
     for (i, name) in cfg.algorithms.iter().enumerate() {
@@ -452,23 +408,18 @@ fn compile_provider(
         algorithms.push(alg);
     }
 
-    let sources = [
-        cfg.secret_env.is_some(),
-        cfg.jwks.is_some(),
-        cfg.remote_jwks.is_some(),
-    ];
+    let sources = [cfg.secret_env.is_some(), cfg.jwks.is_some(), cfg.remote_jwks.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(ConfigError::new(
-            "",
-            "give exactly one of `secret_env`, `jwks`, `remote_jwks`",
-        ));
+        return Err(ConfigError::new("", "give exactly one of `secret_env`, `jwks`, `remote_jwks`"));
     }
     let mut keys = Vec::new();
     if let Some(var) = &cfg.secret_env {
         let secret = env(var).ok_or_else(|| {
             ConfigError::new(
                 "secret_env",
-                format!("environment variable {var:?} is not set in the VM (pass it with vm_config.environment_variables)"),
+                format!(
+                    "environment variable {var:?} is not set in the VM (pass it with vm_config.environment_variables)"
+                ),
             )
         })?;
         if secret.len() < MIN_HMAC_SECRET_BYTES {
@@ -477,42 +428,24 @@ fn compile_provider(
                 format!("the secret in {var:?} is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are needed", secret.len()),
             ));
         }
-        if let Some((i, _)) = algorithms
-            .iter()
-            .enumerate()
-            .find(|(_, a)| a.family() != AlgorithmFamily::Hmac)
-        {
+        if let Some((i, _)) = algorithms.iter().enumerate().find(|(_, a)| a.family() != AlgorithmFamily::Hmac) {
             return Err(ConfigError::new(
                 format!("algorithms[{i}]"),
                 "an HMAC secret verifies only HS256, HS384 and HS512",
             ));
         }
-        keys.push(Key {
-            kid: None,
-            alg: None,
-            key: DecodingKey::from_secret(secret.as_bytes()),
-        });
+        keys.push(Key { kid: None, alg: None, key: DecodingKey::from_secret(secret.as_bytes()) });
     }
     if let Some(jwks) = &cfg.jwks {
         keys = compile_jwks(jwks).map_err(|e| e.within("jwks"))?;
-        if keys.is_empty()
-            && !jwks
-                .get("keys")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty)
-        {
+        if keys.is_empty() && !jwks.get("keys").and_then(Value::as_array).is_some_and(Vec::is_empty) {
             return Err(ConfigError::new("jwks.keys", "no usable signing key"));
         }
         if keys.iter().any(|k| k.key.family() == AlgorithmFamily::Hmac)
-            && algorithms
-                .iter()
-                .any(|a| a.family() != AlgorithmFamily::Hmac)
+            && algorithms.iter().any(|a| a.family() != AlgorithmFamily::Hmac)
         {
             // An `oct` key next to asymmetric algorithms is the HS/RS confusion waiting to happen.
-            return Err(ConfigError::new(
-                "jwks",
-                "symmetric (oct) keys cannot be mixed with asymmetric algorithms",
-            ));
+            return Err(ConfigError::new("jwks", "symmetric (oct) keys cannot be mixed with asymmetric algorithms"));
         }
     }
     if let Some(remote) = &cfg.remote_jwks {
@@ -520,20 +453,16 @@ fn compile_provider(
             return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
         }
         if !(remote.uri.starts_with("https://") || remote.uri.starts_with("http://")) {
-            return Err(ConfigError::new(
-                "remote_jwks.uri",
-                "must be an http(s) URL",
-            ));
+            return Err(ConfigError::new("remote_jwks.uri", "must be an http(s) URL"));
         }
     }
 
     let required_claims = match &cfg.required_claims {
         None => Vec::new(),
         Some(RequiredClaims::Names(names)) => names.iter().map(|n| (n.clone(), None)).collect(),
-        Some(RequiredClaims::Values(map)) => map
-            .iter()
-            .map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.clone())))
-            .collect(),
+        Some(RequiredClaims::Values(map)) => {
+            map.iter().map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.clone()))).collect()
+        }
     };
     Ok(Provider {
         name: cfg.name.clone(),
@@ -564,17 +493,13 @@ fn compile_jwks(jwks: &Value) -> Result<Vec<Key>, ConfigError> {
     let mut keys = Vec::with_capacity(list.len());
     for (i, raw) in list.iter().enumerate() {
         let at = |field: &str| format!("keys[{i}]{field}");
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
+        let obj = raw.as_object().ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
         if obj.get("use").and_then(Value::as_str) == Some("enc") {
             continue;
         }
         for field in ["n", "e", "x", "y", "k"] {
             if let Some(v) = obj.get(field) {
-                let ok = v
-                    .as_str()
-                    .is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
+                let ok = v.as_str().is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
                 if !ok {
                     return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
                 }
@@ -582,24 +507,19 @@ fn compile_jwks(jwks: &Value) -> Result<Vec<Key>, ConfigError> {
         }
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(raw.clone())
             .map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
+        let key =
+            DecodingKey::from_jwk(&jwk).map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
         let alg = match obj.get("alg").and_then(Value::as_str) {
-            Some(name) => Some(Algorithm::from_str(name).map_err(|_| {
-                ConfigError::new(
-                    at(".alg"),
-                    format!("unsupported signing algorithm {name:?}"),
-                )
-            })?),
+            Some(name) => Some(
+                Algorithm::from_str(name)
+                    .map_err(|_| ConfigError::new(at(".alg"), format!("unsupported signing algorithm {name:?}")))?,
+            ),
             None => match obj.get("crv").and_then(Value::as_str) {
                 Some("P-256") => Some(Algorithm::ES256),
                 Some("P-384") => Some(Algorithm::ES384),
                 Some("Ed25519") => Some(Algorithm::EdDSA),
                 Some(other) if key.family() != AlgorithmFamily::Rsa => {
-                    return Err(ConfigError::new(
-                        at(".crv"),
-                        format!("unsupported curve {other:?}"),
-                    ));
+                    return Err(ConfigError::new(at(".crv"), format!("unsupported curve {other:?}")));
                 }
                 _ => None,
             },

@@ -58,9 +58,7 @@ impl fmt::Display for PlaybookPath {
 /// (so `prefix: /api/auth/` still matches `/api/auth/`).
 pub fn normalize_request_path(raw: &str) -> Result<String, PathError> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
-    let decoded = percent_encoding::percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| PathError::NotUtf8)?;
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8().map_err(|_| PathError::NotUtf8)?;
     let joined = join_segments(&decoded)?;
     let mut out = String::with_capacity(joined.len() + 2);
     out.push('/');
@@ -103,10 +101,7 @@ mod tests {
             ("/data/daily_load", "data/daily_load"),
             ("data//daily_load/", "data/daily_load"),
             ("./data/./x", "data/x"),
-            (
-                "api_integration/amadeus_ai_api",
-                "api_integration/amadeus_ai_api",
-            ),
+            ("api_integration/amadeus_ai_api", "api_integration/amadeus_ai_api"),
         ] {
             assert_eq!(PlaybookPath::parse(raw).unwrap().as_str(), want, "{raw}");
         }
@@ -114,23 +109,11 @@ mod tests {
 
     #[test]
     fn playbook_paths_that_escape_are_refused() {
-        assert_eq!(
-            PlaybookPath::parse("data/../system/x"),
-            Err(PathError::DotDot)
-        );
+        assert_eq!(PlaybookPath::parse("data/../system/x"), Err(PathError::DotDot));
         assert_eq!(PlaybookPath::parse(".."), Err(PathError::DotDot));
-        assert_eq!(
-            PlaybookPath::parse("data\\..\\system"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            PlaybookPath::parse("data/\0x"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            PlaybookPath::parse("data/\nx"),
-            Err(PathError::ForbiddenCharacter)
-        );
+        assert_eq!(PlaybookPath::parse("data\\..\\system"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(PlaybookPath::parse("data/\0x"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(PlaybookPath::parse("data/\nx"), Err(PathError::ForbiddenCharacter));
         assert_eq!(PlaybookPath::parse(""), Err(PathError::Empty));
         assert_eq!(PlaybookPath::parse("//./"), Err(PathError::Empty));
     }
@@ -146,10 +129,7 @@ mod tests {
             ("", "/"),
             ("/api/catalog/system%2Fsecret", "/api/catalog/system/secret"),
             // Decoded once: `%252e` stays the literal `%2e`, which is not a dot segment.
-            (
-                "/api/catalog/%252e%252e/system",
-                "/api/catalog/%2e%2e/system",
-            ),
+            ("/api/catalog/%252e%252e/system", "/api/catalog/%2e%2e/system"),
         ] {
             assert_eq!(normalize_request_path(raw).unwrap(), want, "{raw}");
         }
@@ -166,13 +146,7 @@ mod tests {
             assert_eq!(normalize_request_path(raw), Err(PathError::DotDot), "{raw}");
         }
         assert_eq!(normalize_request_path("/a/%ff"), Err(PathError::NotUtf8));
-        assert_eq!(
-            normalize_request_path("/a/%00"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            normalize_request_path("/a/%5c..%5cb"),
-            Err(PathError::ForbiddenCharacter)
-        );
+        assert_eq!(normalize_request_path("/a/%00"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize_request_path("/a/%5c..%5cb"), Err(PathError::ForbiddenCharacter));
     }
 }

@@ -147,11 +147,7 @@ impl Policy {
                 },
             );
         }
-        Ok(Policy {
-            version: doc.version.clone(),
-            roles,
-            deny: compile_rules(&doc.deny, "deny")?,
-        })
+        Ok(Policy { version: doc.version.clone(), roles, deny: compile_rules(&doc.deny, "deny")? })
     }
 
     /// The document's `version`.
@@ -160,17 +156,9 @@ impl Policy {
     }
 
     /// Whether a user holding `roles` may use `permission` on `playbook`.
-    pub fn decide<R: AsRef<str>>(
-        &self,
-        roles: &[R],
-        permission: &str,
-        playbook: &PlaybookPath,
-    ) -> Decision {
+    pub fn decide<R: AsRef<str>>(&self, roles: &[R], permission: &str, playbook: &PlaybookPath) -> Decision {
         if let Some(rule) = self.deny.iter().find(|r| r.matches(permission, playbook)) {
-            return Decision {
-                allowed: false,
-                rule: DecidedBy::Rule(rule.id.clone()),
-            };
+            return Decision { allowed: false, rule: DecidedBy::Rule(rule.id.clone()) };
         }
         let mut denied_by = None;
         for role in roles.iter().filter_map(|r| self.roles.get(r.as_ref())) {
@@ -178,19 +166,11 @@ impl Policy {
                 continue;
             };
             match role.deny.iter().find(|r| r.matches(permission, playbook)) {
-                None => {
-                    return Decision {
-                        allowed: true,
-                        rule: DecidedBy::Rule(allow.id.clone()),
-                    }
-                }
+                None => return Decision { allowed: true, rule: DecidedBy::Rule(allow.id.clone()) },
                 Some(deny) => denied_by = denied_by.or_else(|| Some(deny.id.clone())),
             }
         }
-        Decision {
-            allowed: false,
-            rule: denied_by.map_or(DecidedBy::NoGrant, DecidedBy::Rule),
-        }
+        Decision { allowed: false, rule: denied_by.map_or(DecidedBy::NoGrant, DecidedBy::Rule) }
     }
 
     /// The roles the policy defines.
@@ -205,38 +185,23 @@ fn compile_rules(rules: &[Rule], at: &str) -> Result<Vec<CompiledRule>, ConfigEr
         .enumerate()
         .map(|(i, rule)| {
             let id = format!("{at}[{i}]");
-            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule {
-                id,
-                permissions,
-                globs,
-            })
+            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule { id, permissions, globs })
         })
         .collect()
 }
 
 fn compile_rule(rule: &Rule, id: &str) -> Result<(Permissions, GlobSet), ConfigError> {
     if rule.permissions.is_empty() {
-        return Err(ConfigError::new(
-            format!("{id}.permissions"),
-            "list at least one permission, or \"*\"",
-        ));
+        return Err(ConfigError::new(format!("{id}.permissions"), "list at least one permission, or \"*\""));
     }
     if rule.playbooks.is_empty() {
-        return Err(ConfigError::new(
-            format!("{id}.playbooks"),
-            "list at least one playbook glob, or \"**\"",
-        ));
+        return Err(ConfigError::new(format!("{id}.playbooks"), "list at least one playbook glob, or \"**\""));
     }
     let mut listed = Vec::with_capacity(rule.permissions.len());
     for (i, p) in rule.permissions.iter().enumerate() {
         match p.trim() {
             "*" => return compile_globs(rule, id).map(|g| (Permissions::Any, g)),
-            "" => {
-                return Err(ConfigError::new(
-                    format!("{id}.permissions[{i}]"),
-                    "empty permission name",
-                ))
-            }
+            "" => return Err(ConfigError::new(format!("{id}.permissions[{i}]"), "empty permission name")),
             p if p.contains(['*', '?', ',']) => {
                 return Err(ConfigError::new(
                     format!("{id}.permissions[{i}]"),
@@ -252,13 +217,9 @@ fn compile_rule(rule: &Rule, id: &str) -> Result<(Permissions, GlobSet), ConfigE
 fn compile_globs(rule: &Rule, id: &str) -> Result<GlobSet, ConfigError> {
     let mut set = GlobSetBuilder::new();
     for (i, pattern) in rule.playbooks.iter().enumerate() {
-        set.add(
-            compile_glob(pattern)
-                .map_err(|m| ConfigError::new(format!("{id}.playbooks[{i}]"), m))?,
-        );
+        set.add(compile_glob(pattern).map_err(|m| ConfigError::new(format!("{id}.playbooks[{i}]"), m))?);
     }
-    set.build()
-        .map_err(|e| ConfigError::new(format!("{id}.playbooks"), e))
+    set.build().map_err(|e| ConfigError::new(format!("{id}.playbooks"), e))
 }
 
 /// One playbook glob, with `*` and `?` confined to a path segment.
@@ -272,13 +233,8 @@ pub fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
             pattern.trim_start_matches('/')
         ));
     }
-    if pattern
-        .split('/')
-        .any(|s| s == ".." || s == "." || s.is_empty())
-    {
-        return Err(format!(
-            "{pattern:?}: empty, '.' or '..' segments never match a normalised playbook path"
-        ));
+    if pattern.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
+        return Err(format!("{pattern:?}: empty, '.' or '..' segments never match a normalised playbook path"));
     }
     GlobBuilder::new(pattern)
         .literal_separator(true)

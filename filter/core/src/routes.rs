@@ -76,27 +76,16 @@ pub enum PlaybookError {
 impl PlaybookSource {
     /// Whether the playbook path is in the request body (the request must be buffered).
     pub fn needs_body(&self) -> bool {
-        matches!(
-            self,
-            PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. }
-        )
+        matches!(self, PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. })
     }
 
     /// The playbook path from the request head (path or header sources).
-    pub fn from_head(
-        &self,
-        path: &str,
-        headers: &[(String, String)],
-    ) -> Result<Vec<PlaybookPath>, PlaybookError> {
+    pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<PlaybookPath>, PlaybookError> {
         let raw = match self {
-            PlaybookSource::PathAfterPrefix(prefix) => {
-                path.strip_prefix(prefix.as_str()).unwrap_or_default()
+            PlaybookSource::PathAfterPrefix(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or_default(),
+            PlaybookSource::Header(name) => {
+                headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or_default()
             }
-            PlaybookSource::Header(name) => headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .unwrap_or_default(),
             PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. } => {
                 return Err(PlaybookError::Missing("the route reads the body"));
             }
@@ -112,27 +101,19 @@ impl PlaybookSource {
         let json: Value = serde_json::from_slice(body).map_err(|_| PlaybookError::BodyNotJson)?;
         let raw = match self {
             PlaybookSource::JsonPointer(pointer) => match json.pointer(pointer) {
-                None | Some(Value::Null) => {
-                    return Err(PlaybookError::Missing("nothing at the JSON pointer"))
-                }
+                None | Some(Value::Null) => return Err(PlaybookError::Missing("nothing at the JSON pointer")),
                 Some(Value::String(s)) => vec![s.clone()],
                 Some(_) => return Err(PlaybookError::NotAString(pointer.clone())),
             },
-            PlaybookSource::GraphQl { field, argument } => {
-                graphql::playbook_arguments(&json, field, argument)?
-            }
+            PlaybookSource::GraphQl { field, argument } => graphql::playbook_arguments(&json, field, argument)?,
             PlaybookSource::PathAfterPrefix(_) | PlaybookSource::Header(_) => {
                 return Err(PlaybookError::Missing("the route reads the request head"));
             }
         };
         if raw.is_empty() {
-            return Err(PlaybookError::Missing(
-                "no playbook call in the GraphQL request",
-            ));
+            return Err(PlaybookError::Missing("no playbook call in the GraphQL request"));
         }
-        raw.iter()
-            .map(|s| PlaybookPath::parse(s).map_err(PlaybookError::from))
-            .collect()
+        raw.iter().map(|s| PlaybookPath::parse(s).map_err(PlaybookError::from)).collect()
     }
 }
 
@@ -173,9 +154,7 @@ impl Routes {
         let routes = configs
             .iter()
             .enumerate()
-            .map(|(i, cfg)| {
-                compile_route(cfg, i, max_body_bytes).map_err(|e| e.within(&format!("[{i}]")))
-            })
+            .map(|(i, cfg)| compile_route(cfg, i, max_body_bytes).map_err(|e| e.within(&format!("[{i}]"))))
             .collect::<Result<_, _>>()?;
         let action = match default_action {
             DefaultAction::Deny => RouteAction::Deny,
@@ -198,9 +177,7 @@ impl Routes {
             .routes
             .iter()
             .find(|r| {
-                r.methods
-                    .as_ref()
-                    .is_none_or(|m| m.iter().any(|m| m == method))
+                r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
                     && match &r.path {
                         PathMatch::Exact(p) => path == p,
                         PathMatch::Prefix(p) => path.starts_with(p.as_str()),
@@ -208,29 +185,18 @@ impl Routes {
                     }
             })
             .unwrap_or(&self.default);
-        Matched {
-            id: &route.id,
-            action: &route.action,
-            max_body_bytes: route.max_body_bytes,
-        }
+        Matched { id: &route.id, action: &route.action, max_body_bytes: route.max_body_bytes }
     }
 }
 
-fn compile_route(
-    cfg: &RouteConfig,
-    index: usize,
-    max_body_bytes: u64,
-) -> Result<Route, ConfigError> {
+fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result<Route, ConfigError> {
     let m = &cfg.matcher;
     let path = match (&m.path, &m.prefix, &m.glob) {
         (Some(p), None, None) => PathMatch::Exact(normalised_config_path(p, "match.path")?),
         (None, Some(p), None) => PathMatch::Prefix(normalised_config_path(p, "match.prefix")?),
         (None, None, Some(g)) => {
             if !g.starts_with('/') {
-                return Err(ConfigError::new(
-                    "match.glob",
-                    format!("{g:?}: request path globs start with '/'"),
-                ));
+                return Err(ConfigError::new("match.glob", format!("{g:?}: request path globs start with '/'")));
             }
             let glob = globset::GlobBuilder::new(g)
                 .literal_separator(true)
@@ -238,20 +204,12 @@ fn compile_route(
                 .map_err(|e| ConfigError::new("match.glob", format!("{g:?}: {}", e.kind())))?;
             PathMatch::Glob(glob.compile_matcher())
         }
-        _ => {
-            return Err(ConfigError::new(
-                "match",
-                "give exactly one of `path`, `prefix`, `glob`",
-            ))
-        }
+        _ => return Err(ConfigError::new("match", "give exactly one of `path`, `prefix`, `glob`")),
     };
     let methods = match &m.methods {
         None => None,
         Some(list) if list.is_empty() => {
-            return Err(ConfigError::new(
-                "match.methods",
-                "empty list; omit it to match any method",
-            ))
+            return Err(ConfigError::new("match.methods", "empty list; omit it to match any method"))
         }
         Some(list) => Some(list.iter().map(|s| s.trim().to_ascii_uppercase()).collect()),
     };
@@ -260,24 +218,12 @@ fn compile_route(
         (false, true, None) => RouteAction::Authenticate,
         (false, false, Some(a)) => {
             if a.permission.trim().is_empty() {
-                return Err(ConfigError::new(
-                    "authorize.permission",
-                    "must not be empty",
-                ));
+                return Err(ConfigError::new("authorize.permission", "must not be empty"));
             }
-            let source =
-                compile_source(&a.playbook, &path).map_err(|e| e.within("authorize.playbook"))?;
-            RouteAction::Authorize {
-                permission: a.permission.trim().to_owned(),
-                source,
-            }
+            let source = compile_source(&a.playbook, &path).map_err(|e| e.within("authorize.playbook"))?;
+            RouteAction::Authorize { permission: a.permission.trim().to_owned(), source }
         }
-        _ => {
-            return Err(ConfigError::new(
-                "",
-                "give exactly one of `public: true`, `authenticate: true`, `authorize`",
-            ))
-        }
+        _ => return Err(ConfigError::new("", "give exactly one of `public: true`, `authenticate: true`, `authorize`")),
     };
     Ok(Route {
         id: format!("routes[{index}]"),
@@ -290,18 +236,12 @@ fn compile_route(
 
 fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
     if !p.starts_with('/') {
-        return Err(ConfigError::new(
-            field,
-            format!("{p:?}: request paths start with '/'"),
-        ));
+        return Err(ConfigError::new(field, format!("{p:?}: request paths start with '/'")));
     }
     normalize_request_path(p).map_err(|e| ConfigError::new(field, format!("{p:?}: {e}")))
 }
 
-fn compile_source(
-    cfg: &PlaybookSourceConfig,
-    path: &PathMatch,
-) -> Result<PlaybookSource, ConfigError> {
+fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<PlaybookSource, ConfigError> {
     let given = [
         cfg.path_after_prefix.unwrap_or(false),
         cfg.json_pointer.is_some(),
@@ -315,17 +255,11 @@ fn compile_source(
         ));
     }
     if cfg.graphql_field.is_some() && cfg.graphql_variable.is_none() {
-        return Err(ConfigError::new(
-            "graphql_field",
-            "goes with `graphql_variable`",
-        ));
+        return Err(ConfigError::new("graphql_field", "goes with `graphql_variable`"));
     }
     if cfg.path_after_prefix == Some(true) {
         let PathMatch::Prefix(prefix) = path else {
-            return Err(ConfigError::new(
-                "path_after_prefix",
-                "needs a route that matches by `prefix`",
-            ));
+            return Err(ConfigError::new("path_after_prefix", "needs a route that matches by `prefix`"));
         };
         return Ok(PlaybookSource::PathAfterPrefix(prefix.clone()));
     }
@@ -339,32 +273,18 @@ fn compile_source(
         return Ok(PlaybookSource::JsonPointer(pointer.clone()));
     }
     if let Some(argument) = &cfg.graphql_variable {
-        let field = cfg
-            .graphql_field
-            .clone()
-            .unwrap_or_else(|| "executePlaybook".into());
+        let field = cfg.graphql_field.clone().unwrap_or_else(|| "executePlaybook".into());
         for (name, value) in [("graphql_variable", argument), ("graphql_field", &field)] {
-            let ok = value
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let ok = value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(ConfigError::new(
-                    name,
-                    format!("{value:?} is not a GraphQL name"),
-                ));
+                return Err(ConfigError::new(name, format!("{value:?} is not a GraphQL name")));
             }
         }
-        return Ok(PlaybookSource::GraphQl {
-            field,
-            argument: argument.clone(),
-        });
+        return Ok(PlaybookSource::GraphQl { field, argument: argument.clone() });
     }
     match &cfg.header {
-        Some(h) if !h.trim().is_empty() => {
-            Ok(PlaybookSource::Header(h.trim().to_ascii_lowercase()))
-        }
+        Some(h) if !h.trim().is_empty() => Ok(PlaybookSource::Header(h.trim().to_ascii_lowercase())),
         _ => Err(ConfigError::new("header", "empty header name")),
     }
 }
@@ -422,123 +342,49 @@ mod tests {
     #[test]
     fn playbook_from_path_and_header() {
         let r = spec_routes();
-        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/catalog/data/x").action
-        else {
-            panic!()
-        };
-        assert_eq!(
-            source
-                .from_head("/api/catalog/data/daily_load", &[])
-                .unwrap()[0]
-                .as_str(),
-            "data/daily_load"
-        );
-        assert_eq!(
-            source.from_head("/api/catalog/", &[]),
-            Err(PlaybookError::Missing("empty path or header"))
-        );
+        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/catalog/data/x").action else { panic!() };
+        assert_eq!(source.from_head("/api/catalog/data/daily_load", &[]).unwrap()[0].as_str(), "data/daily_load");
+        assert_eq!(source.from_head("/api/catalog/", &[]), Err(PlaybookError::Missing("empty path or header")));
         assert!(!source.needs_body());
-        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/run/by-header").action
-        else {
-            panic!()
-        };
+        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/run/by-header").action else { panic!() };
         let headers = vec![("x-playbook".to_string(), "/data//x".to_string())];
-        assert_eq!(
-            source.from_head("/api/run/by-header", &headers).unwrap()[0].as_str(),
-            "data/x"
-        );
+        assert_eq!(source.from_head("/api/run/by-header", &headers).unwrap()[0].as_str(), "data/x");
         let headers = vec![("x-playbook".to_string(), "data/../system/x".to_string())];
-        assert_eq!(
-            source.from_head("/", &headers),
-            Err(PlaybookError::Path(PathError::DotDot))
-        );
-        assert!(matches!(
-            source.from_head("/", &[]),
-            Err(PlaybookError::Missing(_))
-        ));
+        assert_eq!(source.from_head("/", &headers), Err(PlaybookError::Path(PathError::DotDot)));
+        assert!(matches!(source.from_head("/", &[]), Err(PlaybookError::Missing(_))));
     }
 
     #[test]
     fn playbook_from_body() {
         let r = spec_routes();
-        let RouteAction::Authorize { source, .. } = r.find("POST", "/api/run/playbook").action
-        else {
-            panic!()
-        };
+        let RouteAction::Authorize { source, .. } = r.find("POST", "/api/run/playbook").action else { panic!() };
         assert!(source.needs_body());
-        assert_eq!(
-            source
-                .from_body(br#"{"path": "data/x", "args": {}}"#)
-                .unwrap()[0]
-                .as_str(),
-            "data/x"
-        );
-        assert_eq!(
-            source.from_body(b"not json"),
-            Err(PlaybookError::BodyNotJson)
-        );
+        assert_eq!(source.from_body(br#"{"path": "data/x", "args": {}}"#).unwrap()[0].as_str(), "data/x");
+        assert_eq!(source.from_body(b"not json"), Err(PlaybookError::BodyNotJson));
         assert_eq!(source.from_body(b""), Err(PlaybookError::BodyNotJson));
-        assert!(matches!(
-            source.from_body(br#"{"other": 1}"#),
-            Err(PlaybookError::Missing(_))
-        ));
-        assert_eq!(
-            source.from_body(br#"{"path": 7}"#),
-            Err(PlaybookError::NotAString("/path".into()))
-        );
-        assert_eq!(
-            source.from_body(br#"{"path": "a/%2e%2e/../b"}"#),
-            Err(PlaybookError::Path(PathError::DotDot))
-        );
+        assert!(matches!(source.from_body(br#"{"other": 1}"#), Err(PlaybookError::Missing(_))));
+        assert_eq!(source.from_body(br#"{"path": 7}"#), Err(PlaybookError::NotAString("/path".into())));
+        assert_eq!(source.from_body(br#"{"path": "a/%2e%2e/../b"}"#), Err(PlaybookError::Path(PathError::DotDot)));
 
-        let RouteAction::Authorize { source, .. } = r.find("POST", "/graphql").action else {
-            panic!()
-        };
+        let RouteAction::Authorize { source, .. } = r.find("POST", "/graphql").action else { panic!() };
         let body = json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/q"}});
-        assert_eq!(
-            source.from_body(body.to_string().as_bytes()).unwrap()[0].as_str(),
-            "data/q"
-        );
+        assert_eq!(source.from_body(body.to_string().as_bytes()).unwrap()[0].as_str(), "data/q");
         let body = json!({"query": "query { status }"});
-        assert!(matches!(
-            source.from_body(body.to_string().as_bytes()),
-            Err(PlaybookError::Missing(_))
-        ));
+        assert!(matches!(source.from_body(body.to_string().as_bytes()), Err(PlaybookError::Missing(_))));
     }
 
     #[test]
     fn configuration_errors_name_the_field() {
         let cases = [
             (json!([{"match": {}, "public": true}]), "[0].match"),
-            (
-                json!([{"match": {"path": "/a", "prefix": "/b"}, "public": true}]),
-                "[0].match",
-            ),
-            (
-                json!([{"match": {"path": "a"}, "public": true}]),
-                "[0].match.path",
-            ),
-            (
-                json!([{"match": {"prefix": "/a/../b"}, "public": true}]),
-                "[0].match.prefix",
-            ),
-            (
-                json!([{"match": {"glob": "/a/[b"}, "public": true}]),
-                "[0].match.glob",
-            ),
-            (
-                json!([{"match": {"glob": "a/**"}, "public": true}]),
-                "[0].match.glob",
-            ),
-            (
-                json!([{"match": {"path": "/a", "methods": []}, "public": true}]),
-                "[0].match.methods",
-            ),
+            (json!([{"match": {"path": "/a", "prefix": "/b"}, "public": true}]), "[0].match"),
+            (json!([{"match": {"path": "a"}, "public": true}]), "[0].match.path"),
+            (json!([{"match": {"prefix": "/a/../b"}, "public": true}]), "[0].match.prefix"),
+            (json!([{"match": {"glob": "/a/[b"}, "public": true}]), "[0].match.glob"),
+            (json!([{"match": {"glob": "a/**"}, "public": true}]), "[0].match.glob"),
+            (json!([{"match": {"path": "/a", "methods": []}, "public": true}]), "[0].match.methods"),
             (json!([{"match": {"path": "/a"}}]), "[0]"),
-            (
-                json!([{"match": {"path": "/a"}, "public": true, "authenticate": true}]),
-                "[0]",
-            ),
+            (json!([{"match": {"path": "/a"}, "public": true, "authenticate": true}]), "[0]"),
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"path_after_prefix": true}}}]),
                 "[0].authorize.playbook.path_after_prefix",

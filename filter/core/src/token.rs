@@ -6,10 +6,7 @@ use crate::config::{ConfigError, TokenSourceConfig};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
     /// A header (name lowercased), with an optional scheme or prefix to strip.
-    Header {
-        name: String,
-        prefix: Option<Prefix>,
-    },
+    Header { name: String, prefix: Option<Prefix> },
     /// A cookie, by its case-sensitive name.
     Cookie { name: String },
 }
@@ -41,39 +38,23 @@ impl TokenSources {
             let source = match (&cfg.header, &cfg.cookie) {
                 (Some(header), None) if !header.trim().is_empty() => Source::Header {
                     name: header.trim().to_ascii_lowercase(),
-                    prefix: cfg.prefix.as_deref().filter(|p| !p.is_empty()).map(|p| {
-                        match p.strip_suffix(' ') {
-                            Some(scheme) if !scheme.trim().is_empty() => {
-                                Prefix::Scheme(scheme.trim().to_owned())
-                            }
-                            _ => Prefix::Literal(p.to_owned()),
-                        }
+                    prefix: cfg.prefix.as_deref().filter(|p| !p.is_empty()).map(|p| match p.strip_suffix(' ') {
+                        Some(scheme) if !scheme.trim().is_empty() => Prefix::Scheme(scheme.trim().to_owned()),
+                        _ => Prefix::Literal(p.to_owned()),
                     }),
                 },
                 (None, Some(cookie)) if !cookie.trim().is_empty() => {
                     if cfg.prefix.is_some() {
-                        return Err(ConfigError::new(
-                            at(".prefix"),
-                            "a prefix applies to headers, not cookies",
-                        ));
+                        return Err(ConfigError::new(at(".prefix"), "a prefix applies to headers, not cookies"));
                     }
-                    Source::Cookie {
-                        name: cookie.trim().to_owned(),
-                    }
+                    Source::Cookie { name: cookie.trim().to_owned() }
                 }
                 (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        at(""),
-                        "give either `header` or `cookie`, not both",
-                    ));
+                    return Err(ConfigError::new(at(""), "give either `header` or `cookie`, not both"));
                 }
                 (None, None) => return Err(ConfigError::new(at(""), "give `header` or `cookie`")),
-                (Some(_), None) => {
-                    return Err(ConfigError::new(at(".header"), "empty header name"))
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError::new(at(".cookie"), "empty cookie name"))
-                }
+                (Some(_), None) => return Err(ConfigError::new(at(".header"), "empty header name")),
+                (None, Some(_)) => return Err(ConfigError::new(at(".cookie"), "empty cookie name")),
             };
             sources.push(source);
         }
@@ -144,26 +125,16 @@ mod tests {
     }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn bearer_header_comes_first_and_scheme_is_case_insensitive() {
         let s = defaults();
-        let headers = h(&[
-            ("x-session-token", "b"),
-            ("authorization", "Bearer a"),
-            ("cookie", "session_token=c"),
-        ]);
+        let headers = h(&[("x-session-token", "b"), ("authorization", "Bearer a"), ("cookie", "session_token=c")]);
         assert_eq!(s.find(&headers), Some(("a", 0)));
         assert_eq!(s.find(&h(&[("authorization", "bearer a")])), Some(("a", 0)));
-        assert_eq!(
-            s.find(&h(&[("Authorization", "BEARER   a  ")])),
-            Some(("a", 0))
-        );
+        assert_eq!(s.find(&h(&[("Authorization", "BEARER   a  ")])), Some(("a", 0)));
     }
 
     #[test]
@@ -181,19 +152,9 @@ mod tests {
     fn session_header_and_cookie() {
         let s = defaults();
         assert_eq!(s.find(&h(&[("x-session-token", " b ")])), Some(("b", 1)));
-        assert_eq!(
-            s.find(&h(&[("cookie", "a=1; session_token=c; z=2")])),
-            Some(("c", 2))
-        );
-        assert_eq!(
-            s.find(&h(&[("cookie", "a=1"), ("cookie", "session_token=\"c\"")])),
-            Some(("c", 2))
-        );
-        assert_eq!(
-            s.find(&h(&[("cookie", "Session_Token=c")])),
-            None,
-            "cookie names are case-sensitive"
-        );
+        assert_eq!(s.find(&h(&[("cookie", "a=1; session_token=c; z=2")])), Some(("c", 2)));
+        assert_eq!(s.find(&h(&[("cookie", "a=1"), ("cookie", "session_token=\"c\"")])), Some(("c", 2)));
+        assert_eq!(s.find(&h(&[("cookie", "Session_Token=c")])), None, "cookie names are case-sensitive");
         assert_eq!(s.find(&h(&[("cookie", "session_token=")])), None);
         assert_eq!(s.find(&h(&[("cookie", "garbage;;=;")])), None);
         assert_eq!(s.find(&[]), None);
@@ -201,8 +162,7 @@ mod tests {
 
     #[test]
     fn literal_prefixes_and_config_errors() {
-        let cfg: Vec<TokenSourceConfig> =
-            serde_json::from_str(r#"[{"header":"x-auth","prefix":"tok:"}]"#).unwrap();
+        let cfg: Vec<TokenSourceConfig> = serde_json::from_str(r#"[{"header":"x-auth","prefix":"tok:"}]"#).unwrap();
         let s = TokenSources::compile(&cfg).unwrap();
         assert_eq!(s.find(&h(&[("x-auth", "TOK:abc")])), Some(("abc", 0)));
         assert_eq!(s.find(&h(&[("x-auth", "t")])), None);
@@ -216,11 +176,7 @@ mod tests {
             (r#"[]"#, ""),
         ] {
             let cfg: Vec<TokenSourceConfig> = serde_json::from_str(json).unwrap();
-            assert_eq!(
-                TokenSources::compile(&cfg).unwrap_err().path,
-                path,
-                "{json}"
-            );
+            assert_eq!(TokenSources::compile(&cfg).unwrap_err().path, path, "{json}");
         }
     }
 }

@@ -36,11 +36,8 @@ pub struct Denial {
 impl Denial {
     /// 401 with a `reason` and an RFC 6750 `WWW-Authenticate` challenge.
     pub fn unauthenticated(err: &AuthError) -> Self {
-        let description: String = err
-            .to_string()
-            .chars()
-            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-            .collect();
+        let description: String =
+            err.to_string().chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
         // RFC 6750 section 3.1: a request with no credentials gets a challenge with no error code.
         let challenge = if *err == AuthError::Missing {
             "Bearer realm=\"playbook-guard\"".to_owned()
@@ -62,7 +59,8 @@ impl Denial {
             kind: DenialKind::Forbidden,
             status: 403,
             headers: Vec::new(),
-            body: json!({"error": "Permission denied", "playbook_path": playbook, "permission_type": permission}).to_string(),
+            body: json!({"error": "Permission denied", "playbook_path": playbook, "permission_type": permission})
+                .to_string(),
             detail,
         }
     }
@@ -73,8 +71,9 @@ impl Denial {
             kind: DenialKind::Forbidden,
             status: 403,
             headers: Vec::new(),
-            body: json!({"error": "Permission denied", "playbook_path": "", "permission_type": "", "reason": "no_route"})
-                .to_string(),
+            body:
+                json!({"error": "Permission denied", "playbook_path": "", "permission_type": "", "reason": "no_route"})
+                    .to_string(),
             detail: "no route matches and default_action is deny".into(),
         }
     }
@@ -131,22 +130,17 @@ mod tests {
         let d = Denial::unauthenticated(&AuthError::Expired);
         assert_eq!(d.status, 401);
         let body: Value = serde_json::from_str(&d.body).unwrap();
-        assert_eq!(
-            body,
-            json!({"error": "unauthenticated", "reason": "expired"})
-        );
+        assert_eq!(body, json!({"error": "unauthenticated", "reason": "expired"}));
         assert_eq!(
             d.headers,
-            [("www-authenticate".to_string(), "Bearer realm=\"playbook-guard\", error=\"invalid_token\", error_description=\"token expired\"".to_string())]
+            [(
+                "www-authenticate".to_string(),
+                "Bearer realm=\"playbook-guard\", error=\"invalid_token\", error_description=\"token expired\""
+                    .to_string()
+            )]
         );
         let d = Denial::unauthenticated(&AuthError::UnknownIssuer("a\"b\\c\n".into()));
-        assert!(
-            d.headers[0]
-                .1
-                .ends_with("error_description=\"unknown issuer abcn\""),
-            "{}",
-            d.headers[0].1
-        );
+        assert!(d.headers[0].1.ends_with("error_description=\"unknown issuer abcn\""), "{}", d.headers[0].1);
         let d = Denial::unauthenticated(&AuthError::Missing);
         assert_eq!(d.headers[0].1, "Bearer realm=\"playbook-guard\"");
         assert!(d.body.contains("missing_token"));

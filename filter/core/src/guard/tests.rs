@@ -46,12 +46,7 @@ fn token(roles: &[&str], patch: Value) -> String {
     for (k, v) in patch.as_object().unwrap() {
         claims[k] = v.clone();
     }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
 fn bearer(t: &str) -> Vec<(String, String)> {
@@ -59,11 +54,7 @@ fn bearer(t: &str) -> Vec<(String, String)> {
 }
 
 fn head<'a>(method: &'a str, path: &'a str, headers: &'a [(String, String)]) -> RequestHead<'a> {
-    RequestHead {
-        method,
-        path,
-        headers,
-    }
+    RequestHead { method, path, headers }
 }
 
 fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) -> Verdict {
@@ -97,20 +88,8 @@ fn body(v: &Verdict) -> Value {
 #[test]
 fn allowed_request_carries_identity_headers() {
     let g = guard();
-    let v = verdict(
-        &g,
-        "GET",
-        "/api/catalog/data/daily_load",
-        &bearer(&token(&["analyst"], json!({}))),
-    );
-    let Verdict::Allow {
-        headers,
-        detail,
-        audited,
-    } = v
-    else {
-        panic!("{v:?}")
-    };
+    let v = verdict(&g, "GET", "/api/catalog/data/daily_load", &bearer(&token(&["analyst"], json!({}))));
+    let Verdict::Allow { headers, detail, audited } = v else { panic!("{v:?}") };
     assert_eq!(
         headers,
         [
@@ -120,22 +99,14 @@ fn allowed_request_carries_identity_headers() {
             ("x-noetl-user-roles".into(), "analyst".into())
         ]
     );
-    assert!(
-        detail.contains("rule=\"roles.analyst.allow[0]\""),
-        "{detail}"
-    );
+    assert!(detail.contains("rule=\"roles.analyst.allow[0]\""), "{detail}");
     assert!(audited.is_none());
 }
 
 #[test]
 fn policy_denial_is_403_with_the_spec_body() {
     let g = guard();
-    let v = verdict(
-        &g,
-        "GET",
-        "/api/catalog/system/reset",
-        &bearer(&token(&["developer"], json!({}))),
-    );
+    let v = verdict(&g, "GET", "/api/catalog/system/reset", &bearer(&token(&["developer"], json!({}))));
     assert_eq!(status(&v), 403);
     assert_eq!(
         body(&v),
@@ -153,26 +124,11 @@ fn unauthenticated_requests_get_401_with_reasons() {
         (vec![], "missing_token"),
         (bearer("garbage"), "malformed"),
         (bearer("a.b.c"), "malformed"),
-        (
-            bearer(&token(&["admin"], json!({"exp": NOW - 3600}))),
-            "expired",
-        ),
-        (
-            bearer(&token(&["admin"], json!({"iss": "https://other"}))),
-            "unknown_issuer",
-        ),
-        (
-            bearer(&token(&["admin"], json!({"aud": "other"}))),
-            "invalid_audience",
-        ),
-        (
-            bearer(&format!("{}x", token(&["admin"], json!({})))),
-            "bad_signature",
-        ),
-        (
-            vec![("authorization".into(), "Basic dTpw".into())],
-            "missing_token",
-        ),
+        (bearer(&token(&["admin"], json!({"exp": NOW - 3600}))), "expired"),
+        (bearer(&token(&["admin"], json!({"iss": "https://other"}))), "unknown_issuer"),
+        (bearer(&token(&["admin"], json!({"aud": "other"}))), "invalid_audience"),
+        (bearer(&format!("{}x", token(&["admin"], json!({})))), "bad_signature"),
+        (vec![("authorization".into(), "Basic dTpw".into())], "missing_token"),
     ];
     for (headers, reason) in cases {
         let v = verdict(&g, "GET", "/api/catalog/data/x", &headers);
@@ -189,10 +145,7 @@ fn tokens_from_header_and_cookie() {
         vec![("x-session-token".to_string(), t.clone())],
         vec![("cookie".to_string(), format!("a=b; session_token={t}"))],
     ] {
-        assert_eq!(
-            status(&verdict(&g, "GET", "/api/catalog/data/x", &headers)),
-            200
-        );
+        assert_eq!(status(&verdict(&g, "GET", "/api/catalog/data/x", &headers)), 200);
     }
 }
 
@@ -200,45 +153,17 @@ fn tokens_from_header_and_cookie() {
 fn public_routes_cors_and_default_deny() {
     let g = guard();
     assert_eq!(status(&verdict(&g, "POST", "/api/auth/login", &[])), 200);
-    let v = verdict(
-        &g,
-        "GET",
-        "/unlisted",
-        &bearer(&token(&["admin"], json!({}))),
-    );
+    let v = verdict(&g, "GET", "/unlisted", &bearer(&token(&["admin"], json!({}))));
     assert_eq!(status(&v), 403);
     assert_eq!(body(&v)["reason"], "no_route");
     let preflight = vec![
         ("origin".to_string(), "https://app.example".to_string()),
-        (
-            "access-control-request-method".to_string(),
-            "POST".to_string(),
-        ),
+        ("access-control-request-method".to_string(), "POST".to_string()),
     ];
-    assert_eq!(
-        status(&verdict(&g, "OPTIONS", "/api/run/playbook", &preflight)),
-        200
-    );
-    assert_eq!(
-        status(&verdict(
-            &g,
-            "OPTIONS",
-            "/api/run/playbook",
-            &preflight[..1]
-        )),
-        403,
-        "not a preflight"
-    );
+    assert_eq!(status(&verdict(&g, "OPTIONS", "/api/run/playbook", &preflight)), 200);
+    assert_eq!(status(&verdict(&g, "OPTIONS", "/api/run/playbook", &preflight[..1])), 403, "not a preflight");
     let strict = guard_with(json!({"allow_cors_preflight": false}));
-    assert_eq!(
-        status(&verdict(
-            &strict,
-            "OPTIONS",
-            "/api/run/playbook",
-            &preflight
-        )),
-        403
-    );
+    assert_eq!(status(&verdict(&strict, "OPTIONS", "/api/run/playbook", &preflight)), 403);
     let open = guard_with(json!({"default_action": "allow"}));
     assert_eq!(status(&verdict(&open, "GET", "/unlisted", &[])), 200);
     let authn = guard_with(json!({"default_action": "authenticate"}));
@@ -248,15 +173,7 @@ fn public_routes_cors_and_default_deny() {
 #[test]
 fn authenticate_routes_need_only_a_session() {
     let g = guard();
-    assert_eq!(
-        status(&verdict(
-            &g,
-            "GET",
-            "/api/me",
-            &bearer(&token(&[], json!({})))
-        )),
-        200
-    );
+    assert_eq!(status(&verdict(&g, "GET", "/api/me", &bearer(&token(&[], json!({}))))), 200);
     assert_eq!(status(&verdict(&g, "GET", "/api/me", &[])), 401);
 }
 
@@ -264,74 +181,36 @@ fn authenticate_routes_need_only_a_session() {
 fn body_sources_json_pointer_and_graphql() {
     let g = guard();
     let analyst = bearer(&token(&["analyst"], json!({})));
-    assert_eq!(
-        status(&with_body(
-            &g,
-            "/api/run/playbook",
-            &analyst,
-            r#"{"path": "data/load"}"#
-        )),
-        200
-    );
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &analyst, r#"{"path": "data/load"}"#)), 200);
     let v = with_body(&g, "/api/run/playbook", &analyst, r#"{"path": "system/x"}"#);
     assert_eq!(body(&v)["playbook_path"], "system/x");
-    assert_eq!(
-        status(&with_body(
-            &g,
-            "/api/run/playbook",
-            &analyst,
-            r#"{"path": "data/../system/x"}"#
-        )),
-        400
-    );
-    assert_eq!(
-        status(&with_body(&g, "/api/run/playbook", &analyst, "{}")),
-        400
-    );
-    assert_eq!(
-        status(&with_body(&g, "/api/run/playbook", &analyst, "")),
-        400
-    );
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &analyst, r#"{"path": "data/../system/x"}"#)), 400);
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &analyst, "{}")), 400);
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &analyst, "")), 400);
 
-    let q = json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/x"}});
-    assert_eq!(
-        status(&with_body(&g, "/graphql", &analyst, &q.to_string())),
-        200
-    );
+    let q =
+        json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/x"}});
+    assert_eq!(status(&with_body(&g, "/graphql", &analyst, &q.to_string())), 200);
     let q = json!({"query": "mutation { a: executePlaybook(name: \"data/x\") { id } b: executePlaybook(name: \"system/y\") { id } }"});
     let v = with_body(&g, "/graphql", &analyst, &q.to_string());
-    assert_eq!(
-        body(&v)["playbook_path"],
-        "system/y",
-        "every call is checked"
-    );
+    assert_eq!(body(&v)["playbook_path"], "system/y", "every call is checked");
 
     // An unauthenticated body route is refused before any body is read.
-    assert_eq!(
-        status(&with_body(
-            &g,
-            "/api/run/playbook",
-            &[],
-            r#"{"path": "data/load"}"#
-        )),
-        401
-    );
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &[], r#"{"path": "data/load"}"#)), 401);
 }
 
 #[test]
 fn body_over_the_limit_is_413() {
     let g = guard_with(json!({"max_body_bytes": 16}));
     let analyst = bearer(&token(&["analyst"], json!({})));
-    let HeadersStep::ReadBody(p) =
-        g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW)
-    else {
+    let HeadersStep::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else {
         panic!()
     };
     assert_eq!(p.max_body_bytes, 16);
-    assert_eq!(
-        status(&g.on_request_body(&p, br#"{"path": "data/load-that-is-long"}"#)),
-        413
-    );
+    assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "42".into())));
+    assert!(!g.hold_headers_for_body());
+    assert!(guard_with(json!({"hold_headers_for_body": true})).hold_headers_for_body());
+    assert_eq!(status(&g.on_request_body(&p, br#"{"path": "data/load-that-is-long"}"#)), 413);
     assert_eq!(status(&g.body_too_large(&p)), 413);
 }
 
@@ -347,12 +226,9 @@ fn path_tricks_cannot_escape_a_glob() {
     ] {
         assert_eq!(status(&verdict(&g, "GET", path, &analyst)), 400, "{path}");
     }
-    for path in [
-        "/api/catalog//system/x",
-        "/api/catalog/./system/x",
-        "/api/catalog/system%2fx",
-        "//api/catalog/system/x",
-    ] {
+    for path in
+        ["/api/catalog//system/x", "/api/catalog/./system/x", "/api/catalog/system%2fx", "//api/catalog/system/x"]
+    {
         let v = verdict(&g, "GET", path, &analyst);
         assert_eq!(status(&v), 403, "{path}");
         assert_eq!(body(&v)["playbook_path"], "system/x", "{path}");
@@ -362,56 +238,21 @@ fn path_tricks_cannot_escape_a_glob() {
 #[test]
 fn audit_mode_lets_everything_through_and_says_what_it_would_do() {
     let g = guard_with(json!({"mode": "audit"}));
-    let v = verdict(
-        &g,
-        "GET",
-        "/api/catalog/system/x",
-        &bearer(&token(&["analyst"], json!({}))),
-    );
-    let Verdict::Allow {
-        headers,
-        detail,
-        audited,
-    } = v
-    else {
-        panic!()
-    };
+    let v = verdict(&g, "GET", "/api/catalog/system/x", &bearer(&token(&["analyst"], json!({}))));
+    let Verdict::Allow { headers, detail, audited } = v else { panic!() };
     assert_eq!(audited.map(|d| d.status), Some(403));
     assert!(detail.starts_with("audit: would deny"), "{detail}");
-    assert!(headers
-        .iter()
-        .any(|(n, v)| n == "x-noetl-user-id" && v == "42"));
+    assert!(headers.iter().any(|(n, v)| n == "x-noetl-user-id" && v == "42"));
     let v = verdict(&g, "GET", "/api/catalog/data/x", &[]);
-    assert!(matches!(
-        v,
-        Verdict::Allow {
-            audited: Some(Denial { status: 401, .. }),
-            ..
-        }
-    ));
+    assert!(matches!(v, Verdict::Allow { audited: Some(Denial { status: 401, .. }), .. }));
 }
 
 #[test]
 fn header_names_are_configurable_and_listed_for_removal() {
     let g = guard_with(json!({"headers": {"user_id": "X-User", "roles": "x-roles"}}));
-    assert_eq!(
-        g.identity_headers(),
-        [
-            "x-user",
-            "x-noetl-user-email",
-            "x-noetl-user-name",
-            "x-roles"
-        ]
-    );
-    let v = verdict(
-        &g,
-        "GET",
-        "/api/catalog/data/x",
-        &bearer(&token(&["analyst", "viewer"], json!({}))),
-    );
-    let Verdict::Allow { headers, .. } = v else {
-        panic!()
-    };
+    assert_eq!(g.identity_headers(), ["x-user", "x-noetl-user-email", "x-noetl-user-name", "x-roles"]);
+    let v = verdict(&g, "GET", "/api/catalog/data/x", &bearer(&token(&["analyst", "viewer"], json!({}))));
+    let Verdict::Allow { headers, .. } = v else { panic!() };
     assert!(headers.contains(&("x-roles".into(), "analyst,viewer".into())));
 }
 
@@ -424,10 +265,7 @@ fn configuration_errors_name_the_field_path() {
             json!({"providers": [{"name": "a", "issuer": "b", "algorithms": ["RS256"], "jwks": {"keys": [{"kty": "RSA", "n": "%", "e": "AQAB"}]}}]}),
             "providers[0].jwks.keys[0].n",
         ),
-        (
-            json!({"routes": [{"match": {"prefix": "x"}, "public": true}]}),
-            "routes[0].match.prefix",
-        ),
+        (json!({"routes": [{"match": {"prefix": "x"}, "public": true}]}), "routes[0].match.prefix"),
         (
             json!({"policy": {"roles": {"a": {"allow": [{"permissions": ["x"], "playbooks": ["[z"]}]}}}}),
             "policy.roles.a.allow[0].playbooks[0]",

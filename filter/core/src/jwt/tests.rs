@@ -53,10 +53,8 @@ fn compile_err(providers: Value) -> ConfigError {
 }
 
 fn hs() -> Verifier {
-    verifier(
-        json!([{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
-                     "algorithms": ["HS256", "HS384", "HS512"], "secret_env": "SECRET", "roles_claim": "roles"}]),
-    )
+    verifier(json!([{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
+                     "algorithms": ["HS256", "HS384", "HS512"], "secret_env": "SECRET", "roles_claim": "roles"}]))
 }
 
 fn asym() -> Verifier {
@@ -70,11 +68,9 @@ fn asym() -> Verifier {
     // serves RS and PS, as issuers' JWKS often do.
     let mut keys = keys;
     keys[0].as_object_mut().unwrap().remove("alg");
-    verifier(
-        json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "audiences": ["noetl-gateway"],
+    verifier(json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "audiences": ["noetl-gateway"],
                      "algorithms": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
-                     "jwks": {"keys": keys}, "roles_claim": "https://noetl.io/roles"}]),
-    )
+                     "jwks": {"keys": keys}, "roles_claim": "https://noetl.io/roles"}]))
 }
 
 #[test]
@@ -82,9 +78,7 @@ fn every_hmac_algorithm_verifies() {
     let v = hs();
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
         let token = sign(alg, "", None, &claims("https://noetl.local"));
-        let ok = v
-            .verify(&token, NOW)
-            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        let ok = v.verify(&token, NOW).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         assert_eq!(ok.session_key, "s-1");
         assert_eq!(ok.roles, ["analyst", "viewer"]);
         assert_eq!(ok.subject.as_deref(), Some("u-1"));
@@ -115,9 +109,7 @@ fn every_asymmetric_algorithm_verifies_with_its_jwks_key() {
         // With the kid, and without it (every fitting key is tried).
         for kid in [Some(kid), None] {
             let token = sign(alg, pem, kid, &c);
-            let ok = v
-                .verify(&token, NOW)
-                .unwrap_or_else(|e| panic!("{alg:?} kid {kid:?}: {e}"));
+            let ok = v.verify(&token, NOW).unwrap_or_else(|e| panic!("{alg:?} kid {kid:?}: {e}"));
             assert_eq!(ok.roles, ["developer", "admin"]);
         }
     }
@@ -127,23 +119,14 @@ fn every_asymmetric_algorithm_verifies_with_its_jwks_key() {
 fn wrong_key_unknown_kid_and_tampering_are_refused() {
     let v = asym();
     let c = claims("https://tenant.auth0.com/");
-    assert_eq!(
-        v.verify(&sign(Algorithm::RS256, RSA_OTHER, Some("rsa"), &c), NOW),
-        Err(AuthError::BadSignature)
-    );
-    assert_eq!(
-        v.verify(&sign(Algorithm::RS256, RSA_OTHER, None, &c), NOW),
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(v.verify(&sign(Algorithm::RS256, RSA_OTHER, Some("rsa"), &c), NOW), Err(AuthError::BadSignature));
+    assert_eq!(v.verify(&sign(Algorithm::RS256, RSA_OTHER, None, &c), NOW), Err(AuthError::BadSignature));
     assert_eq!(
         v.verify(&sign(Algorithm::RS256, RSA, Some("nope"), &c), NOW),
         Err(AuthError::UnknownKey(Some("nope".into())))
     );
     // An ES256 token presented with the ES384 key's kid: no key fits.
-    assert!(matches!(
-        v.verify(&sign(Algorithm::ES256, EC256, Some("ec384"), &c), NOW),
-        Err(AuthError::UnknownKey(_))
-    ));
+    assert!(matches!(v.verify(&sign(Algorithm::ES256, EC256, Some("ec384"), &c), NOW), Err(AuthError::UnknownKey(_))));
 
     let token = sign(Algorithm::RS256, RSA, Some("rsa"), &c);
     let mut parts: Vec<&str> = token.split('.').collect();
@@ -151,10 +134,7 @@ fn wrong_key_unknown_kid_and_tampering_are_refused() {
     forged["https://noetl.io/roles"] = json!(["admin"]);
     let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
     parts[1] = &forged_payload;
-    assert_eq!(
-        v.verify(&parts.join("."), NOW),
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(v.verify(&parts.join("."), NOW), Err(AuthError::BadSignature));
     let truncated_sig = &token[..token.len() - 4];
     assert_eq!(v.verify(truncated_sig, NOW), Err(AuthError::BadSignature));
 }
@@ -163,26 +143,16 @@ fn wrong_key_unknown_kid_and_tampering_are_refused() {
 fn alg_none_and_algorithm_confusion_are_refused() {
     let v = hs();
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let payload =
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("https://noetl.local")).unwrap());
-    assert_eq!(
-        v.verify(&format!("{header}.{payload}."), NOW),
-        Err(AuthError::AlgNone)
-    );
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("https://noetl.local")).unwrap());
+    assert_eq!(v.verify(&format!("{header}.{payload}."), NOW), Err(AuthError::AlgNone));
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"None"}"#);
-    assert_eq!(
-        v.verify(&format!("{header}.{payload}.c2ln"), NOW),
-        Err(AuthError::AlgNone)
-    );
+    assert_eq!(v.verify(&format!("{header}.{payload}.c2ln"), NOW), Err(AuthError::AlgNone));
 
     // HS256 signed with the RSA public key's bytes, as an attacker who knows the JWKS would:
     // the RS provider does not allow HS256 at all...
     let c = claims("https://tenant.auth0.com/");
     let token = sign(Algorithm::HS256, "", None, &c);
-    assert_eq!(
-        asym().verify(&token, NOW),
-        Err(AuthError::AlgorithmNotAllowed("HS256".into()))
-    );
+    assert_eq!(asym().verify(&token, NOW), Err(AuthError::AlgorithmNotAllowed("HS256".into())));
     // ...and a provider that allowed HS256 next to an RSA JWKS still has no HMAC key to use.
     let jwks = json!({"keys": [public_jwk(Algorithm::RS256, RSA, "rsa")]});
     let mixed = verifier(
@@ -191,10 +161,7 @@ fn alg_none_and_algorithm_confusion_are_refused() {
     assert_eq!(mixed.verify(&token, NOW), Err(AuthError::UnknownKey(None)));
     // An RS256 token for the HMAC provider: algorithm not allowed.
     let token = sign(Algorithm::RS256, RSA, None, &claims("https://noetl.local"));
-    assert_eq!(
-        v.verify(&token, NOW),
-        Err(AuthError::AlgorithmNotAllowed("RS256".into()))
-    );
+    assert_eq!(v.verify(&token, NOW), Err(AuthError::AlgorithmNotAllowed("RS256".into())));
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS1024"}"#);
     assert_eq!(
         v.verify(&format!("{header}.{payload}.c2ln"), NOW),
@@ -216,21 +183,12 @@ fn time_claims_honour_the_clock_skew() {
         }
         v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
     };
-    assert_eq!(
-        at(json!({"exp": null})),
-        Err(AuthError::MissingClaim("exp".into()))
-    );
-    assert_eq!(
-        at(json!({"exp": "soon"})),
-        Err(AuthError::MissingClaim("exp".into()))
-    );
+    assert_eq!(at(json!({"exp": null})), Err(AuthError::MissingClaim("exp".into())));
+    assert_eq!(at(json!({"exp": "soon"})), Err(AuthError::MissingClaim("exp".into())));
     assert!(at(json!({"exp": NOW - 59})).is_ok(), "inside the skew");
     assert_eq!(at(json!({"exp": NOW - 60})), Err(AuthError::Expired));
     assert_eq!(at(json!({"exp": NOW - 6000})), Err(AuthError::Expired));
-    assert!(
-        at(json!({"exp": (NOW + 10) as f64 + 0.5})).is_ok(),
-        "fractional NumericDate"
-    );
+    assert!(at(json!({"exp": (NOW + 10) as f64 + 0.5})).is_ok(), "fractional NumericDate");
     assert!(at(json!({"nbf": NOW + 60})).is_ok());
     assert_eq!(at(json!({"nbf": NOW + 61})), Err(AuthError::NotYetValid));
     assert_eq!(at(json!({"iat": NOW + 61})), Err(AuthError::NotYetValid));
@@ -248,10 +206,7 @@ fn issuer_and_audience() {
     );
     c = claims("https://noetl.local");
     c.as_object_mut().unwrap().remove("iss");
-    assert_eq!(
-        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW),
-        Err(AuthError::MissingClaim("iss".into()))
-    );
+    assert_eq!(v.verify(&sign(Algorithm::HS256, "", None, &c), NOW), Err(AuthError::MissingClaim("iss".into())));
     for (aud, ok) in [
         (json!("noetl-gateway"), true),
         (json!(["other", "noetl-gateway"]), true),
@@ -274,9 +229,7 @@ fn issuer_and_audience() {
     );
     let mut c = claims("https://noetl.local");
     c.as_object_mut().unwrap().remove("aud");
-    assert!(any
-        .verify(&sign(Algorithm::HS256, "", None, &c), NOW)
-        .is_ok());
+    assert!(any.verify(&sign(Algorithm::HS256, "", None, &c), NOW).is_ok());
 }
 
 #[test]
@@ -297,10 +250,7 @@ fn optional_claim_checks() {
     assert!(check(&base()).is_ok());
     let mut c = base();
     c["email_verified"] = json!(false);
-    assert_eq!(
-        check(&c),
-        Err(AuthError::ClaimRejected("email_verified".into()))
-    );
+    assert_eq!(check(&c), Err(AuthError::ClaimRejected("email_verified".into())));
     let mut c = base();
     c.as_object_mut().unwrap().remove("tenant");
     assert_eq!(check(&c), Err(AuthError::MissingClaim("tenant".into())));
@@ -319,10 +269,7 @@ fn optional_claim_checks() {
         "required_claims": ["tenant"]}]),
     );
     assert_eq!(
-        names.verify(
-            &sign(Algorithm::HS256, "", None, &claims("https://noetl.local")),
-            NOW
-        ),
+        names.verify(&sign(Algorithm::HS256, "", None, &claims("https://noetl.local")), NOW),
         Err(AuthError::MissingClaim("tenant".into()))
     );
 }
@@ -332,19 +279,9 @@ fn session_key_prefers_sid_then_jti_then_digest() {
     let v = hs();
     let mut c = claims("https://noetl.local");
     c["jti"] = json!("j-1");
-    assert_eq!(
-        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
-            .unwrap()
-            .session_key,
-        "s-1"
-    );
+    assert_eq!(v.verify(&sign(Algorithm::HS256, "", None, &c), NOW).unwrap().session_key, "s-1");
     c.as_object_mut().unwrap().remove("sid");
-    assert_eq!(
-        v.verify(&sign(Algorithm::HS256, "", None, &c), NOW)
-            .unwrap()
-            .session_key,
-        "j-1"
-    );
+    assert_eq!(v.verify(&sign(Algorithm::HS256, "", None, &c), NOW).unwrap().session_key, "j-1");
     c.as_object_mut().unwrap().remove("jti");
     let token = sign(Algorithm::HS256, "", None, &c);
     let key = v.verify(&token, NOW).unwrap().session_key;
@@ -386,26 +323,10 @@ fn malformed_tokens_are_errors_never_panics() {
         format!("{}.{}.x", b(r#"{"alg":5}"#), b("{}")),
         format!("{}.{}.x", b(r#"{"alg":"HS256"}"#), b("not json")),
         format!("{}.{}.x", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":7}"#)),
-        format!(
-            "{}.{}.x",
-            b(r#"{"alg":"HS256","kid":3}"#),
-            b(r#"{"iss":"https://noetl.local"}"#)
-        ),
-        format!(
-            "{}.{}.x",
-            b(r#"{"alg":"HS256","crit":["b64"]}"#),
-            b(r#"{"iss":"https://noetl.local"}"#)
-        ),
-        format!(
-            "{}.{}.%%%",
-            b(r#"{"alg":"HS256"}"#),
-            b(r#"{"iss":"https://noetl.local","exp":1}"#)
-        ),
-        format!(
-            "{}.{}",
-            b(r#"{"alg":"HS256"}"#),
-            b(r#"{"iss":"https://noetl.local"}"#)
-        ),
+        format!("{}.{}.x", b(r#"{"alg":"HS256","kid":3}"#), b(r#"{"iss":"https://noetl.local"}"#)),
+        format!("{}.{}.x", b(r#"{"alg":"HS256","crit":["b64"]}"#), b(r#"{"iss":"https://noetl.local"}"#)),
+        format!("{}.{}.%%%", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":"https://noetl.local","exp":1}"#)),
+        format!("{}.{}", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":"https://noetl.local"}"#)),
         "\u{0}\u{1}.é.ü".into(),
     ];
     for token in inputs {
@@ -442,11 +363,7 @@ fn configuration_errors_name_the_field() {
             "[0].algorithms",
             "at least one",
         ),
-        (
-            json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"]}]),
-            "[0]",
-            "exactly one",
-        ),
+        (json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"]}]), "[0]", "exactly one"),
         (
             json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {"keys": [{"kty": "RSA", "n": "a+b/", "e": "AQAB"}]}}]),
             "[0].jwks.keys[0].n",
@@ -457,11 +374,7 @@ fn configuration_errors_name_the_field() {
             "[0].jwks.keys[0]",
             "key",
         ),
-        (
-            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {}}]),
-            "[0].jwks.keys",
-            "keys",
-        ),
+        (json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "jwks": {}}]), "[0].jwks.keys", "keys"),
         (
             json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "remote_jwks": {"cluster": "c", "uri": "keys"}}]),
             "[0].remote_jwks.uri",
@@ -480,34 +393,24 @@ fn configuration_errors_name_the_field() {
         assert!(err.message.contains(message), "{err}");
     }
     let short = |name: &str| (name == "SHORT").then(|| "too-short".to_owned());
-    let providers: Vec<ProviderConfig> = serde_json::from_value(
-        json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]),
-    )
-    .unwrap();
+    let providers: Vec<ProviderConfig> =
+        serde_json::from_value(json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]))
+            .unwrap();
     let err = Verifier::compile(&providers, 60, &short).unwrap_err();
     assert!(err.message.contains("at least 32"), "{err}");
 }
 
 #[test]
 fn remote_jwks_without_keys_is_unavailable_not_a_crash() {
-    let v = verifier(
-        json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
-        "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/v1/keys"}}]),
-    );
-    let token = sign(
-        Algorithm::RS256,
-        RSA,
-        Some("rsa"),
-        &claims("https://example.okta.com"),
-    );
+    let v = verifier(json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
+        "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/v1/keys"}}]));
+    let token = sign(Algorithm::RS256, RSA, Some("rsa"), &claims("https://example.okta.com"));
     assert_eq!(v.verify(&token, NOW), Err(AuthError::KeysUnavailable));
 }
 
 #[test]
 fn jwks_set_type_round_trips() {
     // The JWKS our tests build is what `jsonwebtoken` itself parses as a set.
-    let set: JwkSet =
-        serde_json::from_value(json!({"keys": [public_jwk(Algorithm::ES256, EC256, "k")]}))
-            .unwrap();
+    let set: JwkSet = serde_json::from_value(json!({"keys": [public_jwk(Algorithm::ES256, EC256, "k")]})).unwrap();
     assert!(set.find("k").is_some());
 }

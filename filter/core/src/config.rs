@@ -280,7 +280,8 @@ fn default_max_entries() -> u64 {
 ///
 /// # Defaults
 /// `path: /api/auth/session/validate`, `credential: pg_auth`, `timeout_ms: 2000`,
-/// `failure_mode: deny`, `stale_grace_secs: 60`.
+/// `failure_mode: deny`, `stale_grace_secs: 60`, `authority`: the cluster name,
+/// `token_roles: ignore`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationConfig {
@@ -301,6 +302,12 @@ pub struct ValidationConfig {
     /// How long past its freshness a stale entry may serve under `serve_stale`.
     #[serde(default = "default_stale_grace")]
     pub stale_grace_secs: u64,
+    /// The callout's `:authority` (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// How a provider's `roles_claim` combines with the service's roles.
+    #[serde(default)]
+    pub token_roles: TokenRoles,
 }
 
 fn default_validation_path() -> String {
@@ -313,6 +320,19 @@ fn default_credential() -> Option<String> {
 
 fn default_stale_grace() -> u64 {
     60
+}
+
+/// How the roles in a JWT claim combine with those the validation service returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRoles {
+    /// Only the service's roles count (the default: the service is the source of truth).
+    #[default]
+    Ignore,
+    /// The token's roles when the service returns none.
+    Fallback,
+    /// Both, merged.
+    Union,
 }
 
 /// What to do when the validation service fails.
@@ -339,6 +359,10 @@ pub struct RouteConfig {
     /// A valid session is enough; no playbook check.
     #[serde(default)]
     pub authenticate: bool,
+    /// Like `authenticate`, and once the upstream answers 2xx the session is evicted from the
+    /// cache on every worker (the next request asks the validation service again).
+    #[serde(default)]
+    pub logout: bool,
     /// A valid session whose roles allow `permission` on the playbook.
     #[serde(default)]
     pub authorize: Option<AuthorizeConfig>,

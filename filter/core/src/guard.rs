@@ -1,24 +1,30 @@
-//! The request pipeline: route -> token -> JWT -> policy -> verdict (SPEC section 1).
+//! The request pipeline: route -> token -> JWT -> session -> body -> policy -> verdict (SPEC section 1).
 //!
 //! # Call order
 //! 1. [`Guard::from_json`] once per configuration (Envoy's `on_configure`); share the result.
-//! 2. [`Guard::on_request_headers`] for each request. It answers a [`Verdict`], or
-//!    [`HeadersStep::ReadBody`] when the route's playbook path is in the body.
-//! 3. Only after `ReadBody`: buffer up to [`PendingBody::max_body_bytes`], then
-//!    [`Guard::on_request_body`] with the whole body (empty if there is none), or
-//!    [`Guard::body_too_large`] once the limit is passed.
+//! 2. [`Guard::on_request_headers`] for each request. It returns a [`Step`]:
+//!    - [`Step::Verdict`]: done;
+//!    - [`Step::Session`] (only with a validation service): look the session up in the cache
+//!      and call [`Guard::on_session`]. On [`SessionStep::Miss`], send [`Guard::callout`] (once
+//!      per session, however many requests wait for it), then call [`Guard::read_answer`] and
+//!      [`Guard::on_answer`], or [`Guard::on_callout_failure`]. Each gives the next [`Step`];
+//!    - [`Step::ReadBody`]: buffer up to [`Pending::max_body_bytes`], then
+//!      [`Guard::on_request_body`] with the whole body (empty if there is none), or
+//!      [`Guard::body_too_large`] once the limit is passed.
 //!
 //! Nothing here reads a clock, the environment or the network: the host passes `now` and the
 //! environment in, so every decision can be replayed in a test.
 
 use std::fmt::Write as _;
 
-use crate::config::{parse_json, ConfigError, HeaderNames, Mode, PluginConfig};
-use crate::jwt::{token_kind, AuthError, TokenKind, VerifiedToken, Verifier};
+use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
+use crate::jwt::{token_digest, token_kind, AuthError, TokenKind, VerifiedToken, Verifier};
 use crate::path::{normalize_request_path, PlaybookPath};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
+use crate::session::SessionEntry;
 use crate::token::TokenSources;
+use crate::validation::{CalloutFailure, CalloutRequest, Validator};
 use crate::verdict::{Denial, Verdict};
 
 /// The facts of a request head the pipeline needs.
@@ -59,28 +65,66 @@ impl From<VerifiedToken> for Identity {
     }
 }
 
-/// What [`Guard::on_request_headers`] decided.
+/// The next step of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-pub enum HeadersStep {
-    /// Decided from the head alone.
+pub enum Step {
+    /// Decided.
     Verdict(Verdict),
-    /// The playbook path is in the body: buffer it and call [`Guard::on_request_body`].
-    ReadBody(PendingBody),
+    /// The playbook path is in the body: buffer it (up to [`Pending::max_body_bytes`]) and call
+    /// [`Guard::on_request_body`].
+    ReadBody(Pending),
+    /// The session's cache entry is needed: look up [`Pending::session_key`] and call
+    /// [`Guard::on_session`].
+    Session(Pending),
 }
 
-/// An authenticated request waiting for its body.
+/// What [`Guard::on_session`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingBody {
+#[must_use]
+pub enum SessionStep {
+    /// A fresh entry answered (a cache hit); go on with this step.
+    Hit(Step),
+    /// Missing or stale: one callout ([`Guard::callout`]) must answer, then
+    /// [`Guard::on_answer`] or [`Guard::on_callout_failure`].
+    Miss(Pending),
+}
+
+/// What an authenticated request still needs once its user is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Need {
+    /// A valid session; a logout route also evicts the session after upstream success.
+    Authenticate { logout: bool },
+    /// A permission on the playbooks (from the head, or `None` until the body is read).
+    Authorize { permission: String, source: PlaybookSource, playbooks: Option<Vec<PlaybookPath>> },
+}
+
+/// A request paused on its body or its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
     route_id: String,
-    permission: String,
-    source: PlaybookSource,
-    identity: Identity,
-    /// The most bytes to buffer; more is [`Guard::body_too_large`].
+    need: Need,
+    token: String,
+    from_token: Option<Identity>,
+    session_key: String,
+    identity: Option<Identity>,
+    /// The most body bytes to buffer; more is [`Guard::body_too_large`].
     pub max_body_bytes: u64,
-    /// The identity headers, for a host that forwards the headers before the body is decided
-    /// (see [`Guard::hold_headers_for_body`]).
+    /// The identity headers, once the user is known, for a host that forwards the headers
+    /// before a body-sourced decision (see [`Guard::hold_headers_for_body`]).
     pub upstream_headers: Vec<(String, String)>,
+}
+
+impl Pending {
+    /// The session's cache key: `<provider>/<sid|jti|sha256>`, or `opaque/<sha256>`.
+    pub fn session_key(&self) -> &str {
+        &self.session_key
+    }
+
+    /// The session token, for the callout body.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 /// A compiled, immutable configuration: everything a request decision needs.
@@ -88,7 +132,9 @@ pub struct PendingBody {
 pub struct Guard {
     mode: Mode,
     tokens: TokenSources,
+    opaque_tokens: bool,
     verifier: Verifier,
+    validator: Option<Validator>,
     routes: Routes,
     policy: Policy,
     headers: HeaderNames,
@@ -106,15 +152,13 @@ impl Guard {
 
     /// Compiles parsed configuration.
     pub fn compile(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        if cfg.validation.is_some() {
-            // Refused rather than ignored: a configuration asking for session validation must
-            // not run without it.
-            return Err(ConfigError::new(
-                "validation",
-                "the session-validation callout is not in this build yet; remove `validation` to use JWT roles",
-            ));
-        }
-        if cfg.opaque_tokens {
+        let validator = match &cfg.validation {
+            None => None,
+            Some(v) => Some(Validator::compile(v, &cfg.session).map_err(|e| {
+                if e.path.starts_with("session.") { e } else { e.within("validation") }
+            })?),
+        };
+        if cfg.opaque_tokens && validator.is_none() {
             return Err(ConfigError::new(
                 "opaque_tokens",
                 "opaque session tokens need a `validation` service to vouch for them",
@@ -127,7 +171,7 @@ impl Guard {
             ("headers.roles", &cfg.headers.roles),
         ] {
             let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok || name.starts_with(':') {
+            if !ok {
                 return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
             }
         }
@@ -138,7 +182,9 @@ impl Guard {
         Ok(Guard {
             mode: cfg.mode,
             tokens: TokenSources::compile(&cfg.token_sources).map_err(|e| e.within("token_sources"))?,
+            opaque_tokens: cfg.opaque_tokens,
             verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env).map_err(|e| e.within("providers"))?,
+            validator,
             routes: Routes::compile(&cfg.routes, cfg.default_action, cfg.max_body_bytes)
                 .map_err(|e| e.within("routes"))?,
             policy: Policy::compile(&cfg.policy).map_err(|e| e.within("policy"))?,
@@ -153,8 +199,13 @@ impl Guard {
         self.policy.version()
     }
 
+    /// The validation settings, if a validation service is configured.
+    pub fn validator(&self) -> Option<&Validator> {
+        self.validator.as_ref()
+    }
+
     /// Whether the host should hold a body-sourced request's headers until the decision
-    /// (`hold_headers_for_body`), rather than forward them with [`PendingBody::upstream_headers`].
+    /// (`hold_headers_for_body`), rather than forward them with [`Pending::upstream_headers`].
     pub fn hold_headers_for_body(&self) -> bool {
         self.hold_headers_for_body
     }
@@ -167,90 +218,199 @@ impl Guard {
     }
 
     /// Decides what it can from the request head, at time `now` (seconds since the epoch).
-    pub fn on_request_headers(&self, head: &RequestHead<'_>, now: u64) -> HeadersStep {
+    pub fn on_request_headers(&self, head: &RequestHead<'_>, now: u64) -> Step {
         let path = match normalize_request_path(head.path) {
             Ok(path) => path,
-            Err(e) => {
-                return HeadersStep::Verdict(self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None))
-            }
+            Err(e) => return Step::Verdict(self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
         };
         if self.allow_cors_preflight && is_cors_preflight(head) {
-            return HeadersStep::Verdict(allowed(Vec::new(), "CORS preflight".into()));
+            return Step::Verdict(allowed(Vec::new(), "CORS preflight".into()));
         }
         let route = self.routes.find(head.method, &path);
-        let (permission, source) = match route.action {
-            RouteAction::Public => {
-                return HeadersStep::Verdict(allowed(Vec::new(), format!("route={} public", route.id)))
+        let need = match route.action {
+            RouteAction::Public => return Step::Verdict(allowed(Vec::new(), format!("route={} public", route.id))),
+            RouteAction::Deny => return Step::Verdict(self.finish(Err(Denial::no_route()), None)),
+            RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
+            RouteAction::Authorize { permission, source } => {
+                Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: None }
             }
-            RouteAction::Deny => return HeadersStep::Verdict(self.finish(Err(Denial::no_route()), None)),
-            RouteAction::Authenticate => {
-                return HeadersStep::Verdict(match self.authenticate(head, now) {
-                    Ok(id) => self.finish(Ok(format!("route={} authenticated", route.id)), Some(&id)),
-                    Err(e) => self.finish(Err(Denial::unauthenticated(&e)), None),
-                });
+        };
+        let (token, from_token, session_key) = match self.authenticate(head, now) {
+            Ok(found) => found,
+            Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
+        };
+        let need = match need {
+            Need::Authorize { permission, source, .. } if !source.needs_body() => {
+                match source.from_head(&path, head.headers) {
+                    Ok(playbooks) => Need::Authorize { permission, source, playbooks: Some(playbooks) },
+                    Err(e) => return Step::Verdict(self.playbook_error(route.id, &e, from_token.as_ref())),
+                }
             }
-            RouteAction::Authorize { permission, source } => (permission, source),
+            need => need,
         };
-        let identity = match self.authenticate(head, now) {
-            Ok(id) => id,
-            Err(e) => return HeadersStep::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
+        let pending = Pending {
+            route_id: route.id.to_owned(),
+            need,
+            token: token.to_owned(),
+            from_token,
+            session_key,
+            identity: None,
+            max_body_bytes: route.max_body_bytes,
+            upstream_headers: Vec::new(),
         };
-        if source.needs_body() {
-            return HeadersStep::ReadBody(PendingBody {
-                route_id: route.id.to_owned(),
-                permission: permission.clone(),
-                source: source.clone(),
-                upstream_headers: self.identity_header_values(&identity),
-                identity,
-                max_body_bytes: route.max_body_bytes,
-            });
+        if self.validator.is_some() {
+            return Step::Session(pending);
         }
-        let playbooks = source.from_head(&path, head.headers);
-        HeadersStep::Verdict(self.authorize(route.id, permission, playbooks, &identity))
+        let identity = pending.from_token.clone();
+        self.proceed(pending, identity)
+    }
+
+    /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now`.
+    pub fn on_session(&self, pending: Pending, entry: Option<&SessionEntry>, now: u64) -> SessionStep {
+        match (entry, &self.validator) {
+            (Some(entry), Some(v)) if entry.is_fresh(v, now) => SessionStep::Hit(self.with_entry(pending, entry)),
+            _ => SessionStep::Miss(pending),
+        }
+    }
+
+    /// The callout that refreshes `pending`'s session (`None` without a validation service).
+    pub fn callout(&self, pending: &Pending) -> Option<CalloutRequest> {
+        self.validator.as_ref().map(|v| v.request(&pending.token))
+    }
+
+    /// Reads the callout's answer into a cache entry fetched at `now`.
+    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<SessionEntry, CalloutFailure> {
+        match &self.validator {
+            Some(v) => v.read_answer(status, body, now),
+            None => Err(CalloutFailure::NotSent("no validation service is configured".into())),
+        }
+    }
+
+    /// Goes on with the entry a callout just fetched (fresh or not: it is the newest answer).
+    pub fn on_answer(&self, pending: Pending, entry: &SessionEntry) -> Step {
+        self.with_entry(pending, entry)
+    }
+
+    /// The failure mode, after a failed callout: a stale entry within its grace under
+    /// `serve_stale` (the `bool` says one was served), else 503.
+    pub fn on_callout_failure(&self, pending: Pending, stale: Option<&SessionEntry>, now: u64) -> (Step, bool) {
+        if let (Some(v), Some(entry)) = (&self.validator, stale) {
+            if v.failure_mode == FailureMode::ServeStale && entry.may_serve_stale(v, now) {
+                return (self.with_entry(pending, entry), true);
+            }
+        }
+        let identity = pending.from_token.clone();
+        (Step::Verdict(self.finish(Err(Denial::unavailable()), identity.as_ref())), false)
     }
 
     /// Decides a request whose playbook path is in `body` (the whole body, possibly empty).
-    pub fn on_request_body(&self, pending: &PendingBody, body: &[u8]) -> Verdict {
+    pub fn on_request_body(&self, pending: Pending, body: &[u8]) -> Verdict {
         if body.len() as u64 > pending.max_body_bytes {
-            return self.body_too_large(pending);
+            return self.body_too_large(&pending);
         }
-        let playbooks = pending.source.from_body(body);
-        self.authorize(&pending.route_id, &pending.permission, playbooks, &pending.identity)
+        let Need::Authorize { permission, source, .. } = &pending.need else {
+            return self.decide(pending);
+        };
+        match source.from_body(body) {
+            Ok(playbooks) => {
+                let need = Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: Some(playbooks) };
+                self.decide(Pending { need, ..pending })
+            }
+            Err(e) => self.playbook_error(&pending.route_id, &e, pending.identity.as_ref()),
+        }
     }
 
-    /// The answer for a body over [`PendingBody::max_body_bytes`].
-    pub fn body_too_large(&self, pending: &PendingBody) -> Verdict {
-        self.finish(Err(Denial::too_large(pending.max_body_bytes)), Some(&pending.identity))
+    /// The answer for a body over [`Pending::max_body_bytes`].
+    pub fn body_too_large(&self, pending: &Pending) -> Verdict {
+        self.finish(Err(Denial::too_large(pending.max_body_bytes)), pending.identity.as_ref())
     }
 
-    fn authenticate(&self, head: &RequestHead<'_>, now: u64) -> Result<Identity, AuthError> {
+    /// Finds and checks the token: the token, what a JWT says (`None` for an opaque token) and
+    /// the session key.
+    fn authenticate<'h>(
+        &self,
+        head: &RequestHead<'h>,
+        now: u64,
+    ) -> Result<(&'h str, Option<Identity>, String), AuthError> {
         let (token, _) = self.tokens.find(head.headers).ok_or(AuthError::Missing)?;
         match token_kind(token) {
-            TokenKind::Jws => self.verifier.verify(token, now).map(Identity::from),
+            TokenKind::Jws => {
+                let verified = self.verifier.verify(token, now)?;
+                let key = format!("{}/{}", verified.provider, verified.session_key);
+                Ok((token, Some(Identity::from(verified)), key))
+            }
+            TokenKind::Opaque if self.opaque_tokens => Ok((token, None, format!("opaque/{}", token_digest(token)))),
             TokenKind::Opaque => Err(AuthError::OpaqueNotAccepted),
         }
     }
 
-    fn authorize(
-        &self,
-        route_id: &str,
-        permission: &str,
-        playbooks: Result<Vec<PlaybookPath>, PlaybookError>,
-        identity: &Identity,
-    ) -> Verdict {
-        let playbooks = match playbooks {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = match e {
-                    PlaybookError::Path(_) => "invalid_playbook_path",
-                    _ => "playbook_not_found",
-                };
-                return self.finish(Err(Denial::bad_request(reason, format!("route={route_id} {e}"))), Some(identity));
+    /// Combines the token's facts with the cache entry's, then goes on.
+    fn with_entry(&self, pending: Pending, entry: &SessionEntry) -> Step {
+        if !entry.valid {
+            return Step::Verdict(self.finish(Err(Denial::unauthenticated(&AuthError::SessionInvalid)), None));
+        }
+        let token = pending.from_token.as_ref();
+        let token_roles = token.map(|t| t.roles.as_slice()).unwrap_or_default();
+        let roles = match self.validator.as_ref().map(|v| v.token_roles).unwrap_or_default() {
+            TokenRoles::Ignore => entry.roles.clone(),
+            TokenRoles::Fallback if entry.roles.is_empty() => token_roles.to_vec(),
+            TokenRoles::Fallback => entry.roles.clone(),
+            TokenRoles::Union => {
+                let mut roles = entry.roles.clone();
+                roles.extend(token_roles.iter().filter(|r| !entry.roles.contains(r)).cloned());
+                roles
             }
         };
+        let pick = |from_entry: &Option<String>, from_token: Option<&Option<String>>| {
+            from_entry.clone().or_else(|| from_token.cloned().flatten())
+        };
+        let identity = Identity {
+            user_id: pick(&entry.user_id, token.map(|t| &t.user_id)),
+            email: pick(&entry.email, token.map(|t| &t.email)),
+            display_name: pick(&entry.display_name, token.map(|t| &t.display_name)),
+            roles,
+            session_key: pending.session_key.clone(),
+        };
+        self.proceed(pending, Some(identity))
+    }
+
+    /// With the user known: read the body if the route needs it, else decide.
+    fn proceed(&self, mut pending: Pending, identity: Option<Identity>) -> Step {
+        let Some(identity) = identity else {
+            // Only an opaque token without a validation answer lands here, and the
+            // configuration refuses opaque tokens without a validation service.
+            return Step::Verdict(self.finish(Err(Denial::unauthenticated(&AuthError::OpaqueNotAccepted)), None));
+        };
+        pending.upstream_headers = self.identity_header_values(&identity);
+        pending.identity = Some(identity);
+        if matches!(pending.need, Need::Authorize { playbooks: None, .. }) {
+            return Step::ReadBody(pending);
+        }
+        Step::Verdict(self.decide(pending))
+    }
+
+    fn decide(&self, pending: Pending) -> Verdict {
+        let Pending { route_id, need, identity, session_key, .. } = pending;
+        let Some(identity) = identity else {
+            return self.finish(Err(Denial::unauthenticated(&AuthError::Missing)), None);
+        };
+        let (permission, playbooks) = match need {
+            Need::Authenticate { logout } => {
+                let mut verdict = self.finish(Ok(format!("route={route_id} authenticated")), Some(&identity));
+                if let (true, Verdict::Allow { logout: evict, .. }) = (logout, &mut verdict) {
+                    *evict = Some(session_key);
+                }
+                return verdict;
+            }
+            Need::Authorize { permission, playbooks, .. } => (permission, playbooks.unwrap_or_default()),
+        };
+        if playbooks.is_empty() {
+            let e = PlaybookError::Missing("no playbook");
+            return self.playbook_error(&route_id, &e, Some(&identity));
+        }
         let mut detail = format!("route={route_id} permission={permission}");
         for playbook in &playbooks {
-            let decision = self.policy.decide(&identity.roles, permission, playbook);
+            let decision = self.policy.decide(&identity.roles, &permission, playbook);
             let _ = write!(detail, " playbook={playbook} rule=\"{}\"", decision.rule);
             if !decision.allowed {
                 let _ = write!(
@@ -259,10 +419,18 @@ impl Guard {
                     identity.user_id.as_deref().unwrap_or("-"),
                     identity.roles.join(",")
                 );
-                return self.finish(Err(Denial::forbidden(playbook.as_str(), permission, detail)), Some(identity));
+                return self.finish(Err(Denial::forbidden(playbook.as_str(), &permission, detail)), Some(&identity));
             }
         }
-        self.finish(Ok(detail), Some(identity))
+        self.finish(Ok(detail), Some(&identity))
+    }
+
+    fn playbook_error(&self, route_id: &str, e: &PlaybookError, identity: Option<&Identity>) -> Verdict {
+        let reason = match e {
+            PlaybookError::Path(_) => "invalid_playbook_path",
+            _ => "playbook_not_found",
+        };
+        self.finish(Err(Denial::bad_request(reason, format!("route={route_id} {e}"))), identity)
     }
 
     /// Applies the mode and attaches the identity headers.
@@ -275,6 +443,7 @@ impl Guard {
                 headers,
                 detail: format!("audit: would deny: {}", denial.detail),
                 audited: Some(denial),
+                logout: None,
             },
         }
     }
@@ -293,7 +462,7 @@ impl Guard {
 }
 
 fn allowed(headers: Vec<(String, String)>, detail: String) -> Verdict {
-    Verdict::Allow { headers, detail, audited: None }
+    Verdict::Allow { headers, detail, audited: None, logout: None }
 }
 
 /// Claims end up in header values: drop characters a header cannot carry.

@@ -67,6 +67,9 @@ pub enum AuthError {
     /// An opaque token where only JWTs are accepted.
     #[error("token is not a JWT and opaque session tokens are not enabled")]
     OpaqueNotAccepted,
+    /// The validation service says the session is not active.
+    #[error("the session is not active")]
+    SessionInvalid,
 }
 
 impl AuthError {
@@ -86,6 +89,7 @@ impl AuthError {
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::InvalidAudience => "invalid_audience",
             AuthError::ClaimRejected(_) => "claim_rejected",
+            AuthError::SessionInvalid => "invalid_session",
         }
     }
 }

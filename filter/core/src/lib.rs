@@ -14,10 +14,15 @@ pub mod jwt;
 pub mod path;
 pub mod policy;
 pub mod routes;
+pub mod session;
+pub mod timestamp;
 pub mod token;
+pub mod validation;
 pub mod verdict;
 
 pub use config::{ConfigError, PluginConfig};
-pub use guard::{Guard, HeadersStep, Identity, PendingBody, RequestHead};
+pub use guard::{Guard, Identity, Pending, RequestHead, SessionStep, Step};
+pub use session::SessionEntry;
+pub use validation::CalloutFailure;
 pub use policy::{Decision, Policy, PolicyDocument};
 pub use verdict::{Denial, DenialKind, Verdict};

@@ -21,8 +21,11 @@ enum PathMatch {
 pub enum RouteAction {
     /// No token needed.
     Public,
-    /// A valid session, no playbook check.
-    Authenticate,
+    /// A valid session, no playbook check; a logout route also evicts the session.
+    Authenticate {
+        /// Evict the session everywhere after the upstream answers 2xx.
+        logout: bool,
+    },
     /// A valid session whose roles allow `permission` on the playbook from `source`.
     Authorize {
         /// The permission asked for.
@@ -159,7 +162,7 @@ impl Routes {
         let action = match default_action {
             DefaultAction::Deny => RouteAction::Deny,
             DefaultAction::Allow => RouteAction::Public,
-            DefaultAction::Authenticate => RouteAction::Authenticate,
+            DefaultAction::Authenticate => RouteAction::Authenticate { logout: false },
         };
         let default = Route {
             id: "default_action".into(),
@@ -213,9 +216,9 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
         }
         Some(list) => Some(list.iter().map(|s| s.trim().to_ascii_uppercase()).collect()),
     };
-    let action = match (cfg.public, cfg.authenticate, &cfg.authorize) {
+    let action = match (cfg.public, cfg.authenticate || cfg.logout, &cfg.authorize) {
         (true, false, None) => RouteAction::Public,
-        (false, true, None) => RouteAction::Authenticate,
+        (false, true, None) => RouteAction::Authenticate { logout: cfg.logout },
         (false, false, Some(a)) => {
             if a.permission.trim().is_empty() {
                 return Err(ConfigError::new("authorize.permission", "must not be empty"));
@@ -223,7 +226,12 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
             let source = compile_source(&a.playbook, &path).map_err(|e| e.within("authorize.playbook"))?;
             RouteAction::Authorize { permission: a.permission.trim().to_owned(), source }
         }
-        _ => return Err(ConfigError::new("", "give exactly one of `public: true`, `authenticate: true`, `authorize`")),
+        _ => {
+            return Err(ConfigError::new(
+                "",
+                "give exactly one of `public: true`, `authenticate: true` (or `logout: true`), `authorize`",
+            ));
+        }
     };
     Ok(Route {
         id: format!("routes[{index}]"),
@@ -311,6 +319,7 @@ mod tests {
              "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
             {"match": {"glob": "/static/**"}, "public": true},
             {"match": {"path": "/api/me"}, "authenticate": true},
+            {"match": {"path": "/api/auth/logout"}, "logout": true},
             {"match": {"prefix": "/api/run/by-header"},
              "authorize": {"permission": "execute", "playbook": {"header": "X-Playbook"}}}
         ]))
@@ -331,10 +340,12 @@ mod tests {
             ("GET", "/api/me", "routes[5]"),
             ("GET", "/api/me/more", "default_action"),
             ("GET", "/elsewhere", "default_action"),
+            ("POST", "/api/auth/logout", "routes[0]"),
         ] {
             assert_eq!(r.find(method, path).id, id, "{method} {path}");
         }
         assert_eq!(r.find("GET", "/nope").action, &RouteAction::Deny);
+        assert_eq!(r.find("GET", "/api/me").action, &RouteAction::Authenticate { logout: false });
         assert_eq!(r.find("POST", "/api/run/playbook").max_body_bytes, 10);
         assert_eq!(r.find("GET", "/api/catalog/x").max_body_bytes, 1000);
     }
@@ -385,6 +396,7 @@ mod tests {
             (json!([{"match": {"path": "/a", "methods": []}, "public": true}]), "[0].match.methods"),
             (json!([{"match": {"path": "/a"}}]), "[0]"),
             (json!([{"match": {"path": "/a"}, "public": true, "authenticate": true}]), "[0]"),
+            (json!([{"match": {"path": "/a"}, "public": true, "logout": true}]), "[0]"),
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"path_after_prefix": true}}}]),
                 "[0].authorize.playbook.path_after_prefix",

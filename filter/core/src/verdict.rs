@@ -15,6 +15,8 @@ pub enum DenialKind {
     BadRequest,
     /// 413: the body a route must read is too large.
     PayloadTooLarge,
+    /// 503: the validation service cannot answer and no stale entry may serve.
+    Unavailable,
 }
 
 /// A local reply: status, headers and a JSON body, plus a line for the log.
@@ -89,6 +91,17 @@ impl Denial {
         }
     }
 
+    /// 503 with `Retry-After` when the validation service fails (`failure_mode: deny`).
+    pub fn unavailable() -> Self {
+        Denial {
+            kind: DenialKind::Unavailable,
+            status: 503,
+            headers: vec![("retry-after".into(), "1".into())],
+            body: json!({"error": "unavailable", "reason": "session_validation_unavailable"}).to_string(),
+            detail: "session validation unavailable".into(),
+        }
+    }
+
     /// 413 for a body over the route's limit.
     pub fn too_large(limit: u64) -> Self {
         Denial {
@@ -114,6 +127,8 @@ pub enum Verdict {
         detail: String,
         /// In audit mode, the denial that was not enforced.
         audited: Option<Denial>,
+        /// On a logout route: the session to evict everywhere once the upstream answers 2xx.
+        logout: Option<String>,
     },
     /// Answer locally.
     Deny(Denial),

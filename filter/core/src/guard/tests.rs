@@ -59,15 +59,16 @@ fn head<'a>(method: &'a str, path: &'a str, headers: &'a [(String, String)]) -> 
 
 fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) -> Verdict {
     match g.on_request_headers(&head(method, path, headers), NOW) {
-        HeadersStep::Verdict(v) => v,
-        HeadersStep::ReadBody(_) => panic!("{method} {path} wants the body"),
+        Step::Verdict(v) => v,
+        other => panic!("{method} {path}: {other:?}"),
     }
 }
 
 fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
     match g.on_request_headers(&head("POST", path, headers), NOW) {
-        HeadersStep::ReadBody(p) => g.on_request_body(&p, body.as_bytes()),
-        HeadersStep::Verdict(v) => v,
+        Step::ReadBody(p) => g.on_request_body(p, body.as_bytes()),
+        Step::Session(_) => panic!("no validation configured"),
+        Step::Verdict(v) => v,
     }
 }
 
@@ -89,7 +90,7 @@ fn body(v: &Verdict) -> Value {
 fn allowed_request_carries_identity_headers() {
     let g = guard();
     let v = verdict(&g, "GET", "/api/catalog/data/daily_load", &bearer(&token(&["analyst"], json!({}))));
-    let Verdict::Allow { headers, detail, audited } = v else { panic!("{v:?}") };
+    let Verdict::Allow { headers, detail, audited, .. } = v else { panic!("{v:?}") };
     assert_eq!(
         headers,
         [
@@ -203,15 +204,15 @@ fn body_sources_json_pointer_and_graphql() {
 fn body_over_the_limit_is_413() {
     let g = guard_with(json!({"max_body_bytes": 16}));
     let analyst = bearer(&token(&["analyst"], json!({})));
-    let HeadersStep::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else {
+    let Step::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else {
         panic!()
     };
     assert_eq!(p.max_body_bytes, 16);
     assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "42".into())));
     assert!(!g.hold_headers_for_body());
     assert!(guard_with(json!({"hold_headers_for_body": true})).hold_headers_for_body());
-    assert_eq!(status(&g.on_request_body(&p, br#"{"path": "data/load-that-is-long"}"#)), 413);
     assert_eq!(status(&g.body_too_large(&p)), 413);
+    assert_eq!(status(&g.on_request_body(p, br#"{"path": "data/load-that-is-long"}"#)), 413);
 }
 
 #[test]
@@ -239,7 +240,7 @@ fn path_tricks_cannot_escape_a_glob() {
 fn audit_mode_lets_everything_through_and_says_what_it_would_do() {
     let g = guard_with(json!({"mode": "audit"}));
     let v = verdict(&g, "GET", "/api/catalog/system/x", &bearer(&token(&["analyst"], json!({}))));
-    let Verdict::Allow { headers, detail, audited } = v else { panic!() };
+    let Verdict::Allow { headers, detail, audited, .. } = v else { panic!() };
     assert_eq!(audited.map(|d| d.status), Some(403));
     assert!(detail.starts_with("audit: would deny"), "{detail}");
     assert!(headers.iter().any(|(n, v)| n == "x-noetl-user-id" && v == "42"));
@@ -272,7 +273,8 @@ fn configuration_errors_name_the_field_path() {
         ),
         (json!({"token_sources": []}), "token_sources"),
         (json!({"headers": {"roles": "bad header"}}), "headers.roles"),
-        (json!({"validation": {"cluster": "noetl"}}), "validation"),
+        (json!({"validation": {"cluster": ""}}), "validation.cluster"),
+        (json!({"session": {"max_entries": 0}, "validation": {"cluster": "c"}}), "session.max_entries"),
         (json!({"opaque_tokens": true}), "opaque_tokens"),
         (json!({"typo": 1}), "typo"),
     ];
@@ -323,4 +325,176 @@ fn the_example_in_the_spec_parses() {
     let env = |name: &str| (name == "PLAYBOOK_GUARD_HS256_SECRET").then(|| SECRET.to_owned());
     let g = Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap();
     assert_eq!(g.policy_version(), "2026-11-23.1");
+}
+
+mod with_validation {
+    use super::*;
+    use crate::session::SessionEntry;
+
+    fn vguard(validation: Value) -> Guard {
+        let mut routes = config(json!({}))["routes"].clone();
+        routes.as_array_mut().unwrap().push(json!({"match": {"path": "/logout"}, "logout": true}));
+        guard_with(json!({"validation": validation, "routes": routes, "opaque_tokens": true}))
+    }
+
+    fn entry(valid: bool, roles: &[&str], fetched_at: u64) -> SessionEntry {
+        SessionEntry {
+            valid,
+            user_id: Some("7".into()),
+            email: Some("grace@example.com".into()),
+            display_name: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            expires_at: None,
+            fetched_at,
+        }
+    }
+
+    fn pending(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) -> Pending {
+        match g.on_request_headers(&head(method, path, headers), NOW) {
+            Step::Session(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn hit(step: SessionStep) -> Verdict {
+        match step {
+            SessionStep::Hit(Step::Verdict(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn verdict_of(step: Step) -> Verdict {
+        match step {
+            Step::Verdict(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cache_entry_decides_roles_and_identity() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        // The token says admin; the validation service says analyst, and it is the authority.
+        let t = bearer(&token(&["admin"], json!({})));
+        let p = pending(&g, "GET", "/api/catalog/system/x", &t);
+        assert_eq!(p.session_key(), "noetl/s-42");
+        let SessionStep::Miss(p) = g.on_session(p, None, NOW) else { panic!() };
+        let callout = g.callout(&p).unwrap();
+        let body: Value = serde_json::from_slice(&callout.body).unwrap();
+        assert_eq!(body["session_token"], p.token());
+        let v = verdict_of(g.on_answer(p, &entry(true, &["analyst"], NOW)));
+        assert_eq!(status(&v), 403);
+
+        let p = pending(&g, "GET", "/api/catalog/data/x", &t);
+        let Verdict::Allow { headers, .. } = hit(g.on_session(p, Some(&entry(true, &["analyst"], NOW - 299)), NOW)) else {
+            panic!()
+        };
+        assert!(headers.contains(&("x-noetl-user-id".into(), "7".into())), "the service's user id: {headers:?}");
+        assert!(headers.contains(&("x-noetl-user-email".into(), "grace@example.com".into())));
+        assert!(headers.contains(&("x-noetl-user-name".into(), "Ada".into())), "the token fills what the service left out");
+        assert!(headers.contains(&("x-noetl-user-roles".into(), "analyst".into())));
+    }
+
+    #[test]
+    fn stale_and_missing_entries_miss() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&[], json!({})));
+        let stale = entry(true, &["analyst"], NOW - 300);
+        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&stale), NOW), SessionStep::Miss(_)));
+        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), None, NOW), SessionStep::Miss(_)));
+    }
+
+    #[test]
+    fn invalid_sessions_are_401_while_the_negative_entry_is_fresh() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&["admin"], json!({})));
+        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(false, &[], NOW - 29)), NOW));
+        assert_eq!(status(&v), 401);
+        assert_eq!(body(&v)["reason"], "invalid_session");
+        let negative = entry(false, &[], NOW - 30);
+        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&negative), NOW), SessionStep::Miss(_)));
+    }
+
+    #[test]
+    fn failure_modes() {
+        let t = bearer(&token(&[], json!({})));
+        let deny = vguard(json!({"cluster": "noetl"}));
+        let (step, stale_served) =
+            deny.on_callout_failure(pending(&deny, "GET", "/api/me", &t), Some(&entry(true, &[], NOW - 301)), NOW);
+        let Step::Verdict(Verdict::Deny(d)) = step else { panic!() };
+        assert_eq!((d.status, stale_served), (503, false));
+        assert!(d.headers.contains(&("retry-after".into(), "1".into())));
+
+        let stale = vguard(json!({"cluster": "noetl", "failure_mode": "serve_stale", "stale_grace_secs": 60}));
+        let within = entry(true, &["viewer"], NOW - 359);
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&within), NOW);
+        assert!(served);
+        assert_eq!(status(&verdict_of(step)), 200);
+        let beyond = entry(true, &["viewer"], NOW - 360);
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&beyond), NOW);
+        assert_eq!((status(&verdict_of(step)), served), (503, false));
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), None, NOW);
+        assert_eq!((status(&verdict_of(step)), served), (503, false));
+    }
+
+    #[test]
+    fn token_roles_combine_as_configured() {
+        let t = bearer(&token(&["viewer"], json!({})));
+        let roles_of = |mode: &str, service: &[&str]| {
+            let g = vguard(json!({"cluster": "noetl", "token_roles": mode}));
+            let Verdict::Allow { headers, .. } = verdict_of(g.on_answer(pending(&g, "GET", "/api/me", &t), &entry(true, service, NOW)))
+            else {
+                panic!()
+            };
+            headers.into_iter().find(|(n, _)| n == "x-noetl-user-roles").unwrap().1
+        };
+        assert_eq!(roles_of("ignore", &["analyst"]), "analyst");
+        assert_eq!(roles_of("ignore", &[]), "");
+        assert_eq!(roles_of("fallback", &[]), "viewer");
+        assert_eq!(roles_of("fallback", &["analyst"]), "analyst");
+        assert_eq!(roles_of("union", &["analyst", "viewer"]), "analyst,viewer");
+    }
+
+    #[test]
+    fn opaque_tokens_are_vouched_for_by_the_service_alone() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let headers = vec![("x-session-token".to_string(), "noetl-session-abc123".to_string())];
+        let p = pending(&g, "GET", "/api/catalog/data/x", &headers);
+        assert_eq!(p.session_key(), format!("opaque/{}", crate::jwt::token_digest("noetl-session-abc123")));
+        let v = verdict_of(g.on_answer(p, &entry(true, &["analyst"], NOW)));
+        assert_eq!(status(&v), 200);
+        // Without `opaque_tokens`, the same token is refused before any callout.
+        let strict = guard_with(json!({"validation": {"cluster": "noetl"}}));
+        let v = verdict(&strict, "GET", "/api/catalog/data/x", &headers);
+        assert_eq!(body(&v)["reason"], "malformed");
+    }
+
+    #[test]
+    fn bad_tokens_never_reach_the_cache() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        for t in [token(&[], json!({"exp": NOW - 3600})), format!("{}x", token(&[], json!({})))] {
+            assert_eq!(status(&verdict(&g, "GET", "/api/me", &bearer(&t))), 401);
+        }
+    }
+
+    #[test]
+    fn logout_routes_name_the_session_to_evict() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&[], json!({})));
+        let v = hit(g.on_session(pending(&g, "POST", "/logout", &t), Some(&entry(true, &[], NOW)), NOW));
+        let Verdict::Allow { logout, .. } = v else { panic!() };
+        assert_eq!(logout.as_deref(), Some("noetl/s-42"));
+        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(true, &[], NOW)), NOW));
+        assert!(matches!(v, Verdict::Allow { logout: None, .. }));
+    }
+
+    #[test]
+    fn body_routes_read_the_body_after_the_session() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&[], json!({})));
+        let p = pending(&g, "POST", "/api/run/playbook", &t);
+        let Step::ReadBody(p) = g.on_answer(p, &entry(true, &["analyst"], NOW)) else { panic!() };
+        assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "7".into())));
+        assert_eq!(status(&g.on_request_body(p.clone(), br#"{"path": "data/x"}"#)), 200);
+        assert_eq!(status(&g.on_request_body(p, br#"{"path": "system/x"}"#)), 403);
+    }
 }

@@ -3,12 +3,12 @@
 //! # Call order
 //! 1. [`Guard::from_json`] once per configuration (Envoy's `on_configure`); share the result.
 //! 2. [`Guard::on_request_headers`] for each request. It returns a [`Step`]:
-//!    - [`Step::Verdict`]: done;
-//!    - [`Step::Session`] (only with a validation service): look the session up in the cache
+//!    - [`Step::Verdict`] means done;
+//!    - [`Step::Session`] (only with a validation service) means: look the session up in the cache
 //!      and call [`Guard::on_session`]. On [`SessionStep::Miss`], send [`Guard::callout`] (once
 //!      per session, however many requests wait for it), then call [`Guard::read_answer`] and
 //!      [`Guard::on_answer`], or [`Guard::on_callout_failure`]. Each gives the next [`Step`];
-//!    - [`Step::ReadBody`]: buffer up to [`Pending::max_body_bytes`], then
+//!    - [`Step::ReadBody`] means: buffer up to [`Pending::max_body_bytes`], then
 //!      [`Guard::on_request_body`] with the whole body (empty if there is none), or
 //!      [`Guard::body_too_large`] once the limit is passed.
 //!

@@ -1,62 +1,106 @@
 //! The proxy-wasm glue: I/O only. Every decision is the core's.
+//!
+//! A request that waits (for its body, or for a session callout) keeps its state in the
+//! worker's [`Worker`] table rather than in its own context object, because it may be resumed
+//! from another context: the request that owns a callout resumes every request on this worker
+//! waiting for the same session, and the root context's tick resumes requests waiting for a
+//! callout owned by another worker. Every action on a request first makes it the effective
+//! context, so it does not matter whose callback is running.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
-use crate::core::{Denial, DenialKind, Guard, HeadersStep, PendingBody, RequestHead, Verdict};
+use crate::core::session::{Claim, Mark};
+use crate::core::{
+    CalloutFailure, Denial, DenialKind, Guard, Pending, RequestHead, SessionEntry, SessionStep, Step, Verdict,
+};
+use crate::metrics::Metrics;
+use crate::store;
 
-/// The filter's counters, as Envoy shows them (`wasmcustom.playbook_guard.<name>`).
-#[derive(Debug, Default, Clone, Copy)]
-struct Metrics {
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    unauthenticated: Option<u32>,
-    bad_request: Option<u32>,
-    payload_too_large: Option<u32>,
-    audit_would_deny: Option<u32>,
+/// Past the callout timeout, how long a claim stands before another worker may take over
+/// (an owner that died must not hold the session forever).
+const CLAIM_GRACE_MS: u64 = 1000;
+/// After a failed callout, how long requests for that session follow the failure mode before
+/// one of them asks again: an outage is not met with one callout per request.
+const FAILURE_BACKOFF_MS: u64 = 1000;
+/// How often a worker looks for answers to callouts owned by other workers.
+const TICK: Duration = Duration::from_millis(20);
+
+fn now_ms() -> u64 {
+    let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Metrics {
-    fn define() -> Self {
-        let counter =
-            |name: &str| match hostcalls::define_metric(MetricType::Counter, &format!("playbook_guard.{name}")) {
-                Ok(id) => Some(id),
-                Err(status) => {
-                    warn!("cannot define metric {name}: {status:?}");
-                    None
-                }
-            };
-        Metrics {
-            allowed: counter("allowed"),
-            denied: counter("denied"),
-            unauthenticated: counter("unauthenticated"),
-            bad_request: counter("bad_request"),
-            payload_too_large: counter("payload_too_large"),
-            audit_would_deny: counter("audit_would_deny"),
-        }
-    }
-
-    fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            // A failed stat update must never fail the request.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
+/// Where a paused request stands.
+#[derive(Debug, Default)]
+enum State {
+    /// Nothing pending (decided, or not yet started).
+    #[default]
+    Open,
+    /// Waiting for another request's callout for the same session.
+    Waiting { pending: Pending },
+    /// Waiting for its own callout.
+    Calling { pending: Pending },
+    /// Waiting for its body.
+    Body(Pending),
 }
 
-/// The root context: compiles the configuration and hands each request a reference to it.
+/// One request of this worker.
+#[derive(Debug, Default)]
+struct Request {
+    state: State,
+    /// The whole body arrived (its size) while the request waited for something else.
+    body_done: Option<usize>,
+    /// The head already went upstream (body-sourced route without `hold_headers_for_body`).
+    headers_forwarded: bool,
+    /// A logout route: the session to evict once the upstream answers 2xx.
+    logout: Option<String>,
+}
+
+/// A callout this worker sent.
+#[derive(Debug)]
+struct Callout {
+    session: String,
+    owner: u32,
+}
+
+/// Per-worker state, shared by the root context and every request context of the worker.
+#[derive(Debug, Default)]
+pub struct Worker {
+    requests: HashMap<u32, Request>,
+    /// Session key -> requests waiting for a callout owned by someone else.
+    waiting: HashMap<String, Vec<u32>>,
+    /// Callout token -> what it is for.
+    callouts: HashMap<u32, Callout>,
+    ticking: bool,
+}
+
+/// The root context: compiles the configuration and hands each request what it needs.
 #[derive(Default)]
 pub struct GuardRoot {
     guard: Option<Rc<Guard>>,
     metrics: Metrics,
+    worker: Rc<RefCell<Worker>>,
 }
 
-impl Context for GuardRoot {}
+impl Context for GuardRoot {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(guard) = &self.guard {
+            Driver { guard, metrics: &self.metrics, worker: &self.worker }.on_callout_response(
+                token_id,
+                num_headers,
+                body_size,
+            );
+        }
+    }
+}
 
 impl RootContext for GuardRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -70,6 +114,7 @@ impl RootContext for GuardRoot {
         match Guard::from_json(&config, &env) {
             Ok(guard) => {
                 info!("configured; policy version {:?}", guard.policy_version());
+                self.metrics.set_policy_version(guard.policy_version());
                 self.guard = Some(Rc::new(guard));
                 true
             }
@@ -82,12 +127,21 @@ impl RootContext for GuardRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        match &self.guard {
+            Some(guard) => Driver { guard, metrics: &self.metrics, worker: &self.worker }.on_tick(),
+            None => {
+                let _ = hostcalls::set_tick_period(Duration::ZERO);
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(GuardHttp {
+            id: context_id,
             guard: self.guard.clone(),
-            metrics: self.metrics,
-            pending: None,
-            headers_forwarded: false,
+            metrics: self.metrics.clone(),
+            worker: Rc::clone(&self.worker),
         }))
     }
 
@@ -96,31 +150,75 @@ impl RootContext for GuardRoot {
     }
 }
 
-/// One request.
-struct GuardHttp {
-    /// `None` only if a request arrives before a configuration was accepted: fail closed.
-    guard: Option<Rc<Guard>>,
-    metrics: Metrics,
-    pending: Option<PendingBody>,
-    /// The request headers already went upstream (a body-sourced route without
-    /// `hold_headers_for_body`); they can no longer be changed.
-    headers_forwarded: bool,
+/// Carries out the core's steps for requests of one worker.
+struct Driver<'a> {
+    guard: &'a Guard,
+    metrics: &'a Metrics,
+    worker: &'a RefCell<Worker>,
 }
 
-impl Context for GuardHttp {}
-
-impl GuardHttp {
-    fn now(&self) -> u64 {
-        self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+impl Driver<'_> {
+    fn with_request<T>(&self, ctx: u32, f: impl FnOnce(&mut Request) -> T) -> Option<T> {
+        self.worker.borrow_mut().requests.get_mut(&ctx).map(f)
     }
 
-    /// Carries out a verdict: sets the identity headers and goes on, or answers locally.
-    fn apply(&mut self, verdict: Verdict) -> Action {
+    fn set_state(&self, ctx: u32, state: State) {
+        self.with_request(ctx, |r| r.state = state);
+    }
+
+    fn take_state(&self, ctx: u32) -> State {
+        self.with_request(ctx, |r| std::mem::take(&mut r.state)).unwrap_or_default()
+    }
+
+    /// Carries out `step` for request `ctx` (the effective context). `Continue` means the
+    /// request may go on: from its own callback, return it; otherwise resume the request.
+    fn advance(&self, ctx: u32, step: Step, now_ms: u64) -> Action {
+        match step {
+            Step::Verdict(verdict) => self.apply(ctx, verdict),
+            Step::Session(pending) => self.session(ctx, pending, now_ms),
+            Step::ReadBody(pending) => {
+                let body_done = self.with_request(ctx, |r| r.body_done).flatten();
+                if let Some(size) = body_done {
+                    let body = if size == 0 {
+                        None
+                    } else {
+                        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
+                    };
+                    let verdict = self.guard.on_request_body(pending, body.as_deref().unwrap_or_default());
+                    return self.apply(ctx, verdict);
+                }
+                if self.guard.hold_headers_for_body() {
+                    // Envoy keeps this Pause a StopIteration only with the plugin's
+                    // `allow_on_headers_stop_iteration`; then the body callbacks still come.
+                    self.set_state(ctx, State::Body(pending));
+                    return Action::Pause;
+                }
+                // Without that knob a paused head never sees its body: send the head (with the
+                // verified identity) now and hold only the body until the decision.
+                for (name, value) in &pending.upstream_headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                self.with_request(ctx, |r| {
+                    r.headers_forwarded = true;
+                    r.state = State::Body(pending);
+                });
+                Action::Continue
+            }
+        }
+    }
+
+    /// Answers locally or lets the request go on with its identity headers.
+    fn apply(&self, ctx: u32, verdict: Verdict) -> Action {
+        self.set_state(ctx, State::Open);
         match verdict {
-            Verdict::Allow { headers, detail, audited } => {
-                if !self.headers_forwarded {
+            Verdict::Allow { headers, detail, audited, logout } => {
+                let forwarded = self.with_request(ctx, |r| {
+                    r.logout = logout;
+                    r.headers_forwarded
+                });
+                if forwarded != Some(true) {
                     for (name, value) in &headers {
-                        self.set_http_request_header(name, Some(value));
+                        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                     }
                 }
                 Metrics::bump(self.metrics.allowed);
@@ -132,32 +230,296 @@ impl GuardHttp {
                 }
                 Action::Continue
             }
-            Verdict::Deny(denial) => self.deny(denial),
+            Verdict::Deny(denial) => {
+                deny(self.metrics, &denial);
+                Action::Pause
+            }
         }
     }
 
-    fn deny(&mut self, denial: Denial) -> Action {
-        let counter = match denial.kind {
-            DenialKind::Unauthenticated => self.metrics.unauthenticated,
-            DenialKind::Forbidden => self.metrics.denied,
-            DenialKind::BadRequest => self.metrics.bad_request,
-            DenialKind::PayloadTooLarge => self.metrics.payload_too_large,
-        };
-        Metrics::bump(counter);
-        info!("deny {}: {}", denial.status, denial.detail);
-        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        headers.extend(denial.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
-        Action::Pause
+    fn session(&self, ctx: u32, pending: Pending, now_ms: u64) -> Action {
+        let key = pending.session_key().to_owned();
+        let record = store::session(&key);
+        match self.guard.on_session(pending, record.as_ref().map(|r| &r.entry), now_ms / 1000) {
+            SessionStep::Hit(step) => {
+                Metrics::bump(self.metrics.cache_hits);
+                self.advance(ctx, step, now_ms)
+            }
+            SessionStep::Miss(pending) => {
+                Metrics::bump(self.metrics.cache_misses);
+                self.refresh(ctx, pending, record.map(|r| r.entry), now_ms)
+            }
+        }
     }
 
-    /// Decides a buffered request once its whole body is here.
-    fn decide_body(&mut self, body_size: usize) -> Action {
-        let (Some(guard), Some(pending)) = (self.guard.clone(), self.pending.take()) else {
-            return Action::Continue;
+    /// One callout per session: claim it, or wait for whoever holds it.
+    fn refresh(&self, ctx: u32, pending: Pending, stale: Option<SessionEntry>, now_ms: u64) -> Action {
+        let key = pending.session_key().to_owned();
+        let timeout_ms = self.guard.validator().map_or(0, |v| v.timeout_ms());
+        let until_ms = now_ms + timeout_ms + CLAIM_GRACE_MS;
+        let local = self.worker.borrow().callouts.values().any(|c| c.session == key);
+        let claim = if local { Claim::Busy { until_ms } } else { store::claim(&key, now_ms, until_ms) };
+        match claim {
+            Claim::Claimed => self.dispatch(ctx, pending, stale, now_ms),
+            Claim::Busy { .. } => {
+                Metrics::bump(self.metrics.coalesced_waits);
+                let mut worker = self.worker.borrow_mut();
+                if let Some(r) = worker.requests.get_mut(&ctx) {
+                    r.state = State::Waiting { pending };
+                }
+                worker.waiting.entry(key).or_default().push(ctx);
+                if !worker.ticking {
+                    worker.ticking = true;
+                    let _ = hostcalls::set_tick_period(TICK);
+                }
+                Action::Pause
+            }
+            Claim::RecentlyFailed => self.failed(ctx, pending, stale.as_ref(), now_ms),
+        }
+    }
+
+    fn dispatch(&self, ctx: u32, pending: Pending, stale: Option<SessionEntry>, now_ms: u64) -> Action {
+        let key = pending.session_key().to_owned();
+        let Some(req) = self.guard.callout(&pending) else {
+            return self.failed(ctx, pending, stale.as_ref(), now_ms);
         };
-        let body = if body_size == 0 { None } else { self.get_http_request_body(0, body_size) };
-        self.apply(guard.on_request_body(&pending, body.as_deref().unwrap_or_default()))
+        Metrics::bump(self.metrics.callouts);
+        let headers: Vec<(&str, &str)> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let sent = hostcalls::dispatch_http_call(
+            &req.cluster,
+            headers,
+            Some(&req.body),
+            Vec::new(),
+            Duration::from_millis(req.timeout_ms),
+        );
+        match sent {
+            Ok(token) => {
+                let mut worker = self.worker.borrow_mut();
+                worker.callouts.insert(token, Callout { session: key, owner: ctx });
+                if let Some(r) = worker.requests.get_mut(&ctx) {
+                    r.state = State::Calling { pending };
+                }
+                Action::Pause
+            }
+            Err(status) => {
+                let failure = CalloutFailure::NotSent(format!(
+                    "{status:?} from the host: is there an Envoy cluster named {:?}?",
+                    req.cluster
+                ));
+                self.callout_failed(&key, &failure, now_ms);
+                let action = self.failed(ctx, pending, stale.as_ref(), now_ms);
+                self.wake(&key, Err(&failure), now_ms);
+                action
+            }
+        }
+    }
+
+    fn callout_failed(&self, key: &str, failure: &CalloutFailure, now_ms: u64) {
+        Metrics::bump(self.metrics.callout_failures);
+        warn!("session {}: {failure}", short(key));
+        store::finish(key, now_ms, Some(now_ms + FAILURE_BACKOFF_MS));
+    }
+
+    /// The failure mode for one request.
+    fn failed(&self, ctx: u32, pending: Pending, stale: Option<&SessionEntry>, now_ms: u64) -> Action {
+        let (step, served_stale) = self.guard.on_callout_failure(pending, stale, now_ms / 1000);
+        if served_stale {
+            Metrics::bump(self.metrics.stale_served);
+        }
+        self.advance(ctx, step, now_ms)
+    }
+
+    fn on_callout_response(&self, token: u32, num_headers: usize, body_size: usize) {
+        let now_ms = now_ms();
+        let Some(callout) = self.worker.borrow_mut().callouts.remove(&token) else {
+            return;
+        };
+        // The host gives no headers for a timeout or a reset.
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        let body =
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let key = callout.session;
+        let answer = self.guard.read_answer(status, &body, now_ms / 1000);
+        match &answer {
+            Ok(entry) => {
+                let max = self.guard.validator().map_or(1, |v| v.max_entries);
+                if let Some(evicted) = store::put_session(&key, entry.clone(), max) {
+                    Metrics::bump(self.metrics.sessions_evicted);
+                    debug!("session {} evicted to make room", short(&evicted));
+                }
+                store::finish(&key, now_ms, None);
+            }
+            Err(failure) => self.callout_failed(&key, failure, now_ms),
+        }
+        self.resume(callout.owner, answer.as_ref(), now_ms);
+        self.wake(&key, answer.as_ref(), now_ms);
+    }
+
+    /// Resumes every request of this worker waiting for `key`.
+    fn wake(&self, key: &str, answer: Result<&SessionEntry, &CalloutFailure>, now_ms: u64) {
+        let waiters = self.worker.borrow_mut().waiting.remove(key).unwrap_or_default();
+        for ctx in waiters {
+            self.resume(ctx, answer, now_ms);
+        }
+    }
+
+    /// Resumes one request (waiting or calling) with a callout's outcome.
+    fn resume(&self, ctx: u32, answer: Result<&SessionEntry, &CalloutFailure>, now_ms: u64) {
+        let pending = match self.take_state(ctx) {
+            State::Waiting { pending } | State::Calling { pending } => pending,
+            other => {
+                self.set_state(ctx, other);
+                return;
+            }
+        };
+        if hostcalls::set_effective_context(ctx).is_err() {
+            // The client went away while waiting.
+            self.worker.borrow_mut().requests.remove(&ctx);
+            return;
+        }
+        let action = match answer {
+            Ok(entry) => {
+                let step = self.guard.on_answer(pending, entry);
+                self.advance(ctx, step, now_ms)
+            }
+            Err(_) => {
+                let stale = store::session(pending.session_key()).map(|r| r.entry);
+                self.failed(ctx, pending, stale.as_ref(), now_ms)
+            }
+        };
+        if action == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
+    /// Looks for answers to callouts owned by other workers, and takes over from owners that
+    /// did not answer in time.
+    fn on_tick(&self) {
+        let now_ms = now_ms();
+        let keys: Vec<String> = self.worker.borrow().waiting.keys().cloned().collect();
+        for key in keys {
+            let record = store::session(&key);
+            let fresh = match (&record, self.guard.validator()) {
+                (Some(r), Some(v)) => r.entry.is_fresh(v, now_ms / 1000),
+                _ => false,
+            };
+            if let (true, Some(record)) = (fresh, &record) {
+                self.wake(&key, Ok(&record.entry), now_ms);
+                continue;
+            }
+            match store::mark(&key, now_ms) {
+                Some(Mark::Fetching { .. }) => {}
+                Some(Mark::Failed { .. }) => {
+                    let failure = CalloutFailure::NoResponse;
+                    self.wake(&key, Err(&failure), now_ms);
+                }
+                // The owner's claim lapsed without an answer: one waiter asks again.
+                None => self.take_over(&key, now_ms),
+            }
+        }
+        let mut worker = self.worker.borrow_mut();
+        if worker.waiting.is_empty() && worker.ticking {
+            worker.ticking = false;
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
+    }
+
+    fn take_over(&self, key: &str, now_ms: u64) {
+        let next = {
+            let mut worker = self.worker.borrow_mut();
+            let waiters = worker.waiting.get_mut(key);
+            let ctx = waiters.and_then(|w| if w.is_empty() { None } else { Some(w.remove(0)) });
+            if worker.waiting.get(key).is_some_and(Vec::is_empty) {
+                worker.waiting.remove(key);
+            }
+            ctx
+        };
+        let Some(ctx) = next else { return };
+        let State::Waiting { pending } = self.take_state(ctx) else { return };
+        if hostcalls::set_effective_context(ctx).is_err() {
+            self.worker.borrow_mut().requests.remove(&ctx);
+            return;
+        }
+        let stale = store::session(key).map(|r| r.entry);
+        if self.refresh(ctx, pending, stale, now_ms) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+fn deny(metrics: &Metrics, denial: &Denial) {
+    let counter = match denial.kind {
+        DenialKind::Unauthenticated => metrics.unauthenticated,
+        DenialKind::Forbidden => metrics.denied,
+        DenialKind::BadRequest => metrics.bad_request,
+        DenialKind::PayloadTooLarge => metrics.payload_too_large,
+        DenialKind::Unavailable => metrics.unavailable,
+    };
+    Metrics::bump(counter);
+    info!("deny {}: {}", denial.status, denial.detail);
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(denial.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let _ = hostcalls::send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
+}
+
+/// A session key shortened for logs (it may hold a session id worth keeping out of them).
+fn short(key: &str) -> String {
+    let digest = crate::core::jwt::token_digest(key);
+    format!("#{}", digest.get(..12).unwrap_or_default())
+}
+
+/// One request.
+struct GuardHttp {
+    id: u32,
+    /// `None` only if a request arrives before a configuration was accepted: fail closed.
+    guard: Option<Rc<Guard>>,
+    metrics: Metrics,
+    worker: Rc<RefCell<Worker>>,
+}
+
+impl GuardHttp {
+    fn driver<'a>(&'a self, guard: &'a Guard) -> Driver<'a> {
+        Driver { guard, metrics: &self.metrics, worker: &self.worker }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The body is complete (`size` bytes): decide it if the request was waiting for it.
+    fn body_complete(&mut self, guard: &Guard, size: usize) -> Action {
+        let driver = self.driver(guard);
+        match driver.take_state(self.id) {
+            State::Body(pending) => {
+                let body = if size == 0 { None } else { self.get_http_request_body(0, size) };
+                let verdict = guard.on_request_body(pending, body.as_deref().unwrap_or_default());
+                driver.apply(self.id, verdict)
+            }
+            state @ (State::Waiting { .. } | State::Calling { .. }) => {
+                // Still waiting for the session: keep the body for the decision.
+                driver.with_request(self.id, |r| {
+                    r.body_done = Some(size);
+                    r.state = state;
+                });
+                Action::Pause
+            }
+            State::Open => Action::Continue,
+        }
+    }
+}
+
+impl Context for GuardHttp {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(guard) = self.guard.clone() {
+            self.driver(&guard).on_callout_response(token_id, num_headers, body_size);
+        }
     }
 }
 
@@ -183,52 +545,75 @@ impl HttpContext for GuardHttp {
             .collect();
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        match guard.on_request_headers(&head, self.now()) {
-            HeadersStep::Verdict(verdict) => self.apply(verdict),
-            HeadersStep::ReadBody(pending) => {
-                if end_of_stream {
-                    self.pending = Some(pending);
-                    return self.decide_body(0);
-                }
-                if guard.hold_headers_for_body() {
-                    // Envoy passes this Pause on as StopIteration only with the plugin's
-                    // `allow_on_headers_stop_iteration`; the body callbacks still come.
-                    self.pending = Some(pending);
-                    return Action::Pause;
-                }
-                // Without that knob a paused head never sees its body: send the head (with the
-                // verified identity) now and hold only the body until the decision.
-                for (name, value) in &pending.upstream_headers {
-                    self.set_http_request_header(name, Some(value));
-                }
-                self.headers_forwarded = true;
-                self.pending = Some(pending);
-                Action::Continue
-            }
-        }
+        let now_ms = self.now_ms();
+        let step = guard.on_request_headers(&head, now_ms / 1000);
+        let request = Request { body_done: end_of_stream.then_some(0), ..Request::default() };
+        self.worker.borrow_mut().requests.insert(self.id, request);
+        self.driver(&guard).advance(self.id, step, now_ms)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(guard), Some(pending)) = (&self.guard, &self.pending) else {
-            return Action::Continue;
+        let Some(guard) = self.guard.clone() else { return Action::Continue };
+        let limit = {
+            let worker = self.worker.borrow();
+            match worker.requests.get(&self.id).map(|r| &r.state) {
+                Some(State::Body(pending)) => Some(pending.max_body_bytes),
+                Some(State::Waiting { pending } | State::Calling { pending }) => Some(pending.max_body_bytes),
+                _ => None,
+            }
         };
-        if body_size as u64 > pending.max_body_bytes {
-            let verdict = guard.body_too_large(pending);
-            self.pending = None;
-            return self.apply(verdict);
+        let Some(limit) = limit else { return Action::Continue };
+        if body_size as u64 > limit {
+            let driver = self.driver(&guard);
+            let pending = match driver.take_state(self.id) {
+                State::Body(p) | State::Waiting { pending: p } | State::Calling { pending: p } => p,
+                State::Open => return Action::Continue,
+            };
+            self.worker.borrow_mut().waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
+            return driver.apply(self.id, guard.body_too_large(&pending));
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        self.decide_body(body_size)
+        self.body_complete(&guard, body_size)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // Trailers end the body: a request with trailers never sees end_of_stream on its body.
-        if self.pending.is_none() {
-            return Action::Continue;
-        }
+        let Some(guard) = self.guard.clone() else { return Action::Continue };
         let size = self.get_http_request_body(0, usize::MAX).map_or(0, |b| b.len());
-        self.decide_body(size)
+        self.body_complete(&guard, size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let logout = self.worker.borrow_mut().requests.get_mut(&self.id).and_then(|r| r.logout.take());
+        if let Some(key) = logout {
+            let ok = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some_and(|s| (200..300).contains(&s));
+            if ok {
+                store::remove_session(&key);
+                Metrics::bump(self.metrics.logouts);
+                info!("logout: session {} evicted", short(&key));
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl Drop for GuardHttp {
+    fn drop(&mut self) {
+        // A request that ends (or whose client goes away) while waiting must leave no trace:
+        // nothing may later try to resume it.
+        if let Ok(mut worker) = self.worker.try_borrow_mut() {
+            worker.requests.remove(&self.id);
+            for waiters in worker.waiting.values_mut() {
+                waiters.retain(|c| *c != self.id);
+            }
+            worker.waiting.retain(|_, w| !w.is_empty());
+            let id = self.id;
+            worker.callouts.retain(|_, c| c.owner != id);
+        }
     }
 }

@@ -10,6 +10,8 @@
 pub use playbook_guard_core as core;
 
 pub mod host;
+pub mod metrics;
+mod store;
 
 // The SDK's entry point (`_initialize`); the macro cannot carry a doc comment.
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,102 @@
+//! The filter's stats, as Envoy shows them: `wasmcustom.playbook_guard.<name>` at `/stats`
+//! and `/stats/prometheus`.
+
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Metric ids of one VM (`None` where the host refused to define one: a stat must never fail
+/// a request).
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// Requests let through (including audit-mode ones that would have been denied).
+    pub allowed: Option<u32>,
+    /// 403s.
+    pub denied: Option<u32>,
+    /// 401s.
+    pub unauthenticated: Option<u32>,
+    /// 400s.
+    pub bad_request: Option<u32>,
+    /// 413s.
+    pub payload_too_large: Option<u32>,
+    /// 503s: validation unavailable.
+    pub unavailable: Option<u32>,
+    /// Audit mode: requests that enforce mode would have refused.
+    pub audit_would_deny: Option<u32>,
+    /// A fresh cache entry answered.
+    pub cache_hits: Option<u32>,
+    /// The entry was missing or stale.
+    pub cache_misses: Option<u32>,
+    /// Validation callouts sent (or attempted).
+    pub callouts: Option<u32>,
+    /// Callouts that failed (not sent, timeout, reset, non-2xx, malformed, `status: error`).
+    pub callout_failures: Option<u32>,
+    /// Requests answered from a stale entry under `serve_stale`.
+    pub stale_served: Option<u32>,
+    /// Requests that waited for a callout another request owned.
+    pub coalesced_waits: Option<u32>,
+    /// Sessions evicted to keep the cache within `max_entries`.
+    pub sessions_evicted: Option<u32>,
+    /// Sessions evicted by a logout route.
+    pub logouts: Option<u32>,
+    /// The gauge naming the active policy version (1 while active).
+    policy_version: Option<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, &format!("playbook_guard.{name}")) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            warn!("cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+impl Metrics {
+    /// Defines every counter in this VM.
+    pub fn define() -> Self {
+        let counter = |name: &str| define(MetricType::Counter, name);
+        Metrics {
+            allowed: counter("allowed"),
+            denied: counter("denied"),
+            unauthenticated: counter("unauthenticated"),
+            bad_request: counter("bad_request"),
+            payload_too_large: counter("payload_too_large"),
+            unavailable: counter("unavailable"),
+            audit_would_deny: counter("audit_would_deny"),
+            cache_hits: counter("cache_hits"),
+            cache_misses: counter("cache_misses"),
+            callouts: counter("callouts"),
+            callout_failures: counter("callout_failures"),
+            stale_served: counter("stale_served"),
+            coalesced_waits: counter("coalesced_waits"),
+            sessions_evicted: counter("sessions_evicted"),
+            logouts: counter("logouts"),
+            policy_version: None,
+        }
+    }
+
+    /// Adds one to a counter.
+    pub fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    /// Publishes the active policy version as the gauge
+    /// `playbook_guard.policy_version.<version>` = 1 (characters other than letters, digits,
+    /// `-` and `_` become `_`), setting the previous version's gauge to 0: a stat cannot hold a
+    /// string, but a gauge per version shows which policy each Envoy runs.
+    pub fn set_policy_version(&mut self, version: &str) {
+        let name: String =
+            version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        if let Some(old) = self.policy_version.take() {
+            let _ = hostcalls::record_metric(old, 0);
+        }
+        self.policy_version = define(MetricType::Gauge, &format!("policy_version.{name}"));
+        if let Some(id) = self.policy_version {
+            let _ = hostcalls::record_metric(id, 1);
+        }
+    }
+}

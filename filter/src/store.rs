@@ -1,0 +1,113 @@
+//! The session cache in Envoy's shared data: one store for all workers of a VM id.
+//!
+//! Keys: `pg1/s/<session key>` (a [`SessionRecord`]), `pg1/f/<stripe>` (in-flight marks),
+//! `pg1/slot/<n>` (which session holds eviction slot n) and `pg1/head` (how many sessions were
+//! ever stored). Shared data has no expiry, so every write that adds a session also evicts
+//! the one that held its slot: the store never holds more than `max_entries` sessions.
+
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+use crate::core::session::{slot_for, stripe_of, Claim, Mark, SessionRecord, Stripe};
+use crate::core::SessionEntry;
+
+/// How often a compare-and-swap is retried before giving up (contention is between a handful
+/// of workers touching one stripe, so a few rounds always suffice in practice).
+const CAS_ROUNDS: usize = 16;
+
+fn session_key(key: &str) -> String {
+    format!("pg1/s/{key}")
+}
+
+fn get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// The cached record of a session.
+pub fn session(key: &str) -> Option<SessionRecord> {
+    get(&session_key(key)).0.as_deref().and_then(SessionRecord::decode)
+}
+
+/// Stores a fresh answer, taking an eviction slot if the session is new. Returns the session
+/// evicted to make room, if any.
+pub fn put_session(key: &str, entry: SessionEntry, max_entries: u64) -> Option<String> {
+    let skey = session_key(key);
+    if let Some(existing) = session(key) {
+        let record = SessionRecord { entry, slot: existing.slot };
+        let _ = hostcalls::set_shared_data(&skey, Some(&record.encode()), None);
+        return None;
+    }
+    let slot = slot_for(next_counter(), max_entries);
+    let slot_key = format!("pg1/slot/{slot}");
+    let mut evicted = None;
+    if let Some(victim) = get(&slot_key).0.and_then(|v| String::from_utf8(v).ok()) {
+        // Only evict the victim if it still holds this slot (it may have been evicted and
+        // stored again since, into another slot).
+        if victim != key && session(&victim).is_some_and(|r| r.slot == slot) {
+            remove_session(&victim);
+            evicted = Some(victim);
+        }
+    }
+    let _ = hostcalls::set_shared_data(&slot_key, Some(key.as_bytes()), None);
+    let record = SessionRecord { entry, slot };
+    let _ = hostcalls::set_shared_data(&skey, Some(&record.encode()), None);
+    evicted
+}
+
+/// Forgets a session (logout, eviction).
+pub fn remove_session(key: &str) {
+    let _ = hostcalls::set_shared_data(&session_key(key), None, None);
+}
+
+fn next_counter() -> u64 {
+    for _ in 0..CAS_ROUNDS {
+        let (value, cas) = get("pg1/head");
+        let n = value.and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        match hostcalls::set_shared_data("pg1/head", Some((n + 1).to_string().as_bytes()), cas) {
+            Ok(()) => return n,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => break,
+        }
+    }
+    warn!("session cache: eviction counter contended; reusing slot 0");
+    0
+}
+
+/// Applies `change` to `key`'s stripe with compare-and-swap, returning what it returned.
+fn with_stripe<T>(key: &str, mut change: impl FnMut(&mut Stripe) -> T) -> Option<T> {
+    let stripe_key = format!("pg1/f/{}", stripe_of(key));
+    for _ in 0..CAS_ROUNDS {
+        let (value, cas) = get(&stripe_key);
+        let mut stripe = value.as_deref().map(Stripe::decode).unwrap_or_default();
+        let out = change(&mut stripe);
+        // A stripe seen absent has no cas to compare; the write then creates it. Two workers
+        // creating the same stripe at once is the one race shared data leaves open, and it can
+        // happen only once per stripe in the life of an Envoy.
+        match hostcalls::set_shared_data(&stripe_key, Some(&stripe.encode()), cas) {
+            Ok(()) => return Some(out),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    warn!("session cache: in-flight stripe for {key} stayed contended");
+    None
+}
+
+/// Claims the callout for `key` until `until_ms`.
+pub fn claim(key: &str, now_ms: u64, until_ms: u64) -> Claim {
+    // If the stripe cannot be written at all, behaving as the owner keeps requests moving; the
+    // cost is a duplicate callout, never a request left waiting.
+    with_stripe(key, |s| s.claim(key, now_ms, until_ms)).unwrap_or(Claim::Claimed)
+}
+
+/// Ends `key`'s callout; on failure, leaves a mark until `failed_until_ms`.
+pub fn finish(key: &str, now_ms: u64, failed_until_ms: Option<u64>) {
+    let _ = with_stripe(key, |s| s.finish(key, now_ms, failed_until_ms));
+}
+
+/// The live in-flight mark of `key`.
+pub fn mark(key: &str, now_ms: u64) -> Option<Mark> {
+    let (value, _) = get(&format!("pg1/f/{}", stripe_of(key)));
+    value.as_deref().map(Stripe::decode).and_then(|s| s.mark(key, now_ms))
+}

@@ -3,9 +3,7 @@
 mod common;
 
 use common::{config, host, token, token_with, vm, SECRET_ENV};
-use playbook_guard_test_harness::{
-    Action, HarnessError, Host, HostOptions, LogLevel, Request, RequestOutcome,
-};
+use playbook_guard_test_harness::{Action, HarnessError, Host, HostOptions, LogLevel, Request, RequestOutcome};
 use serde_json::json;
 
 #[test]
@@ -13,9 +11,7 @@ fn an_allowed_request_continues_with_identity_headers() {
     let host = host();
     let mut vm = vm(&host);
     let t = token(&host, &["analyst"]);
-    let exchange = vm
-        .send_request(&Request::get("/api/catalog/data/sales").bearer(&t))
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/data/sales").bearer(&t)).unwrap();
     let headers = exchange
         .outcome
         .forwarded_headers()
@@ -33,15 +29,10 @@ fn a_forbidden_playbook_gets_a_403_with_the_json_body() {
     let host = host();
     let mut vm = vm(&host);
     let t = token(&host, &["analyst"]);
-    let exchange = vm
-        .send_request(&Request::get("/api/catalog/system/secrets").bearer(&t))
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/system/secrets").bearer(&t)).unwrap();
     let response = exchange.outcome.local_response().unwrap();
     assert_eq!(response.status, 403);
-    assert_eq!(
-        response.header("content-type").as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
     let body = response.body_json().unwrap();
     assert_eq!(body["error"], "Permission denied");
     assert_eq!(body["playbook_path"], "system/secrets");
@@ -55,9 +46,7 @@ fn a_forbidden_playbook_gets_a_403_with_the_json_body() {
 fn a_missing_token_gets_401_with_www_authenticate() {
     let host = host();
     let mut vm = vm(&host);
-    let exchange = vm
-        .send_request(&Request::get("/api/catalog/data/sales"))
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/data/sales")).unwrap();
     let response = exchange.outcome.local_response().unwrap();
     assert_eq!(response.status, 401);
     let challenge = response.header("www-authenticate").unwrap();
@@ -73,9 +62,7 @@ fn an_expired_token_is_401_by_the_virtual_clock() {
     let t = token(&host, &["analyst"]);
     // Past exp (300 s) plus the default 60 s skew.
     host.clock().advance(std::time::Duration::from_secs(361));
-    let exchange = vm
-        .send_request(&Request::get("/api/catalog/data/sales").bearer(&t))
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/data/sales").bearer(&t)).unwrap();
     assert_eq!(exchange.outcome.status(), Some(401));
 }
 
@@ -86,9 +73,7 @@ fn spoofed_identity_headers_are_removed() {
     // A public route: no identity is added, and the client's claim to one must be gone.
     let exchange = vm
         .send_request(
-            &Request::get("/api/auth/login")
-                .header("x-noetl-user-id", "1")
-                .header("X-Noetl-User-Roles", "admin"),
+            &Request::get("/api/auth/login").header("x-noetl-user-id", "1").header("X-Noetl-User-Roles", "admin"),
         )
         .unwrap();
     let headers = exchange.outcome.forwarded_headers().unwrap();
@@ -97,35 +82,27 @@ fn spoofed_identity_headers_are_removed() {
 
     // An authenticated route: the filter's value replaces the client's.
     let t = token(&host, &["viewer"]);
-    let exchange = vm
-        .send_request(
-            &Request::get("/api/catalog/x")
-                .bearer(&t)
-                .header("x-noetl-user-id", "1"),
-        )
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/x").bearer(&t).header("x-noetl-user-id", "1")).unwrap();
     let headers = exchange.outcome.forwarded_headers().unwrap();
     assert_eq!(headers.get_all("x-noetl-user-id"), vec!["42"]);
 }
 
 #[test]
-fn a_body_route_pauses_on_headers_and_decides_on_the_body() {
+fn a_body_route_forwards_the_head_and_decides_on_the_body() {
+    // The default (`hold_headers_for_body: false`): Envoy without
+    // `allow_on_headers_stop_iteration` would never show a paused head its body, so the head goes
+    // upstream with the verified identity and only the body waits for the decision.
     let host = host();
     let mut vm = vm(&host);
     let t = token(&host, &["analyst"]);
     let headers = Request::new("POST", "/api/run/playbook").bearer(&t).headers;
 
     let id = vm.create_http_context().unwrap();
-    assert_eq!(vm.on_request_headers(id, &headers, false).unwrap(), Action::Pause);
-    assert_eq!(
-        vm.on_request_body(id, br#"{"path": "data/"#, false).unwrap(),
-        Action::Pause
-    );
+    assert_eq!(vm.on_request_headers(id, &headers, false).unwrap(), Action::Continue);
+    assert_eq!(vm.stream(id).unwrap().request_headers().get("x-noetl-user-id").as_deref(), Some("42"));
+    assert_eq!(vm.on_request_body(id, br#"{"path": "data/"#, false).unwrap(), Action::Pause);
     assert_eq!(vm.outcome(id), Some(RequestOutcome::Paused));
-    assert_eq!(
-        vm.on_request_body(id, br#"etl"}"#, true).unwrap(),
-        Action::Continue
-    );
+    assert_eq!(vm.on_request_body(id, br#"etl"}"#, true).unwrap(), Action::Continue);
     match vm.outcome(id).unwrap() {
         RequestOutcome::Forwarded { headers, body } => {
             assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("42"));
@@ -134,13 +111,9 @@ fn a_body_route_pauses_on_headers_and_decides_on_the_body() {
         other => panic!("{other:?}"),
     }
 
-    // The same route with a playbook the analyst may not run: decided on the body, 403.
+    // A playbook the analyst may not run, body in 5-byte chunks: decided on the body, 403.
     let exchange = vm
-        .send_request(
-            &Request::post("/api/run/playbook", r#"{"path": "system/wipe"}"#)
-                .bearer(&t)
-                .chunked(5),
-        )
+        .send_request(&Request::post("/api/run/playbook", r#"{"path": "system/wipe"}"#).bearer(&t).chunked(5))
         .unwrap();
     let response = exchange.outcome.local_response().unwrap();
     assert_eq!(response.status, 403);
@@ -150,22 +123,44 @@ fn a_body_route_pauses_on_headers_and_decides_on_the_body() {
 }
 
 #[test]
+fn hold_headers_for_body_pauses_the_head_when_envoy_allows_it() {
+    let host = Host::with_options(
+        &common::filter(),
+        HostOptions::default().env(SECRET_ENV, common::SECRET).allow_on_headers_stop_iteration(true),
+    );
+    let mut vm = host.configured_vm(&config(json!({"hold_headers_for_body": true}))).unwrap();
+    let t = token(&host, &["analyst"]);
+    let headers = Request::new("POST", "/api/run/playbook").bearer(&t).headers;
+    let id = vm.create_http_context().unwrap();
+    assert_eq!(vm.on_request_headers(id, &headers, false).unwrap(), Action::Pause);
+    assert_eq!(vm.on_request_body(id, br#"{"path": "data/etl"}"#, true).unwrap(), Action::Continue);
+    let headers = vm.outcome(id).unwrap().forwarded_headers().cloned().unwrap();
+    assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"));
+}
+
+#[test]
+fn without_allow_on_headers_stop_iteration_a_paused_head_never_sees_its_body() {
+    // The Envoy hazard `hold_headers_for_body` documents, reproduced: StopAllIteration holds the
+    // body from the filter, so the request stays paused.
+    let host = host();
+    let mut vm = host.configured_vm(&config(json!({"hold_headers_for_body": true}))).unwrap();
+    let t = token(&host, &["analyst"]);
+    let exchange = vm.send_request(&Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#).bearer(&t)).unwrap();
+    assert_eq!(exchange.outcome, RequestOutcome::Paused);
+    assert!(vm.stream(exchange.context_id).unwrap().request_held_from_filter());
+}
+
+#[test]
 fn trailers_end_a_buffered_body() {
     let host = host();
     let mut vm = vm(&host);
     let t = token(&host, &["analyst"]);
     let exchange = vm
         .send_request(
-            &Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#)
-                .bearer(&t)
-                .trailer("x-checksum", "1"),
+            &Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#).bearer(&t).trailer("x-checksum", "1"),
         )
         .unwrap();
-    assert!(
-        exchange.outcome.forwarded_headers().is_some(),
-        "{:?}",
-        exchange.outcome
-    );
+    assert!(exchange.outcome.forwarded_headers().is_some(), "{:?}", exchange.outcome);
 }
 
 #[test]
@@ -174,19 +169,12 @@ fn a_bad_configuration_is_rejected_and_logged() {
     let mut vm = host.start_vm().unwrap();
     let accepted = vm.configure(&config(json!({"mode": "loud"}))).unwrap();
     assert!(!accepted);
-    assert!(
-        vm.logged(LogLevel::Error, "configuration rejected"),
-        "{:#?}",
-        vm.logs()
-    );
+    assert!(vm.logged(LogLevel::Error, "configuration rejected"), "{:#?}", vm.logs());
     assert!(vm.logged(LogLevel::Error, "mode"), "{:#?}", vm.logs());
 
     // Host::configured_vm turns the refusal into an error that carries the log.
     let err = host.configured_vm(b"not json").unwrap_err();
-    assert!(
-        matches!(&err, HarnessError::ConfigurationRejected { logs } if !logs.is_empty()),
-        "{err}"
-    );
+    assert!(matches!(&err, HarnessError::ConfigurationRejected { logs } if !logs.is_empty()), "{err}");
 }
 
 #[test]
@@ -197,10 +185,7 @@ fn the_secret_comes_from_the_host_environment() {
     assert!(err.to_string().contains(SECRET_ENV), "{err}");
 
     // A secret shorter than 32 bytes is refused too.
-    let short = Host::with_options(
-        &common::filter(),
-        HostOptions::default().env(SECRET_ENV, "too-short"),
-    );
+    let short = Host::with_options(&common::filter(), HostOptions::default().env(SECRET_ENV, "too-short"));
     assert!(short.configured_vm(&config(json!({}))).is_err());
 
     // With another secret in the environment, our tokens no longer verify.
@@ -210,9 +195,7 @@ fn the_secret_comes_from_the_host_environment() {
     );
     let mut vm = vm(&other);
     let t = token(&other, &["admin"]);
-    let exchange = vm
-        .send_request(&Request::get("/api/catalog/x").bearer(&t))
-        .unwrap();
+    let exchange = vm.send_request(&Request::get("/api/catalog/x").bearer(&t)).unwrap();
     assert_eq!(exchange.outcome.status(), Some(401));
 }
 
@@ -222,9 +205,7 @@ fn workers_share_stats() {
     let mut workers = host.workers(2, &config(json!({}))).unwrap();
     let t = token(&host, &["viewer"]);
     for vm in &mut workers {
-        let exchange = vm
-            .send_request(&Request::get("/api/catalog/x").bearer(&t))
-            .unwrap();
+        let exchange = vm.send_request(&Request::get("/api/catalog/x").bearer(&t)).unwrap();
         assert_eq!(exchange.outcome.status(), Some(200));
     }
     assert_eq!(host.metric("playbook_guard.allowed"), Some(2));
@@ -234,13 +215,9 @@ fn workers_share_stats() {
 #[test]
 fn audit_mode_lets_a_denied_request_through() {
     let host = host();
-    let mut vm = host
-        .configured_vm(&config(json!({"mode": "audit"})))
-        .unwrap();
+    let mut vm = host.configured_vm(&config(json!({"mode": "audit"}))).unwrap();
     let t = token_with(&host, &["viewer"], json!({}));
-    let exchange = vm
-        .send_request(&Request::post("/api/run/playbook", r#"{"path": "data/x"}"#).bearer(&t))
-        .unwrap();
+    let exchange = vm.send_request(&Request::post("/api/run/playbook", r#"{"path": "data/x"}"#).bearer(&t)).unwrap();
     assert!(exchange.outcome.forwarded_headers().is_some());
     assert_eq!(host.metric("playbook_guard.audit_would_deny"), Some(1));
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that drive the real filter.
 
 #![allow(dead_code)]
+// Test helpers outside #[test] functions: failing loudly is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use playbook_guard_test_harness::{playbook_guard_filter, Filter, Host, HostOptions, Vm};
@@ -22,9 +24,7 @@ pub fn host() -> Host {
 
 /// The default NoETL policy as JSON.
 pub fn policy() -> Value {
-    let path = playbook_guard_test_harness::workspace::workspace_root()
-        .join("policies")
-        .join("noetl-default.yaml");
+    let path = playbook_guard_test_harness::workspace::workspace_root().join("policies").join("noetl-default.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml_ng::from_str(&text).unwrap()
 }
@@ -54,8 +54,7 @@ pub fn config(patch: Value) -> Vec<u8> {
 
 /// A configured worker on `host`.
 pub fn vm(host: &Host) -> Vm {
-    host.configured_vm(&config(json!({})))
-        .unwrap_or_else(|e| panic!("{e}"))
+    host.configured_vm(&config(json!({}))).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An HS256 session token for user 42 with `roles`, valid for five minutes of `host`'s clock.
@@ -72,10 +71,5 @@ pub fn token_with(host: &Host, roles: &[&str], patch: Value) -> String {
     for (k, v) in patch.as_object().unwrap() {
         claims[k] = v.clone();
     }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }

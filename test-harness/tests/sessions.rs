@@ -1,0 +1,365 @@
+//! The session cache and the validation callout (SPEC section 4), driven through the real
+//! filter with a virtual clock and several workers sharing one store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, filter, policy, token_with, SECRET, SECRET_ENV};
+use playbook_guard_test_harness::{Host, HostOptions, HttpCallResponse, Request, RequestOutcome, Vm};
+use serde_json::{json, Value};
+
+const TTL: u64 = 300;
+
+fn host_with(options: HostOptions) -> Host {
+    Host::with_options(&filter(), options.env(SECRET_ENV, SECRET))
+}
+
+fn host() -> Host {
+    host_with(HostOptions::default())
+}
+
+/// The common configuration with a validation service (and `patch` over the top level).
+fn vconfig(validation: Value, patch: Value) -> Vec<u8> {
+    let mut all = json!({
+        "validation": validation,
+        "session": {"ttl_secs": TTL, "negative_ttl_secs": 30, "max_entries": 100},
+        "routes": [
+            {"match": {"methods": ["POST"], "path": "/api/auth/logout"}, "logout": true},
+            {"match": {"prefix": "/api/auth/"}, "public": true},
+            {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
+             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
+            {"match": {"prefix": "/api/catalog/"},
+             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
+            {"match": {"path": "/api/me"}, "authenticate": true}
+        ],
+        "policy": policy(),
+    });
+    for (k, v) in patch.as_object().into_iter().flatten() {
+        all[k] = v.clone();
+    }
+    let _ = config(json!({})); // the shared providers come from there
+    let mut base: Value = serde_json::from_slice(&config(json!({}))).unwrap();
+    for (k, v) in all.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base.to_string().into_bytes()
+}
+
+fn default_config() -> Vec<u8> {
+    vconfig(json!({"cluster": "noetl"}), json!({}))
+}
+
+/// A token for session `sid` that outlives every clock jump in these tests. Its roles claim
+/// says admin: the validation service's roles must win.
+fn token(host: &Host, sid: &str) -> String {
+    let far = host.clock().now_secs() + 365 * 86_400;
+    token_with(host, &["admin"], json!({"sid": sid, "exp": far}))
+}
+
+fn answer(roles: &[&str]) -> HttpCallResponse {
+    HttpCallResponse::json(
+        200,
+        &json!({"status": "ok", "valid": true,
+                "user": {"user_id": 7, "email": "grace@example.com", "display_name": "Grace", "roles": roles},
+                "expires_at": null, "error": null}),
+    )
+}
+
+fn catalog(token: &str, playbook: &str) -> Request {
+    Request::get(&format!("/api/catalog/{playbook}")).bearer(token)
+}
+
+fn calls(vms: &[&Vm]) -> usize {
+    vms.iter().map(|vm| vm.http_calls().len()).sum()
+}
+
+/// Sends a request that must miss, answers its callout with `response`, returns the context.
+fn prime(vm: &mut Vm, request: &Request, response: HttpCallResponse) -> RequestOutcome {
+    let exchange = vm.send_request(request).unwrap();
+    assert_eq!(exchange.outcome, RequestOutcome::Paused, "a miss pauses the request");
+    let call = vm.http_calls().pop().expect("one callout");
+    vm.respond_http_call(call.token, response).unwrap();
+    vm.outcome(exchange.context_id).unwrap()
+}
+
+fn status(outcome: &RequestOutcome) -> Option<u32> {
+    outcome.status()
+}
+
+#[test]
+fn a_thousand_requests_on_a_fresh_session_make_one_callout() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let t = token(&host, "s-1");
+
+    let exchange = vm.send_request(&catalog(&t, "data/x")).unwrap();
+    assert_eq!(exchange.outcome, RequestOutcome::Paused);
+    let call = vm.http_calls().pop().unwrap();
+    assert_eq!(call.upstream, "noetl");
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/api/auth/session/validate"));
+    assert_eq!(call.headers.get(":method").as_deref(), Some("POST"));
+    assert_eq!(call.body_json().unwrap(), json!({"session_token": t, "credential": "pg_auth"}));
+    assert_eq!(call.timeout, Duration::from_millis(2000));
+    vm.respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    let outcome = vm.outcome(exchange.context_id).unwrap();
+    let headers = outcome.forwarded_headers().expect("resumed and forwarded");
+    assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("7"), "the service's user");
+    assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"), "the service's roles, not the token's");
+
+    let mut fuel = Vec::new();
+    for i in 0..999 {
+        let playbook = if i % 2 == 0 { "data/x" } else { "system/x" };
+        let (exchange, used) = vm.fuel_used(|vm| vm.send_request(&catalog(&t, playbook))).unwrap();
+        let want = if i % 2 == 0 { 200 } else { 403 };
+        assert_eq!(status(&exchange.outcome), Some(want));
+        fuel.push(used);
+    }
+    assert!(vm.http_calls().is_empty());
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(1));
+    assert_eq!(host.metric("playbook_guard.cache_hits"), Some(999));
+    assert_eq!(host.metric("playbook_guard.cache_misses"), Some(1));
+    fuel.sort_unstable();
+    println!("instructions per cache-hit request (median of 999, wasm fuel): {}", fuel[fuel.len() / 2]);
+}
+
+#[test]
+fn expiry_after_the_ttl_makes_exactly_one_more_callout() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let t = token(&host, "s-1");
+    assert_eq!(status(&prime(&mut vm, &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+
+    host.clock().advance(Duration::from_secs(TTL - 1));
+    assert_eq!(status(&vm.send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(200));
+    assert!(vm.http_calls().is_empty(), "still fresh");
+
+    host.clock().advance(Duration::from_secs(1));
+    let waiting: Vec<u32> =
+        (0..10).map(|_| vm.send_request(&catalog(&t, "data/x")).unwrap()).map(|e| e.context_id).collect();
+    assert_eq!(vm.http_calls().len(), 1, "ten requests at expiry, one callout");
+    let call = vm.http_calls().pop().unwrap();
+    vm.respond_http_call(call.token, answer(&["viewer"])).unwrap();
+    for ctx in waiting {
+        // viewer may view data/x: every waiter resumed with the new answer.
+        assert_eq!(status(&vm.outcome(ctx).unwrap()), Some(200), "context {ctx}");
+    }
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(2));
+    assert_eq!(host.metric("playbook_guard.coalesced_waits"), Some(9));
+}
+
+#[test]
+fn fifty_requests_across_four_workers_at_expiry_make_one_callout() {
+    let host = host();
+    let mut vms = host.workers(4, &default_config()).unwrap();
+    let t = token(&host, "s-1");
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+    host.clock().advance(Duration::from_secs(TTL));
+
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let w = i % 4;
+        sent.push((w, vms[w].send_request(&catalog(&t, "data/x")).unwrap().context_id));
+    }
+    assert_eq!(calls(&vms.iter().collect::<Vec<_>>()), 1, "fifty requests on four workers, one callout");
+    let owner = vms.iter().position(|vm| !vm.http_calls().is_empty()).unwrap();
+    let call = vms[owner].http_calls().pop().unwrap();
+    vms[owner].respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    // The other workers see the answer on their next tick.
+    host.clock().advance(Duration::from_millis(25));
+    for vm in vms.iter_mut() {
+        vm.run_due_ticks().unwrap();
+    }
+    for (w, ctx) in sent {
+        assert_eq!(status(&vms[w].outcome(ctx).unwrap()), Some(200), "worker {w} context {ctx}");
+    }
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(2));
+    assert!(vms.iter().all(|vm| vm.tick_period().is_none()), "ticking stops when nobody waits");
+}
+
+#[test]
+fn an_owner_that_vanishes_is_taken_over_after_its_claim_lapses() {
+    let host = host();
+    let mut vms = host.workers(2, &default_config()).unwrap();
+    let t = token(&host, "s-1");
+    let owner = vms[0].send_request(&catalog(&t, "data/x")).unwrap();
+    let waiter = vms[1].send_request(&catalog(&t, "data/x")).unwrap();
+    assert_eq!(calls(&[&vms[0], &vms[1]]), 1);
+    vms[0].finish(owner.context_id).unwrap(); // the client went away; its callout answer is lost
+
+    host.clock().advance(Duration::from_millis(2000 + 1000 + 20));
+    vms[1].run_due_ticks().unwrap();
+    let call = vms[1].http_calls().pop().expect("the waiter asked itself");
+    vms[1].respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    assert_eq!(status(&vms[1].outcome(waiter.context_id).unwrap()), Some(200));
+}
+
+/// Every way a callout can fail.
+fn failures() -> Vec<(&'static str, Option<HttpCallResponse>)> {
+    vec![
+        ("timeout or reset", None),
+        ("HTTP 500", Some(HttpCallResponse::json(500, &json!({"status": "error", "error": "boom"})))),
+        ("HTTP 404", Some(HttpCallResponse::new(404, "not found"))),
+        ("not JSON", Some(HttpCallResponse::new(200, "<html>"))),
+        ("status error", Some(HttpCallResponse::json(200, &json!({"status": "error", "valid": false, "error": "db"})))),
+        ("no valid field", Some(HttpCallResponse::json(200, &json!({"status": "ok"})))),
+    ]
+}
+
+fn fail(vm: &mut Vm, request: &Request, failure: Option<HttpCallResponse>) -> RequestOutcome {
+    let exchange = vm.send_request(request).unwrap();
+    let call = vm.http_calls().pop().expect("a callout");
+    match failure {
+        None => vm.fail_http_call(call.token).unwrap(),
+        Some(response) => vm.respond_http_call(call.token, response).unwrap(),
+    }
+    vm.outcome(exchange.context_id).unwrap()
+}
+
+#[test]
+fn failures_deny_with_503_by_default() {
+    for (what, failure) in failures() {
+        let host = host();
+        let mut vm = host.configured_vm(&default_config()).unwrap();
+        let outcome = fail(&mut vm, &catalog(&token(&host, "s-1"), "data/x"), failure);
+        let response = outcome.local_response().unwrap_or_else(|| panic!("{what}: {outcome:?}"));
+        assert_eq!(response.status, 503, "{what}");
+        assert_eq!(response.header("retry-after").as_deref(), Some("1"), "{what}");
+        assert_eq!(host.metric("playbook_guard.callout_failures"), Some(1), "{what}");
+    }
+}
+
+#[test]
+fn failures_serve_the_stale_entry_within_its_grace() {
+    let cfg = vconfig(json!({"cluster": "noetl", "failure_mode": "serve_stale", "stale_grace_secs": 60}), json!({}));
+    for (what, failure) in failures() {
+        let host = host();
+        let mut vm = host.configured_vm(&cfg).unwrap();
+        let t = token(&host, "s-1");
+        assert_eq!(status(&prime(&mut vm, &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+        host.clock().advance(Duration::from_secs(TTL + 30));
+        let outcome = fail(&mut vm, &catalog(&t, "data/x"), failure);
+        assert_eq!(status(&outcome), Some(200), "{what}: stale served");
+        assert_eq!(host.metric("playbook_guard.stale_served"), Some(1), "{what}");
+        // Right after a failure, requests follow the failure mode without asking again.
+        assert_eq!(status(&vm.send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(200));
+        assert!(vm.http_calls().is_empty(), "{what}: no callout storm during an outage");
+        // Past the grace, the stale entry no longer serves.
+        host.clock().advance(Duration::from_secs(31));
+        let outcome = fail(&mut vm, &catalog(&t, "data/x"), Some(HttpCallResponse::new(502, "")));
+        assert_eq!(status(&outcome), Some(503), "{what}: past the grace");
+    }
+}
+
+#[test]
+fn invalid_sessions_are_401_and_cached_for_the_negative_ttl() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let t = token(&host, "s-gone");
+    let invalid = HttpCallResponse::json(200, &json!({"status": "ok", "valid": false, "user": null, "error": null}));
+    let outcome = prime(&mut vm, &catalog(&t, "data/x"), invalid);
+    let response = outcome.local_response().unwrap();
+    assert_eq!(response.status, 401);
+    assert_eq!(response.body_json().unwrap()["reason"], "invalid_session");
+    host.clock().advance(Duration::from_secs(29));
+    assert_eq!(status(&vm.send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(401));
+    assert!(vm.http_calls().is_empty(), "remembered");
+    host.clock().advance(Duration::from_secs(1));
+    assert_eq!(vm.send_request(&catalog(&t, "data/x")).unwrap().outcome, RequestOutcome::Paused);
+    assert_eq!(vm.http_calls().len(), 1, "asked again after the negative TTL");
+}
+
+#[test]
+fn bad_tokens_never_cause_a_callout() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let expired = token_with(&host, &[], json!({"exp": host.clock().now_secs() - 3600}));
+    let forged = format!("{}x", token(&host, "s-1"));
+    let foreign = token_with(&host, &[], json!({"iss": "https://elsewhere"}));
+    for t in [expired, forged, foreign] {
+        assert_eq!(status(&vm.send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(401));
+    }
+    assert!(vm.http_calls().is_empty());
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(0));
+}
+
+#[test]
+fn the_cache_is_bounded_and_the_oldest_goes_first() {
+    let host = host();
+    let cfg = vconfig(json!({"cluster": "noetl"}), json!({"session": {"max_entries": 3}}));
+    let mut vm = host.configured_vm(&cfg).unwrap();
+    for sid in ["s-1", "s-2", "s-3", "s-4"] {
+        assert_eq!(status(&prime(&mut vm, &catalog(&token(&host, sid), "data/x"), answer(&["analyst"]))), Some(200));
+    }
+    assert_eq!(host.metric("playbook_guard.sessions_evicted"), Some(1));
+    assert_eq!(status(&vm.send_request(&catalog(&token(&host, "s-4"), "data/x")).unwrap().outcome), Some(200));
+    assert_eq!(status(&vm.send_request(&catalog(&token(&host, "s-2"), "data/x")).unwrap().outcome), Some(200));
+    assert!(vm.http_calls().is_empty(), "s-2 and s-4 are cached");
+    assert_eq!(vm.send_request(&catalog(&token(&host, "s-1"), "data/x")).unwrap().outcome, RequestOutcome::Paused);
+    assert_eq!(vm.http_calls().len(), 1, "s-1, the oldest, was evicted");
+    let sessions = host.shared_data_keys().iter().filter(|k| k.starts_with("pg1/s/")).count();
+    assert!(sessions <= 3, "{sessions} sessions stored");
+}
+
+#[test]
+fn logout_evicts_the_session_on_every_worker() {
+    let host = host();
+    let mut vms = host.workers(2, &default_config()).unwrap();
+    let t = token(&host, "s-1");
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+    assert_eq!(status(&vms[1].send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(200));
+    assert!(vms[1].http_calls().is_empty(), "the other worker shares the entry");
+
+    let logout = vms[1].send_request(&Request::post("/api/auth/logout", "").bearer(&t)).unwrap();
+    assert_eq!(status(&logout.outcome), Some(200));
+    vms[1].on_response_headers(logout.context_id, &[(":status", "200")], true).unwrap();
+    assert_eq!(host.metric("playbook_guard.logouts"), Some(1));
+
+    assert_eq!(vms[0].send_request(&catalog(&t, "data/x")).unwrap().outcome, RequestOutcome::Paused);
+    assert_eq!(vms[0].http_calls().len(), 1, "after logout the session is asked about again");
+}
+
+#[test]
+fn an_unknown_cluster_fails_at_once_with_a_clear_log_line() {
+    let host = host_with(HostOptions::default().clusters(&["somewhere-else"]));
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let outcome = vm.send_request(&catalog(&token(&host, "s-1"), "data/x")).unwrap().outcome;
+    assert_eq!(status(&outcome), Some(503));
+    assert!(vm.logs().iter().any(|l| l.message.contains("\"noetl\"")), "{:?}", vm.logs());
+}
+
+#[test]
+fn opaque_tokens_are_vouched_for_by_the_service() {
+    let host = host();
+    let cfg = vconfig(json!({"cluster": "noetl"}), json!({"opaque_tokens": true}));
+    let mut vm = host.configured_vm(&cfg).unwrap();
+    let request = Request::get("/api/catalog/data/x").header("x-session-token", "noetl-opaque-session-1");
+    let exchange = vm.send_request(&request).unwrap();
+    let call = vm.http_calls().pop().unwrap();
+    assert_eq!(call.body_json().unwrap()["session_token"], "noetl-opaque-session-1");
+    vm.respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    let outcome = vm.outcome(exchange.context_id).unwrap();
+    assert_eq!(outcome.forwarded_headers().unwrap().get("x-noetl-user-id").as_deref(), Some("7"));
+}
+
+#[test]
+fn a_body_route_waits_for_the_session_then_reads_the_body() {
+    for hold in [false, true] {
+        let host = host_with(HostOptions::default().allow_on_headers_stop_iteration(hold));
+        let cfg = vconfig(json!({"cluster": "noetl"}), json!({"hold_headers_for_body": hold}));
+        let mut vm = host.configured_vm(&cfg).unwrap();
+        let t = token(&host, "s-1");
+        for (playbook, want) in [("data/x", 200), ("system/x", 403)] {
+            let body = json!({"path": playbook}).to_string();
+            let exchange = vm.send_request(&Request::post("/api/run/playbook", body.clone()).bearer(&t)).unwrap();
+            if let Some(call) = vm.http_calls().pop() {
+                vm.respond_http_call(call.token, answer(&["analyst"])).unwrap();
+            }
+            let outcome = vm.outcome(exchange.context_id).unwrap();
+            assert_eq!(status(&outcome), Some(want), "hold {hold}, {playbook}: {outcome:?}");
+            if let RequestOutcome::Forwarded { body: sent, .. } = &outcome {
+                assert_eq!(sent, body.as_bytes(), "the body goes upstream intact");
+            }
+        }
+    }
+}

@@ -38,7 +38,7 @@ fn vconfig(validation: Value, patch: Value) -> Vec<u8> {
     for (k, v) in patch.as_object().into_iter().flatten() {
         all[k] = v.clone();
     }
-    let _ = config(json!({})); // the shared providers come from there
+    // The providers and the rest come from the common configuration.
     let mut base: Value = serde_json::from_slice(&config(json!({}))).unwrap();
     for (k, v) in all.as_object().unwrap() {
         base[k] = v.clone();

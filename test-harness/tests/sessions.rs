@@ -1,6 +1,9 @@
 //! The session cache and the validation callout (SPEC section 4), driven through the real
 //! filter with a virtual clock and several workers sharing one store.
 
+// Test helpers outside #[test] functions: failing loudly is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

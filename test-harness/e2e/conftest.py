@@ -20,6 +20,9 @@ E2E = Path(__file__).resolve().parent
 WASM = Path(os.environ.get("PLAYBOOK_GUARD_WASM", ROOT / "build" / "playbook_guard.wasm"))
 CLI = Path(os.environ.get("PLAYBOOK_GUARD_CLI", ROOT / "target" / "debug" / "playbook-guard"))
 ENVOY = Path(sys.executable).parent / "envoy"
+VALIDATION_SERVICE = Path(
+    os.environ.get("PLAYBOOK_GUARD_VALIDATION_SERVICE", ROOT / "target" / "debug" / "validation-service")
+)
 SECRET = secrets.token_urlsafe(48)
 
 
@@ -52,12 +55,18 @@ def http(url, method="GET", headers=None, body=None, timeout=10):
 class Envoy:
     """One Envoy process with the filter; `plugin` is the filter's configuration (a dict)."""
 
-    def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True):
+    def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True, clusters=None):
         self.port, self.admin_port = free_port(), free_port()
         bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
         listener = bootstrap["static_resources"]["listeners"][0]
         listener["address"]["socket_address"]["port_value"] = self.port
+        for name, port in (clusters or {}).items():
+            bootstrap["static_resources"]["clusters"].append(
+                {"name": name, "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+            )
         cluster = bootstrap["static_resources"]["clusters"][0]
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
             "port_value"
@@ -120,14 +129,17 @@ class Envoy:
                 self.proc.kill()
 
 
-def plugin_config(**overrides):
-    """The demo's filter configuration with the default policy, as `playbook-guard render` makes it."""
+def plugin_config(with_validation=False, **overrides):
+    """The demo's filter configuration with the default policy, as `playbook-guard render` makes it;
+    without its validation service unless asked (roles then come from the token)."""
     out = subprocess.run(
         [str(CLI), "render", "--output", "plugin-config", "--config", str(ROOT / "envoy" / "filter-config.yaml"),
          "--policy", str(ROOT / "policies" / "noetl-default.yaml")],
         check=True, capture_output=True, text=True, cwd=ROOT,
     ).stdout
     config = json.loads(out)
+    if not with_validation:
+        config.pop("validation", None)
     config.update(overrides)
     return config
 
@@ -142,6 +154,31 @@ def upstream():
     yield port
     proc.terminate()
     proc.wait(timeout=10)
+
+
+class ValidationService:
+    """The harness's stand-in for NoETL's session-validation API, as a real process."""
+
+    def __init__(self, sessions_file):
+        self.proc = subprocess.Popen(
+            [str(VALIDATION_SERVICE), "--port", "0", "--sessions", str(sessions_file)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        self.port = int(self.proc.stdout.readline().rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self):
+        return http(self.url + "/_stats").json()
+
+    def calls(self, sid):
+        return self.stats()["sessions"].get(sid, 0)
+
+    def control(self, **settings):
+        assert http(self.url + "/_control", method="POST", body=json.dumps(settings)).status == 200
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -171,3 +208,18 @@ def body_envoy(request, start_envoy, envoy):
     if request.param == "held-headers":
         return envoy
     return start_envoy(plugin_config(), stop_iteration=False)
+
+
+@pytest.fixture(scope="session")
+def validation_service(tmp_path_factory):
+    sessions = tmp_path_factory.mktemp("sessions") / "sessions.yaml"
+    sessions.write_text(yaml.safe_dump({
+        "s-analyst": {"user_id": 42, "email": "ada@example.com", "display_name": "Ada", "roles": ["analyst"]},
+        "s-developer": {"user_id": "43", "email": "lin@example.com", "display_name": "Lin", "roles": ["developer"]},
+        "s-revoked": {"user_id": 44, "valid": False},
+        "noetl-opaque-session-1": {"user_id": 45, "email": "op@example.com", "roles": ["viewer"]},
+        **{f"s-burst-{i}": {"user_id": 100 + i, "roles": ["analyst"]} for i in range(1, 10)},
+    }))
+    service = ValidationService(sessions)
+    yield service
+    service.stop()

@@ -196,7 +196,7 @@ def test_audit_mode_lets_denials_through_and_counts_them(start_envoy):
 
 def test_envoy_refuses_a_bad_configuration(start_envoy):
     bad = plugin_config()
-    bad["routes"][0]["match"]["prefix"] = "api/auth/"
+    bad["routes"].insert(0, {"match": {"prefix": "api/auth/"}, "public": True})
     envoy = start_envoy(bad, wait=False)
     code = envoy.wait_exit(timeout=60)
     assert code not in (None, 0), "Envoy must not start with a configuration the filter rejects"

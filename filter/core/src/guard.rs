@@ -155,7 +155,11 @@ impl Guard {
         let validator = match &cfg.validation {
             None => None,
             Some(v) => Some(Validator::compile(v, &cfg.session).map_err(|e| {
-                if e.path.starts_with("session.") { e } else { e.within("validation") }
+                if e.path.starts_with("session.") {
+                    e
+                } else {
+                    e.within("validation")
+                }
             })?),
         };
         if cfg.opaque_tokens && validator.is_none() {
@@ -313,7 +317,11 @@ impl Guard {
         };
         match source.from_body(body) {
             Ok(playbooks) => {
-                let need = Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: Some(playbooks) };
+                let need = Need::Authorize {
+                    permission: permission.clone(),
+                    source: source.clone(),
+                    playbooks: Some(playbooks),
+                };
                 self.decide(Pending { need, ..pending })
             }
             Err(e) => self.playbook_error(&pending.route_id, &e, pending.identity.as_ref()),

@@ -22,7 +22,7 @@ pub mod verdict;
 
 pub use config::{ConfigError, PluginConfig};
 pub use guard::{Guard, Identity, Pending, RequestHead, SessionStep, Step};
+pub use policy::{Decision, Policy, PolicyDocument};
 pub use session::SessionEntry;
 pub use validation::CalloutFailure;
-pub use policy::{Decision, Policy, PolicyDocument};
 pub use verdict::{Denial, DenialKind, Verdict};

@@ -24,7 +24,12 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
     if !matches!(s.get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }

@@ -149,7 +149,8 @@ impl Validator {
         let expires_at = match obj.get("expires_at") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
-                parse_timestamp(s).ok_or_else(|| CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp")))?,
+                parse_timestamp(s)
+                    .ok_or_else(|| CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp")))?,
             ),
             Some(Value::Number(n)) => n.as_u64(),
             Some(other) => return Err(CalloutFailure::Malformed(format!("expires_at {other} is not a timestamp"))),

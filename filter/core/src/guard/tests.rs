@@ -204,9 +204,7 @@ fn body_sources_json_pointer_and_graphql() {
 fn body_over_the_limit_is_413() {
     let g = guard_with(json!({"max_body_bytes": 16}));
     let analyst = bearer(&token(&["analyst"], json!({})));
-    let Step::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else {
-        panic!()
-    };
+    let Step::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else { panic!() };
     assert_eq!(p.max_body_bytes, 16);
     assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "42".into())));
     assert!(!g.hold_headers_for_body());
@@ -385,12 +383,16 @@ mod with_validation {
         assert_eq!(status(&v), 403);
 
         let p = pending(&g, "GET", "/api/catalog/data/x", &t);
-        let Verdict::Allow { headers, .. } = hit(g.on_session(p, Some(&entry(true, &["analyst"], NOW - 299)), NOW)) else {
+        let Verdict::Allow { headers, .. } = hit(g.on_session(p, Some(&entry(true, &["analyst"], NOW - 299)), NOW))
+        else {
             panic!()
         };
         assert!(headers.contains(&("x-noetl-user-id".into(), "7".into())), "the service's user id: {headers:?}");
         assert!(headers.contains(&("x-noetl-user-email".into(), "grace@example.com".into())));
-        assert!(headers.contains(&("x-noetl-user-name".into(), "Ada".into())), "the token fills what the service left out");
+        assert!(
+            headers.contains(&("x-noetl-user-name".into(), "Ada".into())),
+            "the token fills what the service left out"
+        );
         assert!(headers.contains(&("x-noetl-user-roles".into(), "analyst".into())));
     }
 
@@ -441,7 +443,8 @@ mod with_validation {
         let t = bearer(&token(&["viewer"], json!({})));
         let roles_of = |mode: &str, service: &[&str]| {
             let g = vguard(json!({"cluster": "noetl", "token_roles": mode}));
-            let Verdict::Allow { headers, .. } = verdict_of(g.on_answer(pending(&g, "GET", "/api/me", &t), &entry(true, service, NOW)))
+            let Verdict::Allow { headers, .. } =
+                verdict_of(g.on_answer(pending(&g, "GET", "/api/me", &t), &entry(true, service, NOW)))
             else {
                 panic!()
             };

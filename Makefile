@@ -12,6 +12,7 @@ PY        := $(VENV)/bin/python
 WASM      := build/playbook_guard.wasm
 RAW_WASM  := target/wasm32-wasip1/release/playbook_guard.wasm
 CLI       := target/debug/playbook-guard
+STANDIN   := target/debug/validation-service
 WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
@@ -23,7 +24,7 @@ run: build venv
 
 test: build venv lint unit wasm-unit e2e
 
-build: toolchain $(WASM) $(CLI)
+build: toolchain $(WASM) $(CLI) $(STANDIN)
 
 # rust-toolchain.toml names the target; adding it explicitly covers rustup versions that do
 # not install a pinned toolchain's targets on their own.
@@ -31,12 +32,16 @@ toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target list --installed | grep -q wasm32-wasip1
 
 # Cargo decides what is stale; the rules below always ask it.
-.PHONY: $(RAW_WASM) $(CLI)
+.PHONY: $(RAW_WASM) $(CLI) $(STANDIN)
 $(RAW_WASM):
 	cargo build -p playbook-guard --target wasm32-wasip1 --release
 
 $(CLI):
 	cargo build -p playbook-guard-cli
+
+# The validation-service stand-in (NoETL's session-validation API) for make run and e2e.
+$(STANDIN):
+	cargo build -p playbook-guard-test-harness --bin validation-service
 
 # wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth; without
 # Node.js the unoptimised module is used as it is.
@@ -70,6 +75,7 @@ wasm-unit: venv
 
 e2e: build venv
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
+	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
 
 clean:

@@ -5,6 +5,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod check;
+mod lint;
+mod locate;
+mod publish;
 mod render;
 mod token;
 
@@ -25,12 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check policy files: exit 1 with file:line:column and the cause if one is bad.
-    Check {
-        /// Policy files (YAML).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
+    /// Check policy files: exit 1 with file:line:column and the cause if one is bad; warn
+    /// about rules that never decide, roles that grant nothing, allows a deny cancels.
+    Check(check::CheckArgs),
     /// Explain a decision: allow or deny, and the rule that decided (exit 0 allow, 1 deny).
     Explain {
         /// The policy file.
@@ -48,6 +49,8 @@ enum Command {
     },
     /// Render Envoy configuration for a filter configuration plus a policy.
     Render(render::RenderArgs),
+    /// Render the ECDS file for a policy and replace the file Envoy watches atomically.
+    Publish(publish::PublishArgs),
     /// Mint a development JWT.
     Token(token::TokenArgs),
 }
@@ -65,9 +68,10 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { files } => check(&files),
+        Command::Check(args) => Ok(check::run(&args)),
         Command::Explain { policy, roles, playbook, permission } => explain(&policy, &roles, &playbook, &permission),
         Command::Render(args) => render::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -79,29 +83,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads and compiles a policy file; errors say `file:line:column: cause` where YAML knows the place.
+/// Reads and compiles a policy file; errors say `file:line:column: cause`.
 pub fn load_policy(path: &Path) -> Result<(PolicyDocument, Policy), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
-    let doc: PolicyDocument = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
-        Some(at) => Failure(format!("{}:{}:{}: {e}", path.display(), at.line(), at.column())),
-        None => Failure(format!("{}: {e}", path.display())),
-    })?;
-    let policy = Policy::compile(&doc).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
-    Ok((doc, policy))
-}
-
-fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
-    let mut failed = false;
-    for file in files {
-        match load_policy(file) {
-            Ok((_, policy)) => println!("{}: ok (version {:?})", file.display(), policy.version()),
-            Err(Failure(message)) => {
-                eprintln!("{message}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    check::check_file(path).map(|checked| (checked.doc, checked.policy))
 }
 
 fn explain(policy: &Path, roles: &[String], playbook: &str, permission: &str) -> Result<ExitCode, Failure> {

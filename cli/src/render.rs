@@ -3,15 +3,19 @@
 //! The filter configuration (`envoy/filter-config.yaml`) holds everything but the policy; the
 //! policy comes from its own file. Rendering merges them, compiles the result with the filter's
 //! own core (so a configuration Envoy would reject is refused here first), and wraps it as
-//! Envoy wants it: the HTTP filter entry, an ECDS resource, or a whole local bootstrap.
+//! Envoy wants it: the HTTP filter entry, an ECDS resource, or a whole local bootstrap (with the
+//! filter inline, or fetched through ECDS from a watched file).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use playbook_guard_core::Guard;
 use serde_json::{json, Value};
 
 use crate::{load_policy, Failure};
+
+/// The Wasm filter's type, the only one the ECDS entry accepts.
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// What to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,29 +28,43 @@ pub enum Output {
     Ecds,
     /// A whole Envoy bootstrap: the filter in front of one upstream, on loopback.
     Bootstrap,
+    /// The same bootstrap, but the filter's configuration comes from ECDS: the watched file
+    /// `--ecds-path`, which `publish` replaces atomically.
+    BootstrapEcds,
+}
+
+/// Where the filter's configuration comes from and how Envoy loads the filter; shared by
+/// `render` and `publish`.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// The filter configuration (YAML or JSON), without or with a `policy`.
+    #[arg(long, default_value = "envoy/filter-config.yaml")]
+    pub config: PathBuf,
+    /// The policy file; replaces any `policy` in the filter configuration.
+    #[arg(long, default_value = "policies/noetl-default.yaml")]
+    pub policy: PathBuf,
+    /// The filter's .wasm, as Envoy will find it (relative to Envoy's working directory).
+    #[arg(long, default_value = "build/playbook_guard.wasm")]
+    pub wasm: String,
+    /// Environment variables Envoy passes from its own environment into the VM.
+    #[arg(long, value_delimiter = ',', default_value = "PLAYBOOK_GUARD_HS256_SECRET")]
+    pub vm_env: Vec<String>,
+    /// The filter (and ECDS resource) name.
+    #[arg(long, default_value = "playbook-guard")]
+    pub name: String,
 }
 
 /// Options of `render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// The filter configuration (YAML or JSON), without or with a `policy`.
-    #[arg(long, default_value = "envoy/filter-config.yaml")]
-    config: PathBuf,
-    /// The policy file; replaces any `policy` in the filter configuration.
-    #[arg(long, default_value = "policies/noetl-default.yaml")]
-    policy: PathBuf,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// What to render.
     #[arg(long, value_enum, default_value_t = Output::Bootstrap)]
     output: Output,
-    /// The filter's .wasm, as Envoy will find it (relative to Envoy's working directory).
-    #[arg(long, default_value = "build/playbook_guard.wasm")]
-    wasm: String,
-    /// Environment variables Envoy passes from its own environment into the VM.
-    #[arg(long, value_delimiter = ',', default_value = "PLAYBOOK_GUARD_HS256_SECRET")]
-    vm_env: Vec<String>,
-    /// The filter (and ECDS resource) name.
-    #[arg(long, default_value = "playbook-guard")]
-    name: String,
+    /// Bootstrap: the listener's address (0.0.0.0 in a Pod, where the Service sends traffic).
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_address: String,
     /// Bootstrap: the listener port.
     #[arg(long, default_value_t = 10000)]
     listen_port: u16,
@@ -56,26 +74,53 @@ pub struct RenderArgs {
     /// Bootstrap: the demo upstream's port.
     #[arg(long, default_value_t = 18080)]
     upstream_port: u16,
+    /// Bootstrap: the port of the validation service behind `validation.cluster`.
+    #[arg(long, default_value_t = 18081)]
+    validation_port: u16,
+    /// ECDS bootstrap: the watched file that holds the filter's configuration (relative to
+    /// Envoy's working directory); its directory is the one Envoy watches.
+    #[arg(long, default_value = "build/ecds/playbook-guard.yaml")]
+    ecds_path: String,
 }
 
 /// Prints the rendered configuration.
 pub fn run(args: &RenderArgs) -> Result<(), Failure> {
-    let plugin = plugin_config(args)?;
     let out = match args.output {
         Output::PluginConfig => {
-            println!("{}", serde_json::to_string_pretty(&plugin)?);
+            let plugin = plugin_config(&args.filter, false)?;
+            println!("{}", serde_json::to_string_pretty(&plugin.config)?);
             return Ok(());
         }
-        Output::Filter => http_filter(args, &plugin)?,
-        Output::Ecds => json!({"resources": [typed_extension_config(args, &plugin)?]}),
-        Output::Bootstrap => bootstrap(args, &plugin)?,
+        Output::Filter => http_filter(&args.filter, &plugin_config(&args.filter, true)?.config)?,
+        Output::Ecds => ecds_resources(&args.filter, &plugin_config(&args.filter, true)?)?,
+        Output::Bootstrap => {
+            let plugin = plugin_config(&args.filter, true)?;
+            bootstrap(args, http_filter(&args.filter, &plugin.config)?, &plugin.config)
+        }
+        Output::BootstrapEcds => {
+            // The filter's configuration lives in the watched file, but render still checks it
+            // so a bootstrap is never rendered next to a configuration Envoy would refuse.
+            let plugin = plugin_config(&args.filter, true)?;
+            bootstrap(args, ecds_filter(&args.filter.name, &args.ecds_path), &plugin.config)
+        }
     };
-    print!(
-        "# Rendered by `playbook-guard render --output {}`; edit the sources, not this file.\n{}",
-        output_name(args.output),
-        serde_yaml_ng::to_string(&out)?
-    );
+    print!("{}{}", header(output_name(args.output)), to_yaml(args.output, &out)?);
     Ok(())
+}
+
+/// The text of a rendered file. The ECDS file is JSON (which is YAML too): Envoy reads YAML
+/// scalars such as `1.0` or `true` as numbers and booleans, so a policy `version` of "1.0"
+/// would not load as the string it is.
+pub fn to_yaml(output: Output, value: &Value) -> Result<String, Failure> {
+    Ok(match output {
+        Output::Ecds => format!("{}\n", serde_json::to_string_pretty(value)?),
+        _ => serde_yaml_ng::to_string(value)?,
+    })
+}
+
+/// The first line of every rendered file: where it came from.
+pub fn header(output: &str) -> String {
+    format!("# Rendered by `playbook-guard render --output {output}`; edit the sources, not this file.\n")
 }
 
 fn output_name(output: Output) -> &'static str {
@@ -84,34 +129,54 @@ fn output_name(output: Output) -> &'static str {
         Output::Filter => "filter",
         Output::Ecds => "ecds",
         Output::Bootstrap => "bootstrap",
+        Output::BootstrapEcds => "bootstrap-ecds",
     }
 }
 
+/// A checked plugin configuration and the policy version inside it.
+#[derive(Debug)]
+pub struct PluginConfig {
+    /// The merged configuration, as the filter receives it.
+    pub config: Value,
+    /// The policy's `version`.
+    pub version: String,
+}
+
 /// The merged plugin configuration, checked by compiling it as the filter would.
-fn plugin_config(args: &RenderArgs) -> Result<Value, Failure> {
-    let text = std::fs::read_to_string(&args.config).map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
-    let mut config: Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| Failure(format!("{}: {e}", args.config.display())))?;
-    let (doc, _) = load_policy(&args.policy)?;
+///
+/// `for_envoy` adds `hold_headers_for_body: true` (unless the configuration says otherwise),
+/// because every Envoy configuration rendered here sets `allow_on_headers_stop_iteration`.
+pub fn plugin_config(args: &FilterArgs, for_envoy: bool) -> Result<PluginConfig, Failure> {
+    let text = read(&args.config)?;
+    let mut config: Value = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+        Some(at) => Failure(format!("{}:{}:{}: {e}", args.config.display(), at.line(), at.column())),
+        None => Failure(format!("{}: {e}", args.config.display())),
+    })?;
+    let (doc, policy) = load_policy(&args.policy)?;
     let Value::Object(map) = &mut config else {
-        return Err(Failure(format!("{}: the filter configuration is a mapping", args.config.display())));
+        return Err(Failure(format!(
+            "{}: the filter configuration must be a mapping (mode, providers, routes, ...)",
+            args.config.display()
+        )));
     };
     map.insert("policy".into(), serde_json::to_value(doc)?);
-    // The rendered Envoy configuration sets `allow_on_headers_stop_iteration`, so the filter
-    // may hold headers until a body-sourced decision.
-    if args.output != Output::PluginConfig {
+    if for_envoy {
         map.entry("hold_headers_for_body").or_insert(Value::Bool(true));
     }
     // Secrets are Envoy's to pass in; a stand-in of the right length checks everything else.
     let env = |name: &str| Some(std::env::var(name).unwrap_or_else(|_| "x".repeat(64)));
     Guard::from_json(config.to_string().as_bytes(), &env)
         .map_err(|e| Failure(format!("{} + {}: {e}", args.config.display(), args.policy.display())))?;
-    Ok(config)
+    Ok(PluginConfig { config, version: policy.version().to_owned() })
 }
 
-fn wasm_config(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))
+}
+
+fn wasm_config(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
     Ok(json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "@type": WASM_TYPE,
         "config": {
             "name": args.name,
             "root_id": args.name,
@@ -134,27 +199,76 @@ fn wasm_config(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
     }))
 }
 
-fn http_filter(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
+/// The `http_filters` entry with the configuration inline.
+pub fn http_filter(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
     Ok(json!({"name": args.name, "typed_config": wasm_config(args, plugin)?}))
 }
 
-fn typed_extension_config(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
+/// The `http_filters` entry whose configuration Envoy reads from a watched file (ECDS).
+pub fn ecds_filter(name: &str, ecds_path: &str) -> Value {
+    // Envoy reloads the file when a file is renamed into its directory, so a writer that
+    // writes a temporary file and renames it (`publish`) is never seen half-written.
+    let dir = match Path::new(ecds_path).parent().map(Path::to_string_lossy) {
+        Some(dir) if !dir.is_empty() => dir.into_owned(),
+        _ => ".".to_owned(),
+    };
+    json!({
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "resource_api_version": "V3",
+                "path_config_source": {"path": ecds_path, "watched_directory": {"path": dir}},
+            },
+            // No default: until the first good configuration arrives the listener does not
+            // serve, rather than serve unguarded.
+            "type_urls": [WASM_TYPE],
+        },
+    })
+}
+
+/// The ECDS file: one `TypedExtensionConfig`, versioned by the policy's version so Envoy's
+/// config dump and `version_text` stat show which policy is live.
+pub fn ecds_resources(args: &FilterArgs, plugin: &PluginConfig) -> Result<Value, Failure> {
     Ok(json!({
-        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-        "name": args.name,
-        "typed_config": wasm_config(args, plugin)?,
+        "version_info": plugin.version,
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": args.name,
+            "typed_config": wasm_config(args, &plugin.config)?,
+        }],
     }))
 }
 
-fn bootstrap(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
+fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]},
+    })
+}
+
+fn bootstrap(args: &RenderArgs, filter: Value, plugin: &Value) -> Value {
+    let mut clusters = vec![static_cluster("demo_upstream", args.upstream_port)];
+    let validation = plugin.pointer("/validation/cluster").and_then(Value::as_str);
+    // The cluster the filter calls out to must exist, or every callout fails; on loopback
+    // because in a Pod NoETL's server (the app) answers the validation API itself.
+    if let Some(name) = validation {
+        clusters.push(static_cluster(name, args.validation_port));
+    }
+    // The admin interface and the upstream stay on loopback: in a Pod the app is a neighbour
+    // on localhost, and the admin API must not be reachable from the network.
     let loopback = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
-    Ok(json!({
+    json!({
+        // ECDS needs a node identity; the inline bootstrap carries it too, harmlessly.
         "node": {"id": "playbook-guard-local", "cluster": "playbook-guard"},
         "admin": {"address": loopback(args.admin_port)},
         "static_resources": {
             "listeners": [{
                 "name": "ingress",
-                "address": loopback(args.listen_port),
+                "address": {"socket_address": {"address": args.listen_address, "port_value": args.listen_port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
@@ -169,21 +283,14 @@ fn bootstrap(args: &RenderArgs, plugin: &Value) -> Result<Value, Failure> {
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "demo_upstream"}}],
                         }]},
                         "http_filters": [
-                            http_filter(args, plugin)?,
+                            filter,
                             {"name": "envoy.filters.http.router",
                              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
                         ],
                     },
                 }]}],
             }],
-            "clusters": [{
-                "name": "demo_upstream",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "demo_upstream", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": loopback(args.upstream_port)}}
-                ]}]},
-            }],
+            "clusters": clusters,
         },
-    }))
+    })
 }

@@ -114,7 +114,7 @@ impl RootContext for GuardRoot {
         match Guard::from_json(&config, &env) {
             Ok(guard) => {
                 info!("configured; policy version {:?}", guard.policy_version());
-                self.metrics.set_policy_version(guard.policy_version());
+                Metrics::set_policy_version(guard.policy_version());
                 self.guard = Some(Rc::new(guard));
                 true
             }

@@ -39,8 +39,12 @@ pub struct Metrics {
     pub sessions_evicted: Option<u32>,
     /// Sessions evicted by a logout route.
     pub logouts: Option<u32>,
-    /// The gauge naming the active policy version (1 while active).
-    policy_version: Option<u32>,
+}
+
+thread_local! {
+    /// The gauge of the policy version this VM last reported: the VM outlives configuration
+    /// updates (and may get a new root context for each), so this is per VM, not per context.
+    static VERSION_GAUGE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -73,7 +77,6 @@ impl Metrics {
             coalesced_waits: counter("coalesced_waits"),
             sessions_evicted: counter("sessions_evicted"),
             logouts: counter("logouts"),
-            policy_version: None,
         }
     }
 
@@ -88,15 +91,20 @@ impl Metrics {
     /// `playbook_guard.policy_version.<version>` = 1 (characters other than letters, digits,
     /// `-` and `_` become `_`), setting the previous version's gauge to 0: a stat cannot hold a
     /// string, but a gauge per version shows which policy each Envoy runs.
-    pub fn set_policy_version(&mut self, version: &str) {
-        let name: String =
-            version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-        if let Some(old) = self.policy_version.take() {
-            let _ = hostcalls::record_metric(old, 0);
+    /// At most 64 characters are kept; the exact string is in the log line and in Envoy's ECDS
+    /// `version_text`.
+    pub fn set_policy_version(version: &str) {
+        let name: String = version
+            .chars()
+            .take(64)
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        let Some(id) = define(MetricType::Gauge, &format!("policy_version.{name}")) else { return };
+        if let Some(old) = VERSION_GAUGE.with(|g| g.replace(Some(id))) {
+            if old != id {
+                let _ = hostcalls::record_metric(old, 0);
+            }
         }
-        self.policy_version = define(MetricType::Gauge, &format!("policy_version.{name}"));
-        if let Some(id) = self.policy_version {
-            let _ = hostcalls::record_metric(id, 1);
-        }
+        let _ = hostcalls::record_metric(id, 1);
     }
 }

@@ -61,8 +61,11 @@ class Envoy:
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
         listener = bootstrap["static_resources"]["listeners"][0]
         listener["address"]["socket_address"]["port_value"] = self.port
+        existing = bootstrap["static_resources"]["clusters"]
         for name, port in (clusters or {}).items():
-            bootstrap["static_resources"]["clusters"].append(
+            # The rendered bootstrap may name this cluster already (on the demo's port).
+            existing[:] = [c for c in existing if c["name"] != name]
+            existing.append(
                 {"name": name, "type": "STATIC", "connect_timeout": "1s",
                  "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                      {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}

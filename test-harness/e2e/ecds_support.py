@@ -37,6 +37,18 @@ def cli(*args, check=True):
                           check=check)
 
 
+def filter_config(tmp):
+    """envoy/filter-config.yaml without its validation service: these tests are about policy
+    updates, so roles come from the token (as conftest's plugin_config does)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "envoy" / "filter-config.yaml").read_text())
+    config.pop("validation", None)
+    path = Path(tmp) / "filter-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def policy_file(tmp, version, analyst_globs=("data/**",)):
     """NoETL's default policy with another `version` and the analyst's globs replaced."""
     text = (ROOT / "policies" / "noetl-default.yaml").read_text()
@@ -74,7 +86,9 @@ class EcdsEnvoy:
         self.ecds_path = self.tmp / "ecds" / f"{FILTER}.yaml"
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.filter_config = filter_config(self.tmp)
         bootstrap = cli("render", "--output", "bootstrap-ecds", "--ecds-path", self.ecds_path,
+                        "--config", self.filter_config,
                         "--listen-port", self.port, "--admin-port", self.admin_port,
                         "--upstream-port", upstream_port).stdout
         self.config_path = self.tmp / "envoy-ecds.yaml"
@@ -85,7 +99,8 @@ class EcdsEnvoy:
 
     def publish(self, policy):
         """`playbook-guard publish`; returns the completed process (check=False)."""
-        return cli("publish", "--policy", policy, "--to", self.ecds_path, "--wasm", WASM, check=False)
+        return cli("publish", "--policy", policy, "--config", self.filter_config, "--to", self.ecds_path,
+                   "--wasm", WASM, check=False)
 
     def start(self, timeout=60):
         env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)

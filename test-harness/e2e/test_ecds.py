@@ -196,7 +196,6 @@ def test_memory_stays_bounded_across_repeated_reloads(ecds_envoy, tmp_path):
     assert grown // measured < 256 * 1024, (start_mem, end_mem)
 
 
-@pytest.mark.skip(reason="enable when filter/src/host.rs defines the policy version gauge (issue 5 report)")
 def test_filter_reports_the_policy_version_in_a_stat(ecds_envoy, tmp_path):
     def gauge(version):
         key = f"wasmcustom.playbook_guard.policy_version.{version}"

@@ -1,0 +1,193 @@
+//! Warnings about a policy that compiles but does not say what its author meant: rules that can
+//! never decide anything, roles that grant nothing, allows that a deny cancels.
+//!
+//! Every check is conservative: it warns only when the shadowing is certain from the rules'
+//! text (literal glob prefixes, `**`, permission lists), never on a guess, so a warning is
+//! always worth reading.
+
+use playbook_guard_core::policy::{PolicyDocument, Rule};
+
+/// One warning: the field path of the rule and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The rule or role (`roles.analyst.allow[1]`).
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The warnings for a policy that compiled.
+pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let warn = |out: &mut Vec<Warning>, path: String, message: String| out.push(Warning { path, message });
+
+    for (k, guard) in doc.deny.iter().enumerate() {
+        if perms(guard) == Perms::Any && guard.playbooks.iter().any(|g| g == "**") {
+            warn(
+                &mut out,
+                format!("deny[{k}]"),
+                "denies every permission on every playbook: nothing is ever allowed".into(),
+            );
+        } else if doc.roles.values().all(|role| role.allow.iter().all(|a| disjoint(guard, a))) {
+            warn(
+                &mut out,
+                format!("deny[{k}]"),
+                "overlaps no role's allow rule, so it never changes a decision (check its globs and permission names)"
+                    .into(),
+            );
+        }
+    }
+
+    for (name, role) in &doc.roles {
+        let at = format!("roles.{name}");
+        let mut grants = 0;
+        for (i, allow) in role.allow.iter().enumerate() {
+            let here = format!("{at}.allow[{i}]");
+            if let Some(j) = role.deny.iter().position(|d| covers(d, allow)) {
+                warn(
+                    &mut out,
+                    here,
+                    format!("never grants anything: {at}.deny[{j}] denies everything it allows (narrow the deny or drop the allow)"),
+                );
+            } else if let Some(k) = doc.deny.iter().position(|d| covers(d, allow)) {
+                warn(
+                    &mut out,
+                    here,
+                    format!("never grants anything: the top-level deny[{k}] denies everything it allows"),
+                );
+            } else {
+                grants += 1;
+                if let Some(h) = role.allow.iter().take(i).position(|earlier| covers(earlier, allow)) {
+                    warn(
+                        &mut out,
+                        here,
+                        format!(
+                            "can never match first: {at}.allow[{h}] allows all of it and decides instead (remove it)"
+                        ),
+                    );
+                }
+            }
+        }
+        if grants == 0 {
+            let why = if role.allow.is_empty() { "it has no allow rules" } else { "every allow rule is denied" };
+            warn(
+                &mut out,
+                at.clone(),
+                format!("grants nothing: {why}; users with only this role are denied everything"),
+            );
+        }
+        for (j, deny) in role.deny.iter().enumerate() {
+            if role.allow.iter().all(|a| disjoint(deny, a)) {
+                warn(
+                    &mut out,
+                    format!("{at}.deny[{j}]"),
+                    format!(
+                        "can never match: it overlaps none of {at}'s allow rules, and a role's deny only narrows that \
+                         role's own grants (a guard rail for every role goes in the top-level deny)"
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A rule's permissions: every one (`*`) or a list.
+#[derive(Debug, PartialEq, Eq)]
+enum Perms<'a> {
+    Any,
+    Listed(Vec<&'a str>),
+}
+
+fn perms(rule: &Rule) -> Perms<'_> {
+    let names: Vec<&str> = rule.permissions.iter().map(|p| p.trim()).collect();
+    if names.contains(&"*") {
+        Perms::Any
+    } else {
+        Perms::Listed(names)
+    }
+}
+
+/// Whether `outer` matches every (permission, playbook) that `inner` matches.
+fn covers(outer: &Rule, inner: &Rule) -> bool {
+    let perms_covered = match (perms(outer), perms(inner)) {
+        (Perms::Any, _) => true,
+        (Perms::Listed(_), Perms::Any) => false,
+        (Perms::Listed(o), Perms::Listed(i)) => i.iter().all(|p| o.contains(p)),
+    };
+    perms_covered && inner.playbooks.iter().all(|b| outer.playbooks.iter().any(|a| glob_covers(a, b)))
+}
+
+/// Whether no (permission, playbook) matches both rules.
+fn disjoint(a: &Rule, b: &Rule) -> bool {
+    let perms_disjoint = match (perms(a), perms(b)) {
+        (Perms::Listed(x), Perms::Listed(y)) => !x.iter().any(|p| y.contains(p)),
+        _ => false,
+    };
+    perms_disjoint || a.playbooks.iter().all(|x| b.playbooks.iter().all(|y| globs_disjoint(x, y)))
+}
+
+const META: [char; 5] = ['*', '?', '[', '{', '\\'];
+
+/// The text every match of `glob` starts with.
+fn literal_prefix(glob: &str) -> &str {
+    glob.find(META).and_then(|at| glob.get(..at)).unwrap_or(glob)
+}
+
+/// Certain cases only: equal globs, `**`, and `prefix/**` over anything under that prefix.
+fn glob_covers(outer: &str, inner: &str) -> bool {
+    if outer == inner || outer == "**" {
+        return true;
+    }
+    match outer.strip_suffix("/**") {
+        Some(dir) if !dir.contains(META) => literal_prefix(inner).starts_with(&format!("{dir}/")),
+        _ => false,
+    }
+}
+
+/// Two globs share no match if their literal prefixes diverge, or both are different literals.
+fn globs_disjoint(a: &str, b: &str) -> bool {
+    let (pa, pb) = (literal_prefix(a), literal_prefix(b));
+    let both_literal = pa.len() == a.len() && pb.len() == b.len();
+    (both_literal && a != b) || !(pa.starts_with(pb) || pb.starts_with(pa))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(perms: &[&str], globs: &[&str]) -> Rule {
+        Rule {
+            permissions: perms.iter().map(|s| s.to_string()).collect(),
+            playbooks: globs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn glob_coverage_is_certain_or_false() {
+        assert!(glob_covers("**", "data/x"));
+        assert!(glob_covers("data/**", "data/*/y"));
+        assert!(glob_covers("data/**", "data/x"));
+        assert!(!glob_covers("data/**", "data"), "data/** does not cover data itself");
+        assert!(!glob_covers("data/**", "database/x"));
+        assert!(!glob_covers("d*/**", "data/x"), "not certain, so not claimed");
+    }
+
+    #[test]
+    fn glob_disjointness_uses_literal_prefixes() {
+        assert!(globs_disjoint("system/**", "data/**"));
+        assert!(globs_disjoint("data/a", "data/b"));
+        assert!(!globs_disjoint("data/**", "data/x"));
+        assert!(!globs_disjoint("**", "system/x"));
+        assert!(!globs_disjoint("d*", "data"));
+    }
+
+    #[test]
+    fn rules_cover_by_permissions_and_globs() {
+        assert!(covers(&rule(&["*"], &["**"]), &rule(&["view"], &["a/b"])));
+        assert!(!covers(&rule(&["view"], &["**"]), &rule(&["*"], &["a/b"])));
+        assert!(covers(&rule(&["view", "execute"], &["data/**"]), &rule(&["view"], &["data/x", "data/y/**"])));
+        assert!(!covers(&rule(&["view"], &["data/**"]), &rule(&["view"], &["data/x", "other"])));
+        assert!(disjoint(&rule(&["view"], &["**"]), &rule(&["execute"], &["**"])));
+    }
+}

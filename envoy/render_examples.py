@@ -1,0 +1,59 @@
+"""Re-renders the Envoy configurations derived from envoy/filter-config.yaml and the default
+policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps, and the Istio WasmPlugin's
+pluginConfig. Run after changing either (test_configs.py fails until then):
+
+    python3 envoy/render_examples.py            # uses target/debug/playbook-guard
+
+(envoy/envoy.yaml is `playbook-guard render > envoy/envoy.yaml`.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(os.environ.get("PLAYBOOK_GUARD_CLI", ROOT / "target" / "debug" / "playbook-guard"))
+K8S_ECDS_PATH = "/etc/playbook-guard/filter/playbook-guard.yaml"
+K8S_WASM = "/etc/playbook-guard/wasm/playbook_guard.wasm"
+# In the Pod, NoETL's server (127.0.0.1:8082) is both the upstream and the validation service.
+K8S_RENDER = ["--listen-address", "0.0.0.0", "--listen-port", "8080", "--upstream-port", "8082",
+              "--validation-port", "8082", "--admin-port", "9901", "--ecds-path", K8S_ECDS_PATH]
+
+
+def render(*args):
+    # Secrets are Envoy's; a stand-in of the right length lets render check everything else.
+    env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET="x" * 64)
+    return subprocess.run([str(CLI), "render", *args], check=True, capture_output=True, text=True, cwd=ROOT,
+                          env=env).stdout
+
+
+def indent(text, n):
+    return "".join((" " * n + line if line.strip() else line) for line in text.splitlines(True))
+
+
+def replace_block(path, marker, block):
+    """Keeps the hand-written head of `path` up to and including `marker`; replaces the rest."""
+    text = path.read_text()
+    head = text[: text.index(marker) + len(marker)]
+    path.write_text(head + block)
+
+
+def main():
+    (ROOT / "envoy" / "envoy-ecds.yaml").write_text(render("--output", "bootstrap-ecds"))
+    k8s = ROOT / "envoy" / "k8s"
+    replace_block(k8s / "envoy-bootstrap.configmap.yaml", "  envoy.yaml: |\n",
+                  indent(render("--output", "bootstrap-ecds", *K8S_RENDER), 4))
+    replace_block(k8s / "filter.configmap.yaml", "  playbook-guard.yaml: |\n",
+                  indent(render("--output", "ecds", "--wasm", K8S_WASM), 4))
+    plugin = json.loads(render("--output", "plugin-config"))
+    # A WasmPlugin cannot set allow_on_headers_stop_iteration: the filter must not hold headers.
+    plugin["hold_headers_for_body"] = False
+    # JSON is YAML, and keeps every string a string (a version such as 1.0 stays "1.0").
+    replace_block(ROOT / "envoy" / "istio" / "wasmplugin.yaml", "  pluginConfig:\n",
+                  indent(json.dumps(plugin, indent=2) + "\n", 4))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

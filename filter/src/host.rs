@@ -17,6 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
+use crate::core::jwt::VerifiedTokens;
 use crate::core::session::{Claim, Mark};
 use crate::core::{
     CalloutFailure, Denial, DenialKind, Guard, Pending, RequestHead, SessionEntry, SessionStep, Step, Verdict,
@@ -80,6 +81,8 @@ pub struct Worker {
     /// Callout token -> what it is for.
     callouts: HashMap<u32, Callout>,
     ticking: bool,
+    /// Tokens whose signature this worker already checked (for the current configuration).
+    tokens: VerifiedTokens,
 }
 
 /// The root context: compiles the configuration and hands each request what it needs.
@@ -104,6 +107,11 @@ impl Context for GuardRoot {
 
 impl RootContext for GuardRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // Follow the host's log level, so a debug line per request costs nothing unless the
+        // operator asked for debug logs (`--component-log-level wasm:debug`).
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         self.metrics = Metrics::define();
         true
     }
@@ -115,6 +123,8 @@ impl RootContext for GuardRoot {
             Ok(guard) => {
                 info!("configured; policy version {:?}", guard.policy_version());
                 Metrics::set_policy_version(guard.policy_version());
+                // Keys may have changed: tokens verified under the old configuration are not.
+                self.worker.borrow_mut().tokens = guard.token_cache();
                 self.guard = Some(Rc::new(guard));
                 true
             }
@@ -546,7 +556,7 @@ impl HttpContext for GuardHttp {
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
         let now_ms = self.now_ms();
-        let step = guard.on_request_headers(&head, now_ms / 1000);
+        let step = guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().tokens);
         let request = Request { body_done: end_of_stream.then_some(0), ..Request::default() };
         self.worker.borrow_mut().requests.insert(self.id, request);
         self.driver(&guard).advance(self.id, step, now_ms)

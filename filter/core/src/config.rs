@@ -78,7 +78,8 @@ pub enum Mode {
 /// # Defaults
 /// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
-/// `allow_cors_preflight: true`, `hold_headers_for_body: false`, the `x-noetl-user-*` header names.
+/// `allow_cors_preflight: true`, `hold_headers_for_body: false`, `jwt_cache_size: 1000`, the
+/// `x-noetl-user-*` header names.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -121,6 +122,10 @@ pub struct PluginConfig {
     /// without that Envoy knob a filter that pauses on headers never receives the body.
     #[serde(default)]
     pub hold_headers_for_body: bool,
+    /// How many verified tokens each worker remembers (by SHA-256, until `exp`) so a token's
+    /// signature is checked once, as Envoy's `jwt_cache_config`; 0 disables it.
+    #[serde(default = "default_jwt_cache_size")]
+    pub jwt_cache_size: u64,
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
@@ -134,6 +139,10 @@ fn default_token_sources() -> Vec<TokenSourceConfig> {
         TokenSourceConfig { header: Some("x-session-token".into()), prefix: None, cookie: None },
         TokenSourceConfig { header: None, prefix: None, cookie: Some("session_token".into()) },
     ]
+}
+
+fn default_jwt_cache_size() -> u64 {
+    1000
 }
 
 fn default_clock_skew() -> u64 {

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 
 use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
-use crate::jwt::{token_digest, token_kind, AuthError, TokenKind, VerifiedToken, Verifier};
+use crate::jwt::{token_digest, token_kind, AuthError, TokenKind, VerifiedToken, VerifiedTokens, Verifier};
 use crate::path::{normalize_request_path, PlaybookPath};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
@@ -140,6 +140,7 @@ pub struct Guard {
     headers: HeaderNames,
     allow_cors_preflight: bool,
     hold_headers_for_body: bool,
+    jwt_cache_size: usize,
 }
 
 impl Guard {
@@ -195,6 +196,7 @@ impl Guard {
             headers,
             allow_cors_preflight: cfg.allow_cors_preflight,
             hold_headers_for_body: cfg.hold_headers_for_body,
+            jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
         })
     }
 
@@ -223,6 +225,18 @@ impl Guard {
 
     /// Decides what it can from the request head, at time `now` (seconds since the epoch).
     pub fn on_request_headers(&self, head: &RequestHead<'_>, now: u64) -> Step {
+        self.on_request_headers_cached(head, now, &mut VerifiedTokens::new(0))
+    }
+
+    /// A fresh cache of verified tokens of the configured size (`jwt_cache_size`), for
+    /// [`Guard::on_request_headers_cached`]. It belongs to this configuration: make a new one
+    /// when the configuration changes (keys may have).
+    pub fn token_cache(&self) -> VerifiedTokens {
+        VerifiedTokens::new(self.jwt_cache_size)
+    }
+
+    /// [`Guard::on_request_headers`], checking each token's signature once per `cache`.
+    pub fn on_request_headers_cached(&self, head: &RequestHead<'_>, now: u64, cache: &mut VerifiedTokens) -> Step {
         let path = match normalize_request_path(head.path) {
             Ok(path) => path,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
@@ -239,7 +253,7 @@ impl Guard {
                 Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: None }
             }
         };
-        let (token, from_token, session_key) = match self.authenticate(head, now) {
+        let (token, from_token, session_key) = match self.authenticate(head, now, cache) {
             Ok(found) => found,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
         };
@@ -339,11 +353,12 @@ impl Guard {
         &self,
         head: &RequestHead<'h>,
         now: u64,
+        cache: &mut VerifiedTokens,
     ) -> Result<(&'h str, Option<Identity>, String), AuthError> {
         let (token, _) = self.tokens.find(head.headers).ok_or(AuthError::Missing)?;
         match token_kind(token) {
             TokenKind::Jws => {
-                let verified = self.verifier.verify(token, now)?;
+                let verified = self.verifier.verify_cached(token, now, cache)?;
                 let key = format!("{}/{}", verified.provider, verified.session_key);
                 Ok((token, Some(Identity::from(verified)), key))
             }

@@ -414,3 +414,28 @@ fn jwks_set_type_round_trips() {
     let set: JwkSet = serde_json::from_value(json!({"keys": [public_jwk(Algorithm::ES256, EC256, "k")]})).unwrap();
     assert!(set.find("k").is_some());
 }
+
+#[test]
+fn verified_tokens_are_remembered_until_they_expire() {
+    let v = hs();
+    let mut cache = VerifiedTokens::new(2);
+    let t1 = sign(Algorithm::HS256, "", None, &claims("https://noetl.local"));
+    assert_eq!(v.verify_cached(&t1, NOW, &mut cache), v.verify(&t1, NOW));
+    assert_eq!(cache.len(), 1);
+    assert!(v.verify_cached(&t1, NOW + 1, &mut cache).is_ok());
+    assert_eq!(cache.len(), 1, "a hit adds nothing");
+    // Past exp (+ skew) the remembered verdict no longer answers.
+    assert_eq!(v.verify_cached(&t1, NOW + 600 + 60, &mut cache), Err(AuthError::Expired));
+    // Failures are not remembered; the bound holds.
+    let forged = format!("{t1}x");
+    assert_eq!(v.verify_cached(&forged, NOW, &mut cache), Err(AuthError::BadSignature));
+    for sid in ["a", "b", "c"] {
+        let mut c = claims("https://noetl.local");
+        c["sid"] = json!(sid);
+        assert!(v.verify_cached(&sign(Algorithm::HS256, "", None, &c), NOW, &mut cache).is_ok());
+    }
+    assert_eq!(cache.len(), 2);
+    let mut off = VerifiedTokens::new(0);
+    assert!(v.verify_cached(&t1, NOW, &mut off).is_ok());
+    assert!(off.is_empty());
+}

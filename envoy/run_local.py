@@ -1,9 +1,12 @@
 """`make run`: Envoy with playbook-guard in front of a demo upstream, on loopback.
 
-Starts the demo upstream and Envoy (envoy/envoy.yaml, which loads build/playbook_guard.wasm),
-mints development tokens with the CLI, shows one allowed and one denied request, and prints
-the curl lines to try more. Ctrl-C stops everything.
+Starts the demo upstream, the validation-service stand-in (NoETL's session-validation API,
+answering from envoy/demo-sessions.yaml) and Envoy (envoy/envoy.yaml, which loads
+build/playbook_guard.wasm); mints development tokens with the CLI, shows one allowed and one
+denied request, and prints the curl lines to try more. Ctrl-C stops everything.
 """
+
+import json
 
 import os
 import secrets
@@ -18,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CLI = ROOT / "target" / "debug" / "playbook-guard"
+STANDIN = ROOT / "target" / "debug" / "validation-service"
 LISTEN = "http://127.0.0.1:10000"
 ADMIN = "http://127.0.0.1:9901"
 
@@ -63,6 +67,13 @@ def main():
             stdout=subprocess.DEVNULL,
         )
         procs.append(upstream)
+        standin = subprocess.Popen(
+            [str(STANDIN), "--port", "18081", "--sessions", str(ROOT / "envoy" / "demo-sessions.yaml")],
+            stdout=subprocess.PIPE, text=True,
+        )
+        procs.append(standin)
+        if not standin.stdout.readline().startswith("listening on"):
+            sys.exit("the validation-service stand-in did not start (is port 18081 free?)")
         log = open(ROOT / "build" / "envoy.log", "w")
         envoy = subprocess.Popen(
             [str(VENV_BIN / "envoy"), "-c", "envoy/envoy.yaml", "--concurrency", "2",
@@ -73,10 +84,13 @@ def main():
         wait_for(ADMIN + "/ready", "Envoy", envoy)
         wait_for(LISTEN + "/health", "Envoy listener", envoy)
 
-        analyst = mint("--sub", "42", "--email", "ada@example.com", "--name", "Ada Lovelace", "--roles", "analyst")
+        # The session id names the session the validation service knows (envoy/demo-sessions.yaml);
+        # the service, not the token, says which roles the user holds.
+        analyst = mint("--sub", "42", "--sid", "demo-analyst", "--roles", "analyst")
         allowed = f"{LISTEN}/api/catalog/data/daily_load"
         denied = f"{LISTEN}/api/catalog/system/reset"
-        print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), demo upstream on :18080")
+        print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), demo upstream on :18080,")
+        print("validation-service stand-in on :18081 (sessions from envoy/demo-sessions.yaml)")
         print(f"Envoy's log: build/envoy.log   stats: curl -s {ADMIN}/stats | grep playbook_guard\n")
         print("A token for user 42 with role analyst (execute/view data/**); allowed (200):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {allowed}")
@@ -84,8 +98,12 @@ def main():
         print("The same token on a system playbook; denied (403):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {denied}")
         print(f"  -> {status_of('/api/catalog/system/reset', analyst)}\n")
-        print("More tokens: PLAYBOOK_GUARD_HS256_SECRET=" + shlex.quote(env["PLAYBOOK_GUARD_HS256_SECRET"])
-              + f" {CLI.relative_to(ROOT)} token --roles developer")
+        stats = json.loads(urllib.request.urlopen("http://127.0.0.1:18081/_stats", timeout=5).read())
+        print(f"Validation callouts for that session so far: {stats['sessions'].get('demo-analyst', 0)}"
+              " (then answered from the cache for 300 s)\n")
+        print("More tokens (sessions: demo-developer, demo-viewer, demo-admin, demo-revoked):")
+        print("  PLAYBOOK_GUARD_HS256_SECRET=" + shlex.quote(env["PLAYBOOK_GUARD_HS256_SECRET"])
+              + f" {CLI.relative_to(ROOT)} token --sid demo-developer")
         print("\nCtrl-C stops Envoy and the upstream.", flush=True)
         while envoy.poll() is None:
             time.sleep(0.5)

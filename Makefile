@@ -1,7 +1,8 @@
 # playbook-guard: the verbs a user types.
 #   make run    build the filter, start Envoy with it in front of a demo upstream, print curl lines
 #   make test   every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
-#   make build  the filter's .wasm (build/playbook_guard.wasm) and the CLI
+#   make build  the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
+#   make bench  instructions per request (harness), requests/s with and without the filter (Envoy)
 #   make clean  remove build outputs
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain
+.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench
 
 run: build venv
 	$(PY) envoy/run_local.py
@@ -77,6 +78,19 @@ e2e: build venv
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
+
+# Performance: wasm instructions per request through the real filter (deterministic), then
+# requests/s through real Envoy with the filter on the session-cache-hit path against the same
+# Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk, installed here if missing).
+bench: build venv
+	cargo bench -p playbook-guard-test-harness --bench instructions
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get)"; \
+	    sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    $$sudo apt-get install -y wrk >/dev/null || { $$sudo apt-get update >/dev/null && \
+	    $$sudo apt-get install -y wrk >/dev/null; }; }
+	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
+	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
+	    $(PY) test-harness/e2e/bench_envoy.py
 
 clean:
 	cargo clean

@@ -14,8 +14,6 @@ requests/s, the ratio filter / no filter and the latency the filter adds at p50 
 """
 
 import argparse
-import json
-import os
 import re
 import shutil
 import statistics
@@ -30,59 +28,28 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402
-from conftest import ROOT, SECRET, Envoy, ValidationService, free_port, http, plugin_config  # noqa: E402
+from conftest import SECRET, Envoy, ValidationService, free_port, http, plugin_config  # noqa: E402
 
 SID = "bench-1"
 REQUEST_PATH = "/api/catalog/data/daily_load"  # view on data/** : analyst is allowed
 DIRECT_BODY = "ok\n"
 
 
-class BenchEnvoy(Envoy):
-    """conftest's Envoy, but its route answers itself (`direct_response` 200) and, with
-    `plugin=None`, playbook-guard is taken out of http_filters (the router stays)."""
+def answer_directly(bootstrap):
+    """Every route answers itself (`direct_response` 200), so no upstream limits the rate."""
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            route.pop("route", None)
+            route["direct_response"] = {"status": 200, "body": {"inline_string": DIRECT_BODY}}
+    assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
 
-    def __init__(self, tmp, plugin, clusters=None, concurrency=1):
-        # Not super().__init__(): it would start an Envoy on the unmodified bootstrap.
-        self.port, self.admin_port = free_port(), free_port()
-        bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
-        bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
-        listener = bootstrap["static_resources"]["listeners"][0]
-        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=self.port)
-        existing = bootstrap["static_resources"]["clusters"]
-        for name, port in (clusters or {}).items():
-            existing[:] = [c for c in existing if c["name"] != name]
-            existing.append(
-                {"name": name, "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                     {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-            )
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        for vhost in hcm["route_config"]["virtual_hosts"]:
-            for route in vhost["routes"]:
-                route.pop("route", None)
-                route["direct_response"] = {"status": 200, "body": {"inline_string": DIRECT_BODY}}
-        filters = hcm["http_filters"]
-        wasm_entries = [f for f in filters if f["typed_config"]["@type"].endswith("wasm.v3.Wasm")]
-        assert len(wasm_entries) == 1, "envoy/envoy.yaml should have exactly one Wasm filter"
-        if plugin is None:
-            filters.remove(wasm_entries[0])
-        else:
-            wasm = wasm_entries[0]["typed_config"]["config"]
-            wasm["vm_config"]["code"]["local"]["filename"] = str(conftest.WASM)
-            wasm["configuration"]["value"] = json.dumps(plugin)
-        assert filters[-1]["name"] == "envoy.filters.http.router"
-        self.filtered = plugin is not None
-        self.config_path = Path(tmp) / f"envoy-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(bootstrap))
-        self.log_path = Path(tmp) / f"envoy-{self.port}.log"
-        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)
-        self.proc = subprocess.Popen(
-            [str(conftest.ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--use-dynamic-base-id", "--log-level", "warn", "--component-log-level", "wasm:info"],
-            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
+
+def bench_envoy(tmp, plugin, clusters):
+    """conftest's Envoy on one worker, answering directly; `plugin=None` runs it without the filter."""
+    envoy = Envoy(tmp, plugin, upstream_port=free_port(), concurrency=1, clusters=clusters, customize=answer_directly)
+    envoy.filtered = plugin is not None
+    return envoy
 
 
 def mint_token():
@@ -174,9 +141,9 @@ def main():
     envoys = []
     try:
         service = ValidationService(sessions)
-        filtered = BenchEnvoy(tmp, plugin, clusters={"noetl_validation": service.port})
+        filtered = bench_envoy(tmp, plugin, clusters={"noetl_validation": service.port})
         envoys.append(filtered)
-        plain = BenchEnvoy(tmp, None, clusters={"noetl_validation": service.port})
+        plain = bench_envoy(tmp, None, clusters={"noetl_validation": service.port})
         envoys.append(plain)
         filtered.wait_ready()
         plain.wait_ready()

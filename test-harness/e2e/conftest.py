@@ -52,10 +52,35 @@ def http(url, method="GET", headers=None, body=None, timeout=10):
         return Response(err.code, dict(err.headers), err.read().decode())
 
 
-class Envoy:
-    """One Envoy process with the filter; `plugin` is the filter's configuration (a dict)."""
+def loopback_cluster(name, port):
+    """A STATIC Envoy cluster on 127.0.0.1:`port`."""
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
-    def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True, clusters=None):
+
+def wait_envoy_ready(proc, admin, log, timeout=60):
+    """Waits until Envoy's admin `/ready` answers 200; raises with its log if it exits or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Envoy exited with {proc.returncode}:\n{log()}")
+        try:
+            if http(admin + "/ready", timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"Envoy not ready after {timeout}s:\n{log()}")
+
+
+class Envoy:
+    """One Envoy process from envoy/envoy.yaml on free loopback ports. `plugin` is the filter's
+    configuration (a dict or JSON text), or None to run the same Envoy without the filter;
+    `customize(bootstrap)` may change the bootstrap before Envoy starts."""
+
+    def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True, clusters=None,
+                 customize=None):
         self.port, self.admin_port = free_port(), free_port()
         bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
@@ -65,22 +90,23 @@ class Envoy:
         for name, port in (clusters or {}).items():
             # The rendered bootstrap may name this cluster already (on the demo's port).
             existing[:] = [c for c in existing if c["name"] != name]
-            existing.append(
-                {"name": name, "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                     {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-            )
+            existing.append(loopback_cluster(name, port))
         cluster = bootstrap["static_resources"]["clusters"][0]
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
             "port_value"
         ] = upstream_port
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        wasm = hcm["http_filters"][0]["typed_config"]["config"]
-        wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
-        wasm["configuration"]["value"] = plugin if isinstance(plugin, str) else json.dumps(plugin)
-        if not stop_iteration:
-            # As a hand-written or older Envoy configuration would be: without the knob.
-            del wasm["allow_on_headers_stop_iteration"]
+        if plugin is None:
+            del hcm["http_filters"][0]
+        else:
+            wasm = hcm["http_filters"][0]["typed_config"]["config"]
+            wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+            wasm["configuration"]["value"] = plugin if isinstance(plugin, str) else json.dumps(plugin)
+            if not stop_iteration:
+                # As a hand-written or older Envoy configuration would be: without the knob.
+                del wasm["allow_on_headers_stop_iteration"]
+        if customize:
+            customize(bootstrap)
         self.config_path = Path(tmp) / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(bootstrap))
         self.log_path = Path(tmp) / f"envoy-{self.port}.log"
@@ -94,17 +120,8 @@ class Envoy:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
 
     def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if http(self.admin + "/ready", timeout=1).status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()}")
+        wait_envoy_ready(self.proc, self.admin, self.log, timeout)
+        return self
 
     def wait_exit(self, timeout=60):
         try:

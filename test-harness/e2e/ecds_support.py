@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jwt
 
-from conftest import CLI, E2E, ENVOY, ROOT, SECRET, WASM, free_port, http
+from conftest import CLI, E2E, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready
 
 FILTER = "playbook-guard"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER}."
@@ -109,17 +109,8 @@ class EcdsEnvoy:
              "--use-dynamic-base-id", "--log-level", "warn", "--component-log-level", "wasm:info,config:info"],
             env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, cwd=self.tmp,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if http(self.admin + "/ready", timeout=1).status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()}")
+        wait_envoy_ready(self.proc, self.admin, self.log, timeout)
+        return self
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

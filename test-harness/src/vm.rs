@@ -388,6 +388,12 @@ impl Vm {
         let code: i32 = self
             .call("proxy_on_request_body", context_id, (context_id as i32, size, i32::from(end_of_stream)))?
             .unwrap_or(0);
+        self.after_request_callback(context_id, code)
+    }
+
+    /// Applies the filter's answer to a request body or trailers callback, as Envoy does:
+    /// `Continue` resumes the request (unless it was answered), `Pause` holds it.
+    fn after_request_callback(&mut self, context_id: u32, code: i32) -> Result<Action, HarnessError> {
         let action = Action::from_code(code);
         let stream = self.stream_mut(context_id)?;
         if action == Action::Continue && !stream.is_finished() {
@@ -396,6 +402,18 @@ impl Vm {
             stream.request.paused = true;
         }
         self.run_deferred()?;
+        Ok(action)
+    }
+
+    /// As [`Vm::after_request_callback`], for the response.
+    fn after_response_callback(&mut self, context_id: u32, code: i32) -> Result<Action, HarnessError> {
+        let action = Action::from_code(code);
+        let stream = self.stream_mut(context_id)?;
+        if action == Action::Continue && !stream.is_finished() {
+            stream.response.resume();
+        } else if action == Action::Pause {
+            stream.response.paused = true;
+        }
         Ok(action)
     }
 
@@ -423,15 +441,7 @@ impl Vm {
         let stream = self.stream_mut(context_id)?;
         stream.request_trailers = map;
         let code: i32 = self.call("proxy_on_request_trailers", context_id, (context_id as i32, count))?.unwrap_or(0);
-        let action = Action::from_code(code);
-        let stream = self.stream_mut(context_id)?;
-        if action == Action::Continue && !stream.is_finished() {
-            stream.request.resume();
-        } else if action == Action::Pause {
-            stream.request.paused = true;
-        }
-        self.run_deferred()?;
-        Ok(action)
+        self.after_request_callback(context_id, code)
     }
 
     /// Delivers response headers (`proxy_on_response_headers`).
@@ -478,14 +488,7 @@ impl Vm {
         let code: i32 = self
             .call("proxy_on_response_body", context_id, (context_id as i32, size, i32::from(end_of_stream)))?
             .unwrap_or(0);
-        let action = Action::from_code(code);
-        let stream = self.stream_mut(context_id)?;
-        if action == Action::Continue && !stream.is_finished() {
-            stream.response.resume();
-        } else if action == Action::Pause {
-            stream.response.paused = true;
-        }
-        Ok(action)
+        self.after_response_callback(context_id, code)
     }
 
     /// Delivers response trailers (`proxy_on_response_trailers`).
@@ -503,14 +506,7 @@ impl Vm {
         stream.response_trailers = map;
         stream.response.ended = true;
         let code: i32 = self.call("proxy_on_response_trailers", context_id, (context_id as i32, count))?.unwrap_or(0);
-        let action = Action::from_code(code);
-        let stream = self.stream_mut(context_id)?;
-        if action == Action::Continue && !stream.is_finished() {
-            stream.response.resume();
-        } else if action == Action::Pause {
-            stream.response.paused = true;
-        }
-        Ok(action)
+        self.after_response_callback(context_id, code)
     }
 
     /// Delivers what a `proxy_continue_stream` released from a StopAllIteration: Envoy continues

@@ -17,7 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
-use crate::core::jwt::VerifiedTokens;
+use crate::core::jwt::VerifierState;
 use crate::core::session::{Claim, Mark};
 use crate::core::{
     CalloutFailure, Denial, DenialKind, Guard, Pending, RequestHead, SessionEntry, SessionStep, Step, Verdict,
@@ -33,6 +33,9 @@ const CLAIM_GRACE_MS: u64 = 1000;
 const FAILURE_BACKOFF_MS: u64 = 1000;
 /// How often a worker looks for answers to callouts owned by other workers.
 const TICK: Duration = Duration::from_millis(20);
+/// How often a worker checks whether a remote JWK Set is due (expired, or wanted for a new
+/// `kid`) when nothing else makes it tick.
+const JWKS_TICK: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
@@ -80,9 +83,30 @@ pub struct Worker {
     waiting: HashMap<String, Vec<u32>>,
     /// Callout token -> what it is for.
     callouts: HashMap<u32, Callout>,
-    ticking: bool,
-    /// Tokens whose signature this worker already checked (for the current configuration).
-    tokens: VerifiedTokens,
+    /// JWKS fetch token -> the provider it is for.
+    jwks_fetches: HashMap<u32, usize>,
+    /// The tick period asked of the host.
+    tick: Duration,
+    /// Tokens this worker verified and the remote JWK Sets it fetched (current configuration).
+    keys: VerifierState,
+}
+
+impl Worker {
+    /// Ticks fast while requests wait for another worker's callout, slowly while remote JWK
+    /// Sets need refreshing, not at all otherwise.
+    fn retick(&mut self, remote_jwks: bool) {
+        let want = if !self.waiting.is_empty() {
+            TICK
+        } else if remote_jwks {
+            JWKS_TICK
+        } else {
+            Duration::ZERO
+        };
+        if want != self.tick {
+            self.tick = want;
+            let _ = hostcalls::set_tick_period(want);
+        }
+    }
 }
 
 /// The root context: compiles the configuration and hands each request what it needs.
@@ -124,8 +148,13 @@ impl RootContext for GuardRoot {
                 info!("configured; policy version {:?}", guard.policy_version());
                 Metrics::set_policy_version(guard.policy_version());
                 // Keys may have changed: tokens verified under the old configuration are not.
-                self.worker.borrow_mut().tokens = guard.token_cache();
-                self.guard = Some(Rc::new(guard));
+                self.worker.borrow_mut().keys = guard.verifier_state();
+                let guard = Rc::new(guard);
+                self.guard = Some(Rc::clone(&guard));
+                // Fetch remote JWK Sets now, from the root, so their answers come back here.
+                let driver = Driver { guard: &guard, metrics: &self.metrics, worker: &self.worker };
+                driver.fetch_jwks(now_ms());
+                driver.retick();
                 true
             }
             Err(err) => {
@@ -278,10 +307,8 @@ impl Driver<'_> {
                     r.state = State::Waiting { pending };
                 }
                 worker.waiting.entry(key).or_default().push(ctx);
-                if !worker.ticking {
-                    worker.ticking = true;
-                    let _ = hostcalls::set_tick_period(TICK);
-                }
+                drop(worker);
+                self.retick();
                 Action::Pause
             }
             Claim::RecentlyFailed => self.failed(ctx, pending, stale.as_ref(), now_ms),
@@ -341,18 +368,14 @@ impl Driver<'_> {
 
     fn on_callout_response(&self, token: u32, num_headers: usize, body_size: usize) {
         let now_ms = now_ms();
+        let jwks = self.worker.borrow_mut().jwks_fetches.remove(&token);
+        if let Some(provider) = jwks {
+            return self.on_jwks_response(provider, num_headers, body_size);
+        }
         let Some(callout) = self.worker.borrow_mut().callouts.remove(&token) else {
             return;
         };
-        // The host gives no headers for a timeout or a reset.
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u32>().ok())
-        };
+        let status = response_status(num_headers);
         let body =
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         let key = callout.session;
@@ -413,6 +436,7 @@ impl Driver<'_> {
     /// did not answer in time.
     fn on_tick(&self) {
         let now_ms = now_ms();
+        self.fetch_jwks(now_ms);
         let keys: Vec<String> = self.worker.borrow().waiting.keys().cloned().collect();
         for key in keys {
             let record = store::session(&key);
@@ -434,10 +458,51 @@ impl Driver<'_> {
                 None => self.take_over(&key, now_ms),
             }
         }
-        let mut worker = self.worker.borrow_mut();
-        if worker.waiting.is_empty() && worker.ticking {
-            worker.ticking = false;
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        self.retick();
+    }
+
+    fn retick(&self) {
+        let remote = self.guard.verifier().remote_sources().next().is_some();
+        self.worker.borrow_mut().retick(remote);
+    }
+
+    /// Sends the JWK Set fetches that are due. Called from the root context only, so the
+    /// answers come back to the root, which outlives any request.
+    fn fetch_jwks(&self, now_ms: u64) {
+        let due = self.worker.borrow_mut().keys.remote.due(self.guard.verifier(), now_ms / 1000);
+        for source in due {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", source.path.as_str()),
+                (":authority", source.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            let timeout = Duration::from_millis(source.timeout_ms);
+            match hostcalls::dispatch_http_call(&source.cluster, headers, None, Vec::new(), timeout) {
+                Ok(token) => {
+                    self.worker.borrow_mut().jwks_fetches.insert(token, source.provider);
+                }
+                Err(status) => warn!(
+                    "remote JWKS for providers[{}] could not be fetched ({status:?}): is there an Envoy cluster named {:?}?",
+                    source.provider, source.cluster
+                ),
+            }
+        }
+    }
+
+    fn on_jwks_response(&self, provider: usize, num_headers: usize, body_size: usize) {
+        let status = response_status(num_headers);
+        let body =
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        if !status.is_some_and(|s| (200..300).contains(&s)) {
+            warn!(
+                "remote JWKS for providers[{provider}]: no usable answer (status {status:?}); keeping the keys it had"
+            );
+            return;
+        }
+        match self.worker.borrow_mut().keys.remote.load(provider, &body, now_ms() / 1000) {
+            Ok(count) => info!("remote JWKS for providers[{provider}]: {count} keys"),
+            Err(e) => warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had"),
         }
     }
 
@@ -462,6 +527,14 @@ impl Driver<'_> {
             let _ = hostcalls::resume_http_request();
         }
     }
+}
+
+/// The `:status` of a callout's answer; `None` when the host gives no headers (timeout, reset).
+fn response_status(num_headers: usize) -> Option<u32> {
+    if num_headers == 0 {
+        return None;
+    }
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
 }
 
 fn deny(metrics: &Metrics, denial: &Denial) {
@@ -556,7 +629,7 @@ impl HttpContext for GuardHttp {
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
         let now_ms = self.now_ms();
-        let step = guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().tokens);
+        let step = guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().keys);
         let request = Request { body_done: end_of_stream.then_some(0), ..Request::default() };
         self.worker.borrow_mut().requests.insert(self.id, request);
         self.driver(&guard).advance(self.id, step, now_ms)

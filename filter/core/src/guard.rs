@@ -18,7 +18,9 @@
 use std::fmt::Write as _;
 
 use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
-use crate::jwt::{token_digest, token_kind, AuthError, TokenKind, VerifiedToken, VerifiedTokens, Verifier};
+use crate::jwt::{
+    token_digest, token_kind, AuthError, RemoteKeys, TokenKind, VerifiedToken, VerifiedTokens, Verifier, VerifierState,
+};
 use crate::path::{normalize_request_path, PlaybookPath};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
@@ -225,18 +227,24 @@ impl Guard {
 
     /// Decides what it can from the request head, at time `now` (seconds since the epoch).
     pub fn on_request_headers(&self, head: &RequestHead<'_>, now: u64) -> Step {
-        self.on_request_headers_cached(head, now, &mut VerifiedTokens::new(0))
+        self.on_request_headers_cached(head, now, &mut VerifierState::default())
     }
 
-    /// A fresh cache of verified tokens of the configured size (`jwt_cache_size`), for
-    /// [`Guard::on_request_headers_cached`]. It belongs to this configuration: make a new one
-    /// when the configuration changes (keys may have).
-    pub fn token_cache(&self) -> VerifiedTokens {
-        VerifiedTokens::new(self.jwt_cache_size)
+    /// A fresh verification state for this configuration (a `jwt_cache_size` cache of verified
+    /// tokens, no remote JWK Sets yet), for [`Guard::on_request_headers_cached`]. Make a new one
+    /// when the configuration changes: keys may have.
+    pub fn verifier_state(&self) -> VerifierState {
+        VerifierState { verified: VerifiedTokens::new(self.jwt_cache_size), remote: RemoteKeys::default() }
     }
 
-    /// [`Guard::on_request_headers`], checking each token's signature once per `cache`.
-    pub fn on_request_headers_cached(&self, head: &RequestHead<'_>, now: u64, cache: &mut VerifiedTokens) -> Step {
+    /// The JWT verifier (for the remote JWK Sets it needs).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// [`Guard::on_request_headers`], checking each token's signature once per `state` and
+    /// using the remote JWK Sets fetched into it.
+    pub fn on_request_headers_cached(&self, head: &RequestHead<'_>, now: u64, state: &mut VerifierState) -> Step {
         let path = match normalize_request_path(head.path) {
             Ok(path) => path,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
@@ -253,7 +261,7 @@ impl Guard {
                 Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: None }
             }
         };
-        let (token, from_token, session_key) = match self.authenticate(head, now, cache) {
+        let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
         };
@@ -353,12 +361,12 @@ impl Guard {
         &self,
         head: &RequestHead<'h>,
         now: u64,
-        cache: &mut VerifiedTokens,
+        state: &mut VerifierState,
     ) -> Result<(&'h str, Option<Identity>, String), AuthError> {
         let (token, _) = self.tokens.find(head.headers).ok_or(AuthError::Missing)?;
         match token_kind(token) {
             TokenKind::Jws => {
-                let verified = self.verifier.verify_cached(token, now, cache)?;
+                let verified = self.verifier.verify_cached(token, now, &mut state.verified, &mut state.remote)?;
                 let key = format!("{}/{}", verified.provider, verified.session_key);
                 Ok((token, Some(Identity::from(verified)), key))
             }

@@ -120,7 +120,7 @@ struct Provider {
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     keys: Vec<Key>,
-    remote: bool,
+    remote: Option<RemoteJwks>,
     roles_claim: Option<String>,
     required_claims: Vec<(String, Option<Value>)>,
     email_domains: Vec<String>,
@@ -214,7 +214,10 @@ impl Verifier {
     ) -> Result<Self, ConfigError> {
         let mut compiled = Vec::with_capacity(providers.len());
         for (i, cfg) in providers.iter().enumerate() {
-            let provider = compile_provider(cfg, env).map_err(|e| e.within(&format!("[{i}]")))?;
+            let mut provider = compile_provider(cfg, env).map_err(|e| e.within(&format!("[{i}]")))?;
+            if let Some(remote) = &mut provider.remote {
+                remote.provider = i;
+            }
             if let Some(dup) = compiled.iter().position(|p: &Provider| p.issuer == provider.issuer) {
                 return Err(ConfigError::new(
                     format!("[{i}].issuer"),
@@ -236,6 +239,18 @@ impl Verifier {
     /// The provider is chosen by the unverified `iss`, then the signature is checked with a key
     /// of that provider that fits the header's `alg` and `kid`, and only then the claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
+        self.verify_with(token, now, None)
+    }
+
+    /// [`Verifier::verify`], with the remote JWK Sets fetched so far (a provider with
+    /// `remote_jwks` has no keys without them). A token whose issuer's set is missing, or whose
+    /// `kid` is not in it, marks the set as wanted in `remote`.
+    pub fn verify_with(
+        &self,
+        token: &str,
+        now: u64,
+        remote: Option<&mut RemoteKeys>,
+    ) -> Result<VerifiedToken, AuthError> {
         let mut parts = token.splitn(3, '.');
         let (Some(header_b64), Some(payload_b64), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Malformed("not three dot-separated parts"));
@@ -271,21 +286,35 @@ impl Verifier {
             return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
         }
 
-        let mut keys = provider.keys.iter().filter(|k| k.fits(alg, kid)).peekable();
-        if keys.peek().is_none() {
-            return Err(if provider.remote && provider.keys.is_empty() {
-                AuthError::KeysUnavailable
-            } else {
-                AuthError::UnknownKey(kid.map(str::to_owned))
-            });
-        }
         let message_len = header_b64.len() + 1 + payload_b64.len();
         let message = token.get(..message_len).ok_or(AuthError::Malformed("truncated"))?;
-        let verified =
-            keys.any(|k| jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg).unwrap_or(false));
-        if !verified {
-            return Err(AuthError::BadSignature);
+        let fetched = match (&provider.remote, remote.as_deref()) {
+            (None, _) => Some(provider.keys.as_slice()),
+            (Some(source), Some(remote)) => remote.sets.get(&source.provider).map(|(keys, _)| keys.as_slice()),
+            (Some(_), None) => None,
+        };
+        let outcome = match fetched {
+            None => Err(AuthError::KeysUnavailable),
+            Some(keys) => {
+                let mut fitting = keys.iter().filter(|k| k.fits(alg, kid)).peekable();
+                if fitting.peek().is_none() {
+                    Err(AuthError::UnknownKey(kid.map(str::to_owned)))
+                } else if fitting
+                    .any(|k| jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg).unwrap_or(false))
+                {
+                    Ok(())
+                } else {
+                    Err(AuthError::BadSignature)
+                }
+            }
+        };
+        if let (Err(AuthError::KeysUnavailable | AuthError::UnknownKey(_)), Some(source), Some(remote)) =
+            (&outcome, &provider.remote, remote)
+        {
+            // Not fetched yet, or a key rotated in at the issuer: fetch the set (rate-limited).
+            remote.wanted.push(source.provider);
         }
+        outcome?;
 
         self.check_claims(provider, &claims, token, now)
     }
@@ -357,6 +386,16 @@ impl Verifier {
     }
 }
 
+/// One worker's verification state for one configuration: the tokens it verified and the
+/// remote JWK Sets it fetched. Make a new one when the configuration changes.
+#[derive(Debug, Default)]
+pub struct VerifierState {
+    /// Tokens whose signature was checked.
+    pub verified: VerifiedTokens,
+    /// Remote JWK Sets.
+    pub remote: RemoteKeys,
+}
+
 /// Tokens that verified, remembered by their SHA-256 until their `exp`, so a token's signature
 /// is checked once per worker rather than on every request (as Envoy's `jwt_cache_config`):
 /// RSA in wasm costs about a hundred times what HMAC does. Bounded; the oldest go first.
@@ -404,9 +443,15 @@ impl Verifier {
     /// [`Verifier::verify`], answered from `cache` for a token that verified before and has not
     /// expired. Only successes are remembered: a token that failed is checked again, so a key
     /// rotation or a clock correction is never masked.
-    pub fn verify_cached(&self, token: &str, now: u64, cache: &mut VerifiedTokens) -> Result<VerifiedToken, AuthError> {
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        now: u64,
+        cache: &mut VerifiedTokens,
+        remote: &mut RemoteKeys,
+    ) -> Result<VerifiedToken, AuthError> {
         if cache.capacity == 0 {
-            return self.verify(token, now);
+            return self.verify_with(token, now, Some(remote));
         }
         let digest = token_digest(token);
         if let Some(hit) = cache.map.get(&digest) {
@@ -414,9 +459,85 @@ impl Verifier {
                 return Ok(hit.clone());
             }
         }
-        let verified = self.verify(token, now)?;
+        let verified = self.verify_with(token, now, Some(remote))?;
         cache.insert(digest, verified.clone());
         Ok(verified)
+    }
+
+    /// The remote JWK Sets this configuration fetches.
+    pub fn remote_sources(&self) -> impl Iterator<Item = &RemoteJwks> {
+        self.providers.iter().filter_map(|p| p.remote.as_ref())
+    }
+}
+
+/// Where a provider's remote JWK Set comes from, as an HTTP request through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// The provider's index in `providers`.
+    pub provider: usize,
+    /// The Envoy cluster.
+    pub cluster: String,
+    /// The `:authority` (the URI's host).
+    pub authority: String,
+    /// The `:path` (the URI's path and query).
+    pub path: String,
+    /// How long a fetched set is trusted.
+    pub cache_secs: u64,
+    /// The fetch timeout.
+    pub timeout_ms: u64,
+}
+
+/// The least time between two fetches of one JWK Set, however many unknown `kid`s arrive: a
+/// flood of forged tokens must not become a flood of fetches.
+pub const JWKS_REFETCH_SECS: u64 = 10;
+
+/// One worker's remote JWK Sets: what was fetched, when, and which sets are wanted.
+#[derive(Debug, Default)]
+pub struct RemoteKeys {
+    sets: HashMap<usize, (Vec<Key>, u64)>,
+    attempted: HashMap<usize, u64>,
+    wanted: Vec<usize>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+    }
+}
+
+impl RemoteKeys {
+    /// The sets to fetch now: never fetched, expired, or wanted for an unknown `kid`; each at
+    /// most once per [`JWKS_REFETCH_SECS`]. Marks them attempted.
+    pub fn due(&mut self, verifier: &Verifier, now: u64) -> Vec<RemoteJwks> {
+        let wanted = std::mem::take(&mut self.wanted);
+        let mut due = Vec::new();
+        for source in verifier.remote_sources() {
+            let stale =
+                self.sets.get(&source.provider).is_none_or(|(_, at)| now >= at.saturating_add(source.cache_secs));
+            let recently =
+                self.attempted.get(&source.provider).is_some_and(|at| now < at.saturating_add(JWKS_REFETCH_SECS));
+            if (stale || wanted.contains(&source.provider)) && !recently {
+                self.attempted.insert(source.provider, now);
+                due.push(source.clone());
+            }
+        }
+        due
+    }
+
+    /// Stores a fetched JWK Set (the body of a 2xx answer) for `provider`; an unusable one is an
+    /// error and the keys fetched before stay in use.
+    pub fn load(&mut self, provider: usize, body: &[u8], now: u64) -> Result<usize, ConfigError> {
+        let json: Value = serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
+        let keys = compile_jwks(&json)?;
+        let count = keys.len();
+        self.sets.insert(provider, (keys, now));
+        self.wanted.retain(|p| *p != provider);
+        Ok(count)
+    }
+
+    /// Whether `provider`'s set has been fetched.
+    pub fn has(&self, provider: usize) -> bool {
+        self.sets.contains_key(&provider)
     }
 }
 
@@ -521,14 +642,35 @@ fn compile_provider(cfg: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) 
             return Err(ConfigError::new("jwks", "symmetric (oct) keys cannot be mixed with asymmetric algorithms"));
         }
     }
-    if let Some(remote) = &cfg.remote_jwks {
-        if remote.cluster.is_empty() {
-            return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
+    let remote = match &cfg.remote_jwks {
+        None => None,
+        Some(remote) => {
+            if remote.cluster.is_empty() {
+                return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
+            }
+            let rest = remote
+                .uri
+                .strip_prefix("https://")
+                .or_else(|| remote.uri.strip_prefix("http://"))
+                .ok_or_else(|| ConfigError::new("remote_jwks.uri", "must be an http(s) URL"))?;
+            let (authority, path) = match rest.find(['/', '?']) {
+                Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or("/")),
+                None => (rest, "/"),
+            };
+            if authority.is_empty() {
+                return Err(ConfigError::new("remote_jwks.uri", "has no host"));
+            }
+            let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+            Some(RemoteJwks {
+                provider: 0,
+                cluster: remote.cluster.clone(),
+                authority: authority.to_owned(),
+                path,
+                cache_secs: remote.cache_secs,
+                timeout_ms: remote.timeout_ms,
+            })
         }
-        if !(remote.uri.starts_with("https://") || remote.uri.starts_with("http://")) {
-            return Err(ConfigError::new("remote_jwks.uri", "must be an http(s) URL"));
-        }
-    }
+    };
 
     let required_claims = match &cfg.required_claims {
         None => Vec::new(),
@@ -543,7 +685,7 @@ fn compile_provider(cfg: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) 
         audiences: cfg.audiences.clone(),
         algorithms,
         keys,
-        remote: cfg.remote_jwks.is_some(),
+        remote,
         roles_claim: cfg.roles_claim.clone().filter(|c| !c.is_empty()),
         required_claims,
         email_domains: cfg

@@ -401,6 +401,35 @@ fn configuration_errors_name_the_field() {
 }
 
 #[test]
+fn remote_jwks_are_fetched_when_due_used_once_loaded_and_refetched_for_a_new_kid() {
+    let v = verifier(json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
+        "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/oauth2/v1/keys?x=1", "cache_secs": 600}}]));
+    let mut remote = RemoteKeys::default();
+    let due = remote.due(&v, NOW);
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].cluster.as_str(), due[0].authority.as_str(), due[0].path.as_str()),
+        ("okta", "example.okta.com", "/oauth2/v1/keys?x=1")
+    );
+    assert!(remote.due(&v, NOW + 1).is_empty(), "at most one fetch per JWKS_REFETCH_SECS");
+
+    let token = sign(Algorithm::RS256, RSA, Some("rsa"), &claims("https://example.okta.com"));
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Err(AuthError::KeysUnavailable));
+    let set = json!({"keys": [public_jwk(Algorithm::RS256, RSA, "rsa")]});
+    assert_eq!(remote.load(0, set.to_string().as_bytes(), NOW), Ok(1));
+    assert!(v.verify_with(&token, NOW, Some(&mut remote)).is_ok());
+    assert!(remote.due(&v, NOW + 20).is_empty(), "fresh for cache_secs");
+
+    // A token signed with a key the set does not have yet: unknown, and the set is wanted again.
+    let rotated = sign(Algorithm::RS256, RSA_OTHER, Some("rsa-2"), &claims("https://example.okta.com"));
+    assert_eq!(v.verify_with(&rotated, NOW + 20, Some(&mut remote)), Err(AuthError::UnknownKey(Some("rsa-2".into()))));
+    assert_eq!(remote.due(&v, NOW + 20).len(), 1);
+    assert!(remote.load(0, b"not json", NOW + 20).is_err());
+    assert!(v.verify_with(&token, NOW + 21, Some(&mut remote)).is_ok(), "a bad fetch keeps the old keys");
+    assert_eq!(remote.due(&v, NOW + 600).len(), 1, "expired after cache_secs");
+}
+
+#[test]
 fn remote_jwks_without_keys_is_unavailable_not_a_crash() {
     let v = verifier(json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
         "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/v1/keys"}}]));
@@ -420,22 +449,24 @@ fn verified_tokens_are_remembered_until_they_expire() {
     let v = hs();
     let mut cache = VerifiedTokens::new(2);
     let t1 = sign(Algorithm::HS256, "", None, &claims("https://noetl.local"));
-    assert_eq!(v.verify_cached(&t1, NOW, &mut cache), v.verify(&t1, NOW));
+    assert_eq!(v.verify_cached(&t1, NOW, &mut cache, &mut RemoteKeys::default()), v.verify(&t1, NOW));
     assert_eq!(cache.len(), 1);
-    assert!(v.verify_cached(&t1, NOW + 1, &mut cache).is_ok());
+    assert!(v.verify_cached(&t1, NOW + 1, &mut cache, &mut RemoteKeys::default()).is_ok());
     assert_eq!(cache.len(), 1, "a hit adds nothing");
     // Past exp (+ skew) the remembered verdict no longer answers.
-    assert_eq!(v.verify_cached(&t1, NOW + 600 + 60, &mut cache), Err(AuthError::Expired));
+    assert_eq!(v.verify_cached(&t1, NOW + 600 + 60, &mut cache, &mut RemoteKeys::default()), Err(AuthError::Expired));
     // Failures are not remembered; the bound holds.
     let forged = format!("{t1}x");
-    assert_eq!(v.verify_cached(&forged, NOW, &mut cache), Err(AuthError::BadSignature));
+    assert_eq!(v.verify_cached(&forged, NOW, &mut cache, &mut RemoteKeys::default()), Err(AuthError::BadSignature));
     for sid in ["a", "b", "c"] {
         let mut c = claims("https://noetl.local");
         c["sid"] = json!(sid);
-        assert!(v.verify_cached(&sign(Algorithm::HS256, "", None, &c), NOW, &mut cache).is_ok());
+        assert!(v
+            .verify_cached(&sign(Algorithm::HS256, "", None, &c), NOW, &mut cache, &mut RemoteKeys::default())
+            .is_ok());
     }
     assert_eq!(cache.len(), 2);
     let mut off = VerifiedTokens::new(0);
-    assert!(v.verify_cached(&t1, NOW, &mut off).is_ok());
+    assert!(v.verify_cached(&t1, NOW, &mut off, &mut RemoteKeys::default()).is_ok());
     assert!(off.is_empty());
 }

@@ -415,6 +415,10 @@ pub struct PlaybookSourceConfig {
     /// The request path after the route's `prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_after_prefix: Option<bool>,
+    /// The part of the request path matched by the one `*` or `**` segment of the route's
+    /// `glob` (`/api/playbooks/**/run` captures `data/x` from `/api/playbooks/data/x/run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_capture: Option<bool>,
     /// A JSON pointer (RFC 6901) into the JSON request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_pointer: Option<String>,

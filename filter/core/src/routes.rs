@@ -42,6 +42,13 @@ pub enum RouteAction {
 pub enum PlaybookSource {
     /// The request path after the route's prefix.
     PathAfterPrefix(String),
+    /// What lies between the literal `prefix` and `suffix` around a route glob's one wildcard.
+    PathCapture {
+        /// The glob's text before the wildcard segment.
+        prefix: String,
+        /// The glob's text after it.
+        suffix: String,
+    },
     /// A JSON pointer into the body.
     JsonPointer(String),
     /// The `argument` of calls to `field` in a GraphQL body.
@@ -86,6 +93,10 @@ impl PlaybookSource {
     pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<PlaybookPath>, PlaybookError> {
         let raw = match self {
             PlaybookSource::PathAfterPrefix(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or_default(),
+            PlaybookSource::PathCapture { prefix, suffix } => path
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+                .unwrap_or_default(),
             PlaybookSource::Header(name) => {
                 headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or_default()
             }
@@ -109,7 +120,7 @@ impl PlaybookSource {
                 Some(_) => return Err(PlaybookError::NotAString(pointer.clone())),
             },
             PlaybookSource::GraphQl { field, argument } => graphql::playbook_arguments(&json, field, argument)?,
-            PlaybookSource::PathAfterPrefix(_) | PlaybookSource::Header(_) => {
+            PlaybookSource::PathAfterPrefix(_) | PlaybookSource::PathCapture { .. } | PlaybookSource::Header(_) => {
                 return Err(PlaybookError::Missing("the route reads the request head"));
             }
         };
@@ -242,6 +253,25 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
     })
 }
 
+/// Splits a route glob with exactly one wildcard segment (`*` or `**`) and nothing else
+/// special into the literal text around it.
+fn capture_around_wildcard(glob: &str) -> Result<PlaybookSource, String> {
+    let wildcard = |s: &str| s == "*" || s == "**";
+    let segments: Vec<&str> = glob.split('/').collect();
+    let at = match segments.iter().filter(|s| wildcard(s)).count() {
+        1 => segments.iter().position(|s| wildcard(s)).unwrap_or_default(),
+        _ => return Err(format!("{glob:?} needs exactly one `*` or `**` segment to capture")),
+    };
+    let literal = |s: &&str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+    if !segments.iter().enumerate().all(|(i, s)| i == at || literal(s)) {
+        return Err(format!("{glob:?}: besides the captured segment, the glob must be literal"));
+    }
+    let prefix = segments.get(..at).unwrap_or_default().join("/") + "/";
+    let rest = segments.get(at + 1..).unwrap_or_default();
+    let suffix = if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) };
+    Ok(PlaybookSource::PathCapture { prefix, suffix })
+}
+
 fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
     if !p.starts_with('/') {
         return Err(ConfigError::new(field, format!("{p:?}: request paths start with '/'")));
@@ -252,6 +282,7 @@ fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
 fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<PlaybookSource, ConfigError> {
     let given = [
         cfg.path_after_prefix.unwrap_or(false),
+        cfg.path_capture.unwrap_or(false),
         cfg.json_pointer.is_some(),
         cfg.graphql_variable.is_some(),
         cfg.header.is_some(),
@@ -259,7 +290,8 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ConfigError::new(
             "",
-            "give exactly one of `path_after_prefix: true`, `json_pointer`, `graphql_variable`, `header`",
+            "give exactly one of `path_after_prefix: true`, `path_capture: true`, `json_pointer`, \
+             `graphql_variable`, `header`",
         ));
     }
     if cfg.graphql_field.is_some() && cfg.graphql_variable.is_none() {
@@ -270,6 +302,12 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
             return Err(ConfigError::new("path_after_prefix", "needs a route that matches by `prefix`"));
         };
         return Ok(PlaybookSource::PathAfterPrefix(prefix.clone()));
+    }
+    if cfg.path_capture == Some(true) {
+        let PathMatch::Glob(glob) = path else {
+            return Err(ConfigError::new("path_capture", "needs a route that matches by `glob`"));
+        };
+        return capture_around_wildcard(glob.glob().glob()).map_err(|m| ConfigError::new("path_capture", m));
     }
     if let Some(pointer) = &cfg.json_pointer {
         if !pointer.starts_with('/') {
@@ -320,6 +358,8 @@ mod tests {
             {"match": {"glob": "/static/**"}, "public": true},
             {"match": {"path": "/api/me"}, "authenticate": true},
             {"match": {"path": "/api/auth/logout"}, "logout": true},
+            {"match": {"glob": "/api/playbooks/**/run"},
+             "authorize": {"permission": "execute", "playbook": {"path_capture": true}}},
             {"match": {"prefix": "/api/run/by-header"},
              "authorize": {"permission": "execute", "playbook": {"header": "X-Playbook"}}}
         ]))
@@ -366,6 +406,23 @@ mod tests {
     }
 
     #[test]
+    fn playbook_from_a_path_capture() {
+        let r = spec_routes();
+        let m = r.find("POST", "/api/playbooks/data/daily_load/run");
+        let RouteAction::Authorize { source, .. } = m.action else { panic!("{:?}", m.id) };
+        let got = source.from_head("/api/playbooks/data/daily_load/run", &[]).unwrap();
+        assert_eq!(got[0].as_str(), "data/daily_load");
+        assert!(matches!(source.from_head("/elsewhere", &[]), Err(PlaybookError::Missing(_))));
+        let single = capture_around_wildcard("/api/*/view").unwrap();
+        assert_eq!(single.from_head("/api/x/view", &[]).unwrap()[0].as_str(), "x");
+        let tail = capture_around_wildcard("/api/catalog/**").unwrap();
+        assert_eq!(tail.from_head("/api/catalog/a/b", &[]).unwrap()[0].as_str(), "a/b");
+        for bad in ["/api/**/x/*", "/api/x", "/api/{a,b}/**"] {
+            assert!(capture_around_wildcard(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn playbook_from_body() {
         let r = spec_routes();
         let RouteAction::Authorize { source, .. } = r.find("POST", "/api/run/playbook").action else { panic!() };
@@ -404,6 +461,14 @@ mod tests {
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {}}}]),
                 "[0].authorize.playbook",
+            ),
+            (
+                json!([{"match": {"prefix": "/a"}, "authorize": {"permission": "x", "playbook": {"path_capture": true}}}]),
+                "[0].authorize.playbook.path_capture",
+            ),
+            (
+                json!([{"match": {"glob": "/a/**/b/*"}, "authorize": {"permission": "x", "playbook": {"path_capture": true}}}]),
+                "[0].authorize.playbook.path_capture",
             ),
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"json_pointer": "path"}}}]),

@@ -155,6 +155,11 @@ impl Validator {
             Some(Value::Number(n)) => n.as_u64(),
             Some(other) => return Err(CalloutFailure::Malformed(format!("expires_at {other} is not a timestamp"))),
         };
+        // A session the service calls valid but whose own expiry has passed is over: answering it
+        // as invalid (and caching that for negative_ttl_secs) is safer than trusting `valid`, and
+        // an entry already past its expiry would otherwise never be fresh, so every request
+        // would ask again.
+        let valid = valid && expires_at.is_none_or(|at| at > now);
         Ok(SessionEntry {
             valid,
             user_id: field("user_id"),
@@ -223,6 +228,9 @@ mod tests {
 
         let e = v.read_answer(Some(200), br#"{"status": "ok", "valid": false, "user": null}"#, 0).unwrap();
         assert!(!e.valid);
+
+        let past = br#"{"valid": true, "user": {"user_id": 1}, "expires_at": "2020-01-01T00:00:00Z"}"#;
+        assert!(!v.read_answer(Some(200), past, 1_768_471_200).unwrap().valid, "an expired session is not valid");
     }
 
     #[test]

@@ -696,7 +696,17 @@ impl Drop for GuardHttp {
             }
             worker.waiting.retain(|_, w| !w.is_empty());
             let id = self.id;
+            let orphaned: Vec<String> =
+                worker.callouts.values().filter(|c| c.owner == id).map(|c| c.session.clone()).collect();
             worker.callouts.retain(|_, c| c.owner != id);
+            drop(worker);
+            // The host will not deliver the answer to a context that is gone: give the claim up
+            // at once, so the next tick of a worker with waiters asks again from its root
+            // context, rather than every waiter sitting out the claim's full deadline.
+            let now_ms = now_ms();
+            for session in orphaned {
+                store::finish(&session, now_ms, None);
+            }
         }
     }
 }

@@ -10,14 +10,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import jwt
 
-from conftest import CLI, E2E, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready
+from conftest import CLI, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready
 
 FILTER = "playbook-guard"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER}."
@@ -59,22 +58,6 @@ def policy_file(tmp, version, analyst_globs=("data/**",)):
     path = Path(tmp) / f"policy-{version}.yaml"
     path.write_text(text)
     return path
-
-
-# The demo upstream, answering each response in one write: its unbuffered headers-then-body
-# writes meet Nagle's algorithm and a delayed ACK (about 40 ms a response), which would make the
-# load loop measure TCP, not Envoy.
-FAST_UPSTREAM = (
-    "import sys; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = ['--port', '0']; "
-    "import demo_upstream; demo_upstream.Echo.wbufsize = -1; demo_upstream.main()"
-)
-
-
-def start_fast_upstream():
-    """Starts the buffered demo upstream; returns (process, port)."""
-    proc = subprocess.Popen([sys.executable, "-c", FAST_UPSTREAM, str(E2E)], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    return proc, int(line.rsplit(":", 1)[1])
 
 
 class EcdsEnvoy:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ENVOY, ROOT, SECRET, WASM, http
-from ecds_support import EcdsEnvoy, cli, hs_token, start_fast_upstream
+from ecds_support import EcdsEnvoy, cli, hs_token
 
 ENVOY_DIR = ROOT / "envoy"
 K8S = ENVOY_DIR / "k8s"
@@ -131,23 +131,15 @@ def test_ecds_files_validate_as_inline_filters(tmp_path, source):
     validate(yaml.safe_dump(boot), tmp_path)
 
 
-@pytest.fixture(scope="module")
-def fast_upstream():
-    proc, port = start_fast_upstream()
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_kubernetes_sidecar_serves_decisions(tmp_path, fast_upstream):
+def test_kubernetes_sidecar_serves_decisions(tmp_path, upstream):
     """The Pod's Envoy as the ConfigMaps configure it, with loopback ports and local paths."""
-    envoy = EcdsEnvoy(tmp_path, fast_upstream)
+    envoy = EcdsEnvoy(tmp_path, upstream)
     boot = yaml.safe_load(configmap(K8S / "envoy-bootstrap.configmap.yaml", "envoy.yaml"))
     listener = boot["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=envoy.port)
     boot["admin"]["address"]["socket_address"]["port_value"] = envoy.admin_port
     cluster = boot["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    cluster["endpoint"]["address"]["socket_address"]["port_value"] = fast_upstream
+    cluster["endpoint"]["address"]["socket_address"]["port_value"] = upstream
     source = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
     paths = source["config_discovery"]["config_source"]["path_config_source"]
     envoy.ecds_path.parent.mkdir(parents=True)

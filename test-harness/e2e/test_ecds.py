@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import WASM, http
-from ecds_support import EcdsEnvoy, Load, hs_token, policy_file, start_fast_upstream
+from ecds_support import EcdsEnvoy, Load, hs_token, policy_file
 
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
 # Flips from 403 to 200 when the analyst is granted system/**.
@@ -21,17 +21,9 @@ PROBE = "/api/catalog/system/reload-probe"
 STEADY = "/api/catalog/data/daily_load"
 
 
-@pytest.fixture(scope="module")
-def fast_upstream():
-    proc, port = start_fast_upstream()
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 @pytest.fixture
-def ecds_envoy(tmp_path, fast_upstream):
-    envoy = EcdsEnvoy(tmp_path, fast_upstream)
+def ecds_envoy(tmp_path, upstream):
+    envoy = EcdsEnvoy(tmp_path, upstream)
     first = envoy.publish(policy_file(tmp_path, "v1"))
     assert first.returncode == 0, first.stderr
     envoy.start()

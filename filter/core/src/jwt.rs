@@ -229,11 +229,6 @@ impl Verifier {
         Ok(Verifier { providers: compiled, clock_skew })
     }
 
-    /// Whether any provider is configured.
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-
     /// Verifies a compact JWS at time `now` (seconds since the epoch).
     ///
     /// The provider is chosen by the unverified `iss`, then the signature is checked with a key
@@ -533,11 +528,6 @@ impl RemoteKeys {
         self.sets.insert(provider, (keys, now));
         self.wanted.retain(|p| *p != provider);
         Ok(count)
-    }
-
-    /// Whether `provider`'s set has been fetched.
-    pub fn has(&self, provider: usize) -> bool {
-        self.sets.contains_key(&provider)
     }
 }
 

@@ -172,11 +172,6 @@ impl Policy {
         }
         Decision { allowed: false, rule: denied_by.map_or(DecidedBy::NoGrant, DecidedBy::Rule) }
     }
-
-    /// The roles the policy defines.
-    pub fn role_names(&self) -> impl Iterator<Item = &str> {
-        self.roles.keys().map(String::as_str)
-    }
 }
 
 fn compile_rules(rules: &[Rule], at: &str) -> Result<Vec<CompiledRule>, ConfigError> {

@@ -149,6 +149,9 @@ impl RootContext for GuardRoot {
                 Metrics::set_policy_version(guard.policy_version());
                 // Keys may have changed: tokens verified under the old configuration are not.
                 self.worker.borrow_mut().keys = guard.verifier_state();
+                if guard.validator().is_some() {
+                    store::prepare();
+                }
                 let guard = Rc::new(guard);
                 self.guard = Some(Rc::clone(&guard));
                 // Fetch remote JWK Sets now, from the root, so their answers come back here.
@@ -299,7 +302,22 @@ impl Driver<'_> {
         let local = self.worker.borrow().callouts.values().any(|c| c.session == key);
         let claim = if local { Claim::Busy { until_ms } } else { store::claim(&key, now_ms, until_ms) };
         match claim {
-            Claim::Claimed => self.dispatch(ctx, pending, stale, now_ms),
+            Claim::Claimed => {
+                // Between the cache read that missed and this claim, the last owner may have
+                // stored its answer and let go: read again rather than fetch it twice. (Owners
+                // store before they let go, so a claim that lands after that sees the answer.)
+                let record = store::session(&key);
+                match self.guard.on_session(pending, record.as_ref().map(|r| &r.entry), now_ms / 1000) {
+                    SessionStep::Hit(step) => {
+                        store::finish(&key, now_ms, None);
+                        Metrics::bump(self.metrics.coalesced_waits);
+                        self.advance(ctx, step, now_ms)
+                    }
+                    SessionStep::Miss(pending) => {
+                        self.dispatch(ctx, pending, record.map(|r| r.entry).or(stale), now_ms)
+                    }
+                }
+            }
             Claim::Busy { .. } => {
                 Metrics::bump(self.metrics.coalesced_waits);
                 let mut worker = self.worker.borrow_mut();

@@ -9,7 +9,7 @@ use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
-use crate::core::session::{slot_for, stripe_of, Claim, Mark, SessionRecord, Stripe};
+use crate::core::session::{slot_for, stripe_of, Claim, Mark, SessionRecord, Stripe, STRIPES};
 use crate::core::SessionEntry;
 
 /// How often a compare-and-swap is retried before giving up (contention is between a handful
@@ -60,6 +60,22 @@ pub fn remove_session(key: &str) {
     let _ = hostcalls::set_shared_data(&session_key(key), None, None);
 }
 
+/// Creates the in-flight stripes and the eviction counter where they are missing.
+///
+/// Compare-and-swap guards only keys that exist: a write to a missing key succeeds whatever
+/// its cas, so two workers creating one stripe at once could both claim the same session.
+/// Envoy configures a plugin on the main thread (its configuration canary) before any worker
+/// serves a request, so creating every key here leaves no such moment. Keys that exist are
+/// left alone: a late worker, or a configuration update, must not wipe claims in flight.
+pub fn prepare() {
+    let stripes = (0..STRIPES).map(|n| (format!("pg1/f/{n}"), Stripe::default().encode()));
+    for (key, empty) in stripes.chain([("pg1/head".to_owned(), b"0".to_vec())]) {
+        if get(&key).0.is_none() {
+            let _ = hostcalls::set_shared_data(&key, Some(&empty), None);
+        }
+    }
+}
+
 fn next_counter() -> u64 {
     for _ in 0..CAS_ROUNDS {
         let (value, cas) = get("pg1/head");
@@ -81,9 +97,8 @@ fn with_stripe<T>(key: &str, mut change: impl FnMut(&mut Stripe) -> T) -> Option
         let (value, cas) = get(&stripe_key);
         let mut stripe = value.as_deref().map(Stripe::decode).unwrap_or_default();
         let out = change(&mut stripe);
-        // A stripe seen absent has no cas to compare; the write then creates it. Two workers
-        // creating the same stripe at once is the one race shared data leaves open, and it can
-        // happen only once per stripe in the life of an Envoy.
+        // A stripe seen absent (only if shared data was cleared behind the filter's back, see
+        // `prepare`) has no cas to compare; the write then creates it.
         match hostcalls::set_shared_data(&stripe_key, Some(&stripe.encode()), cas) {
             Ok(()) => return Some(out),
             Err(Status::CasMismatch) => continue,

@@ -239,6 +239,7 @@ def validation_service(tmp_path_factory):
         "s-revoked": {"user_id": 44, "valid": False},
         "noetl-opaque-session-1": {"user_id": 45, "email": "op@example.com", "roles": ["viewer"]},
         **{f"s-burst-{i}": {"user_id": 100 + i, "roles": ["analyst"]} for i in range(1, 10)},
+        **{f"s-many-{i}": {"user_id": 200 + i, "roles": ["analyst"]} for i in range(60)},
     }))
     service = ValidationService(sessions)
     yield service

@@ -239,6 +239,17 @@ impl Host {
             .map_err(|status| HarnessError::Host(format!("set_shared_data: {status:?}")))
     }
 
+    /// Lands `writes` in shared data just before the next write a filter makes to a key
+    /// starting with `prefix`, as if another worker's thread had made them between that filter's
+    /// read and its write. Real threads hit such a moment now and then; this pins it down.
+    ///
+    /// # Errors
+    /// [`HarnessError::Host`] if the store's lock is poisoned.
+    pub fn interleave_before_write(&self, prefix: &str, writes: Vec<(String, Vec<u8>)>) -> Result<(), HarnessError> {
+        host_lock(&self.shared.data)?.interleave(prefix, writes);
+        Ok(())
+    }
+
     /// Every shared-data key, sorted.
     #[must_use]
     pub fn shared_data_keys(&self) -> Vec<String> {

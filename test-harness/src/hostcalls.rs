@@ -348,11 +348,14 @@ fn set_shared_data(c: &mut Ctx<'_>, kp: i32, ks: i32, vp: i32, vs: i32, cas: i32
     let cas = cas as u32;
     // The SDK's `remove_shared_data` passes a null value pointer; an empty value has a dangling,
     // non-null one.
-    if vp == 0 && vs == 0 {
-        return lock(&c.data().shared.data)?.remove(&key, cas).map_err(Fault::from);
+    let value = if vp == 0 && vs == 0 { None } else { Some(read(c, vp, vs)?) };
+    let mut data = lock(&c.data().shared.data)?;
+    data.before_filter_write(&key);
+    match value {
+        None => data.remove(&key, cas),
+        Some(value) => data.set(&key, value, cas),
     }
-    let value = read(c, vp, vs)?;
-    lock(&c.data().shared.data)?.set(&key, value, cas).map_err(Fault::from)
+    .map_err(Fault::from)
 }
 
 fn register_queue(c: &mut Ctx<'_>, np: i32, ns: i32, id_out: i32) -> Result<(), Fault> {

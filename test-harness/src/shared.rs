@@ -12,6 +12,15 @@ use crate::abi::Status;
 pub(crate) struct SharedData {
     entries: HashMap<String, (Vec<u8>, u32)>,
     last_cas: u32,
+    interleaved: Vec<Interleaved>,
+}
+
+/// Writes a test lands just before a filter's next write to a key with `prefix`: what another
+/// worker's thread could have done between that filter's read and its write.
+#[derive(Debug)]
+struct Interleaved {
+    prefix: String,
+    writes: Vec<(String, Vec<u8>)>,
 }
 
 impl SharedData {
@@ -48,6 +57,24 @@ impl SharedData {
                 Ok(())
             }
             None => Err(Status::NotFound),
+        }
+    }
+
+    /// Lands `writes` just before the next filter write to a key starting with `prefix`.
+    pub(crate) fn interleave(&mut self, prefix: &str, writes: Vec<(String, Vec<u8>)>) {
+        self.interleaved.push(Interleaved { prefix: prefix.to_owned(), writes });
+    }
+
+    /// Called by the host call before a filter writes `key`: lands the interleaved writes that
+    /// wait for such a key (each set lands once).
+    pub(crate) fn before_filter_write(&mut self, key: &str) {
+        let (due, waiting) =
+            std::mem::take(&mut self.interleaved).into_iter().partition(|i| key.starts_with(&i.prefix));
+        self.interleaved = waiting;
+        for Interleaved { writes, .. } in due {
+            for (key, value) in writes {
+                let _ = self.set(&key, value, 0);
+            }
         }
     }
 
@@ -168,6 +195,24 @@ mod tests {
         data.remove("k", cas2).unwrap();
         assert_eq!(data.remove("k", 0), Err(Status::NotFound));
         assert!(data.keys().is_empty());
+    }
+
+    #[test]
+    fn interleaved_writes_land_once_before_the_first_matching_filter_write() {
+        let mut data = SharedData::default();
+        data.set("f/1", b"free".to_vec(), 0).unwrap();
+        let (_, read_cas) = data.get("f/1").unwrap();
+        data.interleave("f/", vec![("f/1".into(), b"other".to_vec()), ("s/1".into(), b"answer".to_vec())]);
+
+        data.before_filter_write("s/2");
+        assert_eq!(data.get("s/1"), None, "not a matching key");
+        data.before_filter_write("f/1");
+        assert_eq!(data.get("s/1").unwrap().0, b"answer");
+        assert_eq!(data.set("f/1", b"mine".to_vec(), read_cas), Err(Status::CasMismatch), "the read went stale");
+
+        data.set("s/1", b"later".to_vec(), 0).unwrap();
+        data.before_filter_write("f/1");
+        assert_eq!(data.get("s/1").unwrap().0, b"later", "landed once only");
     }
 
     #[test]

@@ -197,6 +197,63 @@ fn an_owner_that_vanishes_is_taken_over_at_the_next_tick() {
     assert_eq!(status(&vms[1].outcome(waiter.context_id).unwrap()), Some(200));
 }
 
+/// Everything a worker of another host leaves in shared data once its callout for `sid` has
+/// been answered with `roles`: the session, its eviction slot, and the stripe with the claim gone.
+fn answered_elsewhere(sid: &str, roles: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let other = host();
+    let mut vm = other.configured_vm(&default_config()).unwrap();
+    assert_eq!(status(&prime(&mut vm, &catalog(&token(&other, sid), "data/x"), answer(roles))), Some(200));
+    other.shared_data_keys().into_iter().filter_map(|k| other.shared_data(&k).map(|(v, _)| (k, v))).collect()
+}
+
+#[test]
+fn an_answer_stored_between_a_miss_and_the_claim_is_used_not_fetched_again() {
+    let written = answered_elsewhere("s-1", &["analyst"]);
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    // This worker reads the cache (a miss); before its claim lands, another worker stores the
+    // answer and lets go of its own claim. Real threads meet this now and then under load.
+    host.interleave_before_write("pg1/f/", written).unwrap();
+    let exchange = vm.send_request(&catalog(&token(&host, "s-1"), "data/x")).unwrap();
+    let headers = exchange.outcome.forwarded_headers().expect("decided at once, from the stored answer");
+    assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"));
+    assert!(vm.http_calls().is_empty(), "the answer is not fetched a second time");
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(0));
+    assert_eq!(host.metric("playbook_guard.coalesced_waits"), Some(1));
+
+    // The claim it took to find that out is gone: the next miss on this session may ask.
+    host.clock().advance(Duration::from_secs(TTL));
+    let again = vm.send_request(&catalog(&token(&host, "s-1"), "data/x")).unwrap();
+    assert_eq!(again.outcome, RequestOutcome::Paused);
+    assert_eq!(vm.http_calls().len(), 1);
+}
+
+#[test]
+fn configuring_a_worker_creates_the_stripes_and_keeps_claims_in_flight() {
+    let host = host();
+    let mut first = host.configured_vm(&default_config()).unwrap();
+    let stripes = host.shared_data_keys().iter().filter(|k| k.starts_with("pg1/f/")).count();
+    assert_eq!(stripes, 64, "every in-flight stripe exists before the first request");
+    let t = token(&host, "s-1");
+    let owner = first.send_request(&catalog(&t, "data/x")).unwrap();
+
+    // A worker that starts late, and a configuration update on the owner's worker, must not
+    // wipe the claim the owner holds.
+    let mut late = host.configured_vm(&default_config()).unwrap();
+    assert!(first.configure(&default_config()).unwrap());
+    let waiter = late.send_request(&catalog(&t, "data/x")).unwrap();
+    assert_eq!(waiter.outcome, RequestOutcome::Paused);
+    assert!(late.http_calls().is_empty(), "the late worker waits for the owner's callout");
+
+    let call = first.http_calls().pop().unwrap();
+    first.respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    assert_eq!(status(&first.outcome(owner.context_id).unwrap()), Some(200));
+    host.clock().advance(Duration::from_millis(25));
+    late.run_due_ticks().unwrap();
+    assert_eq!(status(&late.outcome(waiter.context_id).unwrap()), Some(200));
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(1));
+}
+
 /// Every way a callout can fail.
 fn failures() -> Vec<(&'static str, Option<HttpCallResponse>)> {
     vec![

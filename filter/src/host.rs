@@ -36,6 +36,12 @@ const TICK: Duration = Duration::from_millis(20);
 /// How often a worker checks whether a remote JWK Set is due (expired, or wanted for a new
 /// `kid`) when nothing else makes it tick.
 const JWKS_TICK: Duration = Duration::from_secs(1);
+/// The root context sends JWK Set fetches from its tick (so their answers come back to it);
+/// a request waiting for one makes that tick come at once.
+const FETCH_NOW: Duration = Duration::from_millis(1);
+/// Past the longest JWK Set fetch timeout, how long a request waits for the fetch's answer
+/// before it is decided with the keys there are.
+const KEYS_GRACE_MS: u64 = 2000;
 
 fn now_ms() -> u64 {
     let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
@@ -54,6 +60,8 @@ enum State {
     Calling { pending: Pending },
     /// Waiting for its body.
     Body(Pending),
+    /// Waiting for a JWK Set fetch, to decide its head again; until `until_ms` at most.
+    Keys { until_ms: u64 },
 }
 
 /// One request of this worker.
@@ -85,6 +93,8 @@ pub struct Worker {
     callouts: HashMap<u32, Callout>,
     /// JWKS fetch token -> the provider it is for.
     jwks_fetches: HashMap<u32, usize>,
+    /// Requests waiting for a JWK Set fetch.
+    awaiting_keys: Vec<u32>,
     /// The tick period asked of the host.
     tick: Duration,
     /// Tokens this worker verified and the remote JWK Sets it fetched (current configuration).
@@ -95,16 +105,20 @@ impl Worker {
     /// Ticks fast while requests wait for another worker's callout, slowly while remote JWK
     /// Sets need refreshing, not at all otherwise.
     fn retick(&mut self, remote_jwks: bool) {
-        let want = if !self.waiting.is_empty() {
+        let want = if !self.waiting.is_empty() || !self.awaiting_keys.is_empty() {
             TICK
         } else if remote_jwks {
             JWKS_TICK
         } else {
             Duration::ZERO
         };
-        if want != self.tick {
-            self.tick = want;
-            let _ = hostcalls::set_tick_period(want);
+        self.set_tick(want);
+    }
+
+    fn set_tick(&mut self, period: Duration) {
+        if period != self.tick {
+            self.tick = period;
+            let _ = hostcalls::set_tick_period(period);
         }
     }
 }
@@ -218,6 +232,16 @@ impl Driver<'_> {
         match step {
             Step::Verdict(verdict) => self.apply(ctx, verdict),
             Step::Session(pending) => self.session(ctx, pending, now_ms),
+            Step::AwaitKeys => {
+                let timeout_ms = self.guard.verifier().remote_sources().map(|s| s.timeout_ms).max().unwrap_or(0);
+                let mut worker = self.worker.borrow_mut();
+                if let Some(r) = worker.requests.get_mut(&ctx) {
+                    r.state = State::Keys { until_ms: now_ms + timeout_ms + KEYS_GRACE_MS };
+                }
+                worker.awaiting_keys.push(ctx);
+                worker.set_tick(FETCH_NOW);
+                Action::Pause
+            }
             Step::ReadBody(pending) => {
                 let body_done = self.with_request(ctx, |r| r.body_done).flatten();
                 if let Some(size) = body_done {
@@ -245,6 +269,49 @@ impl Driver<'_> {
                     r.state = State::Body(pending);
                 });
                 Action::Continue
+            }
+        }
+    }
+
+    /// Decides request `ctx` (the effective context) from its head, as far as the head goes.
+    fn decide_head(&self, ctx: u32, now_ms: u64) -> Action {
+        // Identity headers are ours alone: whatever a client sent under those names goes first.
+        for name in self.guard.identity_headers() {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect();
+        let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
+        let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
+        let step = self.guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().keys);
+        self.advance(ctx, step, now_ms)
+    }
+
+    /// Decides again the heads of the requests waiting for JWK Sets: all of them once a fetch
+    /// has ended (`all`), else those that waited past their deadline.
+    fn recheck_keys(&self, all: bool, now_ms: u64) {
+        let due: Vec<u32> = {
+            let mut worker = self.worker.borrow_mut();
+            let waiting = std::mem::take(&mut worker.awaiting_keys);
+            let requests = &worker.requests;
+            let (due, still) = waiting.into_iter().partition(|ctx| {
+                all || requests
+                    .get(ctx)
+                    .is_none_or(|r| matches!(r.state, State::Keys { until_ms } if until_ms <= now_ms))
+            });
+            worker.awaiting_keys = still;
+            due
+        };
+        for ctx in due {
+            if !matches!(self.take_state(ctx), State::Keys { .. }) || hostcalls::set_effective_context(ctx).is_err() {
+                self.worker.borrow_mut().requests.remove(&ctx);
+                continue;
+            }
+            if self.decide_head(ctx, now_ms) == Action::Continue {
+                let _ = hostcalls::resume_http_request();
             }
         }
     }
@@ -455,6 +522,7 @@ impl Driver<'_> {
     fn on_tick(&self) {
         let now_ms = now_ms();
         self.fetch_jwks(now_ms);
+        self.recheck_keys(false, now_ms);
         let keys: Vec<String> = self.worker.borrow().waiting.keys().cloned().collect();
         for key in keys {
             let record = store::session(&key);
@@ -500,28 +568,37 @@ impl Driver<'_> {
                 Ok(token) => {
                     self.worker.borrow_mut().jwks_fetches.insert(token, source.provider);
                 }
-                Err(status) => warn!(
-                    "remote JWKS for providers[{}] could not be fetched ({status:?}): is there an Envoy cluster named {:?}?",
-                    source.provider, source.cluster
-                ),
+                Err(status) => {
+                    warn!(
+                        "remote JWKS for providers[{}] could not be fetched ({status:?}): is there an Envoy cluster named {:?}?",
+                        source.provider, source.cluster
+                    );
+                    self.worker.borrow_mut().keys.remote.failed(source.provider);
+                    self.recheck_keys(true, now_ms);
+                }
             }
         }
     }
 
     fn on_jwks_response(&self, provider: usize, num_headers: usize, body_size: usize) {
+        let now_ms = now_ms();
         let status = response_status(num_headers);
         let body =
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        if !status.is_some_and(|s| (200..300).contains(&s)) {
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            let loaded = self.worker.borrow_mut().keys.remote.load(provider, &body, now_ms / 1000);
+            match loaded {
+                Ok(count) => info!("remote JWKS for providers[{provider}]: {count} keys"),
+                Err(e) => warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had"),
+            }
+        } else {
             warn!(
                 "remote JWKS for providers[{provider}]: no usable answer (status {status:?}); keeping the keys it had"
             );
-            return;
+            self.worker.borrow_mut().keys.remote.failed(provider);
         }
-        match self.worker.borrow_mut().keys.remote.load(provider, &body, now_ms() / 1000) {
-            Ok(count) => info!("remote JWKS for providers[{provider}]: {count} keys"),
-            Err(e) => warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had"),
-        }
+        self.recheck_keys(true, now_ms);
+        self.retick();
     }
 
     fn take_over(&self, key: &str, now_ms: u64) {
@@ -603,8 +680,8 @@ impl GuardHttp {
                 let verdict = guard.on_request_body(pending, body.as_deref().unwrap_or_default());
                 driver.apply(self.id, verdict)
             }
-            state @ (State::Waiting { .. } | State::Calling { .. }) => {
-                // Still waiting for the session: keep the body for the decision.
+            state @ (State::Waiting { .. } | State::Calling { .. } | State::Keys { .. }) => {
+                // Still waiting for the session or the keys: keep the body for the decision.
                 driver.with_request(self.id, |r| {
                     r.body_done = Some(size);
                     r.state = state;
@@ -635,22 +712,9 @@ impl HttpContext for GuardHttp {
             );
             return Action::Pause;
         };
-        // Identity headers are ours alone: whatever a client sent under those names goes first.
-        for name in guard.identity_headers() {
-            self.set_http_request_header(name, None);
-        }
-        let headers: Vec<(String, String)> = self
-            .get_http_request_headers_bytes()
-            .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-            .collect();
-        let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
-        let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let now_ms = self.now_ms();
-        let step = guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().keys);
         let request = Request { body_done: end_of_stream.then_some(0), ..Request::default() };
         self.worker.borrow_mut().requests.insert(self.id, request);
-        self.driver(&guard).advance(self.id, step, now_ms)
+        self.driver(&guard).decide_head(self.id, self.now_ms())
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -660,6 +724,8 @@ impl HttpContext for GuardHttp {
             match worker.requests.get(&self.id).map(|r| &r.state) {
                 Some(State::Body(pending)) => Some(pending.max_body_bytes),
                 Some(State::Waiting { pending } | State::Calling { pending }) => Some(pending.max_body_bytes),
+                // The route's limit is applied once the head is decided.
+                Some(State::Keys { .. }) => Some(u64::MAX),
                 _ => None,
             }
         };
@@ -668,7 +734,7 @@ impl HttpContext for GuardHttp {
             let driver = self.driver(&guard);
             let pending = match driver.take_state(self.id) {
                 State::Body(p) | State::Waiting { pending: p } | State::Calling { pending: p } => p,
-                State::Open => return Action::Continue,
+                State::Open | State::Keys { .. } => return Action::Continue,
             };
             self.worker.borrow_mut().waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
             return driver.apply(self.id, guard.body_too_large(&pending));
@@ -713,6 +779,7 @@ impl Drop for GuardHttp {
                 waiters.retain(|c| *c != self.id);
             }
             worker.waiting.retain(|_, w| !w.is_empty());
+            worker.awaiting_keys.retain(|c| *c != self.id);
             let id = self.id;
             let orphaned: Vec<String> =
                 worker.callouts.values().filter(|c| c.owner == id).map(|c| c.session.clone()).collect();

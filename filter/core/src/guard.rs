@@ -10,7 +10,11 @@
 //!      [`Guard::on_answer`], or [`Guard::on_callout_failure`]. Each gives the next [`Step`];
 //!    - [`Step::ReadBody`] means: buffer up to [`Pending::max_body_bytes`], then
 //!      [`Guard::on_request_body`] with the whole body (empty if there is none), or
-//!      [`Guard::body_too_large`] once the limit is passed.
+//!      [`Guard::body_too_large`] once the limit is passed;
+//!    - [`Step::AwaitKeys`] means: the token's issuer needs a remote JWK Set that is being
+//!      fetched, or is due ([`RemoteKeys::due`]): hold the request, send the fetches that are
+//!      due, and call [`Guard::on_request_headers_cached`] again once the fetch has ended
+//!      (loaded with [`RemoteKeys::load`], or [`RemoteKeys::failed`]).
 //!
 //! Nothing here reads a clock, the environment or the network: the host passes `now` and the
 //! environment in, so every decision can be replayed in a test.
@@ -79,6 +83,8 @@ pub enum Step {
     /// The session's cache entry is needed: look up [`Pending::session_key`] and call
     /// [`Guard::on_session`].
     Session(Pending),
+    /// The token's keys are being fetched: decide the head again once the fetch has ended.
+    AwaitKeys,
 }
 
 /// What [`Guard::on_session`] found.
@@ -263,6 +269,7 @@ impl Guard {
         };
         let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
+            Err(AuthError::AwaitingKeys) => return Step::AwaitKeys,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
         };
         let need = match need {

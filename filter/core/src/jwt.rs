@@ -47,6 +47,12 @@ pub enum AuthError {
     /// The provider's keys are not available yet (a remote JWKS not fetched).
     #[error("the issuer's keys are not available")]
     KeysUnavailable,
+    /// The key is not among the issuer's remote keys yet, but a fetch of them is on its way or
+    /// may start now: the request should wait for it rather than be answered (as `jwt_authn`
+    /// waits for its JWKS). Only [`Verifier::verify_with`] says this, and only given a
+    /// [`RemoteKeys`] to fetch into.
+    #[error("the issuer's keys are being fetched")]
+    AwaitingKeys,
     /// The signature does not verify.
     #[error("signature verification failed")]
     BadSignature,
@@ -83,7 +89,7 @@ impl AuthError {
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::UnknownIssuer(_) => "unknown_issuer",
             AuthError::UnknownKey(_) => "unknown_key",
-            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::KeysUnavailable | AuthError::AwaitingKeys => "keys_unavailable",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
@@ -239,7 +245,8 @@ impl Verifier {
 
     /// [`Verifier::verify`], with the remote JWK Sets fetched so far (a provider with
     /// `remote_jwks` has no keys without them). A token whose issuer's set is missing, or whose
-    /// `kid` is not in it, marks the set as wanted in `remote`.
+    /// `kid` is not in it, marks the set as wanted in `remote`, and is
+    /// [`AuthError::AwaitingKeys`] while a fetch of that set is on its way or may start now.
     pub fn verify_with(
         &self,
         token: &str,
@@ -306,8 +313,11 @@ impl Verifier {
         if let (Err(AuthError::KeysUnavailable | AuthError::UnknownKey(_)), Some(source), Some(remote)) =
             (&outcome, &provider.remote, remote)
         {
-            // Not fetched yet, or a key rotated in at the issuer: fetch the set (rate-limited).
-            remote.wanted.push(source.provider);
+            // Not fetched yet, or a key rotated in at the issuer: fetch the set (rate-limited),
+            // and have the request wait for that fetch if there is one to wait for.
+            if remote.want(source.provider, now) {
+                return Err(AuthError::AwaitingKeys);
+            }
         }
         outcome?;
 
@@ -486,12 +496,16 @@ pub struct RemoteJwks {
 /// flood of forged tokens must not become a flood of fetches.
 pub const JWKS_REFETCH_SECS: u64 = 10;
 
-/// One worker's remote JWK Sets: what was fetched, when, and which sets are wanted.
+/// One worker's remote JWK Sets: what was fetched, when, which sets are wanted, and which
+/// fetches are on their way.
 #[derive(Debug, Default)]
 pub struct RemoteKeys {
     sets: HashMap<usize, (Vec<Key>, u64)>,
     attempted: HashMap<usize, u64>,
     wanted: Vec<usize>,
+    /// Provider -> when to stop waiting for the answer to its fetch (the fetch's timeout, plus
+    /// a second: a host that loses the answer must not keep requests waiting for it).
+    in_flight: HashMap<usize, u64>,
 }
 
 impl std::fmt::Debug for Key {
@@ -513,15 +527,42 @@ impl RemoteKeys {
                 self.attempted.get(&source.provider).is_some_and(|at| now < at.saturating_add(JWKS_REFETCH_SECS));
             if (stale || wanted.contains(&source.provider)) && !recently {
                 self.attempted.insert(source.provider, now);
+                let answer_by = now.saturating_add(source.timeout_ms.div_ceil(1000)).saturating_add(1);
+                self.in_flight.insert(source.provider, answer_by);
                 due.push(source.clone());
             }
         }
         due
     }
 
+    /// Marks `provider`'s set as wanted (a token's issuer has no set yet, or the token's `kid`
+    /// is not in it). Returns whether a request needing it should wait: a fetch is on its way,
+    /// or may start now. A fetch within the last [`JWKS_REFETCH_SECS`] that did not bring the
+    /// key means no: the token is answered at once.
+    fn want(&mut self, provider: usize, now: u64) -> bool {
+        if !self.wanted.contains(&provider) {
+            self.wanted.push(provider);
+        }
+        let on_its_way = self.in_flight.get(&provider).is_some_and(|until| now < *until);
+        let recently = self.attempted.get(&provider).is_some_and(|at| now < at.saturating_add(JWKS_REFETCH_SECS));
+        on_its_way || !recently
+    }
+
+    /// Whether any fetch is on its way (its answer not yet loaded or failed) at `now`.
+    pub fn fetching(&self, now: u64) -> bool {
+        self.in_flight.values().any(|until| now < *until)
+    }
+
+    /// The fetch for `provider` ended without a usable set (not sent, timed out, reset,
+    /// non-2xx, refused): requests waiting for it are answered with the keys there are.
+    pub fn failed(&mut self, provider: usize) {
+        self.in_flight.remove(&provider);
+    }
+
     /// Stores a fetched JWK Set (the body of a 2xx answer) for `provider`; an unusable one is an
-    /// error and the keys fetched before stay in use.
+    /// error and the keys fetched before stay in use. Either way the fetch has ended.
     pub fn load(&mut self, provider: usize, body: &[u8], now: u64) -> Result<usize, ConfigError> {
+        self.failed(provider);
         let json: Value = serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
         let keys = compile_jwks(&json)?;
         let count = keys.len();

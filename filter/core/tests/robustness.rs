@@ -107,6 +107,7 @@ fn run(g: &Guard, method: &str, path: &str, headers: &[(String, String)], body: 
         step = match step {
             Step::Verdict(v) => return v,
             Step::ReadBody(p) => return g.on_request_body(p, body),
+            Step::AwaitKeys => panic!("no remote keys are configured here"),
             Step::Session(p) => {
                 let entry = SessionEntry {
                     valid: true,

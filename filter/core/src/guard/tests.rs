@@ -67,7 +67,7 @@ fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) ->
 fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
     match g.on_request_headers(&head("POST", path, headers), NOW) {
         Step::ReadBody(p) => g.on_request_body(p, body.as_bytes()),
-        Step::Session(_) => panic!("no validation configured"),
+        Step::Session(_) | Step::AwaitKeys => panic!("no validation or remote keys configured"),
         Step::Verdict(v) => v,
     }
 }

@@ -401,31 +401,48 @@ fn configuration_errors_name_the_field() {
 }
 
 #[test]
-fn remote_jwks_are_fetched_when_due_used_once_loaded_and_refetched_for_a_new_kid() {
+fn remote_jwks_are_fetched_when_due_and_waited_for_while_they_can_bring_the_key() {
     let v = verifier(json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],
         "remote_jwks": {"cluster": "okta", "uri": "https://example.okta.com/oauth2/v1/keys?x=1", "cache_secs": 600}}]));
     let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("rsa"), &claims("https://example.okta.com"));
+
+    // No set yet: the first request waits for the fetch it makes due.
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Err(AuthError::AwaitingKeys));
     let due = remote.due(&v, NOW);
     assert_eq!(due.len(), 1);
     assert_eq!(
         (due[0].cluster.as_str(), due[0].authority.as_str(), due[0].path.as_str()),
         ("okta", "example.okta.com", "/oauth2/v1/keys?x=1")
     );
+    assert!(remote.fetching(NOW));
     assert!(remote.due(&v, NOW + 1).is_empty(), "at most one fetch per JWKS_REFETCH_SECS");
+    assert_eq!(v.verify_with(&token, NOW + 1, Some(&mut remote)), Err(AuthError::AwaitingKeys), "it is on its way");
 
-    let token = sign(Algorithm::RS256, RSA, Some("rsa"), &claims("https://example.okta.com"));
-    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Err(AuthError::KeysUnavailable));
     let set = json!({"keys": [public_jwk(Algorithm::RS256, RSA, "rsa")]});
-    assert_eq!(remote.load(0, set.to_string().as_bytes(), NOW), Ok(1));
-    assert!(v.verify_with(&token, NOW, Some(&mut remote)).is_ok());
+    assert_eq!(remote.load(0, set.to_string().as_bytes(), NOW + 1), Ok(1));
+    assert!(!remote.fetching(NOW + 1));
+    assert!(v.verify_with(&token, NOW + 1, Some(&mut remote)).is_ok());
     assert!(remote.due(&v, NOW + 20).is_empty(), "fresh for cache_secs");
 
-    // A token signed with a key the set does not have yet: unknown, and the set is wanted again.
+    // A key rotated in at the issuer: the token waits for a fetch of the set...
     let rotated = sign(Algorithm::RS256, RSA_OTHER, Some("rsa-2"), &claims("https://example.okta.com"));
-    assert_eq!(v.verify_with(&rotated, NOW + 20, Some(&mut remote)), Err(AuthError::UnknownKey(Some("rsa-2".into()))));
+    assert_eq!(v.verify_with(&rotated, NOW + 20, Some(&mut remote)), Err(AuthError::AwaitingKeys));
     assert_eq!(remote.due(&v, NOW + 20).len(), 1);
+    // ...which brings nothing usable: the old keys stay, and until another fetch may go the
+    // unknown key is answered at once (a flood of forged kids is not a flood of fetches).
     assert!(remote.load(0, b"not json", NOW + 20).is_err());
     assert!(v.verify_with(&token, NOW + 21, Some(&mut remote)).is_ok(), "a bad fetch keeps the old keys");
+    let unknown = Err(AuthError::UnknownKey(Some("rsa-2".into())));
+    assert_eq!(v.verify_with(&rotated, NOW + 21, Some(&mut remote)), unknown);
+    assert_eq!(v.verify_with(&rotated, NOW + 30, Some(&mut remote)), Err(AuthError::AwaitingKeys));
+
+    // A fetch whose answer never comes holds requests for its timeout (2 s) and a second, no more.
+    assert_eq!(remote.due(&v, NOW + 30).len(), 1);
+    assert_eq!(v.verify_with(&rotated, NOW + 32, Some(&mut remote)), Err(AuthError::AwaitingKeys));
+    assert_eq!(v.verify_with(&rotated, NOW + 33, Some(&mut remote)), unknown);
+    assert!(!remote.fetching(NOW + 33));
+    remote.failed(0);
     assert_eq!(remote.due(&v, NOW + 600).len(), 1, "expired after cache_secs");
 }
 

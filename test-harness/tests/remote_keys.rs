@@ -1,0 +1,181 @@
+//! Remote JWK Sets (SPEC section 3) through the real filter: a request whose issuer's keys are
+//! on their way waits for them, as `jwt_authn` waits for its JWKS, instead of being refused.
+
+// Test helpers outside #[test] functions: failing loudly is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, filter, SECRET, SECRET_ENV};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use playbook_guard_test_harness::{Host, HostOptions, HttpCallResponse, Request, RequestOutcome, Vm};
+use serde_json::{json, Value};
+
+const RSA: &str = include_str!("../../filter/core/testdata/rsa.pem");
+const RSA_OTHER: &str = include_str!("../../filter/core/testdata/rsa-other.pem");
+
+fn idp_config(patch: Value) -> Vec<u8> {
+    let mut all = json!({"providers": [{
+        "name": "idp", "issuer": "https://idp.example/", "audiences": ["noetl"], "algorithms": ["RS256"],
+        "roles_claim": "roles",
+        "remote_jwks": {"cluster": "idp", "uri": "https://idp.example/keys.json", "timeout_ms": 1000}}]});
+    for (k, v) in patch.as_object().into_iter().flatten() {
+        all[k] = v.clone();
+    }
+    config(all)
+}
+
+fn host_with(options: HostOptions) -> Host {
+    Host::with_options(&filter(), options.env(SECRET_ENV, SECRET))
+}
+
+fn public_jwk(pem: &str, kid: &str) -> Value {
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    serde_json::to_value(jwk).unwrap()
+}
+
+fn keys(set: &[(&str, &str)]) -> HttpCallResponse {
+    HttpCallResponse::json(200, &json!({"keys": set.iter().map(|(pem, kid)| public_jwk(pem, kid)).collect::<Vec<_>>()}))
+}
+
+fn token(host: &Host, pem: &str, kid: &str) -> String {
+    let now = host.clock().now_secs();
+    let claims = json!({"iss": "https://idp.example/", "aud": "noetl", "sub": "idp|1", "roles": ["analyst"],
+                        "iat": now, "exp": now + 3600});
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+}
+
+fn catalog(token: &str) -> Request {
+    Request::get("/api/catalog/data/x").bearer(token)
+}
+
+/// The one JWK Set fetch the worker has sent.
+fn fetch(vm: &Vm) -> u32 {
+    let calls = vm.http_calls();
+    assert_eq!(calls.len(), 1, "one fetch: {calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.upstream, "idp");
+    assert_eq!(call.headers.get(":path").as_deref(), Some("/keys.json"));
+    assert_eq!(call.headers.get(":authority").as_deref(), Some("idp.example"));
+    call.token
+}
+
+fn reason(outcome: &RequestOutcome) -> String {
+    let response = outcome.local_response().unwrap_or_else(|| panic!("a local answer, not {outcome:?}"));
+    assert_eq!(response.status, 401);
+    response.body_json().unwrap()["reason"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn requests_before_the_first_fetch_is_answered_wait_for_it() {
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&idp_config(json!({}))).unwrap();
+    let first_fetch = fetch(&vm); // sent by the root context when the plugin was configured
+
+    let t = token(&host, RSA, "k1");
+    let mut waiting: Vec<u32> = (0..4).map(|_| vm.send_request(&catalog(&t)).unwrap()).map(|e| e.context_id).collect();
+    for ctx in &waiting {
+        assert_eq!(vm.outcome(*ctx), Some(RequestOutcome::Paused), "no keys yet: wait, not 401");
+    }
+    assert_eq!(vm.http_calls().len(), 1, "they wait for the fetch on its way, not fetch again");
+    let gone = waiting.pop().unwrap();
+    vm.finish(gone).unwrap(); // its client went away while it waited
+
+    vm.respond_http_call(first_fetch, keys(&[(RSA, "k1")])).unwrap();
+    for ctx in waiting {
+        let outcome = vm.outcome(ctx).unwrap();
+        let headers = outcome.forwarded_headers().unwrap_or_else(|| panic!("{outcome:?}"));
+        assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("idp|1"));
+    }
+    assert_eq!(host.metric("playbook_guard.allowed"), Some(3));
+}
+
+#[test]
+fn a_key_rotated_in_is_fetched_while_its_first_request_waits() {
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&idp_config(json!({}))).unwrap();
+    let first_fetch = fetch(&vm);
+    vm.respond_http_call(first_fetch, keys(&[(RSA, "k1")])).unwrap();
+    assert_eq!(vm.send_request(&catalog(&token(&host, RSA, "k1"))).unwrap().outcome.status(), Some(200));
+
+    // The issuer rotates in k2; past the refetch limit (10 s), its first token waits for a fetch
+    // that the root context sends at its next tick.
+    host.clock().advance(Duration::from_secs(11));
+    let rotated = token(&host, RSA_OTHER, "k2");
+    let waiter = vm.send_request(&catalog(&rotated)).unwrap();
+    assert_eq!(waiter.outcome, RequestOutcome::Paused);
+    assert_eq!(vm.tick_period(), Some(Duration::from_millis(1)), "the fetch goes at once");
+    host.clock().advance(Duration::from_millis(1));
+    vm.run_due_ticks().unwrap();
+    vm.respond_http_call(fetch(&vm), keys(&[(RSA, "k1"), (RSA_OTHER, "k2")])).unwrap();
+    assert_eq!(vm.outcome(waiter.context_id).unwrap().status(), Some(200));
+
+    // Right after a fetch, a kid it did not bring is answered at once: a flood of forged kids
+    // is not a flood of fetches, nor of held requests.
+    let forged = token(&host, RSA_OTHER, "k3");
+    assert_eq!(reason(&vm.send_request(&catalog(&forged)).unwrap().outcome), "unknown_key");
+    assert!(vm.http_calls().is_empty());
+    assert_eq!(vm.tick_period(), Some(Duration::from_secs(1)), "back to the slow JWKS tick");
+}
+
+#[test]
+fn a_fetch_that_fails_or_never_answers_ends_the_wait_with_a_401() {
+    let host = host_with(HostOptions::default());
+    let t = token(&host, RSA, "k1");
+
+    // Failed (a reset, a timeout): requests waiting for it are answered, and later ones at once.
+    let mut vm = host.configured_vm(&idp_config(json!({}))).unwrap();
+    let waiter = vm.send_request(&catalog(&t)).unwrap();
+    vm.fail_http_call(fetch(&vm)).unwrap();
+    assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+    assert_eq!(reason(&vm.send_request(&catalog(&t)).unwrap().outcome), "keys_unavailable");
+
+    // A non-2xx answer is a failed fetch too.
+    let mut vm = host.configured_vm(&idp_config(json!({}))).unwrap();
+    let waiter = vm.send_request(&catalog(&t)).unwrap();
+    vm.respond_http_call(fetch(&vm), HttpCallResponse::new(503, "busy")).unwrap();
+    assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+
+    // No answer at all (the host lost it): the wait ends after the fetch timeout and a grace.
+    let mut vm = host.configured_vm(&idp_config(json!({}))).unwrap();
+    let waiter = vm.send_request(&catalog(&t)).unwrap();
+    host.clock().advance(Duration::from_millis(2900));
+    vm.run_due_ticks().unwrap();
+    assert_eq!(vm.outcome(waiter.context_id), Some(RequestOutcome::Paused), "still within timeout + grace");
+    host.clock().advance(Duration::from_millis(200));
+    vm.run_due_ticks().unwrap();
+    assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+}
+
+#[test]
+fn a_body_route_waits_for_the_keys_then_decides_on_its_body() {
+    for held in [false, true] {
+        let host = host_with(HostOptions::default().allow_on_headers_stop_iteration(held));
+        let mut vm = host.configured_vm(&idp_config(json!({"hold_headers_for_body": held}))).unwrap();
+        let first_fetch = fetch(&vm);
+        let t = token(&host, RSA, "k1");
+        let allowed =
+            vm.send_request(&Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#).bearer(&t)).unwrap();
+        let denied =
+            vm.send_request(&Request::post("/api/run/playbook", r#"{"path": "system/wipe"}"#).bearer(&t)).unwrap();
+        assert_eq!(allowed.outcome, RequestOutcome::Paused);
+
+        vm.respond_http_call(first_fetch, keys(&[(RSA, "k1")])).unwrap();
+        match vm.outcome(allowed.context_id).unwrap() {
+            RequestOutcome::Forwarded { headers, body } => {
+                assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"), "held: {held}");
+                assert_eq!(body, br#"{"path": "data/etl"}"#);
+            }
+            other => panic!("held: {held}: {other:?}"),
+        }
+        let response = vm.outcome(denied.context_id).unwrap();
+        assert_eq!(response.status(), Some(403), "held: {held}");
+    }
+}

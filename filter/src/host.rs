@@ -232,16 +232,7 @@ impl Driver<'_> {
         match step {
             Step::Verdict(verdict) => self.apply(ctx, verdict),
             Step::Session(pending) => self.session(ctx, pending, now_ms),
-            Step::AwaitKeys => {
-                let timeout_ms = self.guard.verifier().remote_sources().map(|s| s.timeout_ms).max().unwrap_or(0);
-                let mut worker = self.worker.borrow_mut();
-                if let Some(r) = worker.requests.get_mut(&ctx) {
-                    r.state = State::Keys { until_ms: now_ms + timeout_ms + KEYS_GRACE_MS };
-                }
-                worker.awaiting_keys.push(ctx);
-                worker.set_tick(FETCH_NOW);
-                Action::Pause
-            }
+            Step::AwaitKeys => self.await_keys(ctx, now_ms),
             Step::ReadBody(pending) => {
                 let body_done = self.with_request(ctx, |r| r.body_done).flatten();
                 if let Some(size) = body_done {
@@ -290,6 +281,19 @@ impl Driver<'_> {
         self.advance(ctx, step, now_ms)
     }
 
+    /// Parks a request until a JWK Set fetch ends; the root context sends the fetch at its
+    /// next tick, which this makes come at once.
+    fn await_keys(&self, ctx: u32, now_ms: u64) -> Action {
+        let timeout_ms = self.guard.verifier().remote_sources().map(|s| s.timeout_ms).max().unwrap_or(0);
+        let mut worker = self.worker.borrow_mut();
+        if let Some(r) = worker.requests.get_mut(&ctx) {
+            r.state = State::Keys { until_ms: now_ms + timeout_ms + KEYS_GRACE_MS };
+        }
+        worker.awaiting_keys.push(ctx);
+        worker.set_tick(FETCH_NOW);
+        Action::Pause
+    }
+
     /// Decides again the heads of the requests waiting for JWK Sets: all of them once a fetch
     /// has ended (`all`), else those that waited past their deadline.
     fn recheck_keys(&self, all: bool, now_ms: u64) {
@@ -306,7 +310,15 @@ impl Driver<'_> {
             due
         };
         for ctx in due {
-            if !matches!(self.take_state(ctx), State::Keys { .. }) || hostcalls::set_effective_context(ctx).is_err() {
+            match self.take_state(ctx) {
+                State::Keys { .. } => {}
+                other => {
+                    self.set_state(ctx, other);
+                    continue;
+                }
+            }
+            if hostcalls::set_effective_context(ctx).is_err() {
+                // The client went away while waiting.
                 self.worker.borrow_mut().requests.remove(&ctx);
                 continue;
             }

@@ -1,10 +1,10 @@
 //! The proxy-wasm glue: I/O only. Every decision is the core's.
 //!
-//! A request that waits (for its body, or for a session callout) keeps its state in the
-//! worker's [`Worker`] table rather than in its own context object, because it may be resumed
-//! from another context: the request that owns a callout resumes every request on this worker
-//! waiting for the same session, and the root context's tick resumes requests waiting for a
-//! callout owned by another worker. Every action on a request first makes it the effective
+//! A request that waits (for its body, a session callout or a JWK Set fetch) keeps its state
+//! in the worker's [`Worker`] table rather than in its own context object, because it may be
+//! resumed from another context: the request that owns a callout resumes every request on this
+//! worker waiting for the same session, and the root context resumes requests waiting for a
+//! callout owned by another worker (at its tick) and for the JWK Sets it fetches. Every action on a request first makes it the effective
 //! context, so it does not matter whose callback is running.
 
 use std::cell::RefCell;
@@ -102,8 +102,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Ticks fast while requests wait for another worker's callout, slowly while remote JWK
-    /// Sets need refreshing, not at all otherwise.
+    /// Ticks fast while requests wait for another worker's callout or for a JWK Set fetch
+    /// (whose deadlines the tick checks), slowly while remote JWK Sets need refreshing, not at
+    /// all otherwise.
     fn retick(&mut self, remote_jwks: bool) {
         let want = if !self.waiting.is_empty() || !self.awaiting_keys.is_empty() {
             TICK

@@ -292,6 +292,7 @@ impl Driver<'_> {
         }
         worker.awaiting_keys.push(ctx);
         worker.set_tick(FETCH_NOW);
+        Metrics::bump(self.metrics.jwks_waits);
         Action::Pause
     }
 
@@ -586,6 +587,7 @@ impl Driver<'_> {
                         "remote JWKS for providers[{}] could not be fetched ({status:?}): is there an Envoy cluster named {:?}?",
                         source.provider, source.cluster
                     );
+                    Metrics::bump(self.metrics.jwks_fetch_failed);
                     self.worker.borrow_mut().keys.remote.failed(source.provider);
                     self.recheck_keys(true, now_ms);
                 }
@@ -601,10 +603,17 @@ impl Driver<'_> {
         if status.is_some_and(|s| (200..300).contains(&s)) {
             let loaded = self.worker.borrow_mut().keys.remote.load(provider, &body, now_ms / 1000);
             match loaded {
-                Ok(count) => info!("remote JWKS for providers[{provider}]: {count} keys"),
-                Err(e) => warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had"),
+                Ok(count) => {
+                    Metrics::bump(self.metrics.jwks_fetch_success);
+                    info!("remote JWKS for providers[{provider}]: {count} keys");
+                }
+                Err(e) => {
+                    Metrics::bump(self.metrics.jwks_fetch_failed);
+                    warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had");
+                }
             }
         } else {
+            Metrics::bump(self.metrics.jwks_fetch_failed);
             warn!(
                 "remote JWKS for providers[{provider}]: no usable answer (status {status:?}); keeping the keys it had"
             );

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub sessions_evicted: Option<u32>,
     /// Sessions evicted by a logout route.
     pub logouts: Option<u32>,
+    /// Remote JWK Sets fetched and loaded.
+    pub jwks_fetch_success: Option<u32>,
+    /// Remote JWK Set fetches that failed (not sent, timeout, reset, non-2xx, unusable set).
+    pub jwks_fetch_failed: Option<u32>,
+    /// Requests that waited for a remote JWK Set fetch.
+    pub jwks_waits: Option<u32>,
 }
 
 thread_local! {
@@ -77,6 +83,9 @@ impl Metrics {
             coalesced_waits: counter("coalesced_waits"),
             sessions_evicted: counter("sessions_evicted"),
             logouts: counter("logouts"),
+            jwks_fetch_success: counter("jwks_fetch_success"),
+            jwks_fetch_failed: counter("jwks_fetch_failed"),
+            jwks_waits: counter("jwks_waits"),
         }
     }
 

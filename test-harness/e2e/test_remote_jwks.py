@@ -118,6 +118,7 @@ def test_requests_wait_for_a_slow_first_fetch(start_envoy, slow_jwks_server):
     resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(token("rsa.pem", "k1")))
     assert resp.status == 200, (resp.status, resp.body)
     assert resp.json()["headers"]["x-noetl-user-id"] == "idp|1"
+    assert envoy.counter("jwks_waits") >= 1 and envoy.counter("jwks_fetch_success") >= 1
     waited = time.monotonic() - started
     print(f"first request after start: {waited * 1000:.0f} ms, JWKS fetches: {state['fetches']}")
 

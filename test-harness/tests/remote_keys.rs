@@ -95,6 +95,8 @@ fn requests_before_the_first_fetch_is_answered_wait_for_it() {
         assert_eq!(headers.get("x-noetl-user-id").as_deref(), Some("idp|1"));
     }
     assert_eq!(host.metric("playbook_guard.allowed"), Some(3));
+    assert_eq!(host.metric("playbook_guard.jwks_waits"), Some(4));
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_success"), Some(1));
 }
 
 #[test]
@@ -152,6 +154,8 @@ fn a_fetch_that_fails_or_never_answers_ends_the_wait_with_a_401() {
     host.clock().advance(Duration::from_millis(200));
     vm.run_due_ticks().unwrap();
     assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_failed"), Some(2), "the reset and the 503");
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_success"), Some(0));
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn strip_prefix<'v>(value: &'v str, prefix: Option<&Prefix>) -> Option<&'v str> 
     let rest = match prefix {
         None => value,
         Some(Prefix::Scheme(scheme)) => {
-            let value = value.trim_start();
+            let value = trim_ows(value);
             let (got, rest) = value.split_once([' ', '\t'])?;
             if !got.eq_ignore_ascii_case(scheme) {
                 return None;
@@ -101,16 +101,25 @@ fn strip_prefix<'v>(value: &'v str, prefix: Option<&Prefix>) -> Option<&'v str> 
             value.get(literal.len()..)?
         }
     };
-    let token = rest.trim();
+    let token = trim_ows(rest);
     (!token.is_empty()).then_some(token)
+}
+
+/// `s` without the whitespace HTTP allows around a value (RFC 9110 section 5.6.3: spaces and
+/// tabs, nothing else: any other byte belongs to the token, which then fails to verify).
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
 }
 
 /// The value of cookie `name` in one `Cookie` header (`a=1; session_token=xyz`).
 fn cookie_value<'v>(header: &'v str, name: &str) -> Option<&'v str> {
     header.split(';').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        let v = v.trim().trim_matches('"');
-        (k.trim() == name && !v.is_empty()).then_some(v)
+        let v = trim_ows(v);
+        // RFC 6265 allows a value wrapped in one pair of double quotes; a lone or extra quote
+        // is part of the value (and then no token), never silently dropped.
+        let v = v.strip_prefix('"').and_then(|inner| inner.strip_suffix('"')).unwrap_or(v);
+        (trim_ows(k) == name && !v.is_empty()).then_some(v)
     })
 }
 
@@ -151,9 +160,12 @@ mod tests {
     #[test]
     fn session_header_and_cookie() {
         let s = defaults();
-        assert_eq!(s.find(&h(&[("x-session-token", " b ")])), Some(("b", 1)));
+        assert_eq!(s.find(&h(&[("x-session-token", " b\t")])), Some(("b", 1)));
+        assert_eq!(s.find(&h(&[("x-session-token", "b\u{a0}")])), Some(("b\u{a0}", 1)), "only spaces and tabs");
         assert_eq!(s.find(&h(&[("cookie", "a=1; session_token=c; z=2")])), Some(("c", 2)));
         assert_eq!(s.find(&h(&[("cookie", "a=1"), ("cookie", "session_token=\"c\"")])), Some(("c", 2)));
+        assert_eq!(s.find(&h(&[("cookie", "session_token=\"c")])), Some(("\"c", 2)), "a lone quote stays");
+        assert_eq!(s.find(&h(&[("cookie", "session_token=\"\"c\"\"")])), Some(("\"c\"", 2)), "one pair only");
         assert_eq!(s.find(&h(&[("cookie", "Session_Token=c")])), None, "cookie names are case-sensitive");
         assert_eq!(s.find(&h(&[("cookie", "session_token=")])), None);
         assert_eq!(s.find(&h(&[("cookie", "garbage;;=;")])), None);

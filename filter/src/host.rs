@@ -81,6 +81,9 @@ struct Request {
 struct Callout {
     session: String,
     owner: u32,
+    /// The deadline of the claim it was sent under: the claim is still this callout's while
+    /// the session's mark says so.
+    claim_until_ms: u64,
 }
 
 /// Per-worker state, shared by the root context and every request context of the worker.
@@ -395,7 +398,7 @@ impl Driver<'_> {
                         self.advance(ctx, step, now_ms)
                     }
                     SessionStep::Miss(pending) => {
-                        self.dispatch(ctx, pending, record.map(|r| r.entry).or(stale), now_ms)
+                        self.dispatch(ctx, pending, record.map(|r| r.entry).or(stale), until_ms, now_ms)
                     }
                 }
             }
@@ -414,7 +417,14 @@ impl Driver<'_> {
         }
     }
 
-    fn dispatch(&self, ctx: u32, pending: Pending, stale: Option<SessionEntry>, now_ms: u64) -> Action {
+    fn dispatch(
+        &self,
+        ctx: u32,
+        pending: Pending,
+        stale: Option<SessionEntry>,
+        claim_until_ms: u64,
+        now_ms: u64,
+    ) -> Action {
         let key = pending.session_key().to_owned();
         let Some(req) = self.guard.callout(&pending) else {
             return self.failed(ctx, pending, stale.as_ref(), now_ms);
@@ -431,7 +441,7 @@ impl Driver<'_> {
         match sent {
             Ok(token) => {
                 let mut worker = self.worker.borrow_mut();
-                worker.callouts.insert(token, Callout { session: key, owner: ctx });
+                worker.callouts.insert(token, Callout { session: key, owner: ctx, claim_until_ms });
                 if let Some(r) = worker.requests.get_mut(&ctx) {
                     r.state = State::Calling { pending };
                 }
@@ -486,7 +496,15 @@ impl Driver<'_> {
                     Metrics::bump(self.metrics.sessions_evicted);
                     debug!("session {} evicted to make room", short(&evicted));
                 }
-                store::finish(&key, now_ms, None);
+                // A logout while this callout was in flight took its claim away: the answer
+                // predates the logout and must not outlive it in the cache. (Checked after the
+                // store, so a logout between the two is caught too.)
+                if store::mark(&key, now_ms) == Some(Mark::Fetching { until_ms: callout.claim_until_ms }) {
+                    store::finish(&key, now_ms, None);
+                } else {
+                    store::remove_session(&key);
+                    debug!("session {}: its claim was taken (logout) while the callout ran; not cached", short(&key));
+                }
             }
             Err(failure) => self.callout_failed(&key, failure, now_ms),
         }
@@ -783,6 +801,9 @@ impl HttpContext for GuardHttp {
                 .is_some_and(|s| (200..300).contains(&s));
             if ok {
                 store::remove_session(&key);
+                // A callout for this session in flight now answered for it as it was before the
+                // logout: take its claim, so that answer is not stored.
+                store::finish(&key, self.now_ms(), None);
                 Metrics::bump(self.metrics.logouts);
                 info!("logout: session {} evicted", short(&key));
             }

@@ -397,6 +397,31 @@ fn logout_evicts_the_session_on_every_worker() {
 }
 
 #[test]
+fn a_logout_during_a_callout_is_not_undone_by_its_answer() {
+    let host = host();
+    let mut vms = host.workers(2, &default_config()).unwrap();
+    let t = token(&host, "s-1");
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+
+    // The logout passes the cache just before the entry goes stale...
+    host.clock().advance(Duration::from_secs(TTL - 1));
+    let logout = vms[1].send_request(&Request::post("/api/auth/logout", "").bearer(&t)).unwrap();
+    assert_eq!(status(&logout.outcome), Some(200));
+    // ...and while the upstream logs the session out, a request finds the entry stale and asks
+    // the service, which still calls the session valid.
+    host.clock().advance(Duration::from_secs(1));
+    let asking = vms[0].send_request(&catalog(&t, "data/x")).unwrap();
+    let call = vms[0].http_calls().pop().expect("a callout");
+    vms[1].on_response_headers(logout.context_id, &[(":status", "200")], true).unwrap();
+    vms[0].respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    assert_eq!(status(&vms[0].outcome(asking.context_id).unwrap()), Some(200), "it asked before the logout");
+
+    // That answer predates the logout: it is not cached, and the next request asks again.
+    assert_eq!(vms[1].send_request(&catalog(&t, "data/x")).unwrap().outcome, RequestOutcome::Paused);
+    assert_eq!(vms[1].http_calls().len(), 1);
+}
+
+#[test]
 fn an_unknown_cluster_fails_at_once_with_a_clear_log_line() {
     let host = host_with(HostOptions::default().clusters(&["somewhere-else"]));
     let mut vm = host.configured_vm(&default_config()).unwrap();

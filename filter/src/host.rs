@@ -64,6 +64,27 @@ enum State {
     Keys { until_ms: u64 },
 }
 
+impl State {
+    /// The pending decision of a request waiting for another request's session callout (or,
+    /// with `own`, for its own), leaving it `Open`; any other state is left as it is.
+    fn take_session_wait(&mut self, own: bool) -> Option<Pending> {
+        match std::mem::take(self) {
+            State::Waiting { pending } => Some(pending),
+            State::Calling { pending } if own => Some(pending),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Whether the request waited for a JWK Set fetch, leaving it `Open`; any other state is
+    /// left as it is.
+    fn take_keys_wait(&mut self) -> Option<()> {
+        matches!(self, State::Keys { .. }).then(|| *self = State::Open)
+    }
+}
+
 /// One request of this worker.
 #[derive(Debug, Default)]
 struct Request {
@@ -315,21 +336,23 @@ impl Driver<'_> {
             due
         };
         for ctx in due {
-            match self.take_state(ctx) {
-                State::Keys { .. } => {}
-                other => {
-                    self.set_state(ctx, other);
-                    continue;
-                }
-            }
-            if hostcalls::set_effective_context(ctx).is_err() {
-                // The client went away while waiting.
-                self.worker.borrow_mut().requests.remove(&ctx);
-                continue;
-            }
-            if self.decide_head(ctx, now_ms) == Action::Continue {
-                let _ = hostcalls::resume_http_request();
-            }
+            self.carry_on(ctx, State::take_keys_wait, |()| self.decide_head(ctx, now_ms));
+        }
+    }
+
+    /// Carries request `ctx` on from another context's callback: takes what it waits with if
+    /// `wanted` finds it waiting so (a request in another state is left as it was), makes it
+    /// the effective context, runs `step`, and resumes the request if `step` lets it go on. A
+    /// request whose client went away is forgotten.
+    fn carry_on<T>(&self, ctx: u32, wanted: impl FnOnce(&mut State) -> Option<T>, step: impl FnOnce(T) -> Action) {
+        let Some(taken) = self.with_request(ctx, |r| wanted(&mut r.state)).flatten() else { return };
+        if hostcalls::set_effective_context(ctx).is_err() {
+            // The client went away while waiting.
+            self.worker.borrow_mut().requests.remove(&ctx);
+            return;
+        }
+        if step(taken) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
         }
     }
 
@@ -522,31 +545,20 @@ impl Driver<'_> {
 
     /// Resumes one request (waiting or calling) with a callout's outcome.
     fn resume(&self, ctx: u32, answer: Result<&SessionEntry, &CalloutFailure>, now_ms: u64) {
-        let pending = match self.take_state(ctx) {
-            State::Waiting { pending } | State::Calling { pending } => pending,
-            other => {
-                self.set_state(ctx, other);
-                return;
-            }
-        };
-        if hostcalls::set_effective_context(ctx).is_err() {
-            // The client went away while waiting.
-            self.worker.borrow_mut().requests.remove(&ctx);
-            return;
-        }
-        let action = match answer {
-            Ok(entry) => {
-                let step = self.guard.on_answer(pending, entry);
-                self.advance(ctx, step, now_ms)
-            }
-            Err(_) => {
-                let stale = store::session(pending.session_key()).map(|r| r.entry);
-                self.failed(ctx, pending, stale.as_ref(), now_ms)
-            }
-        };
-        if action == Action::Continue {
-            let _ = hostcalls::resume_http_request();
-        }
+        self.carry_on(
+            ctx,
+            |state| state.take_session_wait(true),
+            |pending| match answer {
+                Ok(entry) => {
+                    let step = self.guard.on_answer(pending, entry);
+                    self.advance(ctx, step, now_ms)
+                }
+                Err(_) => {
+                    let stale = store::session(pending.session_key()).map(|r| r.entry);
+                    self.failed(ctx, pending, stale.as_ref(), now_ms)
+                }
+            },
+        );
     }
 
     /// Looks for answers to callouts owned by other workers, and takes over from owners that
@@ -652,15 +664,14 @@ impl Driver<'_> {
             ctx
         };
         let Some(ctx) = next else { return };
-        let State::Waiting { pending } = self.take_state(ctx) else { return };
-        if hostcalls::set_effective_context(ctx).is_err() {
-            self.worker.borrow_mut().requests.remove(&ctx);
-            return;
-        }
-        let stale = store::session(key).map(|r| r.entry);
-        if self.refresh(ctx, pending, stale, now_ms) == Action::Continue {
-            let _ = hostcalls::resume_http_request();
-        }
+        self.carry_on(
+            ctx,
+            |state| state.take_session_wait(false),
+            |pending| {
+                let stale = store::session(key).map(|r| r.entry);
+                self.refresh(ctx, pending, stale, now_ms)
+            },
+        );
     }
 }
 

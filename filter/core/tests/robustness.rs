@@ -70,21 +70,13 @@ fn seed() -> u64 {
 
 fn guard(validation: bool) -> Guard {
     let policy: Value = serde_yaml_ng::from_str(include_str!("../../../policies/noetl-default.yaml")).unwrap();
+    let mut routes: Vec<Value> = serde_json::from_str(include_str!("../testdata/routes.json")).unwrap();
+    routes.push(json!({"match": {"glob": "/api/playbooks/**/run"},
+                       "authorize": {"permission": "execute", "playbook": {"path_capture": true}}}));
     let mut cfg = json!({
         "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
                        "algorithms": ["HS256"], "secret_env": "S", "roles_claim": "roles"}],
-        "routes": [
-            {"match": {"prefix": "/api/auth/"}, "public": true},
-            {"match": {"methods": ["POST"], "path": "/graphql"},
-             "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
-            {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
-             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
-            {"match": {"prefix": "/api/catalog/"},
-             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
-            {"match": {"glob": "/api/playbooks/**/run"},
-             "authorize": {"permission": "execute", "playbook": {"path_capture": true}}},
-            {"match": {"path": "/api/me"}, "authenticate": true}
-        ],
+        "routes": routes,
         "policy": policy,
     });
     if validation {

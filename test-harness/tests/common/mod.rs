@@ -34,16 +34,7 @@ pub fn config(patch: Value) -> Vec<u8> {
     let mut cfg = json!({
         "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
                        "algorithms": ["HS256"], "secret_env": SECRET_ENV, "roles_claim": "https://noetl.io/roles"}],
-        "routes": [
-            {"match": {"prefix": "/api/auth/"}, "public": true},
-            {"match": {"methods": ["POST"], "path": "/graphql"},
-             "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
-            {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
-             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
-            {"match": {"prefix": "/api/catalog/"},
-             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
-            {"match": {"path": "/api/me"}, "authenticate": true}
-        ],
+        "routes": serde_json::from_str::<Value>(include_str!("../../../filter/core/testdata/routes.json")).unwrap(),
         "policy": policy()
     });
     for (k, v) in patch.as_object().unwrap() {

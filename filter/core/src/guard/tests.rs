@@ -8,21 +8,17 @@ const NOW: u64 = 1_800_000_000;
 const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
 
+/// The routes every test configuration starts from (shared with the harness tests).
+fn routes() -> Value {
+    serde_json::from_str(include_str!("../../testdata/routes.json")).unwrap()
+}
+
 fn config(patch: Value) -> Value {
     let policy: Value = serde_yaml_ng::from_str(POLICY).unwrap();
     let mut cfg = json!({
         "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
                        "algorithms": ["HS256"], "secret_env": "SECRET", "roles_claim": "https://noetl.io/roles"}],
-        "routes": [
-            {"match": {"prefix": "/api/auth/"}, "public": true},
-            {"match": {"methods": ["POST"], "path": "/graphql"},
-             "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
-            {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
-             "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
-            {"match": {"prefix": "/api/catalog/"},
-             "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}},
-            {"match": {"path": "/api/me"}, "authenticate": true}
-        ],
+        "routes": routes(),
         "policy": policy
     });
     for (k, v) in patch.as_object().unwrap() {

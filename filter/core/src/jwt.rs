@@ -548,8 +548,10 @@ impl RemoteKeys {
         on_its_way || !recently
     }
 
-    /// Whether any fetch is on its way (its answer not yet loaded or failed) at `now`.
-    pub fn fetching(&self, now: u64) -> bool {
+    /// Whether any fetch is on its way (its answer not yet loaded or failed) at `now`. Only
+    /// the tests ask: the host learns a fetch's end from its answer.
+    #[cfg(test)]
+    pub(crate) fn fetching(&self, now: u64) -> bool {
         self.in_flight.values().any(|until| now < *until)
     }
 

@@ -24,6 +24,7 @@ CLI = ROOT / "target" / "debug" / "playbook-guard"
 STANDIN = ROOT / "target" / "debug" / "validation-service"
 LISTEN = "http://127.0.0.1:10000"
 ADMIN = "http://127.0.0.1:9901"
+STANDIN_URL = "http://127.0.0.1:18081"
 
 
 def wait_for(url, what, proc, timeout=30):
@@ -42,12 +43,23 @@ def wait_for(url, what, proc, timeout=30):
 
 
 def status_of(path, token):
-    req = urllib.request.Request(LISTEN + path, headers={"Authorization": f"Bearer {token}"})
+    return status_with(path, {"Authorization": f"Bearer {token}"})
+
+
+def status_with(path, headers):
+    req = urllib.request.Request(LISTEN + path, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def noetl_login(user):
+    """A NoETL opaque session for `user`, from the stand-in's login (as NoETL's own login issues one)."""
+    req = urllib.request.Request(STANDIN_URL + "/api/auth/login", data=json.dumps(user).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())["session_token"]
 
 
 def mint(*args):
@@ -98,7 +110,16 @@ def main():
         print("The same token on a system playbook; denied (403):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {denied}")
         print(f"  -> {status_of('/api/catalog/system/reset', analyst)}\n")
-        stats = json.loads(urllib.request.urlopen("http://127.0.0.1:18081/_stats", timeout=5).read())
+        session = noetl_login({"user_id": 46, "email": "sam@example.com", "display_name": "Sam Analyst",
+                               "roles": ["analyst"]})
+        print("A NoETL session token (opaque: 32 hex characters, as NoETL's login issues them) for user 46,")
+        print("role analyst; only the validation service can vouch for it; allowed (200):")
+        print(f"  curl -i -H 'X-Session-Token: {session}' {allowed}")
+        print(f"  -> {status_with('/api/catalog/data/daily_load', {'X-Session-Token': session})}\n")
+        print("A token that is neither a JWT nor NoETL-shaped; refused without asking NoETL (401 malformed):")
+        print(f"  curl -i -H 'X-Session-Token: let-me-in' {allowed}")
+        print(f"  -> {status_with('/api/catalog/data/daily_load', {'X-Session-Token': 'let-me-in'})}\n")
+        stats = json.loads(urllib.request.urlopen(STANDIN_URL + "/_stats", timeout=5).read())
         print(f"Validation callouts for that session so far: {stats['sessions'].get('demo-analyst', 0)}"
               " (then answered from the cache for 300 s)\n")
         print("More tokens (sessions: demo-developer, demo-viewer, demo-admin, demo-revoked):")

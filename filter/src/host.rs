@@ -302,7 +302,12 @@ impl Driver<'_> {
             .collect();
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let step = self.guard.on_request_headers_cached(&head, now_ms / 1000, &mut self.worker.borrow_mut().keys);
+        let (step, tokens) = {
+            let keys = &mut self.worker.borrow_mut().keys;
+            let step = self.guard.on_request_headers_cached(&head, now_ms / 1000, keys);
+            (step, keys.tokens.take())
+        };
+        self.metrics.count_tokens(tokens);
         self.advance(ctx, step, now_ms)
     }
 

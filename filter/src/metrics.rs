@@ -1,6 +1,7 @@
 //! The filter's stats, as Envoy shows them: `wasmcustom.playbook_guard.<name>` at `/stats`
 //! and `/stats/prometheus`.
 
+use crate::core::jwt::TokenTally;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -45,6 +46,12 @@ pub struct Metrics {
     pub jwks_fetch_failed: Option<u32>,
     /// Requests that waited for a remote JWK Set fetch.
     pub jwks_waits: Option<u32>,
+    /// Requests whose token was a JWT (verified locally).
+    pub tokens_jwt: Option<u32>,
+    /// Requests whose token was an opaque session token of the configured shape.
+    pub tokens_opaque: Option<u32>,
+    /// Requests whose token was neither: 401 `malformed`, no callout.
+    pub tokens_unrecognised: Option<u32>,
 }
 
 thread_local! {
@@ -86,14 +93,29 @@ impl Metrics {
             jwks_fetch_success: counter("jwks_fetch_success"),
             jwks_fetch_failed: counter("jwks_fetch_failed"),
             jwks_waits: counter("jwks_waits"),
+            tokens_jwt: counter("tokens_jwt"),
+            tokens_opaque: counter("tokens_opaque"),
+            tokens_unrecognised: counter("tokens_unrecognised"),
         }
     }
 
     /// Adds one to a counter.
     pub fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+        Metrics::add(id, 1);
+    }
+
+    /// Adds `n` to a counter (no host call for 0).
+    pub fn add(id: Option<u32>, n: u32) {
+        if let (Some(id), 1..) = (id, n) {
+            let _ = hostcalls::increment_metric(id, i64::from(n));
         }
+    }
+
+    /// Adds the token kinds the core counted since the last call.
+    pub fn count_tokens(&self, tally: TokenTally) {
+        Metrics::add(self.tokens_jwt, tally.jwt);
+        Metrics::add(self.tokens_opaque, tally.opaque);
+        Metrics::add(self.tokens_unrecognised, tally.unrecognised);
     }
 
     /// Publishes the active policy version as the gauge

@@ -159,9 +159,15 @@ def plugin_config(with_validation=False, **overrides):
     ).stdout
     config = json.loads(out)
     if not with_validation:
-        config.pop("validation", None)
+        config = without_validation(config)
     config.update(overrides)
     return config
+
+
+def without_validation(config):
+    """`config` without its validation service (roles then come from the token), and so without
+    opaque session tokens, which only that service can vouch for."""
+    return {k: v for k, v in config.items() if k not in ("validation", "opaque_tokens", "opaque_token_shape")}
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +243,7 @@ def validation_service(tmp_path_factory):
         "s-analyst": {"user_id": 42, "email": "ada@example.com", "display_name": "Ada", "roles": ["analyst"]},
         "s-developer": {"user_id": "43", "email": "lin@example.com", "display_name": "Lin", "roles": ["developer"]},
         "s-revoked": {"user_id": 44, "valid": False},
-        "noetl-opaque-session-1": {"user_id": 45, "email": "op@example.com", "roles": ["viewer"]},
+        "0cc175b9c0f1b6a831c399e269772661": {"user_id": 45, "email": "op@example.com", "roles": ["viewer"]},
         **{f"s-burst-{i}": {"user_id": 100 + i, "roles": ["analyst"]} for i in range(1, 10)},
         **{f"s-many-{i}": {"user_id": 200 + i, "roles": ["analyst"]} for i in range(60)},
     }))

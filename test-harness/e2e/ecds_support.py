@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jwt
 
-from conftest import CLI, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready
+from conftest import CLI, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready, without_validation
 
 FILTER = "playbook-guard"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER}."
@@ -41,8 +41,7 @@ def filter_config(tmp):
     updates, so roles come from the token (as conftest's plugin_config does)."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "envoy" / "filter-config.yaml").read_text())
-    config.pop("validation", None)
+    config = without_validation(yaml.safe_load((ROOT / "envoy" / "filter-config.yaml").read_text()))
     path = Path(tmp) / "filter-config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ENVOY, ROOT, SECRET, WASM, http
+from conftest import ENVOY, ROOT, SECRET, WASM, http, without_validation
 from ecds_support import EcdsEnvoy, cli, hs_token
 
 ENVOY_DIR = ROOT / "envoy"
@@ -149,8 +149,7 @@ def test_kubernetes_sidecar_serves_decisions(tmp_path, upstream):
     config = ecds["resources"][0]["typed_config"]["config"]
     config["vm_config"]["code"]["local"]["filename"] = str(WASM)
     # No NoETL server here: roles come from the token instead of the validation service.
-    plugin = json.loads(config["configuration"]["value"])
-    plugin.pop("validation", None)
+    plugin = without_validation(json.loads(config["configuration"]["value"]))
     config["configuration"]["value"] = json.dumps(plugin)
     envoy.ecds_path.write_text(json.dumps(ecds))
     clusters = {c["name"] for c in boot["static_resources"]["clusters"]}
@@ -171,7 +170,7 @@ def test_istio_plugin_config_serves_decisions(start_envoy):
     assert spec["failStrategy"] == "FAIL_CLOSE"
     assert spec["vmConfig"]["env"] == [{"name": "PLAYBOOK_GUARD_HS256_SECRET", "valueFrom": "HOST"}]
     # No NoETL server here: roles come from the token instead of the validation service.
-    plugin = {k: v for k, v in spec["pluginConfig"].items() if k != "validation"}
+    plugin = without_validation(spec["pluginConfig"])
     envoy = start_envoy(plugin, stop_iteration=False)
     assert http(envoy.url + "/api/catalog/data/daily_load", headers=ANALYST).status == 200
     assert http(envoy.url + "/api/catalog/system/reset", headers=ANALYST).status == 403

@@ -93,7 +93,7 @@ def test_bad_tokens_never_reach_the_service(venvoy, service):
 
 
 def test_opaque_session_tokens(venvoy, service):
-    resp = http(venvoy.url + "/api/catalog/data/x", headers={"X-Session-Token": "noetl-opaque-session-1"})
+    resp = http(venvoy.url + "/api/catalog/data/x", headers={"X-Session-Token": "0cc175b9c0f1b6a831c399e269772661"})
     assert resp.status == 200
     assert resp.json()["headers"]["x-noetl-user-id"] == "45"
 

@@ -3,7 +3,8 @@
 //! `POST <path>` with `{"session_token": "...", "credential": "pg_auth"}` answers as NoETL's
 //! server does: `{"status": "ok", "valid": true, "user": {...}, "expires_at": "...", "error": null}`.
 //! Sessions come from a YAML or JSON file keyed by token or by `sid`; for a JWT the `sid` claim
-//! is read from the (unverified) payload. Calls are counted per session (`GET /_stats`), and
+//! is read from the (unverified) payload. `POST /api/auth/login` issues a NoETL-shaped opaque
+//! session (32 lowercase hex characters) for the user in its body. Calls are counted per session (`GET /_stats`), and
 //! `POST /_control` makes the service fail, stall or answer garbage, so a test can drive the
 //! filter's failure modes. A plain HTTP/1.1 server on `std::net`, bound to 127.0.0.1 only.
 
@@ -346,10 +347,61 @@ fn handle(state: &mut State, method: &str, target: &str, body: &[u8]) -> Respons
             }
             Err(e) => Response::json(400, &json!({"error": e.to_string()})),
         },
+        ("POST", LOGIN_PATH) => login(state, body),
         ("POST", p) if p == state.path => validate(state, body),
         (_, p) if p == state.path => Response::json(405, &json!({"error": "use POST"})),
         _ => Response::json(404, &json!({"error": "not found"})),
     }
+}
+
+/// Where the stand-in issues sessions, as NoETL's login does.
+pub const LOGIN_PATH: &str = "/api/auth/login";
+
+/// How long an issued session lasts: NoETL's sessions last 24 hours.
+const SESSION_SECS: u64 = 24 * 3600;
+
+/// Issues an opaque session the way NoETL's login does once it has checked the user: a token of
+/// `md5(random()::text || clock_timestamp()::text)`'s shape (32 lowercase hex characters) that
+/// the validation API then vouches for. The body is the session to create
+/// (`{"user_id": 42, "roles": ["analyst"], ...}`); NoETL takes it from the verified ID token.
+fn login(state: &mut State, body: &[u8]) -> Response {
+    let mut session: Session = match serde_json::from_slice(body) {
+        Ok(session) => session,
+        Err(e) => return Response::json(422, &json!({"detail": [{"msg": e.to_string()}]})),
+    };
+    let Some(token) = random_hex_128() else {
+        return Response::json(500, &json!({"status": "error", "error": "no randomness"}));
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    session.expires_at.get_or_insert_with(|| postgres_timestamp(now + SESSION_SECS));
+    let answer = json!({"status": "ok", "session_token": token, "expires_at": session.expires_at,
+                        "user": {"user_id": session.user_id, "email": session.email,
+                                 "display_name": session.display_name, "roles": session.roles}});
+    state.sessions.insert(token, session);
+    Response::json(200, &answer)
+}
+
+/// 128 random bits as 32 lowercase hex characters (the length and alphabet of an MD5 digest).
+fn random_hex_128() -> Option<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `secs` since the epoch as PostgreSQL prints a `timestamptz` in UTC (`2026-01-15 10:00:00+00`).
+fn postgres_timestamp(secs: u64) -> String {
+    // Days to a civil date: Howard Hinnant's `civil_from_days`, for the proleptic Gregorian calendar.
+    let days = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
+    let (era, day_of_era) = (days.div_euclid(146_097), days.rem_euclid(146_097));
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let rest = secs % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}+00", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 fn validate(state: &mut State, body: &[u8]) -> Response {
@@ -470,6 +522,38 @@ mod tests {
         assert_eq!(s.stats.sessions.get("unknown"), Some(&1));
         let stats = body(&handle(&mut s, "GET", "/_stats", b""));
         assert_eq!(stats["total"], 4);
+    }
+
+    #[test]
+    fn login_issues_noetl_shaped_sessions_that_then_validate() {
+        let mut s = state();
+        let r =
+            handle(&mut s, "POST", LOGIN_PATH, br#"{"user_id": 9, "email": "op@example.com", "roles": ["viewer"]}"#);
+        assert_eq!(r.status, 200);
+        let issued = body(&r);
+        let token = issued["session_token"].as_str().unwrap().to_owned();
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
+        let expires_at = issued["expires_at"].as_str().unwrap();
+        assert!(is_postgres_utc(expires_at), "{expires_at}");
+        let answer = body(&handle(&mut s, "POST", "/v", json!({"session_token": token}).to_string().as_bytes()));
+        assert_eq!((answer["valid"].clone(), answer["user"]["roles"].clone()), (json!(true), json!(["viewer"])));
+        assert_eq!(answer["expires_at"], issued["expires_at"]);
+        let other = body(&handle(&mut s, "POST", LOGIN_PATH, br#"{"user_id": 9}"#));
+        assert_ne!(other["session_token"], issued["session_token"], "each login is a new session");
+        assert_eq!(handle(&mut s, "POST", LOGIN_PATH, br#"{"roles": []}"#).status, 422);
+    }
+
+    fn is_postgres_utc(s: &str) -> bool {
+        s.len() == 22 && s.ends_with("+00") && s.as_bytes().get(10) == Some(&b' ')
+    }
+
+    #[test]
+    fn postgres_timestamps_match_the_calendar() {
+        assert_eq!(postgres_timestamp(0), "1970-01-01 00:00:00+00");
+        assert_eq!(postgres_timestamp(951_782_400), "2000-02-29 00:00:00+00");
+        assert_eq!(postgres_timestamp(1_768_471_200), "2026-01-15 10:00:00+00");
+        assert_eq!(postgres_timestamp(4_107_542_399), "2100-02-28 23:59:59+00");
     }
 
     #[test]

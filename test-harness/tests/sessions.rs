@@ -435,10 +435,12 @@ fn opaque_tokens_are_vouched_for_by_the_service() {
     let host = host();
     let cfg = vconfig(json!({"cluster": "noetl"}), json!({"opaque_tokens": true}));
     let mut vm = host.configured_vm(&cfg).unwrap();
-    let request = Request::get("/api/catalog/data/x").header("x-session-token", "noetl-opaque-session-1");
+    // NoETL's sessions are `md5(random()::text || clock_timestamp()::text)`: 32 lowercase hex.
+    let session = "0cc175b9c0f1b6a831c399e269772661";
+    let request = Request::get("/api/catalog/data/x").header("x-session-token", session);
     let exchange = vm.send_request(&request).unwrap();
     let call = vm.http_calls().pop().unwrap();
-    assert_eq!(call.body_json().unwrap()["session_token"], "noetl-opaque-session-1");
+    assert_eq!(call.body_json().unwrap()["session_token"], session);
     vm.respond_http_call(call.token, answer(&["analyst"])).unwrap();
     let outcome = vm.outcome(exchange.context_id).unwrap();
     assert_eq!(outcome.forwarded_headers().unwrap().get("x-noetl-user-id").as_deref(), Some("7"));

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::opaque::OpaqueShapeConfig;
 use crate::policy::PolicyDocument;
 
 /// A configuration error: the field path it is about and what is wrong.
@@ -77,6 +78,7 @@ pub enum Mode {
 ///
 /// # Defaults
 /// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
+/// `opaque_token_shape`: NoETL's 32 lowercase hex characters,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
 /// `allow_cors_preflight: true`, `hold_headers_for_body: false`, `jwt_cache_size: 1000`, the
 /// `x-noetl-user-*` header names.
@@ -92,6 +94,10 @@ pub struct PluginConfig {
     /// Accept tokens that are not JWTs (only the validation service can vouch for them).
     #[serde(default)]
     pub opaque_tokens: bool,
+    /// What an opaque token must look like to be sent to the validation service (with
+    /// `opaque_tokens`); any other token that is not a JWT is refused without a callout.
+    #[serde(default)]
+    pub opaque_token_shape: OpaqueShapeConfig,
     /// Leeway for `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_secs: u64,

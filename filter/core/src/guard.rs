@@ -23,8 +23,10 @@ use std::fmt::Write as _;
 
 use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
 use crate::jwt::{
-    token_digest, token_kind, AuthError, RemoteKeys, TokenKind, VerifiedToken, VerifiedTokens, Verifier, VerifierState,
+    token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, VerifiedToken, VerifiedTokens, Verifier,
+    VerifierState,
 };
+use crate::opaque::OpaqueShape;
 use crate::path::{normalize_request_path, PlaybookPath};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
@@ -140,7 +142,8 @@ impl Pending {
 pub struct Guard {
     mode: Mode,
     tokens: TokenSources,
-    opaque_tokens: bool,
+    /// With `opaque_tokens`, the shape a non-JWT token needs for the service to be asked.
+    opaque: Option<OpaqueShape>,
     verifier: Verifier,
     validator: Option<Validator>,
     routes: Routes,
@@ -192,10 +195,14 @@ impl Guard {
         for name in [&mut headers.user_id, &mut headers.email, &mut headers.display_name, &mut headers.roles] {
             *name = name.to_ascii_lowercase();
         }
+        let opaque = match cfg.opaque_tokens {
+            true => Some(OpaqueShape::compile(&cfg.opaque_token_shape).map_err(|e| e.within("opaque_token_shape"))?),
+            false => None,
+        };
         Ok(Guard {
             mode: cfg.mode,
             tokens: TokenSources::compile(&cfg.token_sources).map_err(|e| e.within("token_sources"))?,
-            opaque_tokens: cfg.opaque_tokens,
+            opaque,
             verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env).map_err(|e| e.within("providers"))?,
             validator,
             routes: Routes::compile(&cfg.routes, cfg.default_action, cfg.max_body_bytes)
@@ -240,7 +247,11 @@ impl Guard {
     /// tokens, no remote JWK Sets yet), for [`Guard::on_request_headers_cached`]. Make a new one
     /// when the configuration changes: keys may have.
     pub fn verifier_state(&self) -> VerifierState {
-        VerifierState { verified: VerifiedTokens::new(self.jwt_cache_size), remote: RemoteKeys::default() }
+        VerifierState {
+            verified: VerifiedTokens::new(self.jwt_cache_size),
+            remote: RemoteKeys::default(),
+            tokens: TokenTally::default(),
+        }
     }
 
     /// The JWT verifier (for the remote JWK Sets it needs).
@@ -364,6 +375,10 @@ impl Guard {
 
     /// Finds and checks the token: the token, what a JWT says (`None` for an opaque token) and
     /// the session key.
+    ///
+    /// A token with the shape of a compact JWS is a JWT, whatever happens to it next: it never
+    /// falls back to being an opaque token. Any other token must have the configured opaque
+    /// shape to be sent to the validation service; the rest is refused here, without a callout.
     fn authenticate<'h>(
         &self,
         head: &RequestHead<'h>,
@@ -371,14 +386,22 @@ impl Guard {
         state: &mut VerifierState,
     ) -> Result<(&'h str, Option<Identity>, String), AuthError> {
         let (token, _) = self.tokens.find(head.headers).ok_or(AuthError::Missing)?;
-        match token_kind(token) {
-            TokenKind::Jws => {
+        let tally = &mut state.tokens;
+        match (token_kind(token), &self.opaque) {
+            (TokenKind::Jws, _) => {
+                tally.jwt = tally.jwt.saturating_add(1);
                 let verified = self.verifier.verify_cached(token, now, &mut state.verified, &mut state.remote)?;
                 let key = format!("{}/{}", verified.provider, verified.session_key);
                 Ok((token, Some(Identity::from(verified)), key))
             }
-            TokenKind::Opaque if self.opaque_tokens => Ok((token, None, format!("opaque/{}", token_digest(token)))),
-            TokenKind::Opaque => Err(AuthError::OpaqueNotAccepted),
+            (TokenKind::Opaque, Some(shape)) if shape.matches(token) => {
+                tally.opaque = tally.opaque.saturating_add(1);
+                Ok((token, None, format!("opaque/{}", token_digest(token))))
+            }
+            (TokenKind::Opaque, shape) => {
+                tally.unrecognised = tally.unrecognised.saturating_add(1);
+                Err(if shape.is_some() { AuthError::UnrecognisedToken } else { AuthError::OpaqueNotAccepted })
+            }
         }
     }
 

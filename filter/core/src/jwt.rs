@@ -74,6 +74,9 @@ pub enum AuthError {
     /// An opaque token where only JWTs are accepted.
     #[error("token is not a JWT and opaque session tokens are not enabled")]
     OpaqueNotAccepted,
+    /// Neither a JWT nor an opaque token of the configured `opaque_token_shape`.
+    #[error("token is neither a JWT nor an opaque session token of the configured shape")]
+    UnrecognisedToken,
     /// The validation service says the session is not active.
     #[error("the session is not active")]
     SessionInvalid,
@@ -84,7 +87,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing_token",
-            AuthError::Malformed(_) | AuthError::OpaqueNotAccepted => "malformed",
+            AuthError::Malformed(_) | AuthError::OpaqueNotAccepted | AuthError::UnrecognisedToken => "malformed",
             AuthError::AlgNone | AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::UnknownIssuer(_) => "unknown_issuer",
@@ -399,6 +402,27 @@ pub struct VerifierState {
     pub verified: VerifiedTokens,
     /// Remote JWK Sets.
     pub remote: RemoteKeys,
+    /// The kinds of token seen since the host last took the tally, for its stats.
+    pub tokens: TokenTally,
+}
+
+/// How many tokens of each kind requests presented: the core counts, the host drains the counts
+/// into its stats ([`TokenTally::take`]) after each request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTally {
+    /// Compact JWS tokens, verified locally.
+    pub jwt: u32,
+    /// Opaque tokens of the configured shape, for the validation service to vouch for.
+    pub opaque: u32,
+    /// Tokens that were neither: refused as `malformed` without a callout.
+    pub unrecognised: u32,
+}
+
+impl TokenTally {
+    /// The counts so far, leaving zeros.
+    pub fn take(&mut self) -> TokenTally {
+        std::mem::take(self)
+    }
 }
 
 /// Tokens that verified, remembered by their SHA-256 until their `exp`, so a token's signature

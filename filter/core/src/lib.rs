@@ -11,6 +11,7 @@ pub mod config;
 pub mod graphql;
 pub mod guard;
 pub mod jwt;
+pub mod opaque;
 pub mod path;
 pub mod policy;
 pub mod routes;

@@ -453,18 +453,78 @@ mod with_validation {
         assert_eq!(roles_of("union", &["analyst", "viewer"]), "analyst,viewer");
     }
 
+    /// A NoETL session token: `md5(random()::text || clock_timestamp()::text)`.
+    const NOETL_SESSION: &str = "9e107d9d372bb6826bd81d3542a419d6";
+
     #[test]
     fn opaque_tokens_are_vouched_for_by_the_service_alone() {
         let g = vguard(json!({"cluster": "noetl"}));
-        let headers = vec![("x-session-token".to_string(), "noetl-session-abc123".to_string())];
+        let headers = vec![("x-session-token".to_string(), NOETL_SESSION.to_string())];
         let p = pending(&g, "GET", "/api/catalog/data/x", &headers);
-        assert_eq!(p.session_key(), format!("opaque/{}", crate::jwt::token_digest("noetl-session-abc123")));
+        assert_eq!(p.session_key(), format!("opaque/{}", crate::jwt::token_digest(NOETL_SESSION)));
+        assert_eq!(
+            g.callout(&p).map(|c| c.body),
+            Some(br#"{"credential":"pg_auth","session_token":"9e107d9d372bb6826bd81d3542a419d6"}"#.to_vec())
+        );
         let v = verdict_of(g.on_answer(p, &entry(true, &["analyst"], NOW)));
         assert_eq!(status(&v), 200);
         // Without `opaque_tokens`, the same token is refused before any callout.
         let strict = guard_with(json!({"validation": {"cluster": "noetl"}}));
         let v = verdict(&strict, "GET", "/api/catalog/data/x", &headers);
         assert_eq!(body(&v)["reason"], "malformed");
+    }
+
+    /// What [`Guard::on_request_headers_cached`] makes of a token: the reason of its 401 (`None`
+    /// when it goes on to the session cache) and the kind it was counted as.
+    fn classify(g: &Guard, token: &str) -> (Option<String>, TokenTally) {
+        let headers = bearer(token);
+        let head = RequestHead { method: "GET", path: "/api/catalog/data/x", headers: &headers };
+        let mut state = g.verifier_state();
+        let reason = match g.on_request_headers_cached(&head, NOW, &mut state) {
+            Step::Session(_) => None,
+            Step::Verdict(v) => Some(body(&v)["reason"].as_str().unwrap_or_default().to_owned()),
+            other => panic!("{other:?}"),
+        };
+        (reason, state.tokens.take())
+    }
+
+    #[test]
+    fn a_token_is_a_jwt_or_an_opaque_session_of_the_configured_shape_or_refused() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let counted = |jwt, opaque, unrecognised| TokenTally { jwt, opaque, unrecognised };
+        assert_eq!(classify(&g, NOETL_SESSION), (None, counted(0, 1, 0)));
+        assert_eq!(classify(&g, &token(&[], json!({}))), (None, counted(1, 0, 0)));
+        // A token shaped as a JWT stays a JWT: a bad one is refused, never sent as opaque.
+        let forged = format!("{}x", token(&[], json!({})));
+        assert_eq!(classify(&g, &forged), (Some("bad_signature".into()), counted(1, 0, 0)));
+        assert_eq!(classify(&g, "aaaa.bbbb.cccc"), (Some("malformed".into()), counted(1, 0, 0)));
+        for junk in [
+            "9E107D9D372BB6826BD81D3542A419D6",                                 // uppercase hex
+            "9e107d9d372bb6826bd81d3542a419d69e107d9d372bb6826bd81d3542a419d6", // 64 hex
+            "OWUxMDdkOWQzNzJiYjY4MjZiZDgxZDM1",                                 // base64
+            "9e107d9d372bb6826bd81d3542a419d",                                  // 31
+            "noetl-session-abc123",
+            "a.b",
+        ] {
+            assert_eq!(classify(&g, junk), (Some("malformed".into()), counted(0, 0, 1)), "{junk}");
+        }
+        // Another shape, when configured.
+        let hex64 = guard_with(json!({
+            "validation": {"cluster": "noetl"}, "opaque_tokens": true,
+            "opaque_token_shape": {"alphabet": "hex", "min_length": 32, "max_length": 64}
+        }));
+        for token in ["9E107D9D372BB6826BD81D3542A419D6", &NOETL_SESSION.repeat(2)] {
+            assert_eq!(classify(&hex64, token), (None, counted(0, 1, 0)), "{token}");
+        }
+    }
+
+    #[test]
+    fn a_bad_opaque_shape_is_a_configuration_error() {
+        let cfg = json!({"validation": {"cluster": "noetl"}, "opaque_tokens": true,
+                         "opaque_token_shape": {"min_length": 4, "max_length": 8}});
+        let env = |_: &str| Some(SECRET.to_owned());
+        let err = Guard::from_json(config(cfg).to_string().as_bytes(), &env).unwrap_err();
+        assert_eq!(err.path, "opaque_token_shape.min_length");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #   make test   every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
 #   make build  the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
 #   make bench  instructions per request (harness), requests/s with and without the filter (Envoy)
-#   make fuzz   a million randomised requests and texts through the core
+#   make fuzz   a million randomised requests through the core, then each libFuzzer target
 #   make clean  remove build outputs
 
 SHELL := /bin/bash
@@ -19,7 +19,7 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz
+.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools
 
 run: build venv
 	$(PY) envoy/run_local.py
@@ -65,6 +65,7 @@ $(VENV)/.installed: test-harness/e2e/requirements.txt
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
 
 unit:
@@ -95,9 +96,27 @@ bench: build venv
 
 # A long randomised run of the core: nothing panics, and a token that is not byte-for-byte the
 # signed one never gets through (filter/core/tests/robustness.rs; `make test` runs 3000 cases).
-fuzz:
+#
+# Then coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the parsers a hostile client reaches:
+# each target in filter/core/fuzz/fuzz_targets for FUZZ_SECONDS, from the committed seeds; what
+# it finds goes to build/fuzz/<target>, and a crash stops the run with the input that caused it.
+# No sanitizer: the core forbids unsafe code, so the oracle is panics and the targets' asserts.
+FUZZ_DIR     := filter/core/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request token path body validation_answer
+fuzz: fuzz-tools
 	PLAYBOOK_GUARD_FUZZ_ITERS=$${PLAYBOOK_GUARD_FUZZ_ITERS:-1000000} \
 	    cargo test --release -p playbook-guard-core --test robustness -- --nocapture
+	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/$$t; \
+	    echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	    cargo fuzz run --fuzz-dir $(FUZZ_DIR) --sanitizer none --debug-assertions $$t \
+	        build/fuzz/$$t $(FUZZ_DIR)/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        2>&1 | grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|==|thread|panicked|SUMMARY|.*Test unit written)' \
+	        ; test $${PIPESTATUS[0]} -eq 0 || exit 1; done
+
+# cargo-fuzz from crates.io, pinned; it drives the stable toolchain here (no sanitizer flags).
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 
 clean:
 	cargo clean

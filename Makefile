@@ -4,6 +4,7 @@
 #   make build  the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
 #   make bench  instructions per request (harness), requests/s with and without the filter (Envoy)
 #   make fuzz   a million randomised requests through the core, then each libFuzzer target
+#   make soak   ten minutes of mixed traffic through Envoy, policy republished, a flaky service
 #   make clean  remove build outputs
 
 SHELL := /bin/bash
@@ -19,7 +20,7 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools
+.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
 
 run: build venv
 	$(PY) envoy/run_local.py
@@ -117,6 +118,14 @@ fuzz: fuzz-tools
 # cargo-fuzz from crates.io, pinned; it drives the stable toolchain here (no sanitizer flags).
 fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+
+# Not part of `make test`: SOAK_SECONDS (default 600) of mixed traffic through real Envoy with two
+# workers, checked against an oracle; prints crashes, wrong decisions, the memory slope and
+# callouts per session per TTL, writes build/soak.svg, and fails on a crash or a wrong decision.
+soak: build venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -r test-harness/e2e/requirements-soak.txt
+	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
+	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) $(PY) test-harness/e2e/soak.py
 
 clean:
 	cargo clean

@@ -45,6 +45,14 @@ pub struct Metrics {
     pub jwks_fetch_failed: Option<u32>,
     /// Requests that waited for a remote JWK Set fetch.
     pub jwks_waits: Option<u32>,
+    /// Role names dropped (not strings, empty, with `,`, whitespace or control characters, or
+    /// over 128 bytes), from validation answers and from verified tokens' roles claims.
+    pub roles_dropped: Option<u32>,
+    /// Requests refused because the worker's limit on callouts about never-seen sessions was
+    /// spent.
+    pub cold_callouts_limited: Option<u32>,
+    /// Invalid-session answers evicted to keep within `session.max_negative_entries`.
+    pub invalid_sessions_evicted: Option<u32>,
 }
 
 thread_local! {
@@ -86,6 +94,9 @@ impl Metrics {
             jwks_fetch_success: counter("jwks_fetch_success"),
             jwks_fetch_failed: counter("jwks_fetch_failed"),
             jwks_waits: counter("jwks_waits"),
+            roles_dropped: counter("roles_dropped"),
+            cold_callouts_limited: counter("cold_callouts_limited"),
+            invalid_sessions_evicted: counter("invalid_sessions_evicted"),
         }
     }
 
@@ -93,6 +104,13 @@ impl Metrics {
     pub fn bump(id: Option<u32>) {
         if let Some(id) = id {
             let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    /// Adds `n` to a counter (nothing for 0).
+    pub fn bump_by(id: Option<u32>, n: u64) {
+        if let (Some(id), true) = (id, n > 0) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -102,6 +102,18 @@ impl Denial {
         }
     }
 
+    /// 503 with `Retry-After` when this worker's limit on callouts about sessions the cache has
+    /// never seen is spent (`validation.max_cold_callouts_per_sec`).
+    pub fn too_many_new_sessions() -> Self {
+        Denial {
+            kind: DenialKind::Unavailable,
+            status: 503,
+            headers: vec![("retry-after".into(), "1".into())],
+            body: json!({"error": "unavailable", "reason": "too_many_new_sessions"}).to_string(),
+            detail: "too many new sessions to validate this second (validation.max_cold_callouts_per_sec)".into(),
+        }
+    }
+
     /// 413 for a body over the route's limit.
     pub fn too_large(limit: u64) -> Self {
         Denial {

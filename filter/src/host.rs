@@ -18,7 +18,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
 use crate::core::jwt::VerifierState;
-use crate::core::session::{Claim, Mark};
+use crate::core::session::{Claim, Mark, Ring};
+use crate::core::validation::{TokenBucket, Validator};
 use crate::core::{
     CalloutFailure, Denial, DenialKind, Guard, Pending, RequestHead, SessionEntry, SessionStep, Step, Verdict,
 };
@@ -123,6 +124,9 @@ pub struct Worker {
     tick: Duration,
     /// Tokens this worker verified and the remote JWK Sets it fetched (current configuration).
     keys: VerifierState,
+    /// This worker's allowance of callouts about sessions the cache has never seen (current
+    /// configuration; `None` without a validation service).
+    cold_callouts: Option<TokenBucket>,
 }
 
 impl Worker {
@@ -188,6 +192,7 @@ impl RootContext for GuardRoot {
                 Metrics::set_policy_version(guard.policy_version());
                 // Keys may have changed: tokens verified under the old configuration are not.
                 self.worker.borrow_mut().keys = guard.verifier_state();
+                self.worker.borrow_mut().cold_callouts = guard.validator().map(Validator::cold_callouts);
                 if guard.validator().is_some() {
                     store::prepare();
                 }
@@ -302,12 +307,13 @@ impl Driver<'_> {
             .collect();
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let (step, tokens) = {
+        let (step, tokens, roles_dropped) = {
             let keys = &mut self.worker.borrow_mut().keys;
             let step = self.guard.on_request_headers_cached(&head, now_ms / 1000, keys);
-            (step, keys.tokens.take())
+            (step, keys.tokens.take(), keys.verified.take_roles_dropped())
         };
         self.metrics.count_tokens(tokens);
+        Metrics::add(self.metrics.roles_dropped, roles_dropped);
         self.advance(ctx, step, now_ms)
     }
 
@@ -457,6 +463,18 @@ impl Driver<'_> {
         let Some(req) = self.guard.callout(&pending) else {
             return self.failed(ctx, pending, stale.as_ref(), now_ms);
         };
+        // A session the cache has never seen (no entry, not even a stale or negative one) is
+        // what a flood of made-up tokens looks like: such callouts are limited per worker.
+        let cold_allowed =
+            stale.is_some() || self.worker.borrow_mut().cold_callouts.as_mut().is_none_or(|b| b.try_take(now_ms));
+        if !cold_allowed {
+            // Let the claim go: another request for this session may find an allowance.
+            store::finish(&key, now_ms, None);
+            Metrics::bump(self.metrics.cold_callouts_limited);
+            debug!("session {}: new-session callout limit reached; 503", short(&key));
+            let step = self.guard.on_cold_callout_limited(pending);
+            return self.advance(ctx, step, now_ms);
+        }
         Metrics::bump(self.metrics.callouts);
         let headers: Vec<(&str, &str)> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let sent = hostcalls::dispatch_http_call(
@@ -516,13 +534,22 @@ impl Driver<'_> {
         let body =
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         let key = callout.session;
-        let answer = self.guard.read_answer(status, &body, now_ms / 1000);
-        match &answer {
-            Ok(entry) => {
-                let max = self.guard.validator().map_or(1, |v| v.max_entries);
-                if let Some(evicted) = store::put_session(&key, entry.clone(), max) {
-                    Metrics::bump(self.metrics.sessions_evicted);
-                    debug!("session {} evicted to make room", short(&evicted));
+        let answer = self.guard.read_answer(status, &body, now_ms / 1000).map(|answer| {
+            Metrics::add(self.metrics.roles_dropped, u64::from(answer.roles_dropped));
+            if answer.roles_dropped > 0 {
+                warn!("session {}: {} role names dropped from the answer", short(&key), answer.roles_dropped);
+            }
+            answer.entry
+        });
+        match (&answer, self.guard.validator()) {
+            (Ok(entry), Some(v)) => {
+                match store::put_session(&key, entry.clone(), v) {
+                    Some((evicted, Ring::Valid)) => {
+                        Metrics::bump(self.metrics.sessions_evicted);
+                        debug!("session {} evicted to make room", short(&evicted));
+                    }
+                    Some((_, Ring::Invalid)) => Metrics::bump(self.metrics.invalid_sessions_evicted),
+                    None => {}
                 }
                 // A logout while this callout was in flight took its claim away: the answer
                 // predates the logout and must not outlive it in the cache. (Checked after the
@@ -534,7 +561,9 @@ impl Driver<'_> {
                     debug!("session {}: its claim was taken (logout) while the callout ran; not cached", short(&key));
                 }
             }
-            Err(failure) => self.callout_failed(&key, failure, now_ms),
+            (Err(failure), _) => self.callout_failed(&key, failure, now_ms),
+            // Without a validation service no answer reads (see `Guard::read_answer`).
+            (Ok(_), None) => {}
         }
         self.resume(callout.owner, answer.as_ref(), now_ms);
         self.wake(&key, answer.as_ref(), now_ms);

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub tokens_opaque: Option<u32>,
     /// Requests whose token was neither: 401 `malformed`, no callout.
     pub tokens_unrecognised: Option<u32>,
+    /// Role names dropped (not strings, empty, with `,`, whitespace or control characters, or
+    /// over 128 bytes), from validation answers and from verified tokens' roles claims.
+    pub roles_dropped: Option<u32>,
+    /// Requests refused because the worker's limit on callouts about never-seen sessions was
+    /// spent.
+    pub cold_callouts_limited: Option<u32>,
+    /// Invalid-session answers evicted to keep within `session.max_negative_entries`.
+    pub invalid_sessions_evicted: Option<u32>,
 }
 
 thread_local! {
@@ -96,6 +104,9 @@ impl Metrics {
             tokens_jwt: counter("tokens_jwt"),
             tokens_opaque: counter("tokens_opaque"),
             tokens_unrecognised: counter("tokens_unrecognised"),
+            roles_dropped: counter("roles_dropped"),
+            cold_callouts_limited: counter("cold_callouts_limited"),
+            invalid_sessions_evicted: counter("invalid_sessions_evicted"),
         }
     }
 
@@ -105,17 +116,17 @@ impl Metrics {
     }
 
     /// Adds `n` to a counter (no host call for 0).
-    pub fn add(id: Option<u32>, n: u32) {
+    pub fn add(id: Option<u32>, n: u64) {
         if let (Some(id), 1..) = (id, n) {
-            let _ = hostcalls::increment_metric(id, i64::from(n));
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
     /// Adds the token kinds the core counted since the last call.
     pub fn count_tokens(&self, tally: TokenTally) {
-        Metrics::add(self.tokens_jwt, tally.jwt);
-        Metrics::add(self.tokens_opaque, tally.opaque);
-        Metrics::add(self.tokens_unrecognised, tally.unrecognised);
+        Metrics::add(self.tokens_jwt, u64::from(tally.jwt));
+        Metrics::add(self.tokens_opaque, u64::from(tally.opaque));
+        Metrics::add(self.tokens_unrecognised, u64::from(tally.unrecognised));
     }
 
     /// Publishes the active policy version as the gauge

@@ -1,15 +1,18 @@
 //! The session cache in Envoy's shared data: one store for all workers of a VM id.
 //!
-//! Keys: `pg1/s/<session key>` (a [`SessionRecord`]), `pg1/f/<stripe>` (in-flight marks),
-//! `pg1/slot/<n>` (which session holds eviction slot n) and `pg1/head` (how many sessions were
-//! ever stored). Shared data has no expiry, so every write that adds a session also evicts
-//! the one that held its slot: the store never holds more than `max_entries` sessions.
+//! Keys: `pg1/s/<session key>` (a [`SessionRecord`]), `pg1/f/<stripe>` (in-flight marks), and
+//! for each eviction ring ([`Ring`]: valid sessions, invalid-session answers) `<ring>/<n>`
+//! (which session holds slot n) and `<ring>/head` (how many sessions were ever stored in it),
+//! the rings being `pg1/slot` and `pg1/nslot`. Shared data has no expiry, so every write that
+//! adds a session to a ring also evicts the one that held its slot: the store never holds more
+//! than `max_entries` valid sessions and `max_negative_entries` invalid ones.
 
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
-use crate::core::session::{slot_for, stripe_of, Claim, Mark, SessionRecord, Stripe, STRIPES};
+use crate::core::session::{slot_for, stripe_of, Claim, Mark, Ring, SessionRecord, Stripe, STRIPES};
+use crate::core::validation::Validator;
 use crate::core::SessionEntry;
 
 /// How often a compare-and-swap is retried before giving up (contention is between a handful
@@ -29,24 +32,36 @@ pub fn session(key: &str) -> Option<SessionRecord> {
     get(&session_key(key)).0.as_deref().and_then(SessionRecord::decode)
 }
 
-/// Stores a fresh answer, taking an eviction slot if the session is new. Returns the session
-/// evicted to make room, if any.
-pub fn put_session(key: &str, entry: SessionEntry, max_entries: u64) -> Option<String> {
+/// Where a ring's slots and counter live.
+fn ring_prefix(ring: Ring) -> &'static str {
+    match ring {
+        Ring::Valid => "pg1/slot",
+        Ring::Invalid => "pg1/nslot",
+    }
+}
+
+/// Stores a fresh answer, taking an eviction slot in its ring if the session is not there yet
+/// (new, or moving between valid and invalid). Returns the session evicted to make room, and
+/// the ring it was evicted from.
+pub fn put_session(key: &str, entry: SessionEntry, v: &Validator) -> Option<(String, Ring)> {
     let skey = session_key(key);
-    if let Some(existing) = session(key) {
+    let ring = Ring::of(&entry);
+    if let Some(existing) = session(key).filter(|r| Ring::of(&r.entry) == ring) {
         let record = SessionRecord { entry, slot: existing.slot };
         let _ = hostcalls::set_shared_data(&skey, Some(&record.encode()), None);
         return None;
     }
-    let slot = slot_for(next_counter(), max_entries);
-    let slot_key = format!("pg1/slot/{slot}");
+    let prefix = ring_prefix(ring);
+    let slot = slot_for(next_counter(&format!("{prefix}/head")), ring.capacity(v));
+    let slot_key = format!("{prefix}/{slot}");
     let mut evicted = None;
     if let Some(victim) = get(&slot_key).0.and_then(|v| String::from_utf8(v).ok()) {
-        // Only evict the victim if it still holds this slot (it may have been evicted and
-        // stored again since, into another slot).
-        if victim != key && session(&victim).is_some_and(|r| r.slot == slot) {
+        // Only evict the victim if it still holds this slot of this ring (it may have been
+        // evicted and stored again since, into another slot, or moved to the other ring; the
+        // slot it left there still names it).
+        if victim != key && session(&victim).is_some_and(|r| r.slot == slot && Ring::of(&r.entry) == ring) {
             remove_session(&victim);
-            evicted = Some(victim);
+            evicted = Some((victim, ring));
         }
     }
     let _ = hostcalls::set_shared_data(&slot_key, Some(key.as_bytes()), None);
@@ -69,18 +84,20 @@ pub fn remove_session(key: &str) {
 /// left alone: a late worker, or a configuration update, must not wipe claims in flight.
 pub fn prepare() {
     let stripes = (0..STRIPES).map(|n| (format!("pg1/f/{n}"), Stripe::default().encode()));
-    for (key, empty) in stripes.chain([("pg1/head".to_owned(), b"0".to_vec())]) {
+    let heads = [Ring::Valid, Ring::Invalid].map(|ring| (format!("{}/head", ring_prefix(ring)), b"0".to_vec()));
+    for (key, empty) in stripes.chain(heads) {
         if get(&key).0.is_none() {
             let _ = hostcalls::set_shared_data(&key, Some(&empty), None);
         }
     }
 }
 
-fn next_counter() -> u64 {
+/// Takes the next number of a ring's counter at `key`.
+fn next_counter(key: &str) -> u64 {
     for _ in 0..CAS_ROUNDS {
-        let (value, cas) = get("pg1/head");
+        let (value, cas) = get(key);
         let n = value.and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        match hostcalls::set_shared_data("pg1/head", Some((n + 1).to_string().as_bytes()), cas) {
+        match hostcalls::set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas) {
             Ok(()) => return n,
             Err(Status::CasMismatch) => continue,
             Err(_) => break,

@@ -6,7 +6,8 @@
 //! is read from the (unverified) payload. `POST /api/auth/login` issues a NoETL-shaped opaque
 //! session (32 lowercase hex characters) for the user in its body. Calls are counted per session (`GET /_stats`), and
 //! `POST /_control` makes the service fail, stall or answer garbage, so a test can drive the
-//! filter's failure modes. A plain HTTP/1.1 server on `std::net`, bound to 127.0.0.1 only.
+//! filter's failure modes, or gives a session a canned answer (`{"answers": {"<session key>":
+//! {"status": 200, "body": ...}}}`), so a test can send the filter any answer NoETL might. A plain HTTP/1.1 server on `std::net`, bound to 127.0.0.1 only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -143,6 +144,16 @@ struct State {
     mode: Mode,
     delay: Duration,
     stats: Stats,
+    /// Canned answers by session key, set with `POST /_control`.
+    canned: HashMap<String, Canned>,
+}
+
+/// A canned answer for one session: any status, any JSON body.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Canned {
+    status: u16,
+    body: Value,
 }
 
 /// An HTTP answer.
@@ -191,6 +202,7 @@ impl ValidationService {
             mode: config.mode,
             delay: config.delay,
             stats: Stats::default(),
+            canned: HashMap::new(),
         }));
         let shared = Arc::clone(&state);
         let accept = thread::spawn(move || {
@@ -316,6 +328,9 @@ struct Control {
     delay_ms: Option<u64>,
     #[serde(default)]
     reset_stats: bool,
+    /// Canned answers to add (or replace), by session key.
+    #[serde(default)]
+    answers: HashMap<String, Canned>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +358,7 @@ fn handle(state: &mut State, method: &str, target: &str, body: &[u8]) -> Respons
                 if control.reset_stats {
                     state.stats = Stats::default();
                 }
+                state.canned.extend(control.answers);
                 Response::json(200, &json!({"mode": state.mode, "delay_ms": state.delay.as_millis()}))
             }
             Err(e) => Response::json(400, &json!({"error": e.to_string()})),
@@ -429,6 +445,9 @@ fn validate(state: &mut State, body: &[u8]) -> Response {
         }
         Mode::Ok | Mode::Slow => {}
     }
+    if let Some(canned) = key.as_ref().and_then(|k| state.canned.get(k)) {
+        return Response::json(canned.status, &canned.body);
+    }
     let invalid = |error: &str| {
         Response::json(
             200,
@@ -490,7 +509,14 @@ mod tests {
              opaque-1: {user_id: '7', valid: false}\n",
         )
         .unwrap();
-        State { path: "/v".into(), sessions, mode: Mode::Ok, delay: Duration::ZERO, stats: Stats::default() }
+        State {
+            path: "/v".into(),
+            sessions,
+            mode: Mode::Ok,
+            delay: Duration::ZERO,
+            stats: Stats::default(),
+            canned: HashMap::new(),
+        }
     }
 
     fn body(r: &Response) -> Value {
@@ -572,5 +598,20 @@ mod tests {
         assert_eq!(handle(&mut s, "POST", "/_control", b"{\"mode\": \"loud\"}").status, 400);
         assert_eq!(handle(&mut s, "GET", "/v", b"").status, 405);
         assert_eq!(handle(&mut s, "GET", "/x", b"").status, 404);
+    }
+
+    #[test]
+    fn control_cans_an_answer_per_session() {
+        let mut s = state();
+        let canned = json!({"answers": {"s-42": {"status": 422, "body": {"detail": [{"msg": "field required"}]}},
+                                        "weird": {"status": 200, "body": {"valid": true, "expires_at": 1.5}}}});
+        assert_eq!(handle(&mut s, "POST", "/_control", canned.to_string().as_bytes()).status, 200);
+        let r = handle(&mut s, "POST", "/v", br#"{"session_token": "s-42"}"#);
+        assert_eq!((r.status, body(&r)), (422, json!({"detail": [{"msg": "field required"}]})));
+        let r = handle(&mut s, "POST", "/v", br#"{"session_token": "weird"}"#);
+        assert_eq!(body(&r)["expires_at"], 1.5);
+        assert_eq!(s.stats.sessions.get("weird"), Some(&1), "canned answers are counted too");
+        let r = handle(&mut s, "POST", "/v", br#"{"session_token": "opaque-1"}"#);
+        assert_eq!(body(&r)["valid"], false, "other sessions answer as before");
     }
 }

@@ -467,3 +467,166 @@ fn a_body_route_waits_for_the_session_then_reads_the_body() {
         }
     }
 }
+
+/// NoETL's answer for an unknown, expired or inactive session.
+fn unknown_session() -> HttpCallResponse {
+    HttpCallResponse::json(
+        200,
+        &json!({"status": "ok", "valid": false, "user": null, "expires_at": null, "error": null}),
+    )
+}
+
+/// A made-up opaque session token: 32 lowercase hex digits, as NoETL's look.
+fn junk(n: usize) -> Request {
+    Request::get("/api/catalog/data/x").header("x-session-token", &format!("{n:032x}"))
+}
+
+fn sessions_stored(host: &Host) -> usize {
+    host.shared_data_keys().iter().filter(|k| k.starts_with("pg1/s/")).count()
+}
+
+#[test]
+fn no_number_of_unknown_tokens_evicts_a_valid_session() {
+    let host = host();
+    let cfg = vconfig(
+        json!({"cluster": "noetl", "max_cold_callouts_per_sec": 10_000}),
+        json!({"opaque_tokens": true, "session": {"ttl_secs": TTL, "max_entries": 50, "max_negative_entries": 20}}),
+    );
+    let mut vms = host.workers(2, &cfg).unwrap();
+    let (t1, t2) = (token(&host, "s-1"), token(&host, "s-2"));
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t1, "data/x"), answer(&["analyst"]))), Some(200));
+    assert_eq!(status(&prime(&mut vms[1], &catalog(&t2, "data/x"), answer(&["analyst"]))), Some(200));
+
+    // Session s-2 is revoked: its entry moves to the invalid ring.
+    host.clock().advance(Duration::from_secs(TTL));
+    assert_eq!(status(&prime(&mut vms[1], &catalog(&t2, "data/x"), unknown_session())), Some(401));
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t1, "data/x"), answer(&["analyst"]))), Some(200));
+
+    for n in 0..60 {
+        let outcome = prime(&mut vms[n % 2], &junk(n), unknown_session());
+        assert_eq!(status(&outcome), Some(401), "junk token {n}");
+    }
+    let exchange = vms[1].send_request(&catalog(&t1, "data/x")).unwrap();
+    assert_eq!(status(&exchange.outcome), Some(200), "the valid session is still cached");
+    assert!(vms.iter().all(|vm| vm.http_calls().is_empty()), "no callout for it");
+    // s-2's answer was one of the 61 invalid ones, the 20 newest of which are kept.
+    assert_eq!(host.metric("playbook_guard.invalid_sessions_evicted"), Some(41));
+    assert_eq!(host.metric("playbook_guard.sessions_evicted"), Some(0));
+    assert_eq!(sessions_stored(&host), 1 + 20, "each ring keeps to its bound");
+
+    // A session that moves to the invalid ring leaves its valid slot behind; when valid
+    // sessions come round to that slot, it must not evict the invalid entry.
+    let t3 = token(&host, "s-3");
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t3, "data/x"), answer(&["analyst"]))), Some(200));
+    host.clock().advance(Duration::from_secs(TTL));
+    assert_eq!(status(&prime(&mut vms[0], &catalog(&t3, "data/x"), unknown_session())), Some(401));
+    for n in 4..54 {
+        let t = token(&host, &format!("s-{n}"));
+        assert_eq!(status(&prime(&mut vms[n % 2], &catalog(&t, "data/x"), answer(&["analyst"]))), Some(200));
+    }
+    assert_eq!(host.metric("playbook_guard.sessions_evicted"), Some(1), "s-1, the oldest valid session");
+    assert_eq!(status(&vms[1].send_request(&catalog(&t3, "data/x")).unwrap().outcome), Some(401));
+    assert!(vms.iter().all(|vm| vm.http_calls().is_empty()), "s-3's invalid entry is still cached");
+    assert_eq!(sessions_stored(&host), 50 + 20);
+}
+
+#[test]
+fn callouts_for_never_seen_sessions_are_limited_per_worker() {
+    let host = host();
+    let cfg = vconfig(json!({"cluster": "noetl", "max_cold_callouts_per_sec": 5}), json!({"opaque_tokens": true}));
+    let mut vms = host.workers(2, &cfg).unwrap();
+    let mut paused = Vec::new();
+    let mut limited = 0;
+    for n in 0..8 {
+        let exchange = vms[0].send_request(&junk(n)).unwrap();
+        match exchange.outcome.local_response() {
+            None => paused.push(exchange.context_id),
+            Some(response) => {
+                assert_eq!(response.status, 503);
+                assert_eq!(response.header("retry-after").as_deref(), Some("1"));
+                assert_eq!(response.body_json().unwrap()["reason"], "too_many_new_sessions");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!((paused.len(), limited), (5, 3), "a burst of the rate, then 503");
+    assert_eq!(vms[0].http_calls().len(), 5);
+    assert_eq!(host.metric("playbook_guard.cold_callouts_limited"), Some(3));
+    // The limit is per worker.
+    for n in 100..105 {
+        assert_eq!(vms[1].send_request(&junk(n)).unwrap().outcome, RequestOutcome::Paused, "worker 1, token {n}");
+    }
+    assert_eq!(status(&vms[1].send_request(&junk(105)).unwrap().outcome), Some(503));
+    // The allowance comes back at the rate: one every 200 ms.
+    host.clock().advance(Duration::from_millis(199));
+    assert_eq!(status(&vms[0].send_request(&junk(8)).unwrap().outcome), Some(503));
+    host.clock().advance(Duration::from_millis(1));
+    assert_eq!(vms[0].send_request(&junk(9)).unwrap().outcome, RequestOutcome::Paused);
+    assert_eq!(status(&vms[0].send_request(&junk(10)).unwrap().outcome), Some(503));
+
+    // Sessions the cache has seen are not limited: answer worker 0's callouts (three valid,
+    // three invalid), spend its allowance on new tokens, and let the entries go stale.
+    for (i, call) in vms[0].http_calls().into_iter().enumerate() {
+        let response = if i < 3 { answer(&["analyst"]) } else { unknown_session() };
+        vms[0].respond_http_call(call.token, response).unwrap();
+    }
+    host.clock().advance(Duration::from_secs(TTL));
+    for n in 200..205 {
+        assert_eq!(vms[0].send_request(&junk(n)).unwrap().outcome, RequestOutcome::Paused);
+    }
+    assert_eq!(status(&vms[0].send_request(&junk(205)).unwrap().outcome), Some(503), "allowance spent");
+    let before = vms[0].http_calls().len();
+    for n in [0, 1, 2, 3, 4, 9] {
+        assert_eq!(vms[0].send_request(&junk(n)).unwrap().outcome, RequestOutcome::Paused, "seen token {n}");
+    }
+    assert_eq!(vms[0].http_calls().len(), before + 6, "stale and negative entries are refreshed regardless");
+    assert_eq!(host.metric("playbook_guard.cold_callouts_limited"), Some(7));
+}
+
+#[test]
+fn answers_are_read_strictly_and_invalid_ones_cached_for_the_negative_ttl() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let now = host.clock().now_secs();
+    let user = json!({"user_id": 7, "roles": ["analyst"]});
+    // Valid, but expired an hour ago: invalid, and remembered as such.
+    let expired = json!({"status": "ok", "valid": true, "user": user, "expires_at": now - 3600, "error": null});
+    // Invalid, with an expiry long past: remembered for the negative TTL all the same.
+    let gone =
+        json!({"status": "ok", "valid": false, "user": null, "expires_at": "2020-01-01 00:00:00+00", "error": null});
+    for (sid, body) in [("s-expired", expired), ("s-gone", gone)] {
+        let t = token(&host, sid);
+        let outcome = prime(&mut vm, &catalog(&t, "data/x"), HttpCallResponse::json(200, &body));
+        assert_eq!(outcome.local_response().unwrap().body_json().unwrap()["reason"], "invalid_session", "{sid}");
+        for _ in 0..5 {
+            assert_eq!(status(&vm.send_request(&catalog(&t, "data/x")).unwrap().outcome), Some(401), "{sid}");
+        }
+        assert!(vm.http_calls().is_empty(), "{sid}: cached, not asked again");
+    }
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(2));
+
+    // An expiry that is not a timestamp is a malformed answer: the failure mode, never "no
+    // expiry". So is NoETL's 422 for a request it cannot read.
+    for (sid, response) in [
+        ("s-float", HttpCallResponse::json(200, &json!({"valid": true, "user": user, "expires_at": 1_600_000_000.5}))),
+        ("s-negative", HttpCallResponse::json(200, &json!({"valid": true, "user": user, "expires_at": -5}))),
+        ("s-object", HttpCallResponse::json(200, &json!({"valid": true, "user": user, "expires_at": {}}))),
+        ("s-422", HttpCallResponse::json(422, &json!({"detail": [{"loc": ["body"], "msg": "field required"}]}))),
+    ] {
+        let outcome = prime(&mut vm, &catalog(&token(&host, sid), "data/x"), response);
+        assert_eq!(status(&outcome), Some(503), "{sid}");
+    }
+    assert_eq!(host.metric("playbook_guard.callout_failures"), Some(4));
+}
+
+#[test]
+fn dropped_roles_are_counted_and_never_reach_the_upstream() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    let t = token(&host, "s-1");
+    let outcome = prime(&mut vm, &catalog(&t, "data/x"), answer(&["viewer,admin", "analyst", "", "a b"]));
+    let headers = outcome.forwarded_headers().unwrap();
+    assert_eq!(headers.get("x-noetl-user-roles").as_deref(), Some("analyst"));
+    assert_eq!(host.metric("playbook_guard.roles_dropped"), Some(3));
+    assert_eq!(status(&vm.send_request(&catalog(&t, "system/x")).unwrap().outcome), Some(403));
+}

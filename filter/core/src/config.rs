@@ -254,7 +254,8 @@ fn default_timeout_ms() -> u64 {
 /// The per-session cache.
 ///
 /// # Defaults
-/// `ttl_secs: 300`, `negative_ttl_secs: 30`, `max_entries: 100000`.
+/// `ttl_secs: 300`, `negative_ttl_secs: 30`, `max_entries: 100000`,
+/// `max_negative_entries: 10000`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
@@ -264,9 +265,13 @@ pub struct SessionConfig {
     /// How long an invalid-session answer is remembered.
     #[serde(default = "default_negative_ttl")]
     pub negative_ttl_secs: u64,
-    /// Bound on cached sessions; the oldest go first.
+    /// Bound on cached valid sessions; the oldest go first.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Bound on cached invalid-session answers, kept apart from valid sessions so that no
+    /// number of unknown tokens can evict one.
+    #[serde(default = "default_max_negative_entries")]
+    pub max_negative_entries: u64,
 }
 
 impl Default for SessionConfig {
@@ -275,6 +280,7 @@ impl Default for SessionConfig {
             ttl_secs: default_ttl(),
             negative_ttl_secs: default_negative_ttl(),
             max_entries: default_max_entries(),
+            max_negative_entries: default_max_negative_entries(),
         }
     }
 }
@@ -291,12 +297,20 @@ fn default_max_entries() -> u64 {
     100_000
 }
 
+/// A flood of unknown tokens at the default cold-callout limit adds 50 negative entries a
+/// second per worker, kept `negative_ttl_secs` (30): 1,500 per worker. Ten thousand hold that
+/// for six workers, in a few MB of shared data; past it, the oldest negative entries go (and
+/// their tokens become cold again, so the limit still bounds the callouts).
+fn default_max_negative_entries() -> u64 {
+    10_000
+}
+
 /// The session-validation callout.
 ///
 /// # Defaults
 /// `path: /api/auth/session/validate`, `credential: pg_auth`, `timeout_ms: 2000`,
 /// `failure_mode: deny`, `stale_grace_secs: 60`, `authority`: the cluster name,
-/// `token_roles: ignore`.
+/// `token_roles: ignore`, `max_cold_callouts_per_sec: 50`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationConfig {
@@ -323,6 +337,10 @@ pub struct ValidationConfig {
     /// How a provider's `roles_claim` combines with the service's roles.
     #[serde(default)]
     pub token_roles: TokenRoles,
+    /// Per worker, how many callouts a second may ask about sessions the cache has never seen
+    /// (a token bucket of this rate and burst); past it such requests get 503.
+    #[serde(default = "default_max_cold_callouts")]
+    pub max_cold_callouts_per_sec: u64,
 }
 
 fn default_validation_path() -> String {
@@ -335,6 +353,14 @@ fn default_credential() -> Option<String> {
 
 fn default_stale_grace() -> u64 {
     60
+}
+
+/// NoETL answers each callout with a PostgreSQL query. Fifty new sessions a second per worker is
+/// 180,000 an hour, far more logins than a NoETL deployment sees (a known session calls out
+/// once per `ttl_secs` and is not limited), while a flood of random tokens costs NoETL at most
+/// 50 queries a second per Envoy worker.
+fn default_max_cold_callouts() -> u64 {
+    50
 }
 
 /// How the roles in a JWT claim combine with those the validation service returns.

@@ -32,7 +32,7 @@ use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
 use crate::session::SessionEntry;
 use crate::token::TokenSources;
-use crate::validation::{CalloutFailure, CalloutRequest, Validator};
+use crate::validation::{Answer, CalloutFailure, CalloutRequest, Validator};
 use crate::verdict::{Denial, Verdict};
 
 /// The facts of a request head the pipeline needs.
@@ -323,7 +323,7 @@ impl Guard {
     }
 
     /// Reads the callout's answer into a cache entry fetched at `now`.
-    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<SessionEntry, CalloutFailure> {
+    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<Answer, CalloutFailure> {
         match &self.validator {
             Some(v) => v.read_answer(status, body, now),
             None => Err(CalloutFailure::NotSent("no validation service is configured".into())),
@@ -345,6 +345,13 @@ impl Guard {
         }
         let identity = pending.from_token.clone();
         (Step::Verdict(self.finish(Err(Denial::unavailable()), identity.as_ref())), false)
+    }
+
+    /// The answer when a callout about a session the cache has never seen would pass the
+    /// worker's limit ([`Validator::cold_callouts`]): 503 with `Retry-After`, reason
+    /// `too_many_new_sessions`. There is no stale entry to serve.
+    pub fn on_cold_callout_limited(&self, pending: Pending) -> Step {
+        Step::Verdict(self.finish(Err(Denial::too_many_new_sessions()), pending.from_token.as_ref()))
     }
 
     /// Decides a request whose playbook path is in `body` (the whole body, possibly empty).
@@ -405,13 +412,15 @@ impl Guard {
         }
     }
 
-    /// Combines the token's facts with the cache entry's, then goes on.
+    /// Goes on with the validation service's answer. Who the user is comes from that answer
+    /// alone, never field by field from the token as well: a token's `email` beside the
+    /// service's `user_id` would name a user neither source vouches for. The token's roles join
+    /// only as `token_roles` says.
     fn with_entry(&self, pending: Pending, entry: &SessionEntry) -> Step {
         if !entry.valid {
             return Step::Verdict(self.finish(Err(Denial::unauthenticated(&AuthError::SessionInvalid)), None));
         }
-        let token = pending.from_token.as_ref();
-        let token_roles = token.map(|t| t.roles.as_slice()).unwrap_or_default();
+        let token_roles = pending.from_token.as_ref().map(|t| t.roles.as_slice()).unwrap_or_default();
         let roles = match self.validator.as_ref().map(|v| v.token_roles).unwrap_or_default() {
             TokenRoles::Ignore => entry.roles.clone(),
             TokenRoles::Fallback if entry.roles.is_empty() => token_roles.to_vec(),
@@ -422,13 +431,10 @@ impl Guard {
                 roles
             }
         };
-        let pick = |from_entry: &Option<String>, from_token: Option<&Option<String>>| {
-            from_entry.clone().or_else(|| from_token.cloned().flatten())
-        };
         let identity = Identity {
-            user_id: pick(&entry.user_id, token.map(|t| &t.user_id)),
-            email: pick(&entry.email, token.map(|t| &t.email)),
-            display_name: pick(&entry.display_name, token.map(|t| &t.display_name)),
+            user_id: entry.user_id.clone(),
+            email: entry.email.clone(),
+            display_name: entry.display_name.clone(),
             roles,
             session_key: pending.session_key.clone(),
         };

@@ -169,6 +169,8 @@ pub struct VerifiedToken {
     pub name: Option<String>,
     /// Roles from the provider's `roles_claim` (empty without one).
     pub roles: Vec<String>,
+    /// How many items of the roles claim were not role names and were dropped.
+    pub roles_dropped: u32,
 }
 
 /// A token as it was found in the request.
@@ -376,8 +378,8 @@ impl Verifier {
                 return Err(AuthError::ClaimRejected("org_id".into()));
             }
         }
-        let roles = match &provider.roles_claim {
-            None => Vec::new(),
+        let (roles, roles_dropped) = match &provider.roles_claim {
+            None => (Vec::new(), 0),
             Some(claim) => roles_from(claims.get(claim)),
         };
         let session_key =
@@ -390,6 +392,7 @@ impl Verifier {
             email,
             name: string_claim(claims, "name"),
             roles,
+            roles_dropped,
         })
     }
 }
@@ -433,12 +436,21 @@ pub struct VerifiedTokens {
     map: HashMap<String, VerifiedToken>,
     order: VecDeque<String>,
     capacity: usize,
+    /// Role names dropped from the tokens verified since the host last took the count.
+    roles_dropped: u64,
 }
 
 impl VerifiedTokens {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        VerifiedTokens { map: HashMap::new(), order: VecDeque::new(), capacity }
+        VerifiedTokens { map: HashMap::new(), order: VecDeque::new(), capacity, roles_dropped: 0 }
+    }
+
+    /// How many role names the tokens verified since the last call carried that were not role
+    /// names (see [`roles_from`]), for the host's stat; counted when a token is verified, not
+    /// each time the cache answers for it.
+    pub fn take_roles_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.roles_dropped)
     }
 
     /// How many tokens are remembered.
@@ -479,17 +491,17 @@ impl Verifier {
         cache: &mut VerifiedTokens,
         remote: &mut RemoteKeys,
     ) -> Result<VerifiedToken, AuthError> {
-        if cache.capacity == 0 {
-            return self.verify_with(token, now, Some(remote));
-        }
-        let digest = token_digest(token);
-        if let Some(hit) = cache.map.get(&digest) {
+        let digest = (cache.capacity > 0).then(|| token_digest(token));
+        if let Some(hit) = digest.as_ref().and_then(|d| cache.map.get(d)) {
             if now < hit.expires_at.saturating_add(self.clock_skew) {
                 return Ok(hit.clone());
             }
         }
         let verified = self.verify_with(token, now, Some(remote))?;
-        cache.insert(digest, verified.clone());
+        cache.roles_dropped = cache.roles_dropped.saturating_add(u64::from(verified.roles_dropped));
+        if let Some(digest) = digest {
+            cache.insert(digest, verified.clone());
+        }
         Ok(verified)
     }
 
@@ -598,15 +610,37 @@ impl RemoteKeys {
     }
 }
 
-/// Roles from a claim holding an array of strings or one space-separated string.
-pub fn roles_from(value: Option<&Value>) -> Vec<String> {
+/// The longest role name kept, in bytes.
+pub const MAX_ROLE_BYTES: usize = 128;
+
+/// Whether `name` can be a role: a value, never syntax. Roles travel upstream joined with `,`
+/// in one header, and NoETL splits that header again, so a role holding `,` (or whitespace,
+/// which some readers split on too) would become several roles on the way; control characters
+/// and huge names have no business in a header or a log line either.
+pub fn is_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROLE_BYTES
+        && !name.chars().any(|c| c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// Roles from a claim or a validation answer holding an array of strings or one string of
+/// names separated by spaces, and how many items were dropped: those that are not strings or
+/// not role names ([`is_role_name`]). Runs of spaces only separate; any other whitespace is
+/// part of a name (and so drops it). A value of another type is one dropped item.
+pub fn roles_from(value: Option<&Value>) -> (Vec<String>, u32) {
+    let mut roles = Vec::new();
+    let mut dropped = 0u32;
+    let mut keep = |name: Option<&str>| match name {
+        Some(name) if is_role_name(name) => roles.push(name.to_owned()),
+        _ => dropped = dropped.saturating_add(1),
+    };
     match value {
-        Some(Value::Array(items)) => {
-            items.iter().filter_map(Value::as_str).filter(|r| !r.is_empty()).map(str::to_owned).collect()
-        }
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-        _ => Vec::new(),
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => items.iter().for_each(|item| keep(item.as_str())),
+        Some(Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).for_each(|name| keep(Some(name))),
+        Some(_) => keep(None),
     }
+    (roles, dropped)
 }
 
 /// A string claim; numbers are accepted too (`sub: 42`), as some issuers send ids that way.

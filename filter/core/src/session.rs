@@ -36,12 +36,15 @@ pub struct SessionEntry {
 }
 
 impl SessionEntry {
-    /// The first second at which the entry is no longer fresh: `ttl_secs` (or
-    /// `negative_ttl_secs` for an invalid session) after it was fetched, and never past the
-    /// session's own `expires_at`.
+    /// The first second at which the entry is no longer fresh. A valid session: `ttl_secs` after
+    /// it was fetched, and never past its own `expires_at`. An invalid one: `negative_ttl_secs`
+    /// after, whatever `expires_at` says (a session that expired long ago is invalid all the
+    /// more, and capping it there would make every request for it ask again).
     pub fn fresh_until(&self, v: &Validator) -> u64 {
-        let ttl = if self.valid { v.ttl_secs } else { v.negative_ttl_secs };
-        self.fetched_at.saturating_add(ttl).min(self.expires_at.unwrap_or(u64::MAX))
+        if !self.valid {
+            return self.fetched_at.saturating_add(v.negative_ttl_secs);
+        }
+        self.fetched_at.saturating_add(v.ttl_secs).min(self.expires_at.unwrap_or(u64::MAX))
     }
 
     /// Whether the entry may answer at `now` without a callout.
@@ -61,13 +64,14 @@ impl SessionEntry {
     }
 }
 
-/// An entry as stored in shared data, with the eviction slot it occupies.
+/// An entry as stored in shared data, with the eviction slot it occupies in its ring
+/// ([`Ring::of`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The entry.
     #[serde(rename = "e")]
     pub entry: SessionEntry,
-    /// Its slot in the eviction ring (see [`slot_for`]).
+    /// Its slot in its eviction ring (see [`slot_for`]).
     #[serde(rename = "s")]
     pub slot: u64,
 }
@@ -84,11 +88,41 @@ impl SessionRecord {
     }
 }
 
-/// The eviction ring: the `n`-th session ever stored takes slot `n % max_entries`, evicting
-/// whichever session held it. So at most `max_entries` sessions are cached, and the oldest
-/// stored goes first.
+/// The eviction ring: the `n`-th session ever stored in a ring takes slot `n % max_entries`,
+/// evicting whichever session held it. So at most `max_entries` sessions are cached, and the
+/// oldest stored goes first.
 pub fn slot_for(counter: u64, max_entries: u64) -> u64 {
     counter % max_entries.max(1)
+}
+
+/// Which eviction ring an entry lives in. Valid sessions and invalid-session answers each have
+/// their own, with their own bound: a flood of unknown tokens (each answered `valid: false`)
+/// evicts only other such answers, never a session someone is using.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// Valid sessions, at most `session.max_entries`.
+    Valid,
+    /// Invalid-session answers, at most `session.max_negative_entries`.
+    Invalid,
+}
+
+impl Ring {
+    /// The ring `entry` belongs in.
+    pub fn of(entry: &SessionEntry) -> Self {
+        if entry.valid {
+            Ring::Valid
+        } else {
+            Ring::Invalid
+        }
+    }
+
+    /// The ring's bound.
+    pub fn capacity(self, v: &Validator) -> u64 {
+        match self {
+            Ring::Valid => v.max_entries,
+            Ring::Invalid => v.max_negative_entries,
+        }
+    }
 }
 
 /// How many in-flight stripes there are. More stripes, less compare-and-swap contention.
@@ -220,6 +254,24 @@ mod tests {
         assert!(e.is_fresh(&v, 1029) && !e.is_fresh(&v, 1030));
         let e = entry(true, 1000, Some(1100));
         assert!(e.is_fresh(&v, 1099) && !e.is_fresh(&v, 1100), "the session's own expiry bounds it");
+    }
+
+    #[test]
+    fn invalid_answers_are_fresh_for_the_negative_ttl_whatever_their_expiry() {
+        let v = validator(r#"{"ttl_secs": 300, "negative_ttl_secs": 30}"#);
+        for expires_at in [None, Some(0), Some(999), Some(1000), Some(1010), Some(5000)] {
+            let e = entry(false, 1000, expires_at);
+            assert_eq!(e.fresh_until(&v), 1030, "expires_at {expires_at:?}");
+            assert!(e.is_fresh(&v, 1000) && e.is_fresh(&v, 1029) && !e.is_fresh(&v, 1030), "{expires_at:?}");
+        }
+    }
+
+    #[test]
+    fn each_ring_has_its_own_bound() {
+        let v = validator(r#"{"max_entries": 50, "max_negative_entries": 7}"#);
+        assert_eq!(Ring::of(&entry(true, 0, None)), Ring::Valid);
+        assert_eq!(Ring::of(&entry(false, 0, None)), Ring::Invalid);
+        assert_eq!((Ring::Valid.capacity(&v), Ring::Invalid.capacity(&v)), (50, 7));
     }
 
     #[test]

@@ -1,13 +1,36 @@
 //! Timestamps as the validation service writes them: RFC 3339 or PostgreSQL's
-//! `timestamp::text` (`2026-01-15 10:00:00.123456`, with or without an offset; none means UTC).
+//! `timestamptz::text` (`2026-01-15 10:00:00.123456+00`, any offset, or none, which means UTC),
+//! and PostgreSQL's `infinity` for a session that never expires.
 //!
 //! Two fixed formats do not justify a date crate in a module that must stay small: this parses
-//! exactly them, to whole seconds since the epoch.
+//! exactly them, to whole seconds since the epoch. Anything else is not a timestamp, so an
+//! answer carrying it is malformed rather than read as "no expiry".
+
+/// When a session ends, as the validation service wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// PostgreSQL's `infinity`: never.
+    Never,
+    /// At this second since the epoch (0 for any moment before it: long past all the same).
+    At(u64),
+}
+
+/// Reads an `expires_at` string: a timestamp ([`parse_timestamp`]) or `infinity`. `None` for
+/// anything else, `-infinity` included (a session that expired before time began is not an
+/// answer any server means).
+pub fn parse_expiry(text: &str) -> Option<Expiry> {
+    if text == "infinity" {
+        return Some(Expiry::Never);
+    }
+    parse_timestamp(text).map(Expiry::At)
+}
 
 /// Seconds since the Unix epoch for `2026-01-15T10:00:00Z`, `2026-01-15 10:00:00+00`,
-/// `2026-01-15 10:00:00.5-05:30` and the like; `None` for anything else.
+/// `2026-01-15 10:00:00.5-05:30` and the like; `None` for anything else. A moment before the
+/// epoch is 0. The offset is `Z`, `±HH`, `±HH:MM` or `±HH:MM:SS` (PostgreSQL prints seconds for
+/// historical zones); no offset means UTC. Nothing may surround it: neither service pads.
 pub fn parse_timestamp(text: &str) -> Option<u64> {
-    let s = text.trim().as_bytes();
+    let s = text.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let digits = s.get(range)?;
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
@@ -48,17 +71,32 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
         None => 0,
         Some(b'Z' | b'z') if i + 1 == s.len() => 0,
         Some(sign @ (b'+' | b'-')) => {
-            let hours = num(i + 1..i + 3)?;
-            let minutes = match s.get(i + 3..) {
-                Some([]) => 0,
-                Some([b':', ..]) if s.len() == i + 6 => num(i + 4..i + 6)?,
-                Some(_) if s.len() == i + 5 => num(i + 3..i + 5)?,
-                _ => return None,
-            };
-            if hours > 23 || minutes > 59 {
+            // `±HH`, `±HH:MM` or `±HH:MM:SS`, and nothing after it.
+            let mut parts = [0i64; 3];
+            let mut at = i + 1;
+            let mut count = 0;
+            for (n, part) in parts.iter_mut().enumerate() {
+                if n > 0 {
+                    if at == s.len() {
+                        break;
+                    }
+                    if s.get(at) != Some(&b':') {
+                        return None;
+                    }
+                    at += 1;
+                }
+                *part = num(at..at + 2)?;
+                at += 2;
+                count = n + 1;
+            }
+            if at != s.len() || count == 0 {
                 return None;
             }
-            let secs = hours * 3600 + minutes * 60;
+            let [hours, minutes, seconds] = parts;
+            if hours > 23 || minutes > 59 || seconds > 59 {
+                return None;
+            }
+            let secs = hours * 3600 + minutes * 60 + seconds;
             if *sign == b'+' {
                 secs
             } else {
@@ -69,7 +107,7 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    u64::try_from(secs).ok()
+    Some(u64::try_from(secs).unwrap_or(0))
 }
 
 fn is_leap(year: i64) -> bool {
@@ -112,9 +150,13 @@ mod tests {
             ("2026-01-15T10:00:00.5+00:00", base),
             ("2026-01-15 12:30:00+02:30", base),
             ("2026-01-15 05:00:00-05", base),
-            ("2026-01-15 05:00:00-0500", base),
-            (" 2026-01-15 10:00:00+00 ", base),
+            ("2026-01-15 07:00:00-03", base),
+            ("2026-01-15 15:30:00+05:30", base),
+            ("2026-01-15 15:30:00.25+05:30", base),
+            ("2026-01-15 10:00:30+00:00:30", base),
             ("1970-01-01T00:00:00Z", 0),
+            ("1969-12-31 23:59:59", 0),
+            ("0001-01-01 00:00:00+00", 0),
             ("2024-02-29T00:00:00Z", 1_709_164_800),
             ("2000-03-01T00:00:00Z", 951_868_800),
         ] {
@@ -137,11 +179,32 @@ mod tests {
             "2026-01-15 10:00:00+",
             "2026-01-15 10:00:00+1",
             "2026-01-15 10:00:00+01:0",
+            "2026-01-15 10:00:00+01:",
+            "2026-01-15 10:00:00+01:00:",
+            "2026-01-15 10:00:00+01:00:00:00",
+            "2026-01-15 10:00:00+0100",
+            "2026-01-15 10:00:00+24",
+            "2026-01-15 10:00:00+01:60",
+            "2026-01-15 10:00:00Z+01",
             "2026-01-15 10:00:00 UTC",
-            "1969-12-31 23:59:59",
+            " 2026-01-15 10:00:00+00",
+            "2026-01-15 10:00:00+00 ",
+            "2026-01-15 10:00:00 BC",
+            "1600000000",
+            "1600000000.5",
+            "infinity",
             "２０２６-01-15 10:00:00",
         ] {
             assert_eq!(parse_timestamp(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_a_timestamp_or_infinity() {
+        assert_eq!(parse_expiry("infinity"), Some(Expiry::Never));
+        assert_eq!(parse_expiry("2026-01-15 10:00:00+00"), Some(Expiry::At(1_768_471_200)));
+        for text in ["-infinity", "Infinity", "+infinity", " infinity", "never", "", "null"] {
+            assert_eq!(parse_expiry(text), None, "{text}");
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::config::{ConfigError, FailureMode, SessionConfig, TokenRoles, ValidationConfig};
 use crate::session::SessionEntry;
-use crate::timestamp::parse_timestamp;
+use crate::timestamp::{parse_expiry, Expiry};
 
 /// The HTTP request for one callout, for the host to send with `dispatch_http_call`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +60,22 @@ pub struct Validator {
     pub ttl_secs: u64,
     /// How long an invalid answer is remembered.
     pub negative_ttl_secs: u64,
-    /// Bound on cached sessions.
+    /// Bound on cached valid sessions.
     pub max_entries: u64,
+    /// Bound on cached invalid-session answers (a space of their own).
+    pub max_negative_entries: u64,
     /// How token roles combine with the service's.
     pub token_roles: TokenRoles,
+    max_cold_callouts_per_sec: u64,
+}
+
+/// A validation answer, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What the cache keeps.
+    pub entry: SessionEntry,
+    /// How many of the answer's roles were not role names and were dropped (for the stat).
+    pub roles_dropped: u32,
 }
 
 impl Validator {
@@ -81,6 +93,15 @@ impl Validator {
         if session.max_entries == 0 {
             return Err(ConfigError::new("session.max_entries", "must be at least 1"));
         }
+        if session.max_negative_entries == 0 {
+            return Err(ConfigError::new("session.max_negative_entries", "must be at least 1"));
+        }
+        if cfg.max_cold_callouts_per_sec == 0 {
+            return Err(ConfigError::new(
+                "max_cold_callouts_per_sec",
+                "must be at least 1 (at 0 no new session could ever be validated)",
+            ));
+        }
         Ok(Validator {
             cluster: cfg.cluster.clone(),
             path: cfg.path.clone(),
@@ -92,8 +113,15 @@ impl Validator {
             ttl_secs: session.ttl_secs,
             negative_ttl_secs: session.negative_ttl_secs,
             max_entries: session.max_entries,
+            max_negative_entries: session.max_negative_entries,
             token_roles: cfg.token_roles,
+            max_cold_callouts_per_sec: cfg.max_cold_callouts_per_sec,
         })
+    }
+
+    /// A full bucket for one worker's callouts about sessions the cache has never seen.
+    pub fn cold_callouts(&self) -> TokenBucket {
+        TokenBucket::new(self.max_cold_callouts_per_sec)
     }
 
     /// The callout's timeout, in milliseconds.
@@ -122,53 +150,118 @@ impl Validator {
     }
 
     /// Reads an answer: `status` is the HTTP status (`None` when the host got no response).
-    /// `valid: false` is an answer (an invalid session), not a failure.
-    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<SessionEntry, CalloutFailure> {
+    /// `valid: false` is an answer (an invalid session), not a failure. Read strictly: what is
+    /// not NoETL's answer is [`CalloutFailure::Malformed`], never a guess that could let a
+    /// session through. So `expires_at` must be absent, `null`, a timestamp, `infinity` or a
+    /// non-negative whole number of seconds, and a valid session must name its user.
+    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<Answer, CalloutFailure> {
         let status = status.ok_or(CalloutFailure::NoResponse)?;
         if !(200..300).contains(&status) {
             return Err(CalloutFailure::Status(status));
         }
         let json: Value = serde_json::from_slice(body).map_err(|e| CalloutFailure::Malformed(e.to_string()))?;
         let obj = json.as_object().ok_or_else(|| CalloutFailure::Malformed("not a JSON object".into()))?;
-        if obj.get("status").and_then(Value::as_str) == Some("error") {
-            let error = obj.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned));
-            return Err(CalloutFailure::ServiceError(error.unwrap_or_else(|| "unspecified".into())));
+        match obj.get("status") {
+            None => {}
+            Some(Value::String(s)) if s == "ok" => {}
+            Some(Value::String(s)) if s == "error" => {
+                let error = obj.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned));
+                return Err(CalloutFailure::ServiceError(error.unwrap_or_else(|| "unspecified".into())));
+            }
+            Some(other) => return Err(CalloutFailure::Malformed(format!("status {other} is neither ok nor error"))),
         }
         let valid = obj
             .get("valid")
             .and_then(Value::as_bool)
             .ok_or_else(|| CalloutFailure::Malformed("no boolean `valid`".into()))?;
-        let user = obj.get("user").filter(|u| u.is_object());
-        let field = |name: &str| user.and_then(|u| u.get(name)).and_then(text);
-        let roles = user
-            .and_then(|u| u.get("roles"))
-            .filter(|r| !r.is_null())
-            .or_else(|| obj.get("roles"))
-            .map(|r| crate::jwt::roles_from(Some(r)))
-            .unwrap_or_default();
         let expires_at = match obj.get("expires_at") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                parse_timestamp(s)
-                    .ok_or_else(|| CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp")))?,
-            ),
-            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => match parse_expiry(s) {
+                Some(Expiry::Never) => None,
+                Some(Expiry::At(at)) => Some(at),
+                None => return Err(CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp"))),
+            },
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                CalloutFailure::Malformed(format!("expires_at {n} is not a non-negative whole number of seconds"))
+            })?),
             Some(other) => return Err(CalloutFailure::Malformed(format!("expires_at {other} is not a timestamp"))),
         };
-        // A session the service calls valid but whose own expiry has passed is over: answering it
-        // as invalid (and caching that for negative_ttl_secs) is safer than trusting `valid`, and
-        // an entry already past its expiry would otherwise never be fresh, so every request
-        // would ask again.
-        let valid = valid && expires_at.is_none_or(|at| at > now);
-        Ok(SessionEntry {
-            valid,
-            user_id: field("user_id"),
-            email: field("email"),
-            display_name: field("display_name"),
-            roles,
-            expires_at,
-            fetched_at: now,
+        let invalid = Answer {
+            entry: SessionEntry {
+                valid: false,
+                user_id: None,
+                email: None,
+                display_name: None,
+                roles: Vec::new(),
+                expires_at,
+                fetched_at: now,
+            },
+            roles_dropped: 0,
+        };
+        if !valid {
+            return Ok(invalid);
+        }
+        let Some(Value::Object(user)) = obj.get("user") else {
+            return Err(CalloutFailure::Malformed("valid: true without a `user` object".into()));
+        };
+        // The identity headers come from this user alone (see `Guard::with_entry`), so a valid
+        // session must at least say whose it is.
+        let user_id = user
+            .get("user_id")
+            .and_then(text)
+            .ok_or_else(|| CalloutFailure::Malformed("user has no user_id".into()))?;
+        let (roles, roles_dropped) =
+            crate::jwt::roles_from(user.get("roles").filter(|r| !r.is_null()).or_else(|| obj.get("roles")));
+        // A session the service calls valid but whose own expiry has passed is over: it is
+        // answered and cached as invalid (for negative_ttl_secs), rather than trusted.
+        if expires_at.is_some_and(|at| at <= now) {
+            return Ok(invalid);
+        }
+        Ok(Answer {
+            entry: SessionEntry {
+                valid: true,
+                user_id: Some(user_id),
+                email: user.get("email").and_then(text),
+                display_name: user.get("display_name").and_then(text),
+                roles,
+                expires_at,
+                fetched_at: now,
+            },
+            roles_dropped,
         })
+    }
+}
+
+/// A token bucket: on average at most `rate` takes a second, and `rate` at once after a quiet
+/// second. Pure arithmetic on the caller's clock (milliseconds), in thousandths of a token, so
+/// it needs neither floats nor a clock of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBucket {
+    rate: u64,
+    /// Thousandths of a token available.
+    milli: u64,
+    /// When it was last topped up.
+    last_ms: Option<u64>,
+}
+
+impl TokenBucket {
+    /// A full bucket of `rate` tokens, refilled at `rate` a second.
+    pub fn new(rate: u64) -> Self {
+        TokenBucket { rate, milli: rate.saturating_mul(1000), last_ms: None }
+    }
+
+    /// Takes a token at `now_ms` if there is one. A clock that steps back refills nothing.
+    pub fn try_take(&mut self, now_ms: u64) -> bool {
+        if let Some(last) = self.last_ms {
+            let refill = now_ms.saturating_sub(last).saturating_mul(self.rate);
+            self.milli = self.milli.saturating_add(refill).min(self.rate.saturating_mul(1000));
+        }
+        self.last_ms = Some(self.last_ms.map_or(now_ms, |last| last.max(now_ms)));
+        if self.milli < 1000 {
+            return false;
+        }
+        self.milli -= 1000;
+        true
     }
 }
 
@@ -208,12 +301,22 @@ mod tests {
         assert!(req.headers.contains(&(":authority".into(), "noetl.svc".into())));
     }
 
+    fn entry(v: &Validator, body: &str, now: u64) -> SessionEntry {
+        v.read_answer(Some(200), body.as_bytes(), now).unwrap().entry
+    }
+
+    fn malformed(v: &Validator, body: &str, now: u64) -> bool {
+        matches!(v.read_answer(Some(200), body.as_bytes(), now), Err(CalloutFailure::Malformed(_)))
+    }
+
     #[test]
     fn reads_noetl_answers() {
         let v = validator(r#"{"cluster": "noetl"}"#);
         let body = br#"{"status": "ok", "valid": true, "user": {"user_id": 42, "email": "ada@example.com",
             "display_name": "Ada", "roles": ["analyst"]}, "expires_at": "2026-01-15 10:00:00+00", "error": null, "extra": 1}"#;
-        let e = v.read_answer(Some(200), body, 100).unwrap();
+        let a = v.read_answer(Some(200), body, 100).unwrap();
+        assert_eq!(a.roles_dropped, 0);
+        let e = a.entry;
         assert!(e.valid);
         assert_eq!(e.user_id.as_deref(), Some("42"));
         assert_eq!(e.email.as_deref(), Some("ada@example.com"));
@@ -222,15 +325,124 @@ mod tests {
         assert_eq!(e.expires_at, Some(1_768_471_200));
         assert_eq!(e.fetched_at, 100);
 
-        let body = br#"{"valid": true, "user": {"user_id": "7"}, "roles": ["viewer", "analyst"], "expires_at": null}"#;
-        let e = v.read_answer(Some(200), body, 0).unwrap();
+        let e = entry(
+            &v,
+            r#"{"valid": true, "user": {"user_id": "7"}, "roles": ["viewer", "analyst"], "expires_at": null}"#,
+            0,
+        );
         assert_eq!((e.user_id.as_deref(), e.roles.len(), e.expires_at), (Some("7"), 2, None));
 
-        let e = v.read_answer(Some(200), br#"{"status": "ok", "valid": false, "user": null}"#, 0).unwrap();
-        assert!(!e.valid);
+        let past = r#"{"valid": true, "user": {"user_id": 1}, "expires_at": "2020-01-01T00:00:00Z"}"#;
+        assert!(!entry(&v, past, 1_768_471_200).valid, "an expired session is not valid");
+    }
 
-        let past = br#"{"valid": true, "user": {"user_id": 1}, "expires_at": "2020-01-01T00:00:00Z"}"#;
-        assert!(!v.read_answer(Some(200), past, 1_768_471_200).unwrap().valid, "an expired session is not valid");
+    #[test]
+    fn noetl_invalid_session_and_unprocessable_request() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        // What NoETL answers for an unknown, expired or inactive session.
+        let e = entry(&v, r#"{"status":"ok","valid":false,"user":null,"expires_at":null,"error":null}"#, 5);
+        assert_eq!((e.valid, e.user_id, e.roles.len(), e.fetched_at), (false, None, 0, 5));
+        // And for a request it cannot read (FastAPI's validation error): a failure, not an answer.
+        let detail = br#"{"detail": [{"loc": ["body", "session_token"], "msg": "field required", "type": "value_error.missing"}]}"#;
+        assert_eq!(v.read_answer(Some(422), detail, 0), Err(CalloutFailure::Status(422)));
+    }
+
+    #[test]
+    fn an_invalid_answer_carries_no_identity() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        let e = entry(&v, r#"{"valid": false, "user": {"user_id": 9, "roles": ["admin"]}, "roles": ["admin"]}"#, 0);
+        assert_eq!(
+            e,
+            SessionEntry {
+                valid: false,
+                user_id: None,
+                email: None,
+                display_name: None,
+                roles: vec![],
+                expires_at: None,
+                fetched_at: 0
+            }
+        );
+    }
+
+    #[test]
+    fn expires_at_in_every_accepted_form() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        let base = 1_768_471_200; // 2026-01-15T10:00:00Z
+        for (text, want) in [
+            (r#""2026-01-15T10:00:00Z""#, Some(base)),
+            (r#""2026-01-15T10:00:00.123+00:00""#, Some(base)),
+            (r#""2026-01-15 10:00:00+00""#, Some(base)),
+            (r#""2026-01-15 15:30:00.5+05:30""#, Some(base)),
+            (r#""2026-01-15 07:00:00-03""#, Some(base)),
+            (r#""2026-01-15 10:00:00""#, Some(base)),
+            (r#""infinity""#, None),
+            ("1768471200", Some(base)),
+            ("null", None),
+        ] {
+            let body = format!(r#"{{"valid": true, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
+            let e = entry(&v, &body, base - 1);
+            assert_eq!((e.valid, e.expires_at), (true, want), "{text}");
+        }
+        let e = entry(&v, r#"{"valid": true, "user": {"user_id": 1}}"#, 0);
+        assert_eq!(e.expires_at, None, "absent");
+    }
+
+    #[test]
+    fn anything_else_in_expires_at_is_malformed() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        for text in [
+            "1600000000.5",
+            "1768471200.0",
+            "1.7e9",
+            "-5",
+            "-1768471200",
+            r#""-infinity""#,
+            r#""Infinity""#,
+            r#""tomorrow""#,
+            r#""1768471200""#,
+            r#""""#,
+            r#""2026-01-15 10:00:00+0530""#,
+            "true",
+            "{}",
+            r#"{"at": "2026-01-15 10:00:00+00"}"#,
+            "[]",
+        ] {
+            for valid in [true, false] {
+                let body = format!(r#"{{"valid": {valid}, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
+                assert!(malformed(&v, &body, 0), "valid {valid}, expires_at {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_answer_names_its_user() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        for body in [
+            r#"{"valid": true}"#,
+            r#"{"valid": true, "user": null}"#,
+            r#"{"valid": true, "user": "42"}"#,
+            r#"{"valid": true, "user": {"email": "a@b.c"}}"#,
+            r#"{"valid": true, "user": {"user_id": ""}}"#,
+            r#"{"valid": true, "user": {"user_id": null}}"#,
+            r#"{"valid": true, "user": {"user_id": [1]}}"#,
+            r#"{"status": "pending", "valid": true, "user": {"user_id": 1}}"#,
+            r#"{"status": null, "valid": true, "user": {"user_id": 1}}"#,
+            r#"{"valid": "true", "user": {"user_id": 1}}"#,
+        ] {
+            assert!(malformed(&v, body, 0), "{body}");
+        }
+    }
+
+    #[test]
+    fn roles_that_are_not_names_are_dropped_and_counted() {
+        let v = validator(r#"{"cluster": "noetl"}"#);
+        let body = r#"{"valid": true, "user": {"user_id": 1, "roles": ["viewer,admin", "analyst", "", "de v", 7]}}"#;
+        let a = v.read_answer(Some(200), body.as_bytes(), 0).unwrap();
+        assert_eq!((a.entry.roles, a.roles_dropped), (vec!["analyst".to_owned()], 4));
+        let top = r#"{"valid": true, "user": {"user_id": 1}, "roles": "analyst viewer,admin"}"#;
+        let a = v.read_answer(Some(200), top.as_bytes(), 0).unwrap();
+        assert_eq!((a.entry.roles, a.roles_dropped), (vec!["analyst".to_owned()], 1));
     }
 
     #[test]
@@ -239,17 +451,33 @@ mod tests {
         assert_eq!(v.read_answer(None, b"", 0), Err(CalloutFailure::NoResponse));
         assert_eq!(v.read_answer(Some(500), b"{}", 0), Err(CalloutFailure::Status(500)));
         assert_eq!(v.read_answer(Some(404), b"", 0), Err(CalloutFailure::Status(404)));
-        assert!(matches!(v.read_answer(Some(200), b"<html>", 0), Err(CalloutFailure::Malformed(_))));
-        assert!(matches!(v.read_answer(Some(200), b"[1]", 0), Err(CalloutFailure::Malformed(_))));
-        assert!(matches!(v.read_answer(Some(200), br#"{"status": "ok"}"#, 0), Err(CalloutFailure::Malformed(_))));
-        assert!(matches!(
-            v.read_answer(Some(200), br#"{"valid": true, "expires_at": "tomorrow"}"#, 0),
-            Err(CalloutFailure::Malformed(_))
-        ));
+        assert!(malformed(&v, "<html>", 0));
+        assert!(malformed(&v, "[1]", 0));
+        assert!(malformed(&v, r#"{"status": "ok"}"#, 0));
+        assert!(malformed(&v, r#"{"valid": true, "user": {"user_id": 1}, "expires_at": "tomorrow"}"#, 0));
         assert_eq!(
             v.read_answer(Some(200), br#"{"status": "error", "valid": false, "error": "db down"}"#, 0),
             Err(CalloutFailure::ServiceError("db down".into()))
         );
+    }
+
+    #[test]
+    fn the_token_bucket_allows_its_rate_and_burst() {
+        let mut b = TokenBucket::new(5);
+        assert_eq!((0..7).filter(|_| b.try_take(1000)).count(), 5, "a full bucket allows a burst of the rate");
+        assert!(!b.try_take(1199), "a token takes 200 ms to come back");
+        assert!(b.try_take(1200));
+        assert!(!b.try_take(1200));
+        assert_eq!((0..10).filter(|_| b.try_take(60_000)).count(), 5, "a long quiet spell refills to the burst only");
+        assert!(!b.try_take(59_000), "a clock that steps back refills nothing");
+        assert!(!b.try_take(60_100));
+        assert!(b.try_take(60_200));
+        // Over ten seconds, at most rate per second plus the burst.
+        let mut b = TokenBucket::new(50);
+        let taken: usize = (0..10_000u64).map(|ms| (0..2).filter(|_| b.try_take(100_000 + ms)).count()).sum();
+        assert!((500..=550).contains(&taken), "{taken}");
+        let mut huge = TokenBucket::new(u64::MAX);
+        assert!(huge.try_take(0) && huge.try_take(u64::MAX));
     }
 
     #[test]
@@ -261,5 +489,11 @@ mod tests {
         assert_eq!(compile(r#"{"cluster": ""}"#), "cluster");
         assert_eq!(compile(r#"{"cluster": "c", "path": "v"}"#), "path");
         assert_eq!(compile(r#"{"cluster": "c", "timeout_ms": 0}"#), "timeout_ms");
+        assert_eq!(compile(r#"{"cluster": "c", "max_cold_callouts_per_sec": 0}"#), "max_cold_callouts_per_sec");
+        let session: SessionConfig = parse_json(br#"{"max_negative_entries": 0}"#).unwrap();
+        let cfg: ValidationConfig = parse_json(br#"{"cluster": "c"}"#).unwrap();
+        assert_eq!(Validator::compile(&cfg, &session).unwrap_err().path, "session.max_negative_entries");
+        let v = Validator::compile(&cfg, &SessionConfig::default()).unwrap();
+        assert_eq!((v.max_negative_entries, v.max_cold_callouts_per_sec), (10_000, 50), "the documented defaults");
     }
 }

@@ -93,12 +93,26 @@ impl Denial {
 
     /// 503 with `Retry-After` when the validation service fails (`failure_mode: deny`).
     pub fn unavailable() -> Self {
+        Self::retry_later("session_validation_unavailable", "session validation unavailable")
+    }
+
+    /// 503 with `Retry-After` when this worker's limit on callouts about sessions the cache has
+    /// never seen is spent (`validation.max_cold_callouts_per_sec`).
+    pub fn too_many_new_sessions() -> Self {
+        Self::retry_later(
+            "too_many_new_sessions",
+            "too many new sessions to validate this second (validation.max_cold_callouts_per_sec)",
+        )
+    }
+
+    /// 503 with `Retry-After: 1` and a reason: the session cannot be vouched for this second.
+    fn retry_later(reason: &str, detail: &str) -> Self {
         Denial {
             kind: DenialKind::Unavailable,
             status: 503,
             headers: vec![("retry-after".into(), "1".into())],
-            body: json!({"error": "unavailable", "reason": "session_validation_unavailable"}).to_string(),
-            detail: "session validation unavailable".into(),
+            body: json!({"error": "unavailable", "reason": reason}).to_string(),
+            detail: detail.into(),
         }
     }
 

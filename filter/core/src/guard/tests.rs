@@ -386,10 +386,70 @@ mod with_validation {
         assert!(headers.contains(&("x-noetl-user-id".into(), "7".into())), "the service's user id: {headers:?}");
         assert!(headers.contains(&("x-noetl-user-email".into(), "grace@example.com".into())));
         assert!(
-            headers.contains(&("x-noetl-user-name".into(), "Ada".into())),
-            "the token fills what the service left out"
+            !headers.iter().any(|(n, _)| n == "x-noetl-user-name"),
+            "the token never fills what the service left out: {headers:?}"
         );
         assert!(headers.contains(&("x-noetl-user-roles".into(), "analyst".into())));
+    }
+
+    fn header<'a>(v: &'a Verdict, name: &str) -> Option<&'a str> {
+        let Verdict::Allow { headers, .. } = v else { return None };
+        headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn identity_comes_from_the_service_alone_never_mixed_with_the_token() {
+        let g = vguard(json!({"cluster": "noetl", "token_roles": "fallback"}));
+        // The token names Ada (sub 42, email, name); the service answers user 9 with no email
+        // and no name.
+        let t = bearer(&token(&["viewer"], json!({})));
+        let answer = br#"{"status": "ok", "valid": true, "user": {"user_id": 9}, "expires_at": null, "error": null}"#;
+        let entry = g.read_answer(Some(200), answer, NOW).unwrap().entry;
+        let v = verdict_of(g.on_answer(pending(&g, "GET", "/api/me", &t), &entry));
+        assert_eq!(header(&v, "x-noetl-user-id"), Some("9"));
+        assert_eq!(header(&v, "x-noetl-user-email"), None, "not the token's email beside the service's id");
+        assert_eq!(header(&v, "x-noetl-user-name"), None);
+        assert_eq!(header(&v, "x-noetl-user-roles"), Some("viewer"), "roles combine only as token_roles says");
+        // Served stale under serve_stale, the same.
+        let g = vguard(json!({"cluster": "noetl", "failure_mode": "serve_stale"}));
+        let (step, served) = g.on_callout_failure(pending(&g, "GET", "/api/me", &t), Some(&entry), NOW + 301);
+        let v = verdict_of(step);
+        assert!(served);
+        assert_eq!((header(&v, "x-noetl-user-id"), header(&v, "x-noetl-user-email")), (Some("9"), None));
+        // Without a validation service the token is the one source.
+        let v = verdict(&guard(), "GET", "/api/me", &t);
+        assert_eq!(header(&v, "x-noetl-user-id"), Some("42"));
+        assert_eq!(header(&v, "x-noetl-user-email"), Some("ada@example.com"));
+    }
+
+    #[test]
+    fn a_role_with_syntax_in_it_never_reaches_the_policy_or_the_header() {
+        // From the service.
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&[], json!({})));
+        let answer =
+            br#"{"status": "ok", "valid": true, "user": {"user_id": 9, "roles": ["viewer,admin", "analyst"]}}"#;
+        let read = g.read_answer(Some(200), answer, NOW).unwrap();
+        assert_eq!(read.roles_dropped, 1);
+        let v = verdict_of(g.on_answer(pending(&g, "GET", "/api/catalog/data/x", &t), &read.entry));
+        assert_eq!(header(&v, "x-noetl-user-roles"), Some("analyst"));
+        // From a token's roles claim, without a validation service.
+        let t = bearer(&token(&["viewer,admin", "analyst", "admin\u{85}", " admin"], json!({})));
+        let v = verdict(&guard(), "GET", "/api/catalog/data/x", &t);
+        assert_eq!(header(&v, "x-noetl-user-roles"), Some("analyst"));
+        let v = verdict(&guard(), "GET", "/api/catalog/system/x", &t);
+        assert_eq!(status(&v), 403, "analyst alone may not view system/**");
+    }
+
+    #[test]
+    fn a_spent_cold_callout_limit_is_503_with_its_own_reason() {
+        let g = vguard(json!({"cluster": "noetl"}));
+        let t = bearer(&token(&[], json!({})));
+        let v = verdict_of(g.on_cold_callout_limited(pending(&g, "GET", "/api/me", &t)));
+        let Verdict::Deny(d) = &v else { panic!("{v:?}") };
+        assert_eq!((d.status, d.kind), (503, DenialKind::Unavailable));
+        assert!(d.headers.contains(&("retry-after".into(), "1".into())));
+        assert_eq!(body(&v), json!({"error": "unavailable", "reason": "too_many_new_sessions"}));
     }
 
     #[test]

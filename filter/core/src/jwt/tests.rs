@@ -291,10 +291,45 @@ fn session_key_prefers_sid_then_jti_then_digest() {
 
 #[test]
 fn roles_claim_shapes() {
-    assert_eq!(roles_from(Some(&json!(["a", "", "b", 3]))), ["a", "b"]);
-    assert_eq!(roles_from(Some(&json!("  a   b "))), ["a", "b"]);
-    assert!(roles_from(Some(&json!({"a": 1}))).is_empty());
-    assert!(roles_from(None).is_empty());
+    let roles = |v: Value| roles_from(Some(&v));
+    assert_eq!(roles(json!(["a", "b"])), (vec!["a".to_owned(), "b".to_owned()], 0));
+    assert_eq!(roles(json!("  a   b ")), (vec!["a".to_owned(), "b".to_owned()], 0), "runs of spaces separate");
+    assert_eq!(roles(json!({"a": 1})), (vec![], 1));
+    assert_eq!(roles_from(None), (vec![], 0));
+    assert_eq!(roles(Value::Null), (vec![], 0));
+}
+
+#[test]
+fn role_names_are_values_never_syntax() {
+    let long = "r".repeat(MAX_ROLE_BYTES + 1);
+    let at_limit = "r".repeat(MAX_ROLE_BYTES);
+    let items = json!(["viewer,admin", "", " admin", "admin\t", "a\u{a0}b", "a\u{2003}b", "a\u{85}b", "ad\nmin",
+                       "x\u{7f}", long, 3, null, {"r": 1}, "analyst", at_limit, "dépôt-lecteur"]);
+    let (kept, dropped) = roles_from(Some(&items));
+    assert_eq!(kept, ["analyst", at_limit.as_str(), "dépôt-lecteur"]);
+    assert_eq!(dropped, 13);
+    // In the string form, only spaces separate: any other whitespace is inside a name.
+    let (kept, dropped) = roles_from(Some(&json!("analyst viewer,admin a\tb dev\u{3000}ops")));
+    assert_eq!((kept, dropped), (vec!["analyst".to_owned()], 3));
+    assert!(!is_role_name(&"é".repeat(65)), "the limit is in bytes");
+}
+
+#[test]
+fn dropped_roles_are_counted_once_per_verification() {
+    let v = hs();
+    let mut c = claims("https://noetl.local");
+    c["roles"] = json!(["analyst", "viewer,admin", ""]);
+    let t = sign(Algorithm::HS256, "", None, &c);
+    let verified = v.verify(&t, NOW).unwrap();
+    assert_eq!((verified.roles, verified.roles_dropped), (vec!["analyst".to_owned()], 2));
+    for capacity in [2, 0] {
+        let mut cache = VerifiedTokens::new(capacity);
+        v.verify_cached(&t, NOW, &mut cache, &mut RemoteKeys::default()).unwrap();
+        v.verify_cached(&t, NOW, &mut cache, &mut RemoteKeys::default()).unwrap();
+        let want = if capacity == 0 { 4 } else { 2 };
+        assert_eq!(cache.take_roles_dropped(), want, "capacity {capacity}: a cached token is read once");
+        assert_eq!(cache.take_roles_dropped(), 0, "taking the count resets it");
+    }
 }
 
 #[test]

@@ -243,6 +243,9 @@ def validation_service(tmp_path_factory):
         "s-analyst": {"user_id": 42, "email": "ada@example.com", "display_name": "Ada", "roles": ["analyst"]},
         "s-developer": {"user_id": "43", "email": "lin@example.com", "display_name": "Lin", "roles": ["developer"]},
         "s-revoked": {"user_id": 44, "valid": False},
+        # test_noetl_sessions.py's own (other tests count callouts per session).
+        "noetl-analyst": {"user_id": 46, "email": "sam@example.com", "roles": ["analyst"]},
+        "noetl-revoked": {"user_id": 47, "valid": False},
         "0cc175b9c0f1b6a831c399e269772661": {"user_id": 45, "email": "op@example.com", "roles": ["viewer"]},
         **{f"s-burst-{i}": {"user_id": 100 + i, "roles": ["analyst"]} for i in range(1, 10)},
         **{f"s-many-{i}": {"user_id": 200 + i, "roles": ["analyst"]} for i in range(60)},

@@ -69,15 +69,15 @@ def test_an_opaque_noetl_session_is_allowed_then_answered_from_the_cache(noetl, 
 
 
 def test_a_jwt_is_allowed(noetl, validation_service):
-    resp = http(noetl.url + ALLOWED, headers=bearer(hs_token(["admin"], sid="s-analyst")))
+    resp = http(noetl.url + ALLOWED, headers=bearer(hs_token(["admin"], sid="noetl-analyst")))
     assert resp.status == 200, resp.body
     assert resp.json()["headers"]["x-noetl-user-roles"] == "analyst", "the service's roles, not the token's"
-    assert http(noetl.url + DENIED, headers=bearer(hs_token(["admin"], sid="s-analyst"))).status == 403
+    assert http(noetl.url + DENIED, headers=bearer(hs_token(["admin"], sid="noetl-analyst"))).status == 403
     assert noetl.counter("tokens_jwt") >= 2
 
 
 def test_a_jwt_whose_session_the_service_revoked_is_401(noetl, validation_service):
-    resp = http(noetl.url + ALLOWED, headers=bearer(hs_token(["admin"], sid="s-revoked")))
+    resp = http(noetl.url + ALLOWED, headers=bearer(hs_token(["admin"], sid="noetl-revoked")))
     assert resp.status == 401
     assert resp.json()["reason"] == "invalid_session"
 

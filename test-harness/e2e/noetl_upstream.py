@@ -36,12 +36,12 @@ import binascii
 import itertools
 import json
 import re
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from demo_upstream import Echo, serve
 
 # catalog_id -> entry. `system/` playbooks are the ones a non-admin must never reach.
 CATALOG = {
@@ -130,6 +130,12 @@ def by_id(catalog_id, kind=None):
     return dict(entry, catalog_id=str(int(catalog_id)))
 
 
+def found(entry):
+    if entry is None:
+        raise Unprocessable("Catalog entry not found", 404)
+    return entry
+
+
 def python_execute_target(body):
     """POST /api/execute in NoETL's Python server: which catalog entry it runs."""
     kind = body.get("resource_kind")
@@ -137,14 +143,10 @@ def python_execute_target(body):
         raise Unprocessable("resource_kind: Input should be 'playbook' or 'agent'")
     catalog_id = pydantic_int(body.get("catalog_id"))
     if catalog_id:
-        entry = by_id(catalog_id, kind)
-    elif body.get("path") is not None:
-        entry = by_path(body["path"], body.get("version"), kind)
-    else:
+        return found(by_id(catalog_id, kind))
+    if body.get("path") is None:
         raise Unprocessable("either catalog_id or path is required", 400)
-    if entry is None:
-        raise Unprocessable("Catalog entry not found", 404)
-    return entry
+    return found(by_path(body["path"], body.get("version"), kind))
 
 
 def rust_execute_target(item):
@@ -152,17 +154,13 @@ def rust_execute_target(item):
     if not isinstance(item, dict):
         raise Unprocessable("executions[]: expected an object")
     catalog_id = item.get("catalog_id")
-    if catalog_id is not None:
-        if isinstance(catalog_id, bool) or not isinstance(catalog_id, int):
-            raise Unprocessable("catalog_id: invalid type, expected i64")
-        entry = by_id(catalog_id)
-    elif isinstance(item.get("path"), str):
-        entry = by_path(item["path"], None)
-    else:
-        raise Unprocessable("either catalog_id or path is required", 400)
-    if entry is None:
-        raise Unprocessable("Catalog entry not found", 404)
-    return entry
+    if catalog_id is None:
+        if not isinstance(item.get("path"), str):
+            raise Unprocessable("executions[]: either catalog_id or path is required", 400)
+        return found(by_path(item["path"], None))
+    if isinstance(catalog_id, bool) or not isinstance(catalog_id, int):
+        raise Unprocessable("catalog_id: invalid type, expected i64")
+    return found(by_id(catalog_id))
 
 
 def register_path(content):
@@ -184,9 +182,9 @@ def register_path(content):
     return str(path), doc.get("kind")
 
 
-class NoETL(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1  # one write per response (see demo_upstream.py)
+class NoETL(Echo):
+    """demo_upstream's echo, which answers every path NoETL's routes below do not take."""
+
     answer_early = False
 
     def identity(self):
@@ -267,13 +265,9 @@ class NoETL(BaseHTTPRequestHandler):
         if isinstance(catalog_id, bool) or not isinstance(catalog_id, (str, int, type(None))):
             raise Unprocessable("catalog_id: Input should be a valid string")
         if catalog_id is not None and str(catalog_id) != "":
-            entry = by_id(catalog_id)
-        elif body.get("path") is not None:
-            entry = by_path(body["path"], body.get("version"))
+            entry = found(by_id(catalog_id))
         else:
-            raise Unprocessable("Catalog entry not found", 404)
-        if entry is None:
-            raise Unprocessable("Catalog entry not found", 404)
+            entry = found(None if body.get("path") is None else by_path(body["path"], body.get("version")))
         self.read("/api/catalog/resource", [entry])
         return entry
 
@@ -304,15 +298,13 @@ class NoETL(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path = urlsplit(self.path).path
-        STATE.record("seen", {"method": "POST", "path": self.path, "identity": self.identity(),
-                              "probe": self.headers.get("x-probe")})
+        self.saw()
         if self.answer_early and not path.startswith("/_"):
             # Acts on the head alone: never reads the body, and closes so its bytes are not
             # taken for the next request.
             self.close_connection = True
             return self.send_json(200, {"status": "started", "answered": "before the body",
                                         "identity": self.identity()})
-        raw = self.raw_body()
         routes = {"/api/execute": self.execute, "/api/execute/batch": self.execute_batch,
                   "/api/catalog/register": self.register, "/api/catalog/resource": self.resource,
                   "/api/catalog/list": self.catalog_list}
@@ -320,13 +312,12 @@ class NoETL(BaseHTTPRequestHandler):
             with STATE.lock:
                 STATE.reset()
             return self.send_json(200, {})
+        mcp = MCP_JSONRPC.match(unquote(path))
+        if path not in routes and not mcp:
+            return self._answer()
+        raw = self.raw_body()
         try:
-            if path in routes:
-                answer = routes[path](raw)
-            elif m := MCP_JSONRPC.match(unquote(path)):
-                answer = self.mcp_jsonrpc(raw, m.group(1))
-            else:
-                return self.echo(raw)
+            answer = routes[path](raw) if path in routes else self.mcp_jsonrpc(raw, mcp.group(1))
         except Unprocessable as err:
             return self.send_json(err.status, {"detail": err.detail, "identity": self.identity()})
         answer = dict(answer, identity=self.identity())
@@ -337,24 +328,17 @@ class NoETL(BaseHTTPRequestHandler):
         if path in ("/_ran", "/_read", "/_created", "/_seen"):
             with STATE.lock:
                 return self.send_json(200, list(getattr(STATE, path[2:])))
-        STATE.record("seen", {"method": "GET", "path": self.path, "identity": self.identity(),
-                              "probe": self.headers.get("x-probe")})
-        self.echo(self.raw_body())
-
-    def echo(self, raw):
-        self.send_json(200, {"method": self.command, "path": self.path,
-                             "headers": {k.lower(): v for k, v in self.headers.items()},
-                             "body": raw.decode("utf-8", "replace"), "identity": self.identity()})
+        self.do_other()
 
     def do_other(self):
-        STATE.record("seen", {"method": self.command, "path": self.path, "identity": self.identity(),
-                              "probe": self.headers.get("x-probe")})
-        self.echo(self.raw_body())
+        self.saw()
+        self._answer()
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_other
 
-    def log_message(self, fmt, *args):  # quiet: Envoy's access log is the one to read
-        pass
+    def saw(self):
+        STATE.record("seen", {"method": self.command, "path": self.path, "identity": self.identity(),
+                              "probe": self.headers.get("x-probe")})
 
 
 def main():
@@ -363,13 +347,7 @@ def main():
     parser.add_argument("--answer-early", action="store_true", help="answer 200 before reading any body")
     args = parser.parse_args()
     NoETL.answer_early = args.answer_early
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), NoETL)
-    print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    sys.exit(0)
+    serve(NoETL, args.port)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Re-renders the Envoy configurations derived from envoy/filter-config.yaml and the default
-policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps, and the Istio WasmPlugin's
-pluginConfig. Run after changing either (test_configs.py fails until then):
+policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps, and the Istio EnvoyFilter's
+extension configuration. Run after changing either (test_configs.py fails until then):
 
     python3 envoy/render_examples.py            # uses target/debug/playbook-guard
 
@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(os.environ.get("PLAYBOOK_GUARD_CLI", ROOT / "target" / "debug" / "playbook-guard"))
 K8S_ECDS_PATH = "/etc/playbook-guard/filter/playbook-guard.yaml"
 K8S_WASM = "/etc/playbook-guard/wasm/playbook_guard.wasm"
+# Where the Istio agent fetches the module from (istio/envoyfilter.yaml); a placeholder.
+ISTIO_WASM_URL = "oci://ghcr.io/noetl/playbook-guard:0.1.0"
 # In the Pod, NoETL's server (127.0.0.1:8082) is both the upstream and the validation service.
 K8S_RENDER = ["--listen-address", "0.0.0.0", "--listen-port", "8080", "--upstream-port", "8082",
               "--validation-port", "8082", "--admin-port", "9901", "--ecds-path", K8S_ECDS_PATH]
@@ -47,12 +49,14 @@ def main():
                   indent(render("--output", "bootstrap-ecds", *K8S_RENDER), 4))
     replace_block(k8s / "filter.configmap.yaml", "  playbook-guard.yaml: |\n",
                   indent(render("--output", "ecds", "--wasm", K8S_WASM), 4))
-    plugin = json.loads(render("--output", "plugin-config"))
-    # A WasmPlugin cannot set allow_on_headers_stop_iteration: the filter must not hold headers.
-    plugin["hold_headers_for_body"] = False
+    # The ECDS resource as Istio's EXTENSION_CONFIG patch wants it, with the module fetched by the
+    # Istio agent; render keeps allow_on_headers_stop_iteration and hold_headers_for_body in it.
+    ecds = json.loads(render("--output", "ecds").split("\n", 1)[1])
+    typed = ecds["resources"][0]["typed_config"]
+    typed["config"]["vm_config"]["code"] = {"remote": {"http_uri": {"uri": ISTIO_WASM_URL, "timeout": "30s"}}}
     # JSON is YAML, and keeps every string a string (a version such as 1.0 stays "1.0").
-    replace_block(ROOT / "envoy" / "istio" / "wasmplugin.yaml", "  pluginConfig:\n",
-                  indent(json.dumps(plugin, indent=2) + "\n", 4))
+    replace_block(ROOT / "envoy" / "istio" / "envoyfilter.yaml", "          typed_config:\n",
+                  indent(json.dumps(typed, indent=2) + "\n", 12))
 
 
 if __name__ == "__main__":

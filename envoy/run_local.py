@@ -1,9 +1,10 @@
-"""`make run`: Envoy with playbook-guard in front of a demo upstream, on loopback.
+"""`make run`: Envoy with playbook-guard in front of a NoETL stand-in, on loopback.
 
-Starts the demo upstream, the validation-service stand-in (NoETL's session-validation API,
-answering from envoy/demo-sessions.yaml) and Envoy (envoy/envoy.yaml, which loads
-build/playbook_guard.wasm); mints development tokens with the CLI, shows one allowed and one
-denied request, and prints the curl lines to try more. Ctrl-C stops everything.
+Starts the NoETL API stand-in (test-harness/e2e/noetl_upstream.py), the validation-service
+stand-in (NoETL's session-validation API, answering from envoy/demo-sessions.yaml) and Envoy
+(envoy/envoy.yaml, which loads build/playbook_guard.wasm); mints development tokens with the
+CLI, shows allowed and denied requests, and prints the curl lines to try more. Ctrl-C stops
+everything.
 """
 
 import json
@@ -62,6 +63,17 @@ def noetl_login(user):
         return json.loads(resp.read())["session_token"]
 
 
+def execute(playbook, token):
+    """POST /api/execute as NoETL's clients send it: (status, what the answer says)."""
+    req = urllib.request.Request(LISTEN + "/api/execute", data=json.dumps({"path": playbook}).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, f"NoETL stand-in started execution {json.loads(resp.read())['execution_id']}"
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
 def mint(*args):
     return subprocess.run([str(CLI), "token", *args], check=True, capture_output=True, text=True).stdout.strip()
 
@@ -75,7 +87,7 @@ def main():
     procs = []
     try:
         upstream = subprocess.Popen(
-            [sys.executable, str(ROOT / "test-harness" / "e2e" / "demo_upstream.py"), "--port", "18080"],
+            [sys.executable, str(ROOT / "test-harness" / "e2e" / "noetl_upstream.py"), "--port", "18080"],
             stdout=subprocess.DEVNULL,
         )
         procs.append(upstream)
@@ -101,7 +113,7 @@ def main():
         analyst = mint("--sub", "42", "--sid", "demo-analyst", "--roles", "analyst")
         allowed = f"{LISTEN}/api/catalog/data/daily_load"
         denied = f"{LISTEN}/api/catalog/system/reset"
-        print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), demo upstream on :18080,")
+        print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), NoETL stand-in on :18080,")
         print("validation-service stand-in on :18081 (sessions from envoy/demo-sessions.yaml)")
         print(f"Envoy's log: build/envoy.log   stats: curl -s {ADMIN}/stats | grep playbook_guard\n")
         print("A token for user 42 with role analyst (execute/view data/**); allowed (200):")
@@ -119,6 +131,13 @@ def main():
         print("A token that is neither a JWT nor NoETL-shaped; refused without asking NoETL (401 malformed):")
         print(f"  curl -i -H 'X-Session-Token: let-me-in' {allowed}")
         print(f"  -> {status_with('/api/catalog/data/daily_load', {'X-Session-Token': 'let-me-in'})}\n")
+        print("NoETL's run endpoint, POST /api/execute: a data/ playbook (allowed, 200), a system/ one (denied, 403):")
+        for playbook in ("data/daily_load", "system/reset"):
+            body = shlex.quote(json.dumps({"path": playbook}))
+            print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} -H 'Content-Type: application/json'"
+                  f" -d {body} {LISTEN}/api/execute")
+            print("  -> {} {}".format(*execute(playbook, analyst)))
+        print("  what the stand-in ran (what NoETL would have run): curl -s http://127.0.0.1:18080/_ran\n")
         stats = json.loads(urllib.request.urlopen(STANDIN_URL + "/_stats", timeout=5).read())
         print(f"Validation callouts for that session so far: {stats['sessions'].get('demo-analyst', 0)}"
               " (then answered from the cache for 300 s)\n")

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use playbook_guard_core::config::EARLY_HEAD_WARNING;
 use playbook_guard_core::Guard;
 use serde_json::{json, Value};
 
@@ -144,8 +145,10 @@ pub struct PluginConfig {
 
 /// The merged plugin configuration, checked by compiling it as the filter would.
 ///
-/// `for_envoy` adds `hold_headers_for_body: true` (unless the configuration says otherwise),
-/// because every Envoy configuration rendered here sets `allow_on_headers_stop_iteration`.
+/// `for_envoy` writes `hold_headers_for_body: true` out (unless the configuration says
+/// otherwise), because every Envoy configuration rendered here sets
+/// `allow_on_headers_stop_iteration`. A configuration that opts out gets the filter's own
+/// warning on stderr, so whoever renders it learns what the filter will log.
 pub fn plugin_config(args: &FilterArgs, for_envoy: bool) -> Result<PluginConfig, Failure> {
     let text = read(&args.config)?;
     let mut config: Value = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
@@ -165,8 +168,11 @@ pub fn plugin_config(args: &FilterArgs, for_envoy: bool) -> Result<PluginConfig,
     }
     // Secrets are Envoy's to pass in; a stand-in of the right length checks everything else.
     let env = |name: &str| Some(std::env::var(name).unwrap_or_else(|_| "x".repeat(64)));
-    Guard::from_json(config.to_string().as_bytes(), &env)
+    let guard = Guard::from_json(config.to_string().as_bytes(), &env)
         .map_err(|e| Failure(format!("{} + {}: {e}", args.config.display(), args.policy.display())))?;
+    if !guard.hold_headers_for_body() {
+        eprintln!("{}: warning: {EARLY_HEAD_WARNING}", args.config.display());
+    }
     Ok(PluginConfig { config, version: policy.version().to_owned() })
 }
 

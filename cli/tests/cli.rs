@@ -219,6 +219,21 @@ fn render_keeps_stop_iteration_and_held_headers_in_every_envoy_form() {
 }
 
 #[test]
+fn render_warns_when_the_head_may_go_upstream_before_the_body_is_decided() {
+    let shipped = run(&["render", "--output", "plugin-config"]);
+    assert!(shipped.status.success());
+    assert!(!stderr(&shipped).contains("warning"), "{}", stderr(&shipped));
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("envoy/filter-config.yaml")).unwrap();
+    let config = policy(&dir, "early.yaml", &format!("{text}\nhold_headers_for_body: false\n"));
+    for output in ["plugin-config", "bootstrap"] {
+        let out = run(&["render", "--output", output, "--config", &config]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("warning: hold_headers_for_body is false"), "{output}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn render_ecds_is_versioned_by_the_policy() {
     let doc = yaml(&run(&["render", "--output", "ecds", "--policy", "policies/examples/guard-rails.yaml"]));
     assert_eq!(doc["version_info"], "2026-11-24.guard-rails");

@@ -189,6 +189,11 @@ impl RootContext for GuardRoot {
         match Guard::from_json(&config, &env) {
             Ok(guard) => {
                 info!("configured; policy version {:?}", guard.policy_version());
+                if !guard.hold_headers_for_body() {
+                    // An explicit opt-in that lets the upstream see requests later denied: say
+                    // so each time such a configuration is taken.
+                    warn!("{}", crate::core::config::EARLY_HEAD_WARNING);
+                }
                 Metrics::set_policy_version(guard.policy_version());
                 // Keys may have changed: tokens verified under the old configuration are not.
                 self.worker.borrow_mut().keys = guard.verifier_state();

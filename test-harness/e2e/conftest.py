@@ -230,10 +230,12 @@ def envoy(start_envoy):
 @pytest.fixture(scope="session", params=["held-headers", "plain-envoy"])
 def body_envoy(request, start_envoy, envoy):
     """Both ways of deciding on a body: with Envoy's allow_on_headers_stop_iteration and the
-    filter's hold_headers_for_body, and a configuration that has neither."""
+    filter's hold_headers_for_body (the default), and a configuration that has neither (the
+    opt-in `hold_headers_for_body: false`)."""
     if request.param == "held-headers":
         return envoy
-    return start_envoy(plugin_config(), stop_iteration=False)
+    # The opt-in for hosts without the knob: the head goes first, only the body is held.
+    return start_envoy(plugin_config(hold_headers_for_body=False), stop_iteration=False)
 
 
 @pytest.fixture(scope="session")
@@ -253,3 +255,17 @@ def validation_service(tmp_path_factory):
     service = ValidationService(sessions)
     yield service
     service.stop()
+
+
+def istio_http_filter(with_validation=False):
+    """The HTTP filter envoy/istio/envoyfilter.yaml gives a sidecar, as Envoy gets it once the
+    Istio agent has fetched the module: patch 2's extension configuration under patch 1's name,
+    the code a local file; without its validation service unless asked."""
+    doc = yaml.safe_load((ROOT / "envoy" / "istio" / "envoyfilter.yaml").read_text())
+    inserted, extension = (p["patch"]["value"] for p in doc["spec"]["configPatches"])
+    typed = extension["typed_config"]
+    typed["config"]["vm_config"]["code"] = {"local": {"filename": str(WASM)}}
+    if not with_validation:
+        plugin = without_validation(json.loads(typed["config"]["configuration"]["value"]))
+        typed["config"]["configuration"]["value"] = json.dumps(plugin)
+    return {"name": inserted["name"], "typed_config": typed}

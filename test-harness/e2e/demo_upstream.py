@@ -39,17 +39,21 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=18080, help="0 picks a free port")
-    args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Echo)
+def serve(handler, port):
+    """Serves `handler` on loopback until interrupted; the first line printed names the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=18080, help="0 picks a free port")
+    serve(Echo, parser.parse_args().port)
 
 
 if __name__ == "__main__":

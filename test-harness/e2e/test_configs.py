@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ENVOY, ROOT, SECRET, WASM, http, without_validation
+from conftest import ENVOY, ROOT, SECRET, WASM, http, istio_http_filter, without_validation
 from ecds_support import EcdsEnvoy, cli, hs_token
 
 ENVOY_DIR = ROOT / "envoy"
@@ -32,7 +32,7 @@ KNOWN = {
     "k8s/secret.yaml": "secret",
     "k8s/deployment.yaml": "kubernetes",
     "k8s/kustomization.yaml": "kubernetes",
-    "istio/wasmplugin.yaml": "wasmplugin",
+    "istio/envoyfilter.yaml": "envoyfilter",
     "istio/pod.yaml": "kubernetes",
 }
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
@@ -79,17 +79,40 @@ def test_kubernetes_configmaps_are_current():
     assert configmap(K8S / "filter.configmap.yaml", "playbook-guard.yaml") == ecds
 
 
-def istio_plugin():
-    (doc,) = docs(ISTIO / "wasmplugin.yaml")
-    assert doc["kind"] == "WasmPlugin"
-    return doc
+def istio_patches():
+    (doc,) = docs(ISTIO / "envoyfilter.yaml")
+    assert doc["kind"] == "EnvoyFilter"
+    return doc["spec"]["configPatches"]
 
 
-def test_istio_plugin_config_is_the_rendered_one_without_held_headers():
-    expected = json.loads(cli("render", "--output", "plugin-config").stdout)
-    # A WasmPlugin cannot set allow_on_headers_stop_iteration, so headers are not held.
-    expected["hold_headers_for_body"] = False
-    assert istio_plugin()["spec"]["pluginConfig"] == expected
+def test_istio_envoyfilter_holds_the_head_with_the_rendered_configuration():
+    """Istio's sidecar gets what render gives every other Envoy: allow_on_headers_stop_iteration
+    and hold_headers_for_body, the module fetched by the Istio agent."""
+    inserted, extension = istio_patches()
+    assert inserted["applyTo"] == "HTTP_FILTER" and inserted["patch"]["operation"] == "INSERT_FIRST"
+    assert inserted["match"]["context"] == "SIDECAR_INBOUND"
+    discovery = inserted["patch"]["value"]["config_discovery"]
+    # Until istiod's extension configuration arrives the listener waits, never serves unguarded.
+    assert discovery["config_source"] == {"ads": {}, "initial_fetch_timeout": "0s"}
+    assert extension["applyTo"] == "EXTENSION_CONFIG"
+    assert extension["patch"]["value"]["name"] == inserted["patch"]["value"]["name"]
+    typed = extension["patch"]["value"]["typed_config"]
+    assert typed["@type"] in discovery["type_urls"]
+    code = typed["config"]["vm_config"].pop("code")
+    assert code["remote"]["http_uri"]["uri"].startswith("oci://"), code
+    (rendered,) = yaml.safe_load(cli("render", "--output", "ecds").stdout)["resources"]
+    del rendered["typed_config"]["config"]["vm_config"]["code"]
+    assert typed == rendered["typed_config"], "re-render: python3 envoy/render_examples.py"
+    assert typed["config"]["allow_on_headers_stop_iteration"] is True
+    assert typed["config"]["failure_policy"] == "FAIL_CLOSED"
+    assert json.loads(typed["config"]["configuration"]["value"])["hold_headers_for_body"] is True
+
+
+def test_istio_envoyfilter_validates(tmp_path):
+    boot = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"][0] = istio_http_filter(with_validation=True)
+    validate(yaml.safe_dump(boot), tmp_path)
 
 
 def test_local_bootstrap_validates(tmp_path):
@@ -164,20 +187,20 @@ def test_kubernetes_sidecar_serves_decisions(tmp_path, upstream):
         envoy.stop()
 
 
-def test_istio_plugin_config_serves_decisions(start_envoy):
-    """Istio hands pluginConfig to the filter as JSON, without allow_on_headers_stop_iteration."""
-    spec = istio_plugin()["spec"]
-    assert spec["failStrategy"] == "FAIL_CLOSE"
-    assert spec["vmConfig"]["env"] == [{"name": "PLAYBOOK_GUARD_HS256_SECRET", "valueFrom": "HOST"}]
-    # No NoETL server here: roles come from the token instead of the validation service.
-    plugin = without_validation(spec["pluginConfig"])
-    envoy = start_envoy(plugin, stop_iteration=False)
+def test_istio_envoyfilter_serves_decisions(start_envoy):
+    """The sidecar's filter as the EnvoyFilter configures it; roles from the token (no NoETL here)."""
+    def sidecar(boot):
+        hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"][0] = istio_http_filter()
+
+    envoy = start_envoy({}, customize=sidecar)
     assert http(envoy.url + "/api/catalog/data/daily_load", headers=ANALYST).status == 200
     assert http(envoy.url + "/api/catalog/system/reset", headers=ANALYST).status == 403
     body = json.dumps({"path": "system/reset"})
     denied = http(envoy.url + "/api/run/playbook", method="POST", body=body,
                   headers={**ANALYST, "content-type": "application/json"})
     assert denied.status == 403
+    assert "hold_headers_for_body is false" not in envoy.log()
 
 
 def test_kubernetes_secret_reaches_envoy_through_an_environment_variable():

@@ -89,11 +89,12 @@ fn spoofed_identity_headers_are_removed() {
 
 #[test]
 fn a_body_route_forwards_the_head_and_decides_on_the_body() {
-    // The default (`hold_headers_for_body: false`): Envoy without
-    // `allow_on_headers_stop_iteration` would never show a paused head its body, so the head goes
-    // upstream with the verified identity and only the body waits for the decision.
-    let host = host();
-    let mut vm = vm(&host);
+    // The opt-in `hold_headers_for_body: false`: Envoy without `allow_on_headers_stop_iteration`
+    // would never show a paused head its body, so the head goes upstream with the verified
+    // identity and only the body waits for the decision.
+    let host = common::host_without_stop_iteration();
+    let mut vm = host.configured_vm(&config(json!({"hold_headers_for_body": false}))).unwrap();
+    assert!(vm.logged(LogLevel::Warn, "hold_headers_for_body is false"), "{:#?}", vm.logs());
     let t = token(&host, &["analyst"]);
     let headers = Request::new("POST", "/api/run/playbook").bearer(&t).headers;
 
@@ -123,12 +124,10 @@ fn a_body_route_forwards_the_head_and_decides_on_the_body() {
 }
 
 #[test]
-fn hold_headers_for_body_pauses_the_head_when_envoy_allows_it() {
-    let host = Host::with_options(
-        &common::filter(),
-        HostOptions::default().env(SECRET_ENV, common::SECRET).allow_on_headers_stop_iteration(true),
-    );
-    let mut vm = host.configured_vm(&config(json!({"hold_headers_for_body": true}))).unwrap();
+fn the_head_of_a_body_route_is_held_by_default() {
+    let host = host();
+    let mut vm = vm(&host);
+    assert!(!vm.logged(LogLevel::Warn, "hold_headers_for_body"), "{:#?}", vm.logs());
     let t = token(&host, &["analyst"]);
     let headers = Request::new("POST", "/api/run/playbook").bearer(&t).headers;
     let id = vm.create_http_context().unwrap();
@@ -141,9 +140,9 @@ fn hold_headers_for_body_pauses_the_head_when_envoy_allows_it() {
 #[test]
 fn without_allow_on_headers_stop_iteration_a_paused_head_never_sees_its_body() {
     // The Envoy hazard `hold_headers_for_body` documents, reproduced: StopAllIteration holds the
-    // body from the filter, so the request stays paused.
-    let host = host();
-    let mut vm = host.configured_vm(&config(json!({"hold_headers_for_body": true}))).unwrap();
+    // body from the filter, so the request stays paused (and never reaches the upstream).
+    let host = common::host_without_stop_iteration();
+    let mut vm = vm(&host);
     let t = token(&host, &["analyst"]);
     let exchange = vm.send_request(&Request::post("/api/run/playbook", r#"{"path": "data/etl"}"#).bearer(&t)).unwrap();
     assert_eq!(exchange.outcome, RequestOutcome::Paused);

@@ -80,7 +80,7 @@ pub enum Mode {
 /// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
 /// `opaque_token_shape`: NoETL's 32 lowercase hex characters,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
-/// `allow_cors_preflight: true`, `hold_headers_for_body: false`, `jwt_cache_size: 1000`, the
+/// `allow_cors_preflight: true`, `hold_headers_for_body: true`, `jwt_cache_size: 1000`, the
 /// `x-noetl-user-*` header names.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -123,10 +123,12 @@ pub struct PluginConfig {
     #[serde(default = "default_true")]
     pub allow_cors_preflight: bool,
     /// Hold a body-sourced request's headers until the decision (needs Envoy's
-    /// `allow_on_headers_stop_iteration: true`, Envoy 1.35+). When false, the headers (with the
-    /// identity headers) go upstream first and only the body waits for the decision, because
-    /// without that Envoy knob a filter that pauses on headers never receives the body.
-    #[serde(default)]
+    /// `allow_on_headers_stop_iteration: true`, Envoy 1.35+). True by default, because only then
+    /// does a denied request never reach the upstream. False is an opt-in for hosts without that
+    /// knob: the headers (with the identity headers) go upstream first and only the body waits,
+    /// so an upstream that acts on the head alone acts on requests the filter then denies
+    /// ([`EARLY_HEAD_WARNING`] is logged when a configuration says so).
+    #[serde(default = "default_true")]
     pub hold_headers_for_body: bool,
     /// How many verified tokens each worker remembers (by SHA-256, until `exp`) so a token's
     /// signature is checked once, as Envoy's `jwt_cache_config`; 0 disables it.
@@ -138,6 +140,11 @@ pub struct PluginConfig {
     /// Roles, permissions and playbook globs.
     pub policy: PolicyDocument,
 }
+
+/// What the filter logs (and `playbook-guard render` prints) for `hold_headers_for_body: false`.
+pub const EARLY_HEAD_WARNING: &str = "hold_headers_for_body is false: on body-sourced routes the request head goes \
+upstream before the body is decided, so an upstream that acts on the head alone (or answers before reading the body) \
+acts on requests the filter then denies; set it to true with Envoy's allow_on_headers_stop_iteration: true";
 
 fn default_token_sources() -> Vec<TokenSourceConfig> {
     vec![

@@ -17,8 +17,16 @@ pub fn filter() -> Filter {
     playbook_guard_filter().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A host whose environment carries the HS256 secret, as Envoy's `vm_config` would.
+/// A host whose environment carries the HS256 secret, as Envoy's `vm_config` would, with
+/// `allow_on_headers_stop_iteration` as every shipped Envoy configuration sets it (the filter
+/// holds a body-sourced request's head by default).
 pub fn host() -> Host {
+    Host::with_options(&filter(), HostOptions::default().env(SECRET_ENV, SECRET).allow_on_headers_stop_iteration(true))
+}
+
+/// As [`host`], but an Envoy without `allow_on_headers_stop_iteration` (hand-written, or what an
+/// Istio WasmPlugin gives).
+pub fn host_without_stop_iteration() -> Host {
     Host::with_options(&filter(), HostOptions::default().env(SECRET_ENV, SECRET))
 }
 

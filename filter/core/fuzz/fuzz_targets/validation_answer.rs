@@ -8,7 +8,8 @@ use playbook_guard_core_fuzz::{guard, NOW};
 
 fuzz_target!(|body: &[u8]| {
     for status in [Some(200), Some(422), None] {
-        if let Ok(entry) = guard().read_answer(status, body, NOW) {
+        if let Ok(answer) = guard().read_answer(status, body, NOW) {
+            let entry = answer.entry;
             assert_eq!(status, Some(200), "only a 2xx answer is an answer");
             assert_eq!(entry.fetched_at, NOW);
             if entry.valid {

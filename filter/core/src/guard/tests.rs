@@ -203,8 +203,8 @@ fn body_over_the_limit_is_413() {
     let Step::ReadBody(p) = g.on_request_headers(&head("POST", "/api/run/playbook", &analyst), NOW) else { panic!() };
     assert_eq!(p.max_body_bytes, 16);
     assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "42".into())));
-    assert!(!g.hold_headers_for_body());
-    assert!(guard_with(json!({"hold_headers_for_body": true})).hold_headers_for_body());
+    assert!(g.hold_headers_for_body(), "held by default: a denied request never reaches the upstream");
+    assert!(!guard_with(json!({"hold_headers_for_body": false})).hold_headers_for_body());
     assert_eq!(status(&g.body_too_large(&p)), 413);
     assert_eq!(status(&g.on_request_body(p, br#"{"path": "data/load-that-is-long"}"#)), 413);
 }

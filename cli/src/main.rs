@@ -10,6 +10,7 @@ mod lint;
 mod locate;
 mod publish;
 mod render;
+mod routes;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ enum Command {
     },
     /// Render Envoy configuration for a filter configuration plus a policy.
     Render(render::RenderArgs),
+    /// Print the route profile as a table: route, methods, what it requires, where the
+    /// playbook comes from.
+    Routes(routes::RoutesArgs),
     /// Render the ECDS file for a policy and replace the file Envoy watches atomically.
     Publish(publish::PublishArgs),
     /// Mint a development JWT.
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Explain { policy, roles, playbook, permission } => explain(&policy, &roles, &playbook, &permission),
         Command::Render(args) => render::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Routes(args) => routes::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
     };

@@ -218,6 +218,34 @@ fn render_keeps_stop_iteration_and_held_headers_in_every_envoy_form() {
     assert_eq!(plugin["policy"]["version"], "2026-11-23.1");
 }
 
+// ---- routes ----
+
+#[test]
+fn routes_table_in_the_readme_is_the_shipped_profile() {
+    let out = run(&["routes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("| `/api/execute` | execute | body /catalog_id if truthy"), "{table}");
+    assert!(table.contains("| `/api/postgres/execute`") || table.contains("postgres/execute,context/render"));
+    assert!(!table.contains("/api/run/playbook"));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split_once("<!-- routes:begin -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- routes:end -->"))
+        .map(|(block, _)| block)
+        .expect("README.md has the routes markers");
+    assert_eq!(block, table, "README.md's route table is stale: replace it with `playbook-guard routes`");
+}
+
+#[test]
+fn routes_names_the_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = policy(&dir, "bad.yaml", "routes:\n  - match: {path: /a}\n    restricted: true\n    blocked: true\n");
+    let out = run(&["routes", "--config", &config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("routes[0]: give exactly one of"), "{}", stderr(&out));
+}
+
 #[test]
 fn render_ecds_is_versioned_by_the_policy() {
     let doc = yaml(&run(&["render", "--output", "ecds", "--policy", "policies/examples/guard-rails.yaml"]));

@@ -194,6 +194,33 @@ fn explain_refuses_escaping_paths_and_broken_policies() {
     assert!(stderr(&out).contains(&format!("{file}:2:52: roles.a.allow[0].playbooks[0]")), "{}", stderr(&out));
 }
 
+#[test]
+fn explain_decides_a_request_through_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = policy(&dir, "body.json", r#"{"path": "data/x", "catalog_id": "1_000"}"#);
+    let out = run(&["explain", "--roles", "analyst", "--method", "post", "--path", "/api/execute", "--body", &body]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("POST /api/execute for roles [analyst]: route routes[9] (run a playbook)"), "{text}");
+    assert!(text.contains("permission=execute every playbook (catalog_id at /catalog_id needs a lookup)"), "{text}");
+    assert!(text.contains("rule=\"no role grants it on every playbook\""), "{text}");
+
+    let body = policy(&dir, "ok.json", r#"{"path": "system/x", "explanation_playbook_path": "data/e"}"#);
+    let path = "/api/catalog/playbooks/explain/ai";
+    let out = run(&["explain", "--roles", "viewer,developer", "--method", "POST", "--path", path, "--body", &body]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("permission=view playbook=system/x rule=\"roles.viewer.allow[0]\""), "{text}");
+    assert!(text.contains("permission=execute playbook=data/e rule=\"roles.developer.allow[0]\""), "{text}");
+
+    let out = run(&["explain", "--roles", "developer", "--method", "POST", "--path", "/api/postgres/execute"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("needs one of [admin]"), "{}", stdout(&out));
+    let out = run(&["explain", "--roles", "admin", "--path", "/api/nothing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("route default_action") && stdout(&out).contains("no_route"), "{}", stdout(&out));
+}
+
 // ---- render ----
 
 fn yaml(out: &Output) -> serde_json::Value {

@@ -284,26 +284,9 @@ impl Guard {
             return Step::Verdict(allowed(Vec::new(), "CORS preflight".into()));
         }
         let route = self.routes.find(head.method, &path);
-        let need = match route.action {
-            RouteAction::Public => return Step::Verdict(allowed(Vec::new(), format!("route={} public", route.id))),
-            RouteAction::Deny => return Step::Verdict(self.finish(Err(Denial::no_route()), None)),
-            RouteAction::Blocked => {
-                let detail = format!("route={} is blocked at the edge (NoETL's workers only)", route.id);
-                return Step::Verdict(self.finish(Err(Denial::refused("blocked", detail)), None));
-            }
-            RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
-            RouteAction::Restricted => Need::Restricted,
-            RouteAction::Authorize { requirements } => Need::Authorize(
-                requirements
-                    .iter()
-                    .map(|r| Demand {
-                        permission: r.permission.clone(),
-                        source: Some(r.source.clone()),
-                        targets: Vec::new(),
-                    })
-                    .collect(),
-            ),
-            RouteAction::JsonRpc { methods, .. } => Need::JsonRpc { methods: methods.clone(), targets: Vec::new() },
+        let need = match self.need_of(route.id, route.action) {
+            Ok(need) => need,
+            Err(verdict) => return Step::Verdict(*verdict),
         };
         let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
@@ -333,6 +316,82 @@ impl Guard {
         }
         let identity = pending.from_token.clone();
         self.proceed(pending, identity)
+    }
+
+    /// Decides a request for a user holding `roles`, as the filter does once the user is known
+    /// (for `playbook-guard explain`): the matched route's id and the verdict, whose detail
+    /// names the permissions, playbooks and deciding rules. `body` is the whole body (empty if
+    /// none); tokens and sessions are not looked at.
+    pub fn explain(&self, head: &RequestHead<'_>, body: &[u8], roles: &[String]) -> (String, Verdict) {
+        let path = match normalize_request_path(head.path) {
+            Ok(path) => path,
+            Err(e) => return ("-".into(), self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
+        };
+        let route = self.routes.find(head.method, &path);
+        let id = route.id.to_owned();
+        let need = match self.need_of(route.id, route.action) {
+            Ok(need) => need,
+            Err(verdict) => return (id, *verdict),
+        };
+        let identity = Identity {
+            user_id: None,
+            email: None,
+            display_name: None,
+            roles: roles.to_vec(),
+            session_key: String::new(),
+        };
+        if route.action.needs_body() && !is_json_content_type(head.headers) {
+            let detail = format!("route={id} reads a JSON body and the content-type is not JSON");
+            return (id, self.finish(Err(Denial::unsupported_media_type(detail)), Some(&identity)));
+        }
+        let need = match self.read_head(need, route.action, &path, head.headers) {
+            Ok(need) => need,
+            Err(e) => return (id.clone(), self.playbook_error(&id, &e, Some(&identity))),
+        };
+        let pending = Pending {
+            route_id: id.clone(),
+            need,
+            token: String::new(),
+            from_token: None,
+            session_key: String::new(),
+            identity: Some(identity),
+            max_body_bytes: route.max_body_bytes,
+            upstream_headers: Vec::new(),
+        };
+        let verdict =
+            if pending.need.needs_body() { self.on_request_body(pending, body) } else { self.decide(pending) };
+        (id, verdict)
+    }
+
+    /// The route's name, if it has one (for `explain`).
+    pub fn route_name(&self, id: &str) -> Option<&str> {
+        self.routes.name_of(id)
+    }
+
+    /// What an authenticated request on the route needs, or the verdict of a route that needs
+    /// no user (public, blocked, no route).
+    fn need_of(&self, route_id: &str, action: &RouteAction) -> Result<Need, Box<Verdict>> {
+        Ok(match action {
+            RouteAction::Public => return Err(Box::new(allowed(Vec::new(), format!("route={route_id} public")))),
+            RouteAction::Deny => return Err(Box::new(self.finish(Err(Denial::no_route()), None))),
+            RouteAction::Blocked => {
+                let detail = format!("route={route_id} is blocked at the edge (NoETL's workers only)");
+                return Err(Box::new(self.finish(Err(Denial::refused("blocked", detail)), None)));
+            }
+            RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
+            RouteAction::Restricted => Need::Restricted,
+            RouteAction::Authorize { requirements } => Need::Authorize(
+                requirements
+                    .iter()
+                    .map(|r| Demand {
+                        permission: r.permission.clone(),
+                        source: Some(r.source.clone()),
+                        targets: Vec::new(),
+                    })
+                    .collect(),
+            ),
+            RouteAction::JsonRpc { methods, .. } => Need::JsonRpc { methods: methods.clone(), targets: Vec::new() },
+        })
     }
 
     /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now`.

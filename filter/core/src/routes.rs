@@ -651,6 +651,33 @@ mod tests {
     #[test]
     fn configuration_errors_name_the_field() {
         let cases = [
+            (json!([{"match": {"path": "/a"}, "restricted": true, "blocked": true}]), "[0]"),
+            (json!([{"match": {"path": "/a"}, "authorize": []}]), "[0].authorize"),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": [{"permission": "v", "playbook": {"all_playbooks": true}},
+                                                              {"permission": "", "playbook": {"all_playbooks": true}}]}]),
+                "[0].authorize[1].permission",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "jsonrpc": {"playbook": {"json_pointer": "/p"}, "methods": {"x": "view"}}}]),
+                "[0].jsonrpc.playbook",
+            ),
+            (
+                json!([{"match": {"glob": "/a/**"}, "jsonrpc": {"playbook": {"path_capture": true}, "methods": {}}}]),
+                "[0].jsonrpc.methods",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"all_playbooks": true, "each": "/e"}}}]),
+                "[0].authorize.playbook.each",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"graphql_variable": "name", "graphql_restricted_fields": ["a.b"]}}}]),
+                "[0].authorize.playbook.graphql_restricted_fields",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"json_fields": [{"pointer": "x"}]}}}]),
+                "[0].authorize.playbook.json_fields[0].pointer",
+            ),
             (json!([{"match": {}, "public": true}]), "[0].match"),
             (json!([{"match": {"path": "/a", "prefix": "/b"}, "public": true}]), "[0].match"),
             (json!([{"match": {"path": "a"}, "public": true}]), "[0].match.path"),

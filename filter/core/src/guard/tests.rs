@@ -271,12 +271,34 @@ fn configuration_errors_name_the_field_path() {
         (json!({"session": {"max_entries": 0}, "validation": {"cluster": "c"}}), "session.max_entries"),
         (json!({"opaque_tokens": true}), "opaque_tokens"),
         (json!({"typo": 1}), "typo"),
+        (json!({"restricted_roles": ["admin", " "]}), "restricted_roles[1]"),
+        (
+            json!({"routes": [{"match": {"path": "/a"}, "authorize": [
+                {"permission": "view", "playbook": {"all_playbooks": true}}, {"permision": "x"}]}]}),
+            "routes[0].authorize[1].permision",
+        ),
     ];
     for (patch, path) in cases {
         let err = Guard::from_json(config(patch.clone()).to_string().as_bytes(), &env).unwrap_err();
         assert_eq!(err.path, path, "{patch}: {err}");
     }
     assert!(Guard::from_json(b"not json", &env).is_err());
+}
+
+#[test]
+fn restricted_routes_admit_the_configured_roles_only() {
+    let g = guard_with(json!({"restricted_roles": ["ops"], "routes": [
+        {"match": {"path": "/sql"}, "restricted": true},
+        {"match": {"path": "/worker"}, "blocked": true}]}));
+    assert_eq!(status(&verdict(&g, "POST", "/sql", &bearer(&token(&["ops"], json!({}))))), 200);
+    let admin = verdict(&g, "POST", "/sql", &bearer(&token(&["admin"], json!({}))));
+    assert_eq!((status(&admin), body(&admin)["reason"].as_str()), (403, Some("restricted")));
+    assert_eq!(status(&verdict(&g, "POST", "/sql", &[])), 401);
+    let blocked = verdict(&g, "POST", "/worker", &[]);
+    assert_eq!((status(&blocked), body(&blocked)["reason"].as_str()), (403, Some("blocked")));
+    // Audit mode lets a blocked route through, and says so.
+    let audit = guard_with(json!({"mode": "audit", "routes": [{"match": {"path": "/worker"}, "blocked": true}]}));
+    assert!(matches!(verdict(&audit, "POST", "/worker", &[]), Verdict::Allow { audited: Some(_), .. }));
 }
 
 #[test]

@@ -111,26 +111,26 @@ def main():
         # The session id names the session the validation service knows (envoy/demo-sessions.yaml);
         # the service, not the token, says which roles the user holds.
         analyst = mint("--sub", "42", "--sid", "demo-analyst", "--roles", "analyst")
-        allowed = f"{LISTEN}/api/catalog/data/daily_load"
-        denied = f"{LISTEN}/api/catalog/system/reset"
+        allowed = f"{LISTEN}/api/catalog/data/daily_load/ui_schema"
+        denied = f"{LISTEN}/api/catalog/system/reset/ui_schema"
         print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), NoETL stand-in on :18080,")
         print("validation-service stand-in on :18081 (sessions from envoy/demo-sessions.yaml)")
         print(f"Envoy's log: build/envoy.log   stats: curl -s {ADMIN}/stats | grep playbook_guard\n")
         print("A token for user 42 with role analyst (execute/view data/**); allowed (200):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {allowed}")
-        print(f"  -> {status_of('/api/catalog/data/daily_load', analyst)}\n")
+        print(f"  -> {status_of('/api/catalog/data/daily_load/ui_schema', analyst)}\n")
         print("The same token on a system playbook; denied (403):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {denied}")
-        print(f"  -> {status_of('/api/catalog/system/reset', analyst)}\n")
+        print(f"  -> {status_of('/api/catalog/system/reset/ui_schema', analyst)}\n")
         session = noetl_login({"user_id": 46, "email": "sam@example.com", "display_name": "Sam Analyst",
                                "roles": ["analyst"]})
         print("A NoETL session token (opaque: 32 hex characters, as NoETL's login issues them) for user 46,")
         print("role analyst; only the validation service can vouch for it; allowed (200):")
         print(f"  curl -i -H 'X-Session-Token: {session}' {allowed}")
-        print(f"  -> {status_with('/api/catalog/data/daily_load', {'X-Session-Token': session})}\n")
+        print(f"  -> {status_with('/api/catalog/data/daily_load/ui_schema', {'X-Session-Token': session})}\n")
         print("A token that is neither a JWT nor NoETL-shaped; refused without asking NoETL (401 malformed):")
         print(f"  curl -i -H 'X-Session-Token: let-me-in' {allowed}")
-        print(f"  -> {status_with('/api/catalog/data/daily_load', {'X-Session-Token': 'let-me-in'})}\n")
+        print(f"  -> {status_with('/api/catalog/data/daily_load/ui_schema', {'X-Session-Token': 'let-me-in'})}\n")
         print("NoETL's run endpoint, POST /api/execute: a data/ playbook (allowed, 200), a system/ one (denied, 403):")
         for playbook in ("data/daily_load", "system/reset"):
             body = shlex.quote(json.dumps({"path": playbook}))

@@ -6,10 +6,12 @@
 #![deny(missing_docs)]
 
 mod check;
+mod explain_request;
 mod lint;
 mod locate;
 mod publish;
 mod render;
+mod routes;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ enum Command {
     /// about rules that never decide, roles that grant nothing, allows a deny cancels.
     Check(check::CheckArgs),
     /// Explain a decision: allow or deny, and the rule that decided (exit 0 allow, 1 deny).
+    /// Either a permission on a playbook (`--playbook`, `--permission`), or a request
+    /// (`--method`, `--path`, `--body`) decided through the route profile.
     Explain {
         /// The policy file.
         #[arg(long, default_value = "policies/noetl-default.yaml")]
@@ -41,14 +45,32 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<String>,
         /// The playbook path.
-        #[arg(long)]
-        playbook: String,
+        #[arg(long, requires = "permission", conflicts_with = "path")]
+        playbook: Option<String>,
         /// The permission asked for.
-        #[arg(long)]
-        permission: String,
+        #[arg(long, requires = "playbook")]
+        permission: Option<String>,
+        /// The request path (query string allowed): decide a request through the routes.
+        #[arg(long, required_unless_present = "playbook")]
+        path: Option<String>,
+        /// The request method.
+        #[arg(long, default_value = "GET", requires = "path")]
+        method: String,
+        /// A file holding the request body (JSON), for routes that read it.
+        #[arg(long, requires = "path")]
+        body: Option<PathBuf>,
+        /// The request's Content-Type (absent by default, which NoETL reads as JSON).
+        #[arg(long, requires = "path")]
+        content_type: Option<String>,
+        /// The filter configuration whose routes decide the request.
+        #[arg(long, default_value = "envoy/filter-config.yaml")]
+        config: PathBuf,
     },
     /// Render Envoy configuration for a filter configuration plus a policy.
     Render(render::RenderArgs),
+    /// Print the route profile as a table: route, methods, what it requires, where the
+    /// playbook comes from.
+    Routes(routes::RoutesArgs),
     /// Render the ECDS file for a policy and replace the file Envoy watches atomically.
     Publish(publish::PublishArgs),
     /// Mint a development JWT.
@@ -69,8 +91,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
-        Command::Explain { policy, roles, playbook, permission } => explain(&policy, &roles, &playbook, &permission),
+        Command::Explain { policy, roles, playbook, permission, path, method, body, content_type, config } => {
+            match (playbook, permission, path) {
+                (Some(playbook), Some(permission), _) => explain(&policy, &roles, &playbook, &permission),
+                (_, _, Some(path)) => {
+                    let request = explain_request::Request { method, path, body, content_type };
+                    explain_request::run(&config, &policy, &roles, &request)
+                }
+                _ => Err(Failure("give --playbook and --permission, or --path".into())),
+            }
+        }
         Command::Render(args) => render::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Routes(args) => routes::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
     };

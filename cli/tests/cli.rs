@@ -194,6 +194,33 @@ fn explain_refuses_escaping_paths_and_broken_policies() {
     assert!(stderr(&out).contains(&format!("{file}:2:52: roles.a.allow[0].playbooks[0]")), "{}", stderr(&out));
 }
 
+#[test]
+fn explain_decides_a_request_through_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = policy(&dir, "body.json", r#"{"path": "data/x", "catalog_id": "1_000"}"#);
+    let out = run(&["explain", "--roles", "analyst", "--method", "post", "--path", "/api/execute", "--body", &body]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("POST /api/execute for roles [analyst]: route routes[9] (run a playbook)"), "{text}");
+    assert!(text.contains("permission=execute every playbook (catalog_id at /catalog_id needs a lookup)"), "{text}");
+    assert!(text.contains("rule=\"no role grants it on every playbook\""), "{text}");
+
+    let body = policy(&dir, "ok.json", r#"{"path": "system/x", "explanation_playbook_path": "data/e"}"#);
+    let path = "/api/catalog/playbooks/explain/ai";
+    let out = run(&["explain", "--roles", "viewer,developer", "--method", "POST", "--path", path, "--body", &body]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("permission=view playbook=system/x rule=\"roles.viewer.allow[0]\""), "{text}");
+    assert!(text.contains("permission=execute playbook=data/e rule=\"roles.developer.allow[0]\""), "{text}");
+
+    let out = run(&["explain", "--roles", "developer", "--method", "POST", "--path", "/api/postgres/execute"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("needs one of [admin]"), "{}", stdout(&out));
+    let out = run(&["explain", "--roles", "admin", "--path", "/api/nothing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("route default_action") && stdout(&out).contains("no_route"), "{}", stdout(&out));
+}
+
 // ---- render ----
 
 fn yaml(out: &Output) -> serde_json::Value {
@@ -216,6 +243,34 @@ fn render_keeps_stop_iteration_and_held_headers_in_every_envoy_form() {
     let plugin: serde_json::Value =
         serde_json::from_str(&stdout(&run(&["render", "--output", "plugin-config"]))).unwrap();
     assert_eq!(plugin["policy"]["version"], "2026-11-23.1");
+}
+
+// ---- routes ----
+
+#[test]
+fn routes_table_in_the_readme_is_the_shipped_profile() {
+    let out = run(&["routes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("| `/api/execute` | execute | body /catalog_id if truthy"), "{table}");
+    assert!(table.contains("| `/api/postgres/execute`") || table.contains("postgres/execute,context/render"));
+    assert!(!table.contains("/api/run/playbook"));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split_once("<!-- routes:begin -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- routes:end -->"))
+        .map(|(block, _)| block)
+        .expect("README.md has the routes markers");
+    assert_eq!(block, table, "README.md's route table is stale: replace it with `playbook-guard routes`");
+}
+
+#[test]
+fn routes_names_the_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = policy(&dir, "bad.yaml", "routes:\n  - match: {path: /a}\n    restricted: true\n    blocked: true\n");
+    let out = run(&["routes", "--config", &config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("routes[0]: give exactly one of"), "{}", stderr(&out));
 }
 
 #[test]

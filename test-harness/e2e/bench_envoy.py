@@ -31,7 +31,7 @@ import conftest  # noqa: E402
 from conftest import SECRET, Envoy, ValidationService, free_port, http, plugin_config  # noqa: E402
 
 SID = "bench-1"
-REQUEST_PATH = "/api/catalog/data/daily_load"  # view on data/** : analyst is allowed
+REQUEST_PATH = "/api/catalog/data/daily_load/ui_schema"  # view on data/** : analyst is allowed
 DIRECT_BODY = "ok\n"
 
 

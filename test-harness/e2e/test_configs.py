@@ -179,9 +179,9 @@ def test_kubernetes_sidecar_serves_decisions(tmp_path, upstream):
     assert "validation" not in plugin or clusters == {"demo_upstream", "noetl"}, clusters
     envoy.start()
     try:
-        assert http(envoy.url + "/api/catalog/data/daily_load", headers=ANALYST).status == 200
-        assert http(envoy.url + "/api/catalog/system/reset", headers=ANALYST).status == 403
-        assert http(envoy.url + "/api/catalog/data/x").status == 401
+        assert http(envoy.url + "/api/catalog/data/daily_load/ui_schema", headers=ANALYST).status == 200
+        assert http(envoy.url + "/api/catalog/system/reset/ui_schema", headers=ANALYST).status == 403
+        assert http(envoy.url + "/api/catalog/data/x/ui_schema").status == 401
         assert envoy.ecds("version_text") == "2026-11-23.1"
     finally:
         envoy.stop()
@@ -194,10 +194,10 @@ def test_istio_envoyfilter_serves_decisions(start_envoy):
         hcm["http_filters"][0] = istio_http_filter()
 
     envoy = start_envoy({}, customize=sidecar)
-    assert http(envoy.url + "/api/catalog/data/daily_load", headers=ANALYST).status == 200
-    assert http(envoy.url + "/api/catalog/system/reset", headers=ANALYST).status == 403
+    assert http(envoy.url + "/api/catalog/data/daily_load/ui_schema", headers=ANALYST).status == 200
+    assert http(envoy.url + "/api/catalog/system/reset/ui_schema", headers=ANALYST).status == 403
     body = json.dumps({"path": "system/reset"})
-    denied = http(envoy.url + "/api/run/playbook", method="POST", body=body,
+    denied = http(envoy.url + "/api/execute", method="POST", body=body,
                   headers={**ANALYST, "content-type": "application/json"})
     assert denied.status == 403
     assert "hold_headers_for_body is false" not in envoy.log()

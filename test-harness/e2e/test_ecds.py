@@ -16,9 +16,9 @@ from ecds_support import EcdsEnvoy, Load, hs_token, policy_file
 
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
 # Flips from 403 to 200 when the analyst is granted system/**.
-PROBE = "/api/catalog/system/reload-probe"
+PROBE = "/api/catalog/system/reload-probe/ui_schema"
 # Allowed under every policy here: a reload must never fail it.
-STEADY = "/api/catalog/data/daily_load"
+STEADY = "/api/catalog/data/daily_load/ui_schema"
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def bearer(token):
 
 
 def test_allowed_request_reaches_upstream_with_identity_headers(envoy):
-    resp = http(envoy.url + "/api/catalog/data/daily_load", headers=bearer(hs_token(["analyst"])))
+    resp = http(envoy.url + "/api/catalog/data/daily_load/ui_schema", headers=bearer(hs_token(["analyst"])))
     assert resp.status == 200, resp.body
     seen = resp.json()["headers"]
     assert seen["x-noetl-user-id"] == "42"
@@ -46,13 +46,13 @@ def test_allowed_request_reaches_upstream_with_identity_headers(envoy):
 
 
 def test_denied_request_gets_403_with_the_spec_body(envoy):
-    resp = http(envoy.url + "/api/catalog/system/reset", headers=bearer(hs_token(["analyst"])))
+    resp = http(envoy.url + "/api/catalog/system/reset/ui_schema", headers=bearer(hs_token(["analyst"])))
     assert resp.status == 403
     assert resp.headers["content-type"] == "application/json"
     assert resp.json() == {"error": "Permission denied", "playbook_path": "system/reset", "permission_type": "view"}
-    developer = http(envoy.url + "/api/catalog/system/reset", headers=bearer(hs_token(["developer"])))
+    developer = http(envoy.url + "/api/catalog/system/reset/ui_schema", headers=bearer(hs_token(["developer"])))
     assert developer.status == 403
-    assert http(envoy.url + "/api/catalog/system/reset", headers=bearer(hs_token(["admin"]))).status == 200
+    assert http(envoy.url + "/api/catalog/system/reset/ui_schema", headers=bearer(hs_token(["admin"]))).status == 200
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_denied_request_gets_403_with_the_spec_body(envoy):
     ],
 )
 def test_unauthenticated_requests_get_401_with_a_reason(envoy, headers, reason):
-    resp = http(envoy.url + "/api/catalog/data/x", headers=headers)
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=headers)
     assert resp.status == 401, resp.body
     assert resp.json() == {"error": "unauthenticated", "reason": reason}
     assert resp.headers["www-authenticate"].startswith('Bearer realm="playbook-guard"')
@@ -81,7 +81,7 @@ def test_unauthenticated_requests_get_401_with_a_reason(envoy, headers, reason):
 def test_alg_none_is_refused(envoy):
     token = jwt.encode({"iss": "https://noetl.local", "aud": "noetl-gateway", "exp": 4102444800,
                         "roles": ["admin"]}, None, algorithm="none")
-    resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(token))
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(token))
     assert resp.status == 401
     assert resp.json()["reason"] == "unsupported_algorithm"
 
@@ -94,42 +94,42 @@ def test_public_routes_need_no_token(envoy):
 
 def test_spoofed_identity_headers_are_removed(envoy):
     spoof = {"x-noetl-user-id": "1", "x-noetl-user-roles": "admin", "x-noetl-user-email": "root@evil"}
-    resp = http(envoy.url + "/api/catalog/data/x", headers={**spoof, **bearer(hs_token(["analyst"]))})
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers={**spoof, **bearer(hs_token(["analyst"]))})
     assert resp.status == 200
     seen = resp.json()["headers"]
     assert (seen["x-noetl-user-id"], seen["x-noetl-user-roles"]) == ("42", "analyst")
     assert seen["x-noetl-user-email"] == "ada@example.com"
-    public = http(envoy.url + "/api/auth/login", headers=spoof).json()["headers"]
+    public = http(envoy.url + "/api/health", headers=spoof).json()["headers"]
     assert not any(name.startswith("x-noetl-user") for name in public)
 
 
 @pytest.mark.parametrize("alg", ["RS256", "PS256"])
 def test_rsa_tokens_verify_through_the_inline_jwks(envoy, alg):
-    resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(rs_token(["analyst"], alg=alg)))
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(rs_token(["analyst"], alg=alg)))
     assert resp.status == 200, resp.body
     assert resp.json()["headers"]["x-noetl-user-id"] == "auth0|7"
-    denied = http(envoy.url + "/api/catalog/system/x", headers=bearer(rs_token(["analyst"], alg=alg)))
+    denied = http(envoy.url + "/api/catalog/system/x/ui_schema", headers=bearer(rs_token(["analyst"], alg=alg)))
     assert denied.status == 403
 
 
 def test_token_from_session_header_and_cookie(envoy):
     token = hs_token(["viewer"])
-    assert http(envoy.url + "/api/catalog/data/x", headers={"X-Session-Token": token}).status == 200
-    assert http(envoy.url + "/api/catalog/data/x", headers={"Cookie": f"theme=dark; session_token={token}"}).status == 200
-    assert http(envoy.url + "/api/catalog/data/x", headers={"Authorization": f"bearer {token}"}).status == 200
+    assert http(envoy.url + "/api/catalog/data/x/ui_schema", headers={"X-Session-Token": token}).status == 200
+    assert http(envoy.url + "/api/catalog/data/x/ui_schema", headers={"Cookie": f"theme=dark; session_token={token}"}).status == 200
+    assert http(envoy.url + "/api/catalog/data/x/ui_schema", headers={"Authorization": f"bearer {token}"}).status == 200
 
 
 def test_playbook_from_json_body(body_envoy):
     headers = {**bearer(hs_token(["analyst"])), "content-type": "application/json"}
     body = json.dumps({"path": "data/daily_load", "args": {"day": "2026-11-25"}})
-    resp = http(body_envoy.url + "/api/run/playbook", method="POST", headers=headers, body=body)
+    resp = http(body_envoy.url + "/api/execute", method="POST", headers=headers, body=body)
     assert resp.status == 200, resp.body
     assert resp.json()["body"] == body, "the buffered body reaches the upstream intact"
     assert resp.json()["headers"]["x-noetl-user-id"] == "42"
-    denied = http(body_envoy.url + "/api/run/playbook", method="POST", headers=headers, body='{"path": "system/reset"}')
+    denied = http(body_envoy.url + "/api/execute", method="POST", headers=headers, body='{"path": "system/reset"}')
     assert denied.status == 403
     assert denied.json()["playbook_path"] == "system/reset"
-    assert http(body_envoy.url + "/api/run/playbook", method="POST", headers=headers, body="{}").status == 400
+    assert http(body_envoy.url + "/api/execute", method="POST", headers=headers, body="{}").status == 400
 
 
 def test_playbook_from_graphql(body_envoy):
@@ -147,13 +147,13 @@ def test_playbook_from_graphql(body_envoy):
 def test_body_over_the_limit_is_413(body_envoy):
     headers = {**bearer(hs_token(["analyst"])), "content-type": "application/json"}
     body = json.dumps({"path": "data/x", "pad": "x" * (70 * 1024)})
-    assert http(body_envoy.url + "/api/run/playbook", method="POST", headers=headers, body=body).status == 413
+    assert http(body_envoy.url + "/api/execute", method="POST", headers=headers, body=body).status == 413
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/api/catalog/data/../system/x", "/api/catalog/data/%2e%2e/system/x", "/api/catalog//system/x",
-     "/api/catalog/system%2Fx", "/api/auth/../catalog/system/x"],
+    ["/api/catalog/data/../system/x/ui_schema", "/api/catalog/data/%2e%2e/system/x/ui_schema",
+     "/api/catalog//system/x/ui_schema", "/api/catalog/system%2Fx/ui_schema", "/api/auth/../catalog/system/x"],
 )
 def test_path_tricks_never_reach_a_system_playbook(envoy, path):
     resp = http(envoy.url + path, headers=bearer(hs_token(["analyst"])))
@@ -161,16 +161,16 @@ def test_path_tricks_never_reach_a_system_playbook(envoy, path):
 
 
 def test_cors_preflight_passes_without_a_token(envoy):
-    resp = http(envoy.url + "/api/run/playbook", method="OPTIONS",
+    resp = http(envoy.url + "/api/execute", method="OPTIONS",
                 headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
     assert resp.status == 200
 
 
 def test_stats_count_decisions(envoy):
     before = {name: envoy.counter(name) for name in ("allowed", "denied", "unauthenticated")}
-    http(envoy.url + "/api/catalog/data/x", headers=bearer(hs_token(["analyst"])))
-    http(envoy.url + "/api/catalog/system/x", headers=bearer(hs_token(["analyst"])))
-    http(envoy.url + "/api/catalog/data/x")
+    http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(hs_token(["analyst"])))
+    http(envoy.url + "/api/catalog/system/x/ui_schema", headers=bearer(hs_token(["analyst"])))
+    http(envoy.url + "/api/catalog/data/x/ui_schema")
     after = {name: envoy.counter(name) for name in before}
     assert {k: after[k] - before[k] for k in before} == {"allowed": 1, "denied": 1, "unauthenticated": 1}
     prometheus = http(envoy.admin + "/stats/prometheus").body
@@ -178,7 +178,7 @@ def test_stats_count_decisions(envoy):
 
 
 def test_denials_are_logged_with_the_deciding_rule(envoy):
-    http(envoy.url + "/api/catalog/system/logged", headers=bearer(hs_token(["developer"])))
+    http(envoy.url + "/api/catalog/system/logged/ui_schema", headers=bearer(hs_token(["developer"])))
     deadline = time.monotonic() + 5
     while "system/logged" not in envoy.log() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -188,7 +188,7 @@ def test_denials_are_logged_with_the_deciding_rule(envoy):
 
 def test_audit_mode_lets_denials_through_and_counts_them(start_envoy):
     audit = start_envoy(plugin_config(mode="audit"))
-    resp = http(audit.url + "/api/catalog/system/x", headers=bearer(hs_token(["analyst"])))
+    resp = http(audit.url + "/api/catalog/system/x/ui_schema", headers=bearer(hs_token(["analyst"])))
     assert resp.status == 200
     assert resp.json()["headers"]["x-noetl-user-id"] == "42"
     assert audit.counter("audit_would_deny") == 1

@@ -18,8 +18,8 @@ from conftest import http, plugin_config
 from test_envoy import bearer, hs_token
 
 # A request every NoETL role may make once its session is valid, and one the viewer may not.
-ALLOWED = "/api/catalog/data/daily_load"
-DENIED = "/api/catalog/system/reset"
+ALLOWED = "/api/catalog/data/daily_load/ui_schema"
+DENIED = "/api/catalog/system/reset/ui_schema"
 
 
 def login(service, **user):
@@ -63,7 +63,7 @@ def test_an_opaque_noetl_session_is_allowed_then_answered_from_the_cache(noetl, 
     seen = resp.json()["headers"]
     assert (seen["x-noetl-user-id"], seen["x-noetl-user-roles"]) == ("77", "viewer")
     assert validation_service.calls(token) == 1, "one callout, then the cache"
-    assert http(noetl.url + "/api/run/playbook", method="POST", headers=send(token),
+    assert http(noetl.url + "/api/execute", method="POST", headers=send(token),
                 body=json.dumps({"path": "data/x"})).status == 403, "a viewer may not execute"
     assert noetl.counter("tokens_opaque") - before >= 6
 

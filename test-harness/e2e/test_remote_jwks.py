@@ -64,12 +64,12 @@ def test_keys_are_waited_for_then_refetched_for_a_rotated_kid(start_envoy, jwks_
     root, port = jwks_server
     envoy = envoy_with_idp(start_envoy, port, cache_secs=600)
     started = time.monotonic()
-    url = envoy.url + "/api/catalog/data/x"
+    url = envoy.url + "/api/catalog/data/x/ui_schema"
 
     # From the first request on, a token verifies: a request that comes before the set has
     # arrived waits for it, as with jwt_authn.
     assert http(url, headers=bearer(token("rsa.pem", "k1"))).status == 200, envoy.log()
-    assert http(envoy.url + "/api/catalog/system/x", headers=bearer(token("rsa.pem", "k1"))).status == 403
+    assert http(envoy.url + "/api/catalog/system/x/ui_schema", headers=bearer(token("rsa.pem", "k1"))).status == 403
 
     # The issuer rotates in a new key. The set was fetched moments ago and is fetched at most
     # once per 10 s, so a token signed with the new key right now is refused at once...
@@ -115,7 +115,7 @@ def test_requests_wait_for_a_slow_first_fetch(start_envoy, slow_jwks_server):
     port, state = slow_jwks_server
     envoy = envoy_with_idp(start_envoy, port, timeout_ms=5000)
     started = time.monotonic()
-    resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(token("rsa.pem", "k1")))
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(token("rsa.pem", "k1")))
     assert resp.status == 200, (resp.status, resp.body)
     assert resp.json()["headers"]["x-noetl-user-id"] == "idp|1"
     assert envoy.counter("jwks_waits") >= 1 and envoy.counter("jwks_fetch_success") >= 1
@@ -131,6 +131,6 @@ def test_an_unreachable_jwks_is_a_401_not_a_hang(start_envoy):
     })
     envoy = start_envoy(config)
     started = time.monotonic()
-    resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(token("rsa.pem", "k1")))
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(token("rsa.pem", "k1")))
     assert resp.status == 401 and resp.json()["reason"] == "keys_unavailable"
     assert time.monotonic() - started < 2

@@ -68,10 +68,10 @@ def test_roles_with_syntax_in_a_token_are_dropped_too(envoy):
     # Without a validation service the roles claim is the source.
     before = envoy.counter("roles_dropped")
     t = hs_token(["viewer,admin", "analyst", "admin\t"], sid="r-token")
-    resp = http(envoy.url + "/api/catalog/data/x", headers=bearer(t))
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(t))
     assert resp.status == 200, resp.body
     assert resp.json()["headers"]["x-noetl-user-roles"] == "analyst"
-    assert http(envoy.url + "/api/catalog/system/x", headers=bearer(t)).status == 403
+    assert http(envoy.url + "/api/catalog/system/x/ui_schema", headers=bearer(t)).status == 403
     # Each worker verifies the token once; the count follows.
     assert 2 <= envoy.counter("roles_dropped") - before <= 4
 
@@ -147,7 +147,7 @@ def test_junk_tokens_never_evict_a_valid_session(start_envoy, service):
     small = start_envoy(config, clusters={"noetl_validation": service.port})
     assert get(small, "n-valid").status == 200
     for _ in range(60):
-        resp = http(small.url + "/api/catalog/data/x", headers={"X-Session-Token": junk()})
+        resp = http(small.url + "/api/catalog/data/x/ui_schema", headers={"X-Session-Token": junk()})
         assert resp.status == 401
     assert get(small, "n-valid").status == 200
     assert service.calls("n-valid") == 1, "the valid session stayed cached through 60 junk tokens"
@@ -162,7 +162,7 @@ def test_callouts_for_new_sessions_are_limited_per_worker(start_envoy, service):
     started = time.monotonic()
     statuses = []
     for _ in range(40):
-        resp = http(limited.url + "/api/catalog/data/x", headers={"X-Session-Token": junk()})
+        resp = http(limited.url + "/api/catalog/data/x/ui_schema", headers={"X-Session-Token": junk()})
         statuses.append(resp.status)
         if resp.status == 503:
             assert resp.headers["retry-after"] == "1"

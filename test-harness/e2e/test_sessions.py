@@ -47,7 +47,7 @@ def start_of_next_second():
 
 
 def test_one_callout_per_session_under_concurrent_load(venvoy, service):
-    statuses = burst(venvoy.url + "/api/catalog/data/x", bearer(token("s-burst-1")), 200)
+    statuses = burst(venvoy.url + "/api/catalog/data/x/ui_schema", bearer(token("s-burst-1")), 200)
     assert statuses == [200] * 200
     assert service.calls("s-burst-1") == 1, "200 concurrent requests on two workers, one callout"
     assert venvoy.counter("callouts") >= 1
@@ -59,7 +59,7 @@ def test_one_callout_per_session_for_many_fresh_sessions(venvoy, service):
     twice = {}
     for i in range(60):
         sid = f"s-many-{i}"
-        assert burst(venvoy.url + "/api/catalog/data/x", bearer(token(sid)), 60, threads=16) == [200] * 60
+        assert burst(venvoy.url + "/api/catalog/data/x/ui_schema", bearer(token(sid)), 60, threads=16) == [200] * 60
         if service.calls(sid) != 1:
             twice[sid] = service.calls(sid)
     assert twice == {}, "sessions called out for more than once"
@@ -67,18 +67,18 @@ def test_one_callout_per_session_for_many_fresh_sessions(venvoy, service):
 
 def test_roles_and_identity_come_from_the_service(venvoy, service):
     t = token("s-analyst")
-    ok = http(venvoy.url + "/api/catalog/data/x", headers=bearer(t))
+    ok = http(venvoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(t))
     assert ok.status == 200
     seen = ok.json()["headers"]
     assert (seen["x-noetl-user-id"], seen["x-noetl-user-roles"]) == ("42", "analyst")
-    denied = http(venvoy.url + "/api/catalog/system/x", headers=bearer(t))
+    denied = http(venvoy.url + "/api/catalog/system/x/ui_schema", headers=bearer(t))
     assert denied.status == 403, "the token says admin, the service says analyst"
     assert service.calls("s-analyst") == 1
 
 
 def test_a_revoked_session_is_401_and_remembered(venvoy, service):
     for _ in range(5):
-        resp = http(venvoy.url + "/api/me", headers=bearer(token("s-revoked")))
+        resp = http(venvoy.url + "/docs", headers=bearer(token("s-revoked")))
         assert resp.status == 401
         assert resp.json()["reason"] == "invalid_session"
     assert service.calls("s-revoked") == 1
@@ -87,13 +87,13 @@ def test_a_revoked_session_is_401_and_remembered(venvoy, service):
 def test_bad_tokens_never_reach_the_service(venvoy, service):
     before = service.stats()["total"]
     expired = hs_token(["admin"], sid="s-analyst", exp=int(time.time()) - 3600)
-    assert http(venvoy.url + "/api/me", headers=bearer(expired)).status == 401
-    assert http(venvoy.url + "/api/me", headers=bearer(token("s-analyst") + "x")).status == 401
+    assert http(venvoy.url + "/docs", headers=bearer(expired)).status == 401
+    assert http(venvoy.url + "/docs", headers=bearer(token("s-analyst") + "x")).status == 401
     assert service.stats()["total"] == before
 
 
 def test_opaque_session_tokens(venvoy, service):
-    resp = http(venvoy.url + "/api/catalog/data/x", headers={"X-Session-Token": "0cc175b9c0f1b6a831c399e269772661"})
+    resp = http(venvoy.url + "/api/catalog/data/x/ui_schema", headers={"X-Session-Token": "0cc175b9c0f1b6a831c399e269772661"})
     assert resp.status == 200
     assert resp.json()["headers"]["x-noetl-user-id"] == "45"
 
@@ -103,7 +103,7 @@ def test_failures_deny_with_503(venvoy, service, mode):
     service.control(mode=mode, delay_ms=1500)
     sid = {"fail": "s-burst-2", "garbage": "s-burst-3", "slow": "s-burst-4"}[mode]
     started = time.monotonic()
-    resp = http(venvoy.url + "/api/me", headers=bearer(token(sid)))
+    resp = http(venvoy.url + "/docs", headers=bearer(token(sid)))
     assert resp.status == 503
     assert resp.headers["retry-after"] == "1"
     assert time.monotonic() - started < 1.4, "the callout timeout (500 ms) bounds the wait"
@@ -111,11 +111,11 @@ def test_failures_deny_with_503(venvoy, service, mode):
 
 def test_logout_evicts_the_session(venvoy, service):
     t = token("s-developer")
-    assert http(venvoy.url + "/api/me", headers=bearer(t)).status == 200
-    assert http(venvoy.url + "/api/me", headers=bearer(t)).status == 200
+    assert http(venvoy.url + "/docs", headers=bearer(t)).status == 200
+    assert http(venvoy.url + "/docs", headers=bearer(t)).status == 200
     assert service.calls("s-developer") == 1
     assert http(venvoy.url + "/api/auth/logout", method="POST", headers=bearer(t), body="{}").status == 200
-    assert http(venvoy.url + "/api/me", headers=bearer(t)).status == 200
+    assert http(venvoy.url + "/docs", headers=bearer(t)).status == 200
     assert service.calls("s-developer") == 2, "after logout the next request asks again"
 
 
@@ -123,7 +123,7 @@ def test_expiry_after_the_ttl_makes_one_more_callout(start_envoy, service):
     config = config_with_validation()
     config["session"] = {"ttl_secs": 1}
     short = start_envoy(config, clusters={"noetl_validation": service.port})
-    url, headers = short.url + "/api/catalog/data/x", bearer(token("s-burst-5"))
+    url, headers = short.url + "/api/catalog/data/x/ui_schema", bearer(token("s-burst-5"))
     # The filter keeps time in whole seconds: a burst that straddled a second's end would see
     # a 1 s entry expire halfway, so each burst starts just after a second begins.
     start_of_next_second()
@@ -139,7 +139,7 @@ def test_serve_stale_rides_out_an_outage(start_envoy, service):
     config = config_with_validation(failure_mode="serve_stale", stale_grace_secs=60)
     config["session"] = {"ttl_secs": 1}
     stale = start_envoy(config, clusters={"noetl_validation": service.port})
-    url, headers = stale.url + "/api/catalog/data/x", bearer(token("s-burst-6"))
+    url, headers = stale.url + "/api/catalog/data/x/ui_schema", bearer(token("s-burst-6"))
     assert http(url, headers=headers).status == 200
     service.control(mode="fail")
     time.sleep(1.2)
@@ -152,7 +152,7 @@ def test_an_unknown_cluster_is_a_clear_503(start_envoy, service):
     config = config_with_validation()
     config["validation"]["cluster"] = "no_such_cluster"
     broken = start_envoy(config)
-    resp = http(broken.url + "/api/me", headers=bearer(token("s-burst-7")))
+    resp = http(broken.url + "/docs", headers=bearer(token("s-burst-7")))
     assert resp.status == 503
     deadline = time.monotonic() + 5
     while "no_such_cluster" not in broken.log() and time.monotonic() < deadline:
@@ -163,8 +163,8 @@ def test_an_unknown_cluster_is_a_clear_503(start_envoy, service):
 def test_a_body_route_after_the_session(venvoy, service):
     headers = {**bearer(token("s-analyst")), "content-type": "application/json"}
     body = json.dumps({"path": "data/daily_load"})
-    resp = http(venvoy.url + "/api/run/playbook", method="POST", headers=headers, body=body)
+    resp = http(venvoy.url + "/api/execute", method="POST", headers=headers, body=body)
     assert resp.status == 200
     assert resp.json()["body"] == body
-    denied = http(venvoy.url + "/api/run/playbook", method="POST", headers=headers, body='{"path": "system/x"}')
+    denied = http(venvoy.url + "/api/execute", method="POST", headers=headers, body='{"path": "system/x"}')
     assert denied.status == 403

@@ -137,6 +137,9 @@ pub struct PluginConfig {
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
+    /// The roles a `restricted: true` route admits (raw SQL, secrets, maintenance).
+    #[serde(default = "default_restricted_roles")]
+    pub restricted_roles: Vec<String>,
     /// Roles, permissions and playbook globs.
     pub policy: PolicyDocument,
 }
@@ -152,6 +155,10 @@ fn default_token_sources() -> Vec<TokenSourceConfig> {
         TokenSourceConfig { header: Some("x-session-token".into()), prefix: None, cookie: None },
         TokenSourceConfig { header: None, prefix: None, cookie: Some("session_token".into()) },
     ]
+}
+
+fn default_restricted_roles() -> Vec<String> {
+    vec!["admin".into()]
 }
 
 fn default_jwt_cache_size() -> u64 {
@@ -398,6 +405,9 @@ pub enum FailureMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A name for operators (`routes` table, `explain`, logs); not matched on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Which requests the rule covers.
     #[serde(rename = "match")]
     pub matcher: RouteMatchConfig,
@@ -411,9 +421,20 @@ pub struct RouteConfig {
     /// cache on every worker (the next request asks the validation service again).
     #[serde(default)]
     pub logout: bool,
-    /// A valid session whose roles allow `permission` on the playbook.
+    /// A valid session whose roles allow `permission` on the playbook: one requirement, or a
+    /// list that must all hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize: Option<Requirements>,
+    /// A JSON-RPC body whose `method` picks the requirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc: Option<JsonRpcConfig>,
+    /// A valid session holding one of the top-level `restricted_roles`.
     #[serde(default)]
-    pub authorize: Option<AuthorizeConfig>,
+    pub restricted: bool,
+    /// Refused (403) for everyone before any token is looked at: routes only NoETL's own
+    /// workers call.
+    #[serde(default)]
+    pub blocked: bool,
     /// Overrides the top-level `max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
@@ -447,10 +468,109 @@ pub struct AuthorizeConfig {
     pub playbook: PlaybookSourceConfig,
 }
 
+/// `authorize`: one requirement, or several that must all hold.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Requirements {
+    /// `authorize: {permission, playbook}`.
+    One(AuthorizeConfig),
+    /// `authorize: [{permission, playbook}, ...]`.
+    All(Vec<AuthorizeConfig>),
+}
+
+impl Requirements {
+    /// The requirements, in order.
+    pub fn as_slice(&self) -> &[AuthorizeConfig] {
+        match self {
+            Requirements::One(one) => std::slice::from_ref(one),
+            Requirements::All(all) => all,
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`: an untagged enum buffers the value and its errors
+// lose the field path ("data did not match any variant"); this keeps `authorize[1].permission`.
+impl<'de> Deserialize<'de> for Requirements {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Requirements;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a requirement {permission, playbook} or a list of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Requirements, A::Error> {
+                AuthorizeConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Requirements::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Requirements, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Requirements::All)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A JSON-RPC route (`{"method": ...}` in the body): what each method needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRpcConfig {
+    /// Where the playbook path comes from (a head source: `path_capture`, `path_after_prefix`).
+    pub playbook: PlaybookSourceConfig,
+    /// Method -> the permission it needs on that playbook, or `authenticate` for a session only.
+    /// Any other method is refused (403).
+    pub methods: BTreeMap<String, String>,
+}
+
+/// When a body field counts as given (a value that does not leaves the choice to the next field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Anything but absent or `null`. The default.
+    #[default]
+    NotNull,
+    /// Anything but absent, `null` or `""` (a field the server coerces to a string).
+    NonEmpty,
+    /// Anything Python would not call falsy: absent, `null`, `false`, `0`, `""` leave the choice
+    /// to the next field (a field the server coerces to an int and tests with `if`).
+    Truthy,
+}
+
+/// One body field that may name the target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonFieldConfig {
+    /// A JSON pointer (RFC 6901), relative to the array item under `each`.
+    pub pointer: String,
+    /// The field holds an id the server resolves (`catalog_id`, `execution_id`): when given, the
+    /// request needs the permission on every playbook. The value names the id, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
+    /// When the field counts as given.
+    #[serde(default)]
+    pub present: Presence,
+}
+
 /// Where a route finds the playbook path: exactly one field.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaybookSourceConfig {
+    /// Every playbook: the target is not in the request (an execution id in the URL, a listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_playbooks: Option<bool>,
+    /// Body fields in the server's precedence order: the first given decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_fields: Option<Vec<JsonFieldConfig>>,
+    /// With `json_fields`: a pointer to an array whose every item is read (a batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub each: Option<String>,
+    /// With `json_fields`: the playbook the server uses when no field is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// With `json_fields`: no field given means every playbook (a listing without a filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_if_absent: Option<bool>,
+    /// With `graphql_variable`: fields whose calls need one of the `restricted_roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql_restricted_fields: Option<Vec<String>>,
     /// The request path after the route's `prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_after_prefix: Option<bool>,

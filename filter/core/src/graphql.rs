@@ -55,6 +55,22 @@ pub fn playbook_arguments(body: &Value, field: &str, argument: &str) -> Result<V
     Ok(found)
 }
 
+/// Whether any request of the body (or batch) names `field` outside strings and comments: as
+/// a field, an alias or an argument name alike, so no spelling of a call slips past.
+pub fn names_field(body: &Value, field: &str) -> Result<bool, GraphQlError> {
+    let requests: Vec<&Value> = match body {
+        Value::Array(batch) => batch.iter().collect(),
+        other => vec![other],
+    };
+    for request in requests {
+        let query = request.get("query").and_then(Value::as_str).ok_or(GraphQlError::NotARequest)?;
+        if tokenize(query)?.contains(&Token::Name(field)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token<'q> {
     Name(&'q str),

@@ -27,10 +27,11 @@ use crate::jwt::{
     VerifierState,
 };
 use crate::opaque::OpaqueShape;
-use crate::path::{normalize_request_path, PlaybookPath};
+use crate::path::normalize_request_path;
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
 use crate::session::SessionEntry;
+use crate::target::{is_json_content_type, parse_body, Target};
 use crate::token::TokenSources;
 use crate::validation::{Answer, CalloutFailure, CalloutRequest, Validator};
 use crate::verdict::{Denial, Verdict};
@@ -105,8 +106,30 @@ pub enum SessionStep {
 enum Need {
     /// A valid session; a logout route also evicts the session after upstream success.
     Authenticate { logout: bool },
-    /// A permission on the playbooks (from the head, or `None` until the body is read).
-    Authorize { permission: String, source: PlaybookSource, playbooks: Option<Vec<PlaybookPath>> },
+    /// One of the `restricted_roles`.
+    Restricted,
+    /// Every demand met.
+    Authorize(Vec<Demand>),
+    /// A JSON-RPC call: the body's `method` picks the permission on `targets` (from the head).
+    JsonRpc { methods: Vec<(String, Option<String>)>, targets: Vec<Target> },
+}
+
+/// A permission on the targets of one requirement; `source` is kept until the body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Demand {
+    permission: String,
+    source: Option<PlaybookSource>,
+    targets: Vec<Target>,
+}
+
+impl Need {
+    fn needs_body(&self) -> bool {
+        match self {
+            Need::Authorize(demands) => demands.iter().any(|d| d.source.is_some()),
+            Need::JsonRpc { .. } => true,
+            Need::Authenticate { .. } | Need::Restricted => false,
+        }
+    }
 }
 
 /// A request paused on its body or its session.
@@ -152,6 +175,7 @@ pub struct Guard {
     allow_cors_preflight: bool,
     hold_headers_for_body: bool,
     jwt_cache_size: usize,
+    restricted_roles: Vec<String>,
 }
 
 impl Guard {
@@ -212,6 +236,7 @@ impl Guard {
             allow_cors_preflight: cfg.allow_cors_preflight,
             hold_headers_for_body: cfg.hold_headers_for_body,
             jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
+            restricted_roles: compile_restricted_roles(&cfg.restricted_roles)?,
         })
     }
 
@@ -270,27 +295,22 @@ impl Guard {
             return Step::Verdict(allowed(Vec::new(), "CORS preflight".into()));
         }
         let route = self.routes.find(head.method, &path);
-        let need = match route.action {
-            RouteAction::Public => return Step::Verdict(allowed(Vec::new(), format!("route={} public", route.id))),
-            RouteAction::Deny => return Step::Verdict(self.finish(Err(Denial::no_route()), None)),
-            RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
-            RouteAction::Authorize { permission, source } => {
-                Need::Authorize { permission: permission.clone(), source: source.clone(), playbooks: None }
-            }
+        let need = match self.need_of(route.id, route.action) {
+            Ok(need) => need,
+            Err(verdict) => return Step::Verdict(*verdict),
         };
         let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
             Err(AuthError::AwaitingKeys) => return Step::AwaitKeys,
             Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
         };
-        let need = match need {
-            Need::Authorize { permission, source, .. } if !source.needs_body() => {
-                match source.from_head(&path, head.headers) {
-                    Ok(playbooks) => Need::Authorize { permission, source, playbooks: Some(playbooks) },
-                    Err(e) => return Step::Verdict(self.playbook_error(route.id, &e, from_token.as_ref())),
-                }
-            }
-            need => need,
+        if route.action.needs_body() && !is_json_content_type(head.headers) {
+            let detail = format!("route={} reads a JSON body and the content-type is not JSON", route.id);
+            return Step::Verdict(self.finish(Err(Denial::unsupported_media_type(detail)), from_token.as_ref()));
+        }
+        let need = match self.read_head(need, route.action, &path, head.headers) {
+            Ok(need) => need,
+            Err(e) => return Step::Verdict(self.playbook_error(route.id, &e, from_token.as_ref())),
         };
         let pending = Pending {
             route_id: route.id.to_owned(),
@@ -307,6 +327,82 @@ impl Guard {
         }
         let identity = pending.from_token.clone();
         self.proceed(pending, identity)
+    }
+
+    /// Decides a request for a user holding `roles`, as the filter does once the user is known
+    /// (for `playbook-guard explain`): the matched route's id and the verdict, whose detail
+    /// names the permissions, playbooks and deciding rules. `body` is the whole body (empty if
+    /// none); tokens and sessions are not looked at.
+    pub fn explain(&self, head: &RequestHead<'_>, body: &[u8], roles: &[String]) -> (String, Verdict) {
+        let path = match normalize_request_path(head.path) {
+            Ok(path) => path,
+            Err(e) => return ("-".into(), self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
+        };
+        let route = self.routes.find(head.method, &path);
+        let id = route.id.to_owned();
+        let need = match self.need_of(route.id, route.action) {
+            Ok(need) => need,
+            Err(verdict) => return (id, *verdict),
+        };
+        let identity = Identity {
+            user_id: None,
+            email: None,
+            display_name: None,
+            roles: roles.to_vec(),
+            session_key: String::new(),
+        };
+        if route.action.needs_body() && !is_json_content_type(head.headers) {
+            let detail = format!("route={id} reads a JSON body and the content-type is not JSON");
+            return (id, self.finish(Err(Denial::unsupported_media_type(detail)), Some(&identity)));
+        }
+        let need = match self.read_head(need, route.action, &path, head.headers) {
+            Ok(need) => need,
+            Err(e) => return (id.clone(), self.playbook_error(&id, &e, Some(&identity))),
+        };
+        let pending = Pending {
+            route_id: id.clone(),
+            need,
+            token: String::new(),
+            from_token: None,
+            session_key: String::new(),
+            identity: Some(identity),
+            max_body_bytes: route.max_body_bytes,
+            upstream_headers: Vec::new(),
+        };
+        let verdict =
+            if pending.need.needs_body() { self.on_request_body(pending, body) } else { self.decide(pending) };
+        (id, verdict)
+    }
+
+    /// The route's name, if it has one (for `explain`).
+    pub fn route_name(&self, id: &str) -> Option<&str> {
+        self.routes.name_of(id)
+    }
+
+    /// What an authenticated request on the route needs, or the verdict of a route that needs
+    /// no user (public, blocked, no route).
+    fn need_of(&self, route_id: &str, action: &RouteAction) -> Result<Need, Box<Verdict>> {
+        Ok(match action {
+            RouteAction::Public => return Err(Box::new(allowed(Vec::new(), format!("route={route_id} public")))),
+            RouteAction::Deny => return Err(Box::new(self.finish(Err(Denial::no_route()), None))),
+            RouteAction::Blocked => {
+                let detail = format!("route={route_id} is blocked at the edge (NoETL's workers only)");
+                return Err(Box::new(self.finish(Err(Denial::refused("blocked", detail)), None)));
+            }
+            RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
+            RouteAction::Restricted => Need::Restricted,
+            RouteAction::Authorize { requirements } => Need::Authorize(
+                requirements
+                    .iter()
+                    .map(|r| Demand {
+                        permission: r.permission.clone(),
+                        source: Some(r.source.clone()),
+                        targets: Vec::new(),
+                    })
+                    .collect(),
+            ),
+            RouteAction::JsonRpc { methods, .. } => Need::JsonRpc { methods: methods.clone(), targets: Vec::new() },
+        })
     }
 
     /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now`.
@@ -359,20 +455,56 @@ impl Guard {
         if body.len() as u64 > pending.max_body_bytes {
             return self.body_too_large(&pending);
         }
-        let Need::Authorize { permission, source, .. } = &pending.need else {
-            return self.decide(pending);
+        let need = match pending.need.clone() {
+            Need::Authorize(demands) => demands
+                .into_iter()
+                .map(|d| match d.source {
+                    Some(source) => source.from_body(body).map(|targets| Demand { source: None, targets, ..d }),
+                    None => Ok(d),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Need::Authorize),
+            Need::JsonRpc { methods, targets } => match jsonrpc_need(&methods, targets, body) {
+                Ok(None) => {
+                    let detail = format!("route={} JSON-RPC method not listed", pending.route_id);
+                    return self.finish(Err(Denial::refused("jsonrpc_method", detail)), pending.identity.as_ref());
+                }
+                Ok(Some(need)) => Ok(need),
+                Err(e) => Err(e),
+            },
+            need => Ok(need),
         };
-        match source.from_body(body) {
-            Ok(playbooks) => {
-                let need = Need::Authorize {
-                    permission: permission.clone(),
-                    source: source.clone(),
-                    playbooks: Some(playbooks),
-                };
-                self.decide(Pending { need, ..pending })
-            }
+        match need {
+            Ok(need) => self.decide(Pending { need, ..pending }),
             Err(e) => self.playbook_error(&pending.route_id, &e, pending.identity.as_ref()),
         }
+    }
+
+    /// Reads what the request head says about the targets of `need`.
+    fn read_head(
+        &self,
+        need: Need,
+        action: &RouteAction,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<Need, PlaybookError> {
+        Ok(match (need, action) {
+            (Need::Authorize(demands), _) => Need::Authorize(
+                demands
+                    .into_iter()
+                    .map(|d| match d.source {
+                        Some(source) if !source.needs_body() => {
+                            source.from_head(path, headers).map(|targets| Demand { source: None, targets, ..d })
+                        }
+                        _ => Ok(d),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            (Need::JsonRpc { methods, .. }, RouteAction::JsonRpc { source, .. }) => {
+                Need::JsonRpc { methods, targets: source.from_head(path, headers)? }
+            }
+            (need, _) => need,
+        })
     }
 
     /// The answer for a body over [`Pending::max_body_bytes`].
@@ -450,7 +582,7 @@ impl Guard {
         };
         pending.upstream_headers = self.identity_header_values(&identity);
         pending.identity = Some(identity);
-        if matches!(pending.need, Need::Authorize { playbooks: None, .. }) {
+        if pending.need.needs_body() {
             return Step::ReadBody(pending);
         }
         Step::Verdict(self.decide(pending))
@@ -461,7 +593,7 @@ impl Guard {
         let Some(identity) = identity else {
             return self.finish(Err(Denial::unauthenticated(&AuthError::Missing)), None);
         };
-        let (permission, playbooks) = match need {
+        let demands = match need {
             Need::Authenticate { logout } => {
                 let mut verdict = self.finish(Ok(format!("route={route_id} authenticated")), Some(&identity));
                 if let (true, Verdict::Allow { logout: evict, .. }) = (logout, &mut verdict) {
@@ -469,27 +601,82 @@ impl Guard {
                 }
                 return verdict;
             }
-            Need::Authorize { permission, playbooks, .. } => (permission, playbooks.unwrap_or_default()),
+            Need::Restricted => {
+                let mut detail = format!("route={route_id} restricted");
+                return match self.restricted_role(&identity) {
+                    Some(role) => {
+                        let _ = write!(detail, " role={role}");
+                        self.finish(Ok(detail), Some(&identity))
+                    }
+                    None => self.refuse_restricted(detail, &identity),
+                };
+            }
+            Need::Authorize(demands) => demands,
+            Need::JsonRpc { .. } => {
+                // Only reached if a host decides without the body it was asked to read.
+                let e = PlaybookError::Missing("the route reads the body");
+                return self.playbook_error(&route_id, &e, Some(&identity));
+            }
         };
-        if playbooks.is_empty() {
-            let e = PlaybookError::Missing("no playbook");
-            return self.playbook_error(&route_id, &e, Some(&identity));
-        }
-        let mut detail = format!("route={route_id} permission={permission}");
-        for playbook in &playbooks {
-            let decision = self.policy.decide(&identity.roles, &permission, playbook);
-            let _ = write!(detail, " playbook={playbook} rule=\"{}\"", decision.rule);
-            if !decision.allowed {
-                let _ = write!(
-                    detail,
-                    " user={} roles={}",
-                    identity.user_id.as_deref().unwrap_or("-"),
-                    identity.roles.join(",")
-                );
-                return self.finish(Err(Denial::forbidden(playbook.as_str(), &permission, detail)), Some(&identity));
+        let mut detail = format!("route={route_id}");
+        for Demand { permission, targets, .. } in &demands {
+            if targets.is_empty() {
+                let e = PlaybookError::Missing("no playbook");
+                return self.playbook_error(&route_id, &e, Some(&identity));
+            }
+            let _ = write!(detail, " permission={permission}");
+            for target in targets {
+                let (decision, playbook) = match target {
+                    Target::Playbook(playbook) => {
+                        (self.policy.decide(&identity.roles, permission, playbook), playbook.as_str())
+                    }
+                    Target::Every(why) => {
+                        let _ = write!(detail, " every playbook ({why})");
+                        (self.policy.decide_every(&identity.roles, permission), "*")
+                    }
+                    Target::Restricted(what) => {
+                        let _ = write!(detail, " {what}");
+                        match self.restricted_role(&identity) {
+                            Some(role) => {
+                                let _ = write!(detail, " role={role}");
+                                continue;
+                            }
+                            None => return self.refuse_restricted(detail, &identity),
+                        }
+                    }
+                };
+                if let Target::Playbook(p) = target {
+                    let _ = write!(detail, " playbook={p}");
+                }
+                let _ = write!(detail, " rule=\"{}\"", decision.rule);
+                if !decision.allowed {
+                    let _ = write!(
+                        detail,
+                        " user={} roles={}",
+                        identity.user_id.as_deref().unwrap_or("-"),
+                        identity.roles.join(",")
+                    );
+                    return self.finish(Err(Denial::forbidden(playbook, permission, detail)), Some(&identity));
+                }
             }
         }
         self.finish(Ok(detail), Some(&identity))
+    }
+
+    /// The first role of the user that is one of the `restricted_roles`.
+    fn restricted_role<'i>(&self, identity: &'i Identity) -> Option<&'i str> {
+        identity.roles.iter().find(|r| self.restricted_roles.contains(r)).map(String::as_str)
+    }
+
+    fn refuse_restricted(&self, mut detail: String, identity: &Identity) -> Verdict {
+        let _ = write!(
+            detail,
+            " needs one of [{}]; user={} roles={}",
+            self.restricted_roles.join(","),
+            identity.user_id.as_deref().unwrap_or("-"),
+            identity.roles.join(",")
+        );
+        self.finish(Err(Denial::refused("restricted", detail)), Some(identity))
     }
 
     fn playbook_error(&self, route_id: &str, e: &PlaybookError, identity: Option<&Identity>) -> Verdict {
@@ -526,6 +713,35 @@ impl Guard {
         out.push((h.roles.clone(), header_safe(&id.roles.join(","))));
         out
     }
+}
+
+/// The requirement a JSON-RPC body's `method` picks; `None` for a method the route does not
+/// list, or a body that is not one call object (a batch).
+fn jsonrpc_need(
+    methods: &[(String, Option<String>)],
+    targets: Vec<Target>,
+    body: &[u8],
+) -> Result<Option<Need>, PlaybookError> {
+    let json = parse_body(body)?;
+    let method = json.get("method").and_then(|m| m.as_str());
+    Ok(match methods.iter().find(|(m, _)| Some(m.as_str()) == method) {
+        Some((_, Some(permission))) => {
+            Some(Need::Authorize(vec![Demand { permission: permission.clone(), source: None, targets }]))
+        }
+        Some((_, None)) => Some(Need::Authenticate { logout: false }),
+        None => None,
+    })
+}
+
+fn compile_restricted_roles(roles: &[String]) -> Result<Vec<String>, ConfigError> {
+    roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.trim() {
+            "" => Err(ConfigError::new(format!("restricted_roles[{i}]"), "empty role name")),
+            r => Ok(r.to_owned()),
+        })
+        .collect()
 }
 
 fn allowed(headers: Vec<(String, String)>, detail: String) -> Verdict {

@@ -16,6 +16,7 @@ pub mod path;
 pub mod policy;
 pub mod routes;
 pub mod session;
+pub mod target;
 pub mod timestamp;
 pub mod token;
 pub mod validation;

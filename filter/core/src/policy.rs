@@ -77,6 +77,8 @@ struct CompiledRule {
     id: String,
     permissions: Permissions,
     globs: GlobSet,
+    /// One of its globs is `**`: it matches every playbook.
+    everything: bool,
 }
 
 impl CompiledRule {
@@ -89,6 +91,24 @@ impl CompiledRule {
 struct CompiledRole {
     allow: Vec<CompiledRule>,
     deny: Vec<CompiledRule>,
+    /// Permission -> the allow rule that grants it on every playbook, for the permissions the
+    /// role holds unrestricted (see [`Policy::decide_every`]).
+    unrestricted: BTreeMap<String, String>,
+    /// The same for a permission no rule names (only `*` rules cover it).
+    unrestricted_other: Option<String>,
+}
+
+impl CompiledRole {
+    /// The allow rule that grants `permission` on `**` if no deny rule of the role, nor a
+    /// top-level one, covers `permission` at all. Conservative: a deny rule that could only
+    /// match playbooks that do not exist still makes the role restricted.
+    fn unrestricted_for(&self, permission: &str, top_deny: &[CompiledRule]) -> Option<String> {
+        let covers = |r: &&CompiledRule| r.permissions.covers(permission);
+        if top_deny.iter().any(|r| covers(&r)) || self.deny.iter().any(|r| covers(&r)) {
+            return None;
+        }
+        self.allow.iter().find(|r| r.everything && covers(r)).map(|r| r.id.clone())
+    }
 }
 
 /// A compiled, immutable policy.
@@ -116,6 +136,8 @@ pub enum DecidedBy {
     Rule(String),
     /// No role of the user allows it (the default deny).
     NoGrant,
+    /// The request needs the permission on every playbook and no role of the user holds it so.
+    NotOnEvery,
 }
 
 impl fmt::Display for DecidedBy {
@@ -123,6 +145,7 @@ impl fmt::Display for DecidedBy {
         match self {
             DecidedBy::Rule(id) => f.write_str(id),
             DecidedBy::NoGrant => f.write_str("no role grants it"),
+            DecidedBy::NotOnEvery => f.write_str("no role grants it on every playbook"),
         }
     }
 }
@@ -144,10 +167,30 @@ impl Policy {
                 CompiledRole {
                     allow: compile_rules(&role.allow, &format!("{at}.allow"))?,
                     deny: compile_rules(&role.deny, &format!("{at}.deny"))?,
+                    unrestricted: BTreeMap::new(),
+                    unrestricted_other: None,
                 },
             );
         }
-        Ok(Policy { version: doc.version.clone(), roles, deny: compile_rules(&doc.deny, "deny")? })
+        let deny = compile_rules(&doc.deny, "deny")?;
+        let named: Vec<String> = roles
+            .values()
+            .flat_map(|r| r.allow.iter().chain(&r.deny))
+            .chain(&deny)
+            .filter_map(|r| match &r.permissions {
+                Permissions::Listed(list) => Some(list.clone()),
+                Permissions::Any => None,
+            })
+            .flatten()
+            .collect();
+        for role in roles.values_mut() {
+            role.unrestricted =
+                named.iter().filter_map(|p| role.unrestricted_for(p, &deny).map(|id| (p.clone(), id))).collect();
+            // A permission no rule names is covered by `*` rules alone; an empty name cannot
+            // be listed, so it stands for all of them.
+            role.unrestricted_other = role.unrestricted_for("", &deny);
+        }
+        Ok(Policy { version: doc.version.clone(), roles, deny })
     }
 
     /// The document's `version`.
@@ -174,13 +217,45 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Whether a user holding `roles` may use `permission` on every playbook: for a request
+    /// whose target only NoETL can resolve (a `catalog_id`, an `execution_id`) or that covers
+    /// them all (a listing). Some role of the user must be unrestricted for `permission`
+    /// (compiled: an allow rule on `**` and no deny rule, of the role or top-level, covering
+    /// `permission`).
+    pub fn decide_every<R: AsRef<str>>(&self, roles: &[R], permission: &str) -> Decision {
+        if let Some(rule) = self.deny.iter().find(|r| r.permissions.covers(permission)) {
+            return Decision { allowed: false, rule: DecidedBy::Rule(rule.id.clone()) };
+        }
+        for role in roles.iter().filter_map(|r| self.roles.get(r.as_ref())) {
+            let grant = match role.unrestricted.get(permission) {
+                Some(id) => Some(id),
+                None if !self.names(permission) => role.unrestricted_other.as_ref(),
+                None => None,
+            };
+            if let Some(id) = grant {
+                return Decision { allowed: true, rule: DecidedBy::Rule(id.clone()) };
+            }
+        }
+        Decision { allowed: false, rule: DecidedBy::NotOnEvery }
+    }
+
+    /// Whether some rule names `permission` (else only `*` rules cover it).
+    fn names(&self, permission: &str) -> bool {
+        let listed =
+            |r: &CompiledRule| matches!(&r.permissions, Permissions::Listed(l) if l.iter().any(|p| p == permission));
+        self.deny.iter().any(listed) || self.roles.values().any(|r| r.allow.iter().chain(&r.deny).any(listed))
+    }
+}
+
 fn compile_rules(rules: &[Rule], at: &str) -> Result<Vec<CompiledRule>, ConfigError> {
     rules
         .iter()
         .enumerate()
         .map(|(i, rule)| {
             let id = format!("{at}[{i}]");
-            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule { id, permissions, globs })
+            let everything = rule.playbooks.iter().any(|p| p == "**");
+            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule { id, permissions, globs, everything })
         })
         .collect()
 }

@@ -1,12 +1,11 @@
 //! Route rules: which requests are public, which need a session, and which playbook and
 //! permission an `authorize` route asks about (SPEC section 5).
 
-use globset::GlobMatcher;
-use serde_json::Value;
-
-use crate::config::{ConfigError, DefaultAction, PlaybookSourceConfig, RouteConfig};
+use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, PlaybookSourceConfig, RouteConfig};
 use crate::graphql::{self, GraphQlError};
 use crate::path::{normalize_request_path, PathError, PlaybookPath};
+use crate::target::{parse_body, JsonSource, Target};
+use globset::GlobMatcher;
 
 /// How a route matches the (normalised) request path.
 #[derive(Debug, Clone)]
@@ -26,15 +25,44 @@ pub enum RouteAction {
         /// Evict the session everywhere after the upstream answers 2xx.
         logout: bool,
     },
-    /// A valid session whose roles allow `permission` on the playbook from `source`.
+    /// A valid session whose roles meet every requirement.
     Authorize {
-        /// The permission asked for.
-        permission: String,
-        /// Where the playbook path comes from.
-        source: PlaybookSource,
+        /// The requirements, all of which must hold.
+        requirements: Vec<Requirement>,
     },
+    /// A JSON-RPC body: its `method` picks the permission needed on the playbook from `source`.
+    JsonRpc {
+        /// Where the playbook comes from (the request head).
+        source: PlaybookSource,
+        /// Method -> permission (`None`: a session is enough). Other methods are refused.
+        methods: Vec<(String, Option<String>)>,
+    },
+    /// A valid session holding one of the `restricted_roles`.
+    Restricted,
+    /// Refused (403) for everyone before any token is looked at.
+    Blocked,
     /// Refused (403) before any token is looked at: `default_action: deny`.
     Deny,
+}
+
+/// One requirement of an `authorize` route: `permission` on the playbooks from `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The permission asked for.
+    pub permission: String,
+    /// Where the playbook path comes from.
+    pub source: PlaybookSource,
+}
+
+impl RouteAction {
+    /// Whether the decision needs the request body.
+    pub fn needs_body(&self) -> bool {
+        match self {
+            RouteAction::Authorize { requirements } => requirements.iter().any(|r| r.source.needs_body()),
+            RouteAction::JsonRpc { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Where an `authorize` route finds the playbook path.
@@ -42,24 +70,29 @@ pub enum RouteAction {
 pub enum PlaybookSource {
     /// The request path after the route's prefix.
     PathAfterPrefix(String),
-    /// What lies between the literal `prefix` and `suffix` around a route glob's one wildcard.
+    /// What the route glob's `**` (or its one `*`) matched, read greedily as Starlette reads
+    /// `{path:path}`: the path after `prefix` less its last `tail` segments.
     PathCapture {
-        /// The glob's text before the wildcard segment.
+        /// The glob's literal text before the wildcard.
         prefix: String,
-        /// The glob's text after it.
-        suffix: String,
+        /// How many segments follow the wildcard.
+        tail: usize,
     },
-    /// A JSON pointer into the body.
-    JsonPointer(String),
+    /// Body fields with a precedence (see [`JsonSource`]).
+    Json(JsonSource),
     /// The `argument` of calls to `field` in a GraphQL body.
     GraphQl {
         /// The field (`executePlaybook`).
         field: String,
         /// The argument (`name`).
         argument: String,
+        /// Fields whose calls need a restricted role (`proxyRequest`).
+        restricted: Vec<String>,
     },
     /// A request header (lowercased name).
     Header(String),
+    /// Every playbook (the request does not say which, or NoETL alone can tell).
+    Every,
 }
 
 /// Why no playbook path could be found for an `authorize` route. Answered 400.
@@ -75,6 +108,9 @@ pub enum PlaybookError {
     /// The JSON pointer points at something other than a string.
     #[error("the value at {0} is not a string")]
     NotAString(String),
+    /// The JSON pointer of a batch points at something other than an array.
+    #[error("the value at {0} is not an array")]
+    NotAnArray(String),
     /// The GraphQL request could not be read.
     #[error("{0}")]
     GraphQl(#[from] GraphQlError),
@@ -86,54 +122,89 @@ pub enum PlaybookError {
 impl PlaybookSource {
     /// Whether the playbook path is in the request body (the request must be buffered).
     pub fn needs_body(&self) -> bool {
-        matches!(self, PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. })
+        matches!(self, PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. })
     }
 
-    /// The playbook path from the request head (path or header sources).
-    pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<PlaybookPath>, PlaybookError> {
+    /// The playbooks from the request head (path or header sources).
+    pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<Target>, PlaybookError> {
         let raw = match self {
             PlaybookSource::PathAfterPrefix(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or_default(),
-            PlaybookSource::PathCapture { prefix, suffix } => path
-                .strip_prefix(prefix.as_str())
-                .and_then(|rest| rest.strip_suffix(suffix.as_str()))
-                .unwrap_or_default(),
+            PlaybookSource::PathCapture { prefix, tail } => {
+                path.strip_prefix(prefix.as_str()).and_then(|rest| strip_last_segments(rest, *tail)).unwrap_or_default()
+            }
             PlaybookSource::Header(name) => {
                 headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or_default()
             }
-            PlaybookSource::JsonPointer(_) | PlaybookSource::GraphQl { .. } => {
+            PlaybookSource::Every => return Ok(vec![Target::Every("the route covers every playbook".into())]),
+            PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. } => {
                 return Err(PlaybookError::Missing("the route reads the body"));
             }
         };
         if raw.trim().is_empty() {
             return Err(PlaybookError::Missing("empty path or header"));
         }
-        Ok(vec![PlaybookPath::parse(raw)?])
+        Ok(vec![Target::Playbook(PlaybookPath::parse(raw)?)])
     }
 
-    /// The playbook paths in a buffered body (JSON pointer or GraphQL sources).
-    pub fn from_body(&self, body: &[u8]) -> Result<Vec<PlaybookPath>, PlaybookError> {
-        let json: Value = serde_json::from_slice(body).map_err(|_| PlaybookError::BodyNotJson)?;
-        let raw = match self {
-            PlaybookSource::JsonPointer(pointer) => match json.pointer(pointer) {
-                None | Some(Value::Null) => return Err(PlaybookError::Missing("nothing at the JSON pointer")),
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(_) => return Err(PlaybookError::NotAString(pointer.clone())),
-            },
-            PlaybookSource::GraphQl { field, argument } => graphql::playbook_arguments(&json, field, argument)?,
-            PlaybookSource::PathAfterPrefix(_) | PlaybookSource::PathCapture { .. } | PlaybookSource::Header(_) => {
-                return Err(PlaybookError::Missing("the route reads the request head"));
+    /// The playbooks in a buffered body (JSON or GraphQL sources).
+    pub fn from_body(&self, body: &[u8]) -> Result<Vec<Target>, PlaybookError> {
+        let json = parse_body(body)?;
+        match self {
+            PlaybookSource::Json(source) => source.targets(&json),
+            PlaybookSource::GraphQl { field, argument, restricted } => {
+                let mut targets = Vec::new();
+                for name in restricted {
+                    if graphql::names_field(&json, name)? {
+                        targets.push(Target::Restricted(format!("GraphQL {name}")));
+                    }
+                }
+                let raw = graphql::playbook_arguments(&json, field, argument)?;
+                if raw.is_empty() && targets.is_empty() {
+                    return Err(PlaybookError::Missing("no playbook call in the GraphQL request"));
+                }
+                for s in raw {
+                    targets.push(Target::Playbook(PlaybookPath::parse(&s)?));
+                }
+                Ok(targets)
             }
-        };
-        if raw.is_empty() {
-            return Err(PlaybookError::Missing("no playbook call in the GraphQL request"));
+            PlaybookSource::PathAfterPrefix(_)
+            | PlaybookSource::PathCapture { .. }
+            | PlaybookSource::Header(_)
+            | PlaybookSource::Every => Err(PlaybookError::Missing("the route reads the request head")),
         }
-        raw.iter().map(|s| PlaybookPath::parse(s).map_err(PlaybookError::from)).collect()
     }
+
+    /// Where the playbook comes from, for the `routes` table.
+    pub fn describe(&self) -> String {
+        match self {
+            PlaybookSource::PathAfterPrefix(prefix) => format!("URL after {prefix}"),
+            PlaybookSource::PathCapture { .. } => "URL `**` (greedy, decoded)".into(),
+            PlaybookSource::Json(source) => source.describe(),
+            PlaybookSource::GraphQl { field, argument, restricted } if restricted.is_empty() => {
+                format!("GraphQL {field}({argument})")
+            }
+            PlaybookSource::GraphQl { field, argument, restricted } => {
+                format!("GraphQL {field}({argument}); {}: restricted", restricted.join(", "))
+            }
+            PlaybookSource::Header(name) => format!("header {name}"),
+            PlaybookSource::Every => "every playbook".into(),
+        }
+    }
+}
+
+/// `rest` without its last `n` segments (and the `/` before them); `None` if it has fewer.
+fn strip_last_segments(rest: &str, n: usize) -> Option<&str> {
+    let mut end = rest.len();
+    for _ in 0..n {
+        end = rest.get(..end)?.rfind('/')?;
+    }
+    rest.get(..end)
 }
 
 #[derive(Debug, Clone)]
 struct Route {
     id: String,
+    name: Option<String>,
     methods: Option<Vec<String>>,
     path: PathMatch,
     action: RouteAction,
@@ -177,6 +248,7 @@ impl Routes {
         };
         let default = Route {
             id: "default_action".into(),
+            name: None,
             methods: None,
             path: PathMatch::Prefix("/".into()),
             action,
@@ -200,6 +272,51 @@ impl Routes {
             })
             .unwrap_or(&self.default);
         Matched { id: &route.id, action: &route.action, max_body_bytes: route.max_body_bytes }
+    }
+}
+
+/// One route as configured, for the `routes` table and `explain`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRow<'r> {
+    /// `routes[i]`, or `default_action`.
+    pub id: &'r str,
+    /// The operator's name for it.
+    pub name: Option<&'r str>,
+    /// The methods it matches (`None`: any).
+    pub methods: Option<&'r [String]>,
+    /// How it matches the path: `= /exact`, `/prefix*`, or the glob.
+    pub path: &'r str,
+    /// What it requires.
+    pub action: &'r RouteAction,
+}
+
+impl Routes {
+    /// Every route in order, then the default action.
+    pub fn rows(&self) -> Vec<RouteRow<'_>> {
+        self.routes
+            .iter()
+            .chain(std::iter::once(&self.default))
+            .map(|r| RouteRow {
+                id: &r.id,
+                name: r.name.as_deref(),
+                methods: r.methods.as_deref(),
+                path: match &r.path {
+                    PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+                    PathMatch::Glob(g) => g.glob().glob(),
+                },
+                action: &r.action,
+            })
+            .collect()
+    }
+
+    /// Whether the route `id` matches by prefix (the table shows it as `prefix*`).
+    pub fn is_prefix(&self, id: &str) -> bool {
+        self.routes.iter().any(|r| r.id == id && matches!(r.path, PathMatch::Prefix(_)))
+    }
+
+    /// The name of route `id`, if it has one.
+    pub fn name_of(&self, id: &str) -> Option<&str> {
+        self.routes.iter().find(|r| r.id == id).and_then(|r| r.name.as_deref())
     }
 }
 
@@ -227,25 +344,50 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
         }
         Some(list) => Some(list.iter().map(|s| s.trim().to_ascii_uppercase()).collect()),
     };
-    let action = match (cfg.public, cfg.authenticate || cfg.logout, &cfg.authorize) {
-        (true, false, None) => RouteAction::Public,
-        (false, true, None) => RouteAction::Authenticate { logout: cfg.logout },
-        (false, false, Some(a)) => {
-            if a.permission.trim().is_empty() {
-                return Err(ConfigError::new("authorize.permission", "must not be empty"));
-            }
-            let source = compile_source(&a.playbook, &path).map_err(|e| e.within("authorize.playbook"))?;
-            RouteAction::Authorize { permission: a.permission.trim().to_owned(), source }
+    let given = [
+        cfg.public,
+        cfg.authenticate || cfg.logout,
+        cfg.authorize.is_some(),
+        cfg.jsonrpc.is_some(),
+        cfg.restricted,
+        cfg.blocked,
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ConfigError::new(
+            "",
+            "give exactly one of `public: true`, `authenticate: true` (or `logout: true`), `authorize`, `jsonrpc`, \
+             `restricted: true`, `blocked: true`",
+        ));
+    }
+    let action = if cfg.public {
+        RouteAction::Public
+    } else if cfg.authenticate || cfg.logout {
+        RouteAction::Authenticate { logout: cfg.logout }
+    } else if cfg.restricted {
+        RouteAction::Restricted
+    } else if cfg.blocked {
+        RouteAction::Blocked
+    } else if let Some(rpc) = &cfg.jsonrpc {
+        compile_jsonrpc(rpc, &path).map_err(|e| e.within("jsonrpc"))?
+    } else {
+        let list = cfg.authorize.as_ref().map(|a| a.as_slice()).unwrap_or_default();
+        let many = matches!(cfg.authorize, Some(crate::config::Requirements::All(_)));
+        if list.is_empty() {
+            return Err(ConfigError::new("authorize", "list at least one requirement"));
         }
-        _ => {
-            return Err(ConfigError::new(
-                "",
-                "give exactly one of `public: true`, `authenticate: true` (or `logout: true`), `authorize`",
-            ));
-        }
+        let requirements = list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let at = if many { format!("authorize[{i}]") } else { "authorize".into() };
+                compile_requirement(a, &path).map_err(|e| e.within(&at))
+            })
+            .collect::<Result<_, _>>()?;
+        RouteAction::Authorize { requirements }
     };
     Ok(Route {
         id: format!("routes[{index}]"),
+        name: cfg.name.clone(),
         methods,
         path,
         action,
@@ -253,23 +395,27 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
     })
 }
 
-/// Splits a route glob with exactly one wildcard segment (`*` or `**`) and nothing else
-/// special into the literal text around it.
+/// The capture of a route glob: its one `**` segment, or else its one `*` segment. Segments
+/// after the capture may be `*` (one segment each, as Starlette's `{name}`); everything else is
+/// literal, so the capture is the path after the literal prefix less that many last segments:
+/// greedy, as Starlette's `{path:path}`.
 fn capture_around_wildcard(glob: &str) -> Result<PlaybookSource, String> {
-    let wildcard = |s: &str| s == "*" || s == "**";
     let segments: Vec<&str> = glob.split('/').collect();
-    let at = match segments.iter().filter(|s| wildcard(s)).count() {
-        1 => segments.iter().position(|s| wildcard(s)).unwrap_or_default(),
-        _ => return Err(format!("{glob:?} needs exactly one `*` or `**` segment to capture")),
-    };
-    let literal = |s: &&str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
-    if !segments.iter().enumerate().all(|(i, s)| i == at || literal(s)) {
-        return Err(format!("{glob:?}: besides the captured segment, the glob must be literal"));
+    let count = |w: &str| segments.iter().filter(|s| **s == w).count();
+    let at = match (count("**"), count("*")) {
+        (1, _) => segments.iter().position(|s| *s == "**"),
+        (0, 1) => segments.iter().position(|s| *s == "*"),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{glob:?} needs exactly one `**` segment (or one `*`) to capture"))?;
+    let literal = |s: &str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+    let ok = segments.iter().enumerate().all(|(i, s)| i == at || literal(s) || (i > at && *s == "*"));
+    if !ok {
+        return Err(format!("{glob:?}: besides the captured segment, the glob must be literal (or `*` after it)"));
     }
     let prefix = segments.get(..at).unwrap_or_default().join("/") + "/";
-    let rest = segments.get(at + 1..).unwrap_or_default();
-    let suffix = if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) };
-    Ok(PlaybookSource::PathCapture { prefix, suffix })
+    let tail = segments.len().saturating_sub(at + 1);
+    Ok(PlaybookSource::PathCapture { prefix, tail })
 }
 
 fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
@@ -279,23 +425,67 @@ fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
     normalize_request_path(p).map_err(|e| ConfigError::new(field, format!("{p:?}: {e}")))
 }
 
+fn compile_requirement(a: &AuthorizeConfig, path: &PathMatch) -> Result<Requirement, ConfigError> {
+    if a.permission.trim().is_empty() {
+        return Err(ConfigError::new("permission", "must not be empty"));
+    }
+    let source = compile_source(&a.playbook, path).map_err(|e| e.within("playbook"))?;
+    Ok(Requirement { permission: a.permission.trim().to_owned(), source })
+}
+
+fn compile_jsonrpc(cfg: &crate::config::JsonRpcConfig, path: &PathMatch) -> Result<RouteAction, ConfigError> {
+    let source = compile_source(&cfg.playbook, path).map_err(|e| e.within("playbook"))?;
+    if source.needs_body() {
+        return Err(ConfigError::new("playbook", "the body holds the JSON-RPC call: take the playbook from the URL"));
+    }
+    if cfg.methods.is_empty() {
+        return Err(ConfigError::new("methods", "list at least one method"));
+    }
+    let mut methods = Vec::with_capacity(cfg.methods.len());
+    for (method, need) in &cfg.methods {
+        let need = need.trim();
+        if need.is_empty() {
+            return Err(ConfigError::new(format!("methods.{method}"), "a permission, or `authenticate`"));
+        }
+        methods.push((method.clone(), (need != "authenticate").then(|| need.to_owned())));
+    }
+    Ok(RouteAction::JsonRpc { source, methods })
+}
+
 fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<PlaybookSource, ConfigError> {
     let given = [
+        cfg.all_playbooks.unwrap_or(false),
         cfg.path_after_prefix.unwrap_or(false),
         cfg.path_capture.unwrap_or(false),
-        cfg.json_pointer.is_some(),
+        cfg.json_pointer.is_some() || cfg.json_fields.is_some(),
         cfg.graphql_variable.is_some(),
         cfg.header.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ConfigError::new(
             "",
-            "give exactly one of `path_after_prefix: true`, `path_capture: true`, `json_pointer`, \
-             `graphql_variable`, `header`",
+            "give exactly one of `all_playbooks: true`, `path_after_prefix: true`, `path_capture: true`, \
+             `json_fields` (or `json_pointer`), `graphql_variable`, `header`",
         ));
+    }
+    let json = cfg.json_pointer.is_some() || cfg.json_fields.is_some();
+    for (field, set) in [
+        ("each", cfg.each.is_some()),
+        ("default", cfg.default.is_some()),
+        ("all_if_absent", cfg.all_if_absent.is_some()),
+    ] {
+        if set && !json {
+            return Err(ConfigError::new(field, "goes with `json_fields` or `json_pointer`"));
+        }
     }
     if cfg.graphql_field.is_some() && cfg.graphql_variable.is_none() {
         return Err(ConfigError::new("graphql_field", "goes with `graphql_variable`"));
+    }
+    if cfg.graphql_restricted_fields.is_some() && cfg.graphql_variable.is_none() {
+        return Err(ConfigError::new("graphql_restricted_fields", "goes with `graphql_variable`"));
+    }
+    if cfg.all_playbooks == Some(true) {
+        return Ok(PlaybookSource::Every);
     }
     if cfg.path_after_prefix == Some(true) {
         let PathMatch::Prefix(prefix) = path else {
@@ -309,25 +499,23 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
         };
         return capture_around_wildcard(glob.glob().glob()).map_err(|m| ConfigError::new("path_capture", m));
     }
-    if let Some(pointer) = &cfg.json_pointer {
-        if !pointer.starts_with('/') {
-            return Err(ConfigError::new(
-                "json_pointer",
-                format!("{pointer:?}: a JSON pointer starts with '/' (RFC 6901)"),
-            ));
-        }
-        return Ok(PlaybookSource::JsonPointer(pointer.clone()));
+    if json {
+        return JsonSource::compile(cfg).map(PlaybookSource::Json);
     }
     if let Some(argument) = &cfg.graphql_variable {
         let field = cfg.graphql_field.clone().unwrap_or_else(|| "executePlaybook".into());
-        for (name, value) in [("graphql_variable", argument), ("graphql_field", &field)] {
+        let restricted = cfg.graphql_restricted_fields.clone().unwrap_or_default();
+        let names = [("graphql_variable", argument), ("graphql_field", &field)]
+            .into_iter()
+            .chain(restricted.iter().map(|r| ("graphql_restricted_fields", r)));
+        for (name, value) in names {
             let ok = value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
                 return Err(ConfigError::new(name, format!("{value:?} is not a GraphQL name")));
             }
         }
-        return Ok(PlaybookSource::GraphQl { field, argument: argument.clone() });
+        return Ok(PlaybookSource::GraphQl { field, argument: argument.clone(), restricted });
     }
     match &cfg.header {
         Some(h) if !h.trim().is_empty() => Ok(PlaybookSource::Header(h.trim().to_ascii_lowercase())),
@@ -337,9 +525,24 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
+
+    /// The one requirement's source of the route matching `method path`.
+    fn source_of(r: &Routes, method: &str, path: &str) -> PlaybookSource {
+        match r.find(method, path).action {
+            RouteAction::Authorize { requirements } if requirements.len() == 1 => requirements[0].source.clone(),
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    fn path_of(t: &Target) -> &str {
+        match t {
+            Target::Playbook(p) => p.as_str(),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn routes(json: Value) -> Result<Routes, ConfigError> {
         let cfgs: Vec<RouteConfig> = serde_json::from_value(json).unwrap();
@@ -393,13 +596,13 @@ mod tests {
     #[test]
     fn playbook_from_path_and_header() {
         let r = spec_routes();
-        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/catalog/data/x").action else { panic!() };
-        assert_eq!(source.from_head("/api/catalog/data/daily_load", &[]).unwrap()[0].as_str(), "data/daily_load");
+        let source = source_of(&r, "GET", "/api/catalog/data/x");
+        assert_eq!(path_of(&source.from_head("/api/catalog/data/daily_load", &[]).unwrap()[0]), "data/daily_load");
         assert_eq!(source.from_head("/api/catalog/", &[]), Err(PlaybookError::Missing("empty path or header")));
         assert!(!source.needs_body());
-        let RouteAction::Authorize { source, .. } = r.find("GET", "/api/run/by-header").action else { panic!() };
+        let source = source_of(&r, "GET", "/api/run/by-header");
         let headers = vec![("x-playbook".to_string(), "/data//x".to_string())];
-        assert_eq!(source.from_head("/api/run/by-header", &headers).unwrap()[0].as_str(), "data/x");
+        assert_eq!(path_of(&source.from_head("/api/run/by-header", &headers).unwrap()[0]), "data/x");
         let headers = vec![("x-playbook".to_string(), "data/../system/x".to_string())];
         assert_eq!(source.from_head("/", &headers), Err(PlaybookError::Path(PathError::DotDot)));
         assert!(matches!(source.from_head("/", &[]), Err(PlaybookError::Missing(_))));
@@ -408,16 +611,20 @@ mod tests {
     #[test]
     fn playbook_from_a_path_capture() {
         let r = spec_routes();
-        let m = r.find("POST", "/api/playbooks/data/daily_load/run");
-        let RouteAction::Authorize { source, .. } = m.action else { panic!("{:?}", m.id) };
+        let source = source_of(&r, "POST", "/api/playbooks/data/daily_load/run");
         let got = source.from_head("/api/playbooks/data/daily_load/run", &[]).unwrap();
-        assert_eq!(got[0].as_str(), "data/daily_load");
+        assert_eq!(path_of(&got[0]), "data/daily_load");
         assert!(matches!(source.from_head("/elsewhere", &[]), Err(PlaybookError::Missing(_))));
         let single = capture_around_wildcard("/api/*/view").unwrap();
-        assert_eq!(single.from_head("/api/x/view", &[]).unwrap()[0].as_str(), "x");
+        assert_eq!(path_of(&single.from_head("/api/x/view", &[]).unwrap()[0]), "x");
         let tail = capture_around_wildcard("/api/catalog/**").unwrap();
-        assert_eq!(tail.from_head("/api/catalog/a/b", &[]).unwrap()[0].as_str(), "a/b");
-        for bad in ["/api/**/x/*", "/api/x", "/api/{a,b}/**"] {
+        assert_eq!(path_of(&tail.from_head("/api/catalog/a/b", &[]).unwrap()[0]), "a/b");
+        // Starlette's `{path:path}` is greedy: `/api/mcp/{path}/lifecycle/{verb}`.
+        let greedy = capture_around_wildcard("/api/mcp/**/lifecycle/*").unwrap();
+        let got = greedy.from_head("/api/mcp/a/lifecycle/b/lifecycle/x", &[]).unwrap();
+        assert_eq!(path_of(&got[0]), "a/lifecycle/b");
+        assert!(matches!(greedy.from_head("/api/mcp/x", &[]), Err(PlaybookError::Missing(_))));
+        for bad in ["/api/*/x/*", "/api/x", "/api/{a,b}/**", "/api/**/x/**", "/api/*/**/x", "/api/**/[ab]"] {
             assert!(capture_around_wildcard(bad).is_err(), "{bad}");
         }
     }
@@ -425,18 +632,18 @@ mod tests {
     #[test]
     fn playbook_from_body() {
         let r = spec_routes();
-        let RouteAction::Authorize { source, .. } = r.find("POST", "/api/run/playbook").action else { panic!() };
+        let source = source_of(&r, "POST", "/api/run/playbook");
         assert!(source.needs_body());
-        assert_eq!(source.from_body(br#"{"path": "data/x", "args": {}}"#).unwrap()[0].as_str(), "data/x");
+        assert_eq!(path_of(&source.from_body(br#"{"path": "data/x", "args": {}}"#).unwrap()[0]), "data/x");
         assert_eq!(source.from_body(b"not json"), Err(PlaybookError::BodyNotJson));
         assert_eq!(source.from_body(b""), Err(PlaybookError::BodyNotJson));
         assert!(matches!(source.from_body(br#"{"other": 1}"#), Err(PlaybookError::Missing(_))));
         assert_eq!(source.from_body(br#"{"path": 7}"#), Err(PlaybookError::NotAString("/path".into())));
         assert_eq!(source.from_body(br#"{"path": "a/%2e%2e/../b"}"#), Err(PlaybookError::Path(PathError::DotDot)));
 
-        let RouteAction::Authorize { source, .. } = r.find("POST", "/graphql").action else { panic!() };
+        let source = source_of(&r, "POST", "/graphql");
         let body = json!({"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/q"}});
-        assert_eq!(source.from_body(body.to_string().as_bytes()).unwrap()[0].as_str(), "data/q");
+        assert_eq!(path_of(&source.from_body(body.to_string().as_bytes()).unwrap()[0]), "data/q");
         let body = json!({"query": "query { status }"});
         assert!(matches!(source.from_body(body.to_string().as_bytes()), Err(PlaybookError::Missing(_))));
     }
@@ -444,6 +651,33 @@ mod tests {
     #[test]
     fn configuration_errors_name_the_field() {
         let cases = [
+            (json!([{"match": {"path": "/a"}, "restricted": true, "blocked": true}]), "[0]"),
+            (json!([{"match": {"path": "/a"}, "authorize": []}]), "[0].authorize"),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": [{"permission": "v", "playbook": {"all_playbooks": true}},
+                                                              {"permission": "", "playbook": {"all_playbooks": true}}]}]),
+                "[0].authorize[1].permission",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "jsonrpc": {"playbook": {"json_pointer": "/p"}, "methods": {"x": "view"}}}]),
+                "[0].jsonrpc.playbook",
+            ),
+            (
+                json!([{"match": {"glob": "/a/**"}, "jsonrpc": {"playbook": {"path_capture": true}, "methods": {}}}]),
+                "[0].jsonrpc.methods",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"all_playbooks": true, "each": "/e"}}}]),
+                "[0].authorize.playbook.each",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"graphql_variable": "name", "graphql_restricted_fields": ["a.b"]}}}]),
+                "[0].authorize.playbook.graphql_restricted_fields",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"json_fields": [{"pointer": "x"}]}}}]),
+                "[0].authorize.playbook.json_fields[0].pointer",
+            ),
             (json!([{"match": {}, "public": true}]), "[0].match"),
             (json!([{"match": {"path": "/a", "prefix": "/b"}, "public": true}]), "[0].match"),
             (json!([{"match": {"path": "a"}, "public": true}]), "[0].match.path"),
@@ -467,7 +701,7 @@ mod tests {
                 "[0].authorize.playbook.path_capture",
             ),
             (
-                json!([{"match": {"glob": "/a/**/b/*"}, "authorize": {"permission": "x", "playbook": {"path_capture": true}}}]),
+                json!([{"match": {"glob": "/a/*/b/*"}, "authorize": {"permission": "x", "playbook": {"path_capture": true}}}]),
                 "[0].authorize.playbook.path_capture",
             ),
             (

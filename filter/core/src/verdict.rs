@@ -80,6 +80,32 @@ impl Denial {
         }
     }
 
+    /// 403 with a reason, for a refusal that is about the route rather than a playbook:
+    /// `blocked` (a worker or internal route), `restricted` (a route for the
+    /// `restricted_roles`), `jsonrpc_method` (a JSON-RPC method the route does not list).
+    pub fn refused(reason: &str, detail: String) -> Self {
+        Denial {
+            kind: DenialKind::Forbidden,
+            status: 403,
+            headers: Vec::new(),
+            body: json!({"error": "Permission denied", "playbook_path": "", "permission_type": "", "reason": reason})
+                .to_string(),
+            detail,
+        }
+    }
+
+    /// 415 for a body-sourced route whose body NoETL would not read as JSON (counted with the
+    /// 400s: the request is malformed for this route).
+    pub fn unsupported_media_type(detail: String) -> Self {
+        Denial {
+            kind: DenialKind::BadRequest,
+            status: 415,
+            headers: Vec::new(),
+            body: json!({"error": "unsupported_media_type", "reason": "body_not_json"}).to_string(),
+            detail,
+        }
+    }
+
     /// 400 with a reason.
     pub fn bad_request(reason: &str, detail: String) -> Self {
         Denial {

@@ -271,12 +271,34 @@ fn configuration_errors_name_the_field_path() {
         (json!({"session": {"max_entries": 0}, "validation": {"cluster": "c"}}), "session.max_entries"),
         (json!({"opaque_tokens": true}), "opaque_tokens"),
         (json!({"typo": 1}), "typo"),
+        (json!({"restricted_roles": ["admin", " "]}), "restricted_roles[1]"),
+        (
+            json!({"routes": [{"match": {"path": "/a"}, "authorize": [
+                {"permission": "view", "playbook": {"all_playbooks": true}}, {"permision": "x"}]}]}),
+            "routes[0].authorize[1].permision",
+        ),
     ];
     for (patch, path) in cases {
         let err = Guard::from_json(config(patch.clone()).to_string().as_bytes(), &env).unwrap_err();
         assert_eq!(err.path, path, "{patch}: {err}");
     }
     assert!(Guard::from_json(b"not json", &env).is_err());
+}
+
+#[test]
+fn restricted_routes_admit_the_configured_roles_only() {
+    let g = guard_with(json!({"restricted_roles": ["ops"], "routes": [
+        {"match": {"path": "/sql"}, "restricted": true},
+        {"match": {"path": "/worker"}, "blocked": true}]}));
+    assert_eq!(status(&verdict(&g, "POST", "/sql", &bearer(&token(&["ops"], json!({}))))), 200);
+    let admin = verdict(&g, "POST", "/sql", &bearer(&token(&["admin"], json!({}))));
+    assert_eq!((status(&admin), body(&admin)["reason"].as_str()), (403, Some("restricted")));
+    assert_eq!(status(&verdict(&g, "POST", "/sql", &[])), 401);
+    let blocked = verdict(&g, "POST", "/worker", &[]);
+    assert_eq!((status(&blocked), body(&blocked)["reason"].as_str()), (403, Some("blocked")));
+    // Audit mode lets a blocked route through, and says so.
+    let audit = guard_with(json!({"mode": "audit", "routes": [{"match": {"path": "/worker"}, "blocked": true}]}));
+    assert!(matches!(verdict(&audit, "POST", "/worker", &[]), Verdict::Allow { audited: Some(_), .. }));
 }
 
 #[test]
@@ -522,10 +544,8 @@ mod with_validation {
         let headers = vec![("x-session-token".to_string(), NOETL_SESSION.to_string())];
         let p = pending(&g, "GET", "/api/catalog/data/x", &headers);
         assert_eq!(p.session_key(), format!("opaque/{}", crate::jwt::token_digest(NOETL_SESSION)));
-        assert_eq!(
-            g.callout(&p).map(|c| c.body),
-            Some(br#"{"credential":"pg_auth","session_token":"9e107d9d372bb6826bd81d3542a419d6"}"#.to_vec())
-        );
+        let sent: Value = serde_json::from_slice(&g.callout(&p).unwrap().body).unwrap();
+        assert_eq!(sent, json!({"session_token": NOETL_SESSION, "credential": "pg_auth"}));
         let v = verdict_of(g.on_answer(p, &entry(true, &["analyst"], NOW)));
         assert_eq!(status(&v), 200);
         // Without `opaque_tokens`, the same token is refused before any callout.

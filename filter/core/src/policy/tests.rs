@@ -174,3 +174,55 @@ fn unknown_fields_in_a_policy_are_refused() {
     let err = serde_yaml_ng::from_str::<PolicyDocument>("roles: { a: { alow: [] } }").unwrap_err();
     assert!(err.to_string().contains("alow"), "{err}");
 }
+
+#[test]
+fn every_playbook_needs_an_unrestricted_role() {
+    let pol = default_policy();
+    let cases: &[(&[&str], &str, bool, &str)] = &[
+        (&["admin"], "execute", true, "roles.admin.allow[0]"),
+        (&["admin"], "anything", true, "roles.admin.allow[0]"),
+        (&["developer"], "execute", false, "no role grants it on every playbook"),
+        (&["developer"], "view", false, "no role grants it on every playbook"),
+        (&["analyst"], "view", false, "no role grants it on every playbook"),
+        (&["viewer"], "view", true, "roles.viewer.allow[0]"),
+        (&["viewer"], "execute", false, "no role grants it on every playbook"),
+        (&["developer", "viewer"], "view", true, "roles.viewer.allow[0]"),
+        (&["unknown"], "view", false, "no role grants it on every playbook"),
+        (&[], "view", false, "no role grants it on every playbook"),
+    ];
+    for (roles, permission, allowed, rule) in cases {
+        let d = pol.decide_every(roles, permission);
+        assert_eq!((d.allowed, d.rule.to_string().as_str()), (*allowed, *rule), "{roles:?} {permission}");
+    }
+}
+
+#[test]
+fn any_deny_covering_the_permission_restricts_the_role() {
+    let pol = policy(
+        r#"
+roles:
+  ops:
+    allow: [{permissions: [view, execute], playbooks: ["data/**", "**"]}]
+    deny: [{permissions: [execute], playbooks: ["nothing/matches/this"]}]
+  star:
+    allow: [{permissions: ["*"], playbooks: ["**"]}]
+    deny: [{permissions: ["*"], playbooks: ["x"]}]
+  narrow:
+    allow: [{permissions: ["*"], playbooks: ["**/*"]}]
+  wide:
+    allow: [{permissions: ["*"], playbooks: ["**"]}]
+deny: [{permissions: [modify], playbooks: ["system/**"]}]
+"#,
+    )
+    .unwrap();
+    let every = |roles: &[&str], p: &str| pol.decide_every(roles, p);
+    assert!(every(&["ops"], "view").allowed);
+    assert!(!every(&["ops"], "execute").allowed, "a role deny on execute, however narrow");
+    assert!(!every(&["star"], "view").allowed);
+    assert!(!every(&["star"], "unnamed").allowed);
+    assert!(!every(&["narrow"], "view").allowed, "only a literal `**` grants every playbook");
+    assert!(every(&["wide"], "view").allowed);
+    assert!(every(&["wide"], "unnamed").allowed);
+    let d = every(&["wide"], "modify");
+    assert_eq!((d.allowed, d.rule), (false, DecidedBy::Rule("deny[0]".into())), "a top-level deny binds everyone");
+}

@@ -1,0 +1,326 @@
+//! What a requirement is about, read from a JSON body as NoETL reads it: several fields with a
+//! precedence and NoETL's coercions, every item of a batch, a server-side default.
+//!
+//! A target named by an id (`catalog_id`, `execution_id`) is never guessed: only NoETL can map
+//! it to a path, so such a request needs the permission on every playbook
+//! ([`Target::Every`]). The presence rules below are the conservative reading of pydantic's:
+//! a value that NoETL might take as an id is an id here, so the worst a spelling can do is ask
+//! for more than NoETL would have needed.
+
+use serde_json::Value;
+
+use crate::config::{ConfigError, JsonFieldConfig, PlaybookSourceConfig, Presence};
+use crate::path::PlaybookPath;
+use crate::routes::PlaybookError;
+
+/// What one requirement of a route is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One playbook.
+    Playbook(PlaybookPath),
+    /// Every playbook: the request names its target by an id only NoETL resolves, or covers
+    /// them all. The text says why, for logs.
+    Every(String),
+    /// A call only the `restricted_roles` may make (a GraphQL `proxyRequest`).
+    Restricted(String),
+}
+
+/// Parses a request body as JSON. The one place request bodies become a [`Value`].
+pub fn parse_body(body: &[u8]) -> Result<Value, PlaybookError> {
+    serde_json::from_slice(body).map_err(|_| PlaybookError::BodyNotJson)
+}
+
+/// Whether the request's `content-type` lets NoETL (Starlette) parse its body as JSON: absent,
+/// `application/json` or `application/*+json`, any case, with parameters. Several headers must
+/// all qualify.
+pub fn is_json_content_type(headers: &[(String, String)]) -> bool {
+    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-type")).all(|(_, v)| {
+        let essence = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        essence == "application/json"
+            || essence
+                .strip_prefix("application/")
+                .is_some_and(|sub| sub.len() > "+json".len() && sub.ends_with("+json"))
+    })
+}
+
+/// One compiled body field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JsonField {
+    pointer: String,
+    lookup: Option<String>,
+    present: Presence,
+}
+
+/// What a body source yields when none of its fields is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Otherwise {
+    Missing,
+    Default(PlaybookPath),
+    Every,
+}
+
+/// Body fields in precedence order, optionally over every item of an array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonSource {
+    each: Option<String>,
+    fields: Vec<JsonField>,
+    otherwise: Otherwise,
+}
+
+impl JsonSource {
+    /// Compiles `json_fields` (or the older `json_pointer`, one field) with `each`, `default`
+    /// and `all_if_absent`.
+    pub fn compile(cfg: &PlaybookSourceConfig) -> Result<Self, ConfigError> {
+        let fields: Vec<JsonFieldConfig> = match (&cfg.json_fields, &cfg.json_pointer) {
+            (Some(fields), None) => fields.clone(),
+            (None, Some(pointer)) => {
+                vec![JsonFieldConfig { pointer: pointer.clone(), lookup: None, present: Presence::NotNull }]
+            }
+            _ => return Err(ConfigError::new("", "give one of `json_fields`, `json_pointer`")),
+        };
+        if fields.is_empty() {
+            return Err(ConfigError::new("json_fields", "list at least one field"));
+        }
+        let mut compiled = Vec::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            let at =
+                if cfg.json_fields.is_some() { format!("json_fields[{i}].pointer") } else { "json_pointer".into() };
+            check_pointer(&f.pointer, &at)?;
+            compiled.push(JsonField { pointer: f.pointer.clone(), lookup: f.lookup.clone(), present: f.present });
+        }
+        if let Some(each) = &cfg.each {
+            check_pointer(each, "each")?;
+        }
+        let otherwise = match (&cfg.default, cfg.all_if_absent.unwrap_or(false)) {
+            (None, false) => Otherwise::Missing,
+            (Some(d), false) => Otherwise::Default(
+                PlaybookPath::parse(d).map_err(|e| ConfigError::new("default", format!("{d:?}: {e}")))?,
+            ),
+            (None, true) => Otherwise::Every,
+            (Some(_), true) => {
+                return Err(ConfigError::new("all_if_absent", "give `default` or `all_if_absent`, not both"))
+            }
+        };
+        Ok(JsonSource { each: cfg.each.clone(), fields: compiled, otherwise })
+    }
+
+    /// The targets named by `json`: one per item under `each`, else one.
+    pub fn targets(&self, json: &Value) -> Result<Vec<Target>, PlaybookError> {
+        let Some(each) = &self.each else {
+            return Ok(vec![self.item(json)?]);
+        };
+        match json.pointer(each) {
+            Some(Value::Array(items)) if !items.is_empty() => items.iter().map(|item| self.item(item)).collect(),
+            Some(Value::Array(_)) => Err(PlaybookError::Missing("an empty array")),
+            _ => Err(PlaybookError::NotAnArray(each.clone())),
+        }
+    }
+
+    fn item(&self, json: &Value) -> Result<Target, PlaybookError> {
+        for field in &self.fields {
+            let Some(value) = json.pointer(&field.pointer).filter(|v| is_given(v, field.present)) else {
+                continue;
+            };
+            if let Some(id) = &field.lookup {
+                return Ok(Target::Every(format!("{id} at {} needs a lookup", field.pointer)));
+            }
+            let Value::String(path) = value else {
+                return Err(PlaybookError::NotAString(field.pointer.clone()));
+            };
+            return Ok(Target::Playbook(PlaybookPath::parse(path)?));
+        }
+        match &self.otherwise {
+            Otherwise::Missing => Err(PlaybookError::Missing("no field names a playbook")),
+            Otherwise::Default(path) => Ok(Target::Playbook(path.clone())),
+            Otherwise::Every => Ok(Target::Every("no field narrows it".into())),
+        }
+    }
+
+    /// How the source reads, for the `routes` table.
+    pub fn describe(&self) -> String {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| {
+                let when = match f.present {
+                    Presence::NotNull => "",
+                    Presence::NonEmpty => " if non-empty",
+                    Presence::Truthy => " if truthy",
+                };
+                match &f.lookup {
+                    Some(id) => format!("body {}{when} ({id}: every playbook)", f.pointer),
+                    None => format!("body {}{when}", f.pointer),
+                }
+            })
+            .collect();
+        let mut out = fields.join(", else ");
+        match &self.otherwise {
+            Otherwise::Missing => {}
+            Otherwise::Default(d) => out.push_str(&format!(", else {d}")),
+            Otherwise::Every => out.push_str(", else every playbook"),
+        }
+        match &self.each {
+            Some(each) => format!("each item of {each}: {out}"),
+            None => out,
+        }
+    }
+}
+
+/// Whether a field's value counts as given. A value NoETL could take either way counts as
+/// given: a lookup field then asks for every playbook, more than NoETL could need.
+fn is_given(value: &Value, present: Presence) -> bool {
+    match (value, present) {
+        (Value::Null, _) => false,
+        (Value::String(s), Presence::NonEmpty | Presence::Truthy) => !s.is_empty(),
+        (Value::Bool(b), Presence::Truthy) => *b,
+        // Only the integer 0 is falsy for sure; `0.0` or `-0` may be read otherwise.
+        (Value::Number(n), Presence::Truthy) => !(n.as_u64() == Some(0) || n.as_i64() == Some(0)),
+        _ => true,
+    }
+}
+
+fn check_pointer(pointer: &str, at: &str) -> Result<(), ConfigError> {
+    if pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ConfigError::new(at, format!("{pointer:?}: a JSON pointer starts with '/' (RFC 6901)")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn source(cfg: Value) -> JsonSource {
+        JsonSource::compile(&serde_json::from_value(cfg).unwrap()).unwrap()
+    }
+
+    fn execute() -> JsonSource {
+        source(json!({"json_fields": [
+            {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "truthy"},
+            {"pointer": "/path"}]}))
+    }
+
+    fn every(t: &Target) -> bool {
+        matches!(t, Target::Every(_))
+    }
+
+    fn playbook(path: &str) -> Target {
+        Target::Playbook(PlaybookPath::parse(path).unwrap())
+    }
+
+    #[test]
+    fn execute_reads_catalog_id_before_path_as_pydantic_does() {
+        let s = execute();
+        for id in [
+            json!(123),
+            json!("123"),
+            json!(" 12 "),
+            json!("1_000"),
+            json!(true),
+            json!("0"),
+            json!(0.0),
+            json!(-1),
+            json!("abc"),
+            json!([]),
+            json!({}),
+            json!(1.5),
+        ] {
+            let body = json!({"path": "data/x", "catalog_id": id});
+            let got = s.targets(&body).unwrap();
+            assert!(every(&got[0]), "catalog_id {id} is an id: {got:?}");
+        }
+        for falsy in [json!(null), json!(0), json!(""), json!(false)] {
+            let body = json!({"path": "data/x", "catalog_id": falsy});
+            assert_eq!(s.targets(&body).unwrap(), [playbook("data/x")], "catalog_id {falsy} leaves it to path");
+        }
+        assert_eq!(s.targets(&json!({"path": "data/x", "version": 2})).unwrap(), [playbook("data/x")]);
+        assert!(matches!(s.targets(&json!({"catalog_id": 0})), Err(PlaybookError::Missing(_))));
+        assert_eq!(s.targets(&json!({"path": 3})), Err(PlaybookError::NotAString("/path".into())));
+    }
+
+    #[test]
+    fn catalog_resource_takes_any_non_empty_catalog_id() {
+        let s = source(json!({"json_fields": [
+            {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "non_empty"}, {"pointer": "/path"}]}));
+        for id in [json!(0), json!(false), json!("0"), json!(" "), json!(123)] {
+            assert!(every(&s.targets(&json!({"path": "data/x", "catalog_id": id})).unwrap()[0]), "{id}");
+        }
+        for absent in [json!(null), json!("")] {
+            let got = s.targets(&json!({"path": "data/x", "catalog_id": absent})).unwrap();
+            assert_eq!(got, [playbook("data/x")]);
+        }
+    }
+
+    #[test]
+    fn batches_read_every_item_and_defaults_fill_in() {
+        let s = source(json!({"each": "/executions", "json_fields": [
+            {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "truthy"}, {"pointer": "/path"}]}));
+        let body =
+            json!({"executions": [{"path": "data/a"}, {"catalog_id": "7", "path": "data/b"}, {"path": "system/c"}]});
+        let got = s.targets(&body).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!((&got[0], every(&got[1]), &got[2]), (&playbook("data/a"), true, &playbook("system/c")));
+        assert_eq!(s.targets(&json!({"executions": {}})), Err(PlaybookError::NotAnArray("/executions".into())));
+        assert!(matches!(s.targets(&json!({"executions": []})), Err(PlaybookError::Missing(_))));
+        assert!(matches!(s.targets(&json!({"executions": [{}]})), Err(PlaybookError::Missing(_))));
+
+        let ai = source(json!({"json_fields": [{"pointer": "/explanation_playbook_path"}],
+                               "default": "ops/playbook_ai_explain"}));
+        assert_eq!(ai.targets(&json!({})).unwrap(), [playbook("ops/playbook_ai_explain")]);
+        assert_eq!(
+            ai.targets(&json!({"explanation_playbook_path": null})).unwrap(),
+            [playbook("ops/playbook_ai_explain")]
+        );
+        assert_eq!(ai.targets(&json!({"explanation_playbook_path": "system/x"})).unwrap(), [playbook("system/x")]);
+
+        let list = source(json!({"json_fields": [{"pointer": "/path"}], "all_if_absent": true}));
+        assert!(every(&list.targets(&json!({"resource_type": "playbook"})).unwrap()[0]));
+        assert_eq!(list.targets(&json!({"path": "data/x"})).unwrap(), [playbook("data/x")]);
+    }
+
+    #[test]
+    fn json_content_types_as_starlette_reads_them() {
+        let h = |v: &str| vec![("Content-Type".to_string(), v.to_string())];
+        assert!(is_json_content_type(&[]));
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+            " application/json ",
+        ] {
+            assert!(is_json_content_type(&h(ok)), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/+json",
+            "multipart/form-data",
+            "application/jsonx",
+            "text/json",
+        ] {
+            assert!(!is_json_content_type(&h(bad)), "{bad}");
+        }
+        let two = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("content-type".to_string(), "text/plain".to_string()),
+        ];
+        assert!(!is_json_content_type(&two));
+    }
+
+    #[test]
+    fn configuration_errors_name_the_field() {
+        let bad = |cfg: Value| JsonSource::compile(&serde_json::from_value(cfg).unwrap()).unwrap_err().path;
+        assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}, {"pointer": "b"}]})), "json_fields[1].pointer");
+        assert_eq!(bad(json!({"json_fields": []})), "json_fields");
+        assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}], "each": "x"})), "each");
+        assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}], "default": "a/../b"})), "default");
+        assert_eq!(
+            bad(json!({"json_fields": [{"pointer": "/a"}], "default": "a", "all_if_absent": true})),
+            "all_if_absent"
+        );
+    }
+}

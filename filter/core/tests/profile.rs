@@ -1,0 +1,249 @@
+//! The shipped NoETL route profile (envoy/filter-config.yaml with policies/noetl-default.yaml),
+//! decided for the four default roles: one or more cases per route class of NOETL-API.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use playbook_guard_core::{Guard, RequestHead, Step, Verdict};
+use serde_json::{json, Value};
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+fn guard() -> Guard {
+    let mut cfg: Value = serde_yaml_ng::from_str(include_str!("../../../envoy/filter-config.yaml")).unwrap();
+    let policy: Value = serde_yaml_ng::from_str(include_str!("../../../policies/noetl-default.yaml")).unwrap();
+    let obj = cfg.as_object_mut().unwrap();
+    // Roles from the token, as the e2e tests run it: this is about routes, not sessions (and so
+    // without opaque session tokens, which only the validation service can vouch for).
+    for field in ["validation", "opaque_tokens", "opaque_token_shape"] {
+        obj.remove(field);
+    }
+    obj.insert("policy".into(), policy);
+    let env = |name: &str| (name == "PLAYBOOK_GUARD_HS256_SECRET").then(|| SECRET.to_owned());
+    Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap()
+}
+
+fn token(role: &str) -> String {
+    let claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "7", "exp": NOW + 300,
+                        "roles": [role]});
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// The status the filter answers (200: passed upstream).
+fn decide(
+    g: &Guard,
+    role: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    content_type: Option<&str>,
+) -> u32 {
+    let mut headers = Vec::new();
+    if let Some(role) = role {
+        headers.push(("authorization".to_string(), format!("Bearer {}", token(role))));
+    }
+    if let Some(ct) = content_type {
+        headers.push(("content-type".to_string(), ct.to_string()));
+    }
+    let verdict = match g.on_request_headers(&RequestHead { method, path, headers: &headers }, NOW) {
+        Step::Verdict(v) => v,
+        Step::ReadBody(p) => g.on_request_body(p, body.unwrap_or_default().as_bytes()),
+        other => panic!("{method} {path}: {other:?}"),
+    };
+    match verdict {
+        Verdict::Allow { .. } => 200,
+        Verdict::Deny(d) => d.status,
+    }
+}
+
+const ROLES: [&str; 4] = ["admin", "developer", "analyst", "viewer"];
+
+/// (method, path, body, [admin, developer, analyst, viewer]).
+type Case = (&'static str, &'static str, Option<&'static str>, [u32; 4]);
+
+const ALL: [u32; 4] = [200, 200, 200, 200];
+const ADMIN: [u32; 4] = [200, 403, 403, 403];
+const BLOCKED: [u32; 4] = [403, 403, 403, 403];
+const VIEW_EVERY: [u32; 4] = [200, 403, 403, 200];
+
+const CASES: &[Case] = &[
+    // Public and session-only.
+    ("GET", "/api/health", None, ALL),
+    ("POST", "/api/auth/session/validate", Some("{}"), ALL),
+    ("GET", "/docs", None, ALL),
+    // Run: path, catalog_id in each truthy spelling, falsy ones leaving it to path.
+    ("POST", "/api/execute", Some(r#"{"path": "data/daily_load"}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "system/reset"}"#), [200, 403, 403, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "examples/x", "version": 2}"#), [200, 200, 403, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": 123}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": "123"}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": " 12 "}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": "1_000"}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": true}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": 0}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": ""}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": false}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": null}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"version": 2}"#), [400, 400, 400, 400]),
+    // Batch: every item.
+    (
+        "POST",
+        "/api/execute/batch",
+        Some(r#"{"executions": [{"path": "data/a"}, {"path": "data/b"}]}"#),
+        [200, 200, 200, 403],
+    ),
+    ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a"}, {"path": "system/b"}]}"#), ADMIN),
+    ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a"}, {"catalog_id": 9}]}"#), ADMIN),
+    // Gateway GraphQL.
+    (
+        "POST",
+        "/graphql",
+        Some(r#"{"query": "mutation { executePlaybook(name: \"data/x\") { id } }"}"#),
+        [200, 200, 200, 403],
+    ),
+    (
+        "POST",
+        "/graphql",
+        Some(r#"{"query": "mutation { executePlaybook(name: \"data/x\") { id } proxyRequest(input: {}) }"}"#),
+        ADMIN,
+    ),
+    ("POST", "/graphql", Some(r#"{"query": "mutation { proxyRequest(input: {method: \"GET\"}) }"}"#), ADMIN),
+    // Catalog.
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x}"}"#), ADMIN),
+    ("POST", "/api/catalog/list", Some(r#"{"resource_type": "playbook"}"#), VIEW_EVERY),
+    ("POST", "/api/catalog/list", Some(r#"{"path": "data/x"}"#), ALL),
+    ("POST", "/api/catalog/list", Some(r#"{"path": "system/x"}"#), [200, 403, 403, 200]),
+    ("POST", "/api/catalog/agents/list", Some(r#"{}"#), VIEW_EVERY),
+    ("POST", "/api/catalog/resource", Some(r#"{"path": "system/reset"}"#), [200, 403, 403, 200]),
+    ("POST", "/api/catalog/resource", Some(r#"{"path": "data/x", "version": "latest"}"#), ALL),
+    ("POST", "/api/catalog/resource", Some(r#"{"path": "data/x", "catalog_id": 0}"#), VIEW_EVERY),
+    ("POST", "/api/catalog/resource", Some(r#"{"path": "data/x", "catalog_id": ""}"#), ALL),
+    ("GET", "/api/catalog/data/x/ui_schema", None, ALL),
+    ("GET", "/api/catalog/system/x/ui_schema", None, [200, 403, 403, 200]),
+    ("GET", "/api/catalog/system%2Fx/ui_schema", None, [200, 403, 403, 200]),
+    ("GET", "/api/catalog/data/x", None, BLOCKED),
+    // AI: view the target and execute the AI playbook (default or named).
+    ("POST", "/api/catalog/playbooks/explain/ai", Some(r#"{"path": "data/x"}"#), [200, 200, 403, 403]),
+    (
+        "POST",
+        "/api/catalog/playbooks/explain/ai",
+        Some(r#"{"path": "data/x", "explanation_playbook_path": "data/explain"}"#),
+        [200, 200, 200, 403],
+    ),
+    (
+        "POST",
+        "/api/catalog/playbooks/explain/ai",
+        Some(r#"{"path": "data/x", "explanation_playbook_path": "system/explain"}"#),
+        ADMIN,
+    ),
+    ("POST", "/api/catalog/playbooks/generate/ai", Some(r#"{}"#), [200, 200, 403, 403]),
+    ("POST", "/api/executions/42/analyze/ai", Some(r#"{}"#), ADMIN),
+    // MCP.
+    (
+        "POST",
+        "/api/mcp/playbook/data/x/jsonrpc",
+        Some(r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}"#),
+        [200, 200, 200, 403],
+    ),
+    (
+        "POST",
+        "/api/mcp/playbook/system/x/jsonrpc",
+        Some(r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}"#),
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/api/mcp/playbook/system/x/jsonrpc",
+        Some(r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#),
+        [200, 403, 403, 200],
+    ),
+    ("POST", "/api/mcp/playbook/system/x/jsonrpc", Some(r#"{"jsonrpc": "2.0", "id": 1, "method": "ping"}"#), ALL),
+    (
+        "POST",
+        "/api/mcp/playbook/data/x/jsonrpc",
+        Some(r#"{"jsonrpc": "2.0", "id": 1, "method": "resources/read"}"#),
+        BLOCKED,
+    ),
+    ("POST", "/api/mcp/playbook/data/x/jsonrpc", Some(r#"[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]"#), BLOCKED),
+    ("POST", "/api/mcp/playbook/data/x/lifecycle/jsonrpc", Some(r#"{"method": "ping"}"#), ADMIN),
+    ("POST", "/api/mcp/data/x/lifecycle/deploy", Some(r#"{}"#), ADMIN),
+    ("POST", "/api/mcp/data/x/discover", Some(r#"{}"#), ADMIN),
+    // Runs (execution id: every playbook).
+    ("GET", "/api/executions", None, VIEW_EVERY),
+    ("GET", "/api/executions/42", None, VIEW_EVERY),
+    ("GET", "/api/executions/42/status", None, VIEW_EVERY),
+    ("POST", "/api/executions/42/cancel", Some(r#"{}"#), ADMIN),
+    ("POST", "/api/executions/42/finalize", Some(r#"{}"#), ADMIN),
+    ("POST", "/api/executions/cleanup", Some(r#"{}"#), ADMIN),
+    ("GET", "/api/vars/42", None, VIEW_EVERY),
+    ("POST", "/api/vars/42", Some(r#"{}"#), BLOCKED),
+    ("GET", "/api/result/42/step", None, VIEW_EVERY),
+    ("DELETE", "/api/temp/42", None, BLOCKED),
+    // Blocked worker and internal routes.
+    ("POST", "/api/events", Some(r#"{"execution_id": "1"}"#), BLOCKED),
+    ("POST", "/api/events/batch", Some(r#"{}"#), BLOCKED),
+    ("GET", "/api/commands/7", None, BLOCKED),
+    ("POST", "/api/internal/outbox/claim", Some(r#"{}"#), BLOCKED),
+    ("POST", "/api/worker/pool/register", Some(r#"{}"#), BLOCKED),
+    ("POST", "/api/frames/1/commit", Some(r#"{}"#), BLOCKED),
+    ("GET", "/api/credentials/pg/sealed", None, BLOCKED),
+    // Restricted to admin.
+    ("POST", "/api/postgres/execute", Some(r#"{"query": "select 1"}"#), ADMIN),
+    ("POST", "/api/context/render", Some(r#"{}"#), ADMIN),
+    ("GET", "/api/credentials", None, ADMIN),
+    ("GET", "/api/credentials/pg_auth", None, ADMIN),
+    ("GET", "/api/keychain/1/k", None, ADMIN),
+    ("POST", "/api/gcp/token", Some(r#"{}"#), ADMIN),
+    ("POST", "/api/db/init", None, ADMIN),
+    ("GET", "/metrics", None, ADMIN),
+    ("POST", "/api/profiler/memory/start", None, ADMIN),
+    ("GET", "/noetl/catalog/list", None, ADMIN),
+    // Playbook test suites.
+    ("GET", "/api/playbook-tests/suites/data/x", None, ALL),
+    ("PUT", "/api/playbook-tests/suites/data/x", Some(r#"{}"#), [200, 200, 403, 403]),
+    // Unmapped, the old demo route, and a trailing-slash variant.
+    ("POST", "/api/run/playbook", Some(r#"{"path": "data/x"}"#), BLOCKED),
+    ("GET", "/api/nothing", None, BLOCKED),
+    ("POST", "/api/execute/", Some(r#"{"path": "data/x"}"#), BLOCKED),
+];
+
+#[test]
+fn the_profile_decides_each_route_class_for_the_default_roles() {
+    let g = guard();
+    let mut wrong = Vec::new();
+    for (method, path, body, expected) in CASES {
+        for (role, want) in ROLES.iter().zip(expected) {
+            let got = decide(&g, Some(role), method, path, *body, None);
+            if got != *want {
+                wrong.push(format!("{role} {method} {path} {}: got {got}, want {want}", body.unwrap_or("")));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn tokens_are_needed_except_on_public_and_blocked_routes() {
+    let g = guard();
+    assert_eq!(decide(&g, None, "POST", "/api/auth/login", Some("{}"), None), 200);
+    assert_eq!(decide(&g, None, "GET", "/health", None, None), 200);
+    assert_eq!(decide(&g, None, "POST", "/api/execute", Some(r#"{"path": "data/x"}"#), None), 401);
+    assert_eq!(decide(&g, None, "POST", "/api/postgres/execute", Some("{}"), None), 401);
+    assert_eq!(decide(&g, None, "POST", "/api/internal/outbox/claim", Some("{}"), None), 403);
+    assert_eq!(decide(&g, None, "GET", "/nowhere", None, None), 403);
+}
+
+#[test]
+fn body_routes_want_a_json_content_type() {
+    let g = guard();
+    let body = Some(r#"{"path": "data/x"}"#);
+    for ct in ["application/json", "APPLICATION/JSON; charset=utf-8", "application/vnd.noetl+json"] {
+        assert_eq!(decide(&g, Some("analyst"), "POST", "/api/execute", body, Some(ct)), 200, "{ct}");
+    }
+    for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        assert_eq!(decide(&g, Some("analyst"), "POST", "/api/execute", body, Some(ct)), 415, "{ct}");
+    }
+    // Head-sourced and restricted routes do not read the body.
+    assert_eq!(decide(&g, Some("admin"), "POST", "/api/db/init", None, Some("text/plain")), 200);
+}

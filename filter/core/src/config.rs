@@ -79,7 +79,8 @@ pub enum Mode {
 /// `mode: enforce`, the three token sources of SPEC section 2, `opaque_tokens: false`,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
 /// `allow_cors_preflight: true`, `hold_headers_for_body: false`, `jwt_cache_size: 1000`, the
-/// `x-noetl-user-*` header names.
+/// `x-noetl-user-*` header names, `identity_header_prefix: x-noetl-user-`,
+/// `playbook_path_chars: _-.`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -129,6 +130,13 @@ pub struct PluginConfig {
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
+    /// Every request header whose name starts with this (case-insensitively, `_` read as `-`)
+    /// is removed before anything else: the identity header family is the filter's alone.
+    #[serde(default = "default_identity_header_prefix")]
+    pub identity_header_prefix: String,
+    /// The characters a playbook path may hold besides ASCII letters, digits and `/`.
+    #[serde(default = "default_playbook_path_chars")]
+    pub playbook_path_chars: String,
     /// Roles, permissions and playbook globs.
     pub policy: PolicyDocument,
 }
@@ -139,6 +147,14 @@ fn default_token_sources() -> Vec<TokenSourceConfig> {
         TokenSourceConfig { header: Some("x-session-token".into()), prefix: None, cookie: None },
         TokenSourceConfig { header: None, prefix: None, cookie: Some("session_token".into()) },
     ]
+}
+
+fn default_identity_header_prefix() -> String {
+    "x-noetl-user-".into()
+}
+
+fn default_playbook_path_chars() -> String {
+    crate::path::PlaybookAlphabet::DEFAULT.into()
 }
 
 fn default_jwt_cache_size() -> u64 {

@@ -301,15 +301,23 @@ impl Driver<'_> {
 
     /// Decides request `ctx` (the effective context) from its head, as far as the head goes.
     fn decide_head(&self, ctx: u32, now_ms: u64) -> Action {
-        // Identity headers are ours alone: whatever a client sent under those names goes first.
-        for name in self.guard.identity_headers() {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-        }
-        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        let mut headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
             .collect();
+        // Identity headers are ours alone: whatever a client sent in that family goes first, on
+        // every route, before anything reads the request.
+        let spoofed: Vec<String> = self
+            .guard
+            .identity_headers_to_remove(headers.iter().map(|(n, _)| n.as_str()))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for name in &spoofed {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        headers.retain(|(name, _)| !spoofed.contains(name));
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
         let (step, tokens, roles_dropped) = {

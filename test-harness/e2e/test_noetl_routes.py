@@ -124,7 +124,14 @@ def test_unmapped_and_retired_routes_are_refused(envoy):
     for role in ROLES:
         assert get(envoy, "/api/nothing/here", role).json()["reason"] == "no_route"
         assert post(envoy, "/api/run/playbook", {"path": "data/x"}, role).status == 403
-        assert post(envoy, "/api/execute/", {"path": "data/x"}, role).status == 403
+
+
+def test_trailing_slash_and_percent_encoded_variants_are_guarded_as_the_route(envoy):
+    # Starlette redirects `/api/execute/` to `/api/execute` and decodes `%65` before routing.
+    for path in ("/api/execute/", "/api/%65xecute", "/api/%65xecute/"):
+        assert statuses(lambda r: post(envoy, path, {"path": "system/x"}, r)) == expect(200, 403, 403, 403), path
+        assert statuses(lambda r: post(envoy, path, {"path": "data/x"}, r)) == expect(200, 200, 200, 403), path
+    assert statuses(lambda r: get(envoy, "/api/catalog/system/x/ui_schema/", r)) == expect(200, 403, 403, 200)
 
 
 def test_a_body_route_with_another_content_type_is_415(envoy):

@@ -88,6 +88,32 @@ fn spoofed_identity_headers_are_removed() {
 }
 
 #[test]
+fn the_identity_header_family_is_removed_in_every_spelling_on_every_route() {
+    let host = host();
+    let mut vm = vm(&host);
+    let spoof = |r: Request| {
+        r.header("x_noetl_user_roles", "admin")
+            .header("x-noetl-user-role", "admin")
+            .header("X-Noetl-User-Is-Admin", "true")
+            .header("X_NOETL_USER_ID", "1")
+    };
+    let preflight = Request::new("OPTIONS", "/api/run/playbook")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST");
+    let t = token(&host, &["viewer"]);
+    for request in
+        [spoof(Request::get("/api/auth/login")), spoof(preflight), spoof(Request::get("/api/catalog/x").bearer(&t))]
+    {
+        let exchange = vm.send_request(&request).unwrap();
+        let headers = exchange.outcome.forwarded_headers().unwrap_or_else(|| panic!("{:?}", exchange.outcome));
+        for name in ["x_noetl_user_roles", "x-noetl-user-role", "x-noetl-user-is-admin", "x_noetl_user_id"] {
+            assert_eq!(headers.get(name), None, "{name} reached the upstream");
+        }
+        assert!(headers.get_all("x-noetl-user-roles").iter().all(|v| v == "viewer"));
+    }
+}
+
+#[test]
 fn a_body_route_forwards_the_head_and_decides_on_the_body() {
     // The opt-in `hold_headers_for_body: false`: Envoy without `allow_on_headers_stop_iteration`
     // would never show a paused head its body, so the head goes upstream with the verified

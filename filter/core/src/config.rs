@@ -81,7 +81,8 @@ pub enum Mode {
 /// `opaque_token_shape`: NoETL's 32 lowercase hex characters,
 /// `clock_skew_secs: 60`, `default_action: deny`, `max_body_bytes: 65536`,
 /// `allow_cors_preflight: true`, `hold_headers_for_body: true`, `jwt_cache_size: 1000`, the
-/// `x-noetl-user-*` header names.
+/// `x-noetl-user-*` header names, `identity_header_prefix: x-noetl-user-`,
+/// `playbook_path_chars: _-.`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -140,6 +141,13 @@ pub struct PluginConfig {
     /// The roles a `restricted: true` route admits (raw SQL, secrets, maintenance).
     #[serde(default = "default_restricted_roles")]
     pub restricted_roles: Vec<String>,
+    /// Every request header whose name starts with this (case-insensitively, `_` read as `-`)
+    /// is removed before anything else: the identity header family is the filter's alone.
+    #[serde(default = "default_identity_header_prefix")]
+    pub identity_header_prefix: String,
+    /// The characters a playbook path may hold besides ASCII letters, digits and `/`.
+    #[serde(default = "default_playbook_path_chars")]
+    pub playbook_path_chars: String,
     /// Roles, permissions and playbook globs.
     pub policy: PolicyDocument,
 }
@@ -159,6 +167,14 @@ fn default_token_sources() -> Vec<TokenSourceConfig> {
 
 fn default_restricted_roles() -> Vec<String> {
     vec!["admin".into()]
+}
+
+fn default_identity_header_prefix() -> String {
+    "x-noetl-user-".into()
+}
+
+fn default_playbook_path_chars() -> String {
+    crate::path::PlaybookAlphabet::DEFAULT.into()
 }
 
 fn default_jwt_cache_size() -> u64 {

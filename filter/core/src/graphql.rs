@@ -29,6 +29,9 @@ pub enum GraphQlError {
     /// The query does not tokenise (an unterminated string, unbalanced parentheses).
     #[error("the query does not parse: {0}")]
     Syntax(&'static str),
+    /// The request can be read more than one way (an argument given twice in one call).
+    #[error("{0}")]
+    Ambiguous(String),
 }
 
 /// Every value of `argument` in calls to `field`, across a request or a batch of them.
@@ -45,7 +48,7 @@ pub fn playbook_arguments(body: &Value, field: &str, argument: &str) -> Result<V
             found.push(match value {
                 ArgValue::Literal(s) => s,
                 ArgValue::Variable(name) => variables
-                    .and_then(|v| v.get(&name))
+                    .and_then(|v| v.get(name))
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .ok_or_else(|| GraphQlError::NotAString(argument.to_owned()))?,
@@ -76,17 +79,16 @@ enum Token<'q> {
     Name(&'q str),
     Str(String),
     Punct(char),
-    Variable(&'q str),
     Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum ArgValue {
+enum ArgValue<'q> {
     Literal(String),
-    Variable(String),
+    Variable(&'q str),
 }
 
-fn argument_values(query: &str, field: &str, argument: &str) -> Result<Vec<ArgValue>, GraphQlError> {
+fn argument_values<'q>(query: &'q str, field: &str, argument: &str) -> Result<Vec<ArgValue<'q>>, GraphQlError> {
     let tokens = tokenize(query)?;
     let mut values = Vec::new();
     let mut i = 0;
@@ -115,9 +117,19 @@ fn argument_values(query: &str, field: &str, argument: &str) -> Result<Vec<ArgVa
                 Token::Name(name)
                     if depth == 1 && *name == argument && tokens.get(i + 1) == Some(&Token::Punct(':')) =>
                 {
-                    value = Some(match tokens.get(i + 2) {
-                        Some(Token::Str(s)) => ArgValue::Literal(s.clone()),
-                        Some(Token::Variable(v)) => ArgValue::Variable((*v).to_owned()),
+                    // GraphQL executes `f(name: "a", name: "b")` as neither or either, by server.
+                    if value.is_some() {
+                        return Err(GraphQlError::Ambiguous(format!(
+                            "`{argument}` is given twice in one {field} call"
+                        )));
+                    }
+                    value = Some(match (tokens.get(i + 2), tokens.get(i + 3)) {
+                        (Some(Token::Str(s)), _) => ArgValue::Literal(s.clone()),
+                        // `$` and the name are two tokens (`$ n` is `$n`), as GraphQL's grammar has it.
+                        (Some(Token::Punct('$')), Some(Token::Name(v))) => {
+                            i += 1;
+                            ArgValue::Variable(v)
+                        }
                         _ => return Err(GraphQlError::NotAString(argument.to_owned())),
                     });
                     i += 2;
@@ -159,7 +171,7 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
                 let rest = query.get(i + 3..).unwrap_or_default();
                 let end = find_block_string_end(rest).ok_or(GraphQlError::Syntax("unterminated block string"))?;
                 let raw = rest.get(..end).unwrap_or_default();
-                tokens.push(Token::Str(raw.replace("\\\"\"\"", "\"\"\"").trim().to_owned()));
+                tokens.push(Token::Str(block_string_value(&raw.replace("\\\"\"\"", "\"\"\""))));
                 i += 3 + end + 3;
             }
             b'"' => {
@@ -167,17 +179,12 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
                 tokens.push(Token::Str(s));
                 i += 1 + len;
             }
-            b'$' => {
-                let end = name_end(i + 1);
-                tokens.push(Token::Variable(query.get(i + 1..end).unwrap_or_default()));
-                i = end.max(i + 1);
-            }
             b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
                 let end = name_end(i);
                 tokens.push(Token::Name(query.get(i..end).unwrap_or_default()));
                 i = end;
             }
-            b'(' | b')' | b'[' | b']' | b'{' | b'}' | b':' | b'=' | b'!' | b'@' | b'|' | b'&' => {
+            b'(' | b')' | b'[' | b']' | b'{' | b'}' | b':' | b'=' | b'!' | b'@' | b'|' | b'&' | b'$' => {
                 tokens.push(Token::Punct(b as char));
                 i += 1;
             }
@@ -204,6 +211,33 @@ fn find_block_string_end(rest: &str) -> Option<usize> {
     }
 }
 
+/// The value of a block string from its raw text (`\"""` already unescaped), as the GraphQL
+/// spec's `BlockStringValue` computes it: the common indentation of the lines after the first
+/// removed, then blank leading and trailing lines. Trimming instead would read
+/// `"""  system/x"""` as `system/x` where the server reads `  system/x`.
+fn block_string_value(raw: &str) -> String {
+    let normalised = raw.replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<&str> = normalised.split('\n').collect();
+    let indent = |line: &str| line.len() - line.trim_start_matches([' ', '\t']).len();
+    let common = lines.iter().skip(1).filter(|l| indent(l) < l.len()).map(|l| indent(l)).min();
+    let mut lines: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .map(|(n, line)| match common {
+            Some(c) if n > 0 => line.get(c.min(line.len())..).unwrap_or_default(),
+            _ => line,
+        })
+        .collect();
+    let blank = |line: &&str| line.trim_start_matches([' ', '\t']).is_empty();
+    while lines.first().is_some_and(blank) {
+        lines.remove(0);
+    }
+    while lines.last().is_some_and(blank) {
+        lines.pop();
+    }
+    lines.join("\n")
+}
+
 /// A `"..."` string body (after the opening quote): its value and its length including the
 /// closing quote. Escapes are decoded so that `"sys\u0074em/x"` is read as `system/x`.
 fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
@@ -216,6 +250,7 @@ fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
             '\\' => {
                 let (_, esc) = chars.next().ok_or(GraphQlError::Syntax("unterminated string"))?;
                 match esc {
+                    '"' | '\\' | '/' => out.push(esc),
                     'n' => out.push('\n'),
                     't' => out.push('\t'),
                     'r' => out.push('\r'),
@@ -226,7 +261,9 @@ fn string_literal(rest: &str) -> Result<(String, usize), GraphQlError> {
                         let code = u32::from_str_radix(&hex, 16).map_err(|_| GraphQlError::Syntax("bad \\u escape"))?;
                         out.push(char::from_u32(code).ok_or(GraphQlError::Syntax("bad \\u escape"))?);
                     }
-                    other => out.push(other),
+                    // Another escape is a syntax error to a GraphQL server; reading it as the
+                    // character would be a second reading of a request the server refuses.
+                    _ => return Err(GraphQlError::Syntax("unknown escape")),
                 }
             }
             c => out.push(c),
@@ -301,6 +338,42 @@ mod tests {
         );
         assert!(matches!(err(json!({"query": "mutation { executePlaybook(name: \"x"})), GraphQlError::Syntax(_)));
         assert!(matches!(err(json!({"query": "mutation { executePlaybook(name: \"x\""})), GraphQlError::Syntax(_)));
+    }
+
+    #[test]
+    fn one_reading_or_none() {
+        let err = |body: Value| run(body).unwrap_err();
+        for q in [
+            r#"mutation { executePlaybook(name: "data/x", name: "system/x") { id } }"#,
+            r#"mutation { executePlaybook(name: "data/x" name: $n) { id } }"#,
+            r#"mutation { executePlaybook(name: $n, args: {}, name: $n) { id } }"#,
+        ] {
+            assert!(matches!(err(json!({"query": q, "variables": {"n": "x"}})), GraphQlError::Ambiguous(_)), "{q}");
+        }
+        // `$ n` is the variable `n` to a GraphQL server, so it is to us.
+        let q = "mutation($n: String!) { executePlaybook(name: $ n) { id } }";
+        assert_eq!(run(json!({"query": q, "variables": {"n": "system/x", "": "data/x"}})).unwrap(), ["system/x"]);
+        let q = "mutation($n: String!) { executePlaybook(name: $\n# c\n, n) { id } }";
+        assert_eq!(run(json!({"query": q, "variables": {"n": "system/x"}})).unwrap(), ["system/x"]);
+        let q = "mutation { executePlaybook(name: $) { id } }";
+        assert_eq!(err(json!({"query": q, "variables": {"": "data/x"}})), GraphQlError::NotAString("name".into()));
+        // Block strings keep the first line's indentation, as the GraphQL spec computes them.
+        for (raw, want) in [
+            ("\"\"\"  system/x\"\"\"", "  system/x"),
+            ("\"\"\"\n    system/x\n  \"\"\"", "system/x"),
+            ("\"\"\"\r\n\t system/x \"\"\"", "system/x "),
+            ("\"\"\"a\n  b\n    c\"\"\"", "a\nb\n  c"),
+        ] {
+            let q = format!("mutation {{ executePlaybook(name: {raw}) {{ id }} }}");
+            assert_eq!(run(json!({"query": q})).unwrap(), [want], "{raw:?}");
+        }
+        // An escape GraphQL does not have is the server's syntax error, not a character.
+        let q = r#"mutation { executePlaybook(name: "sys\tem/x") { id } }"#;
+        assert_eq!(run(json!({"query": q})).unwrap(), ["sys\tem/x"]);
+        let q = r#"mutation { executePlaybook(name: "sys\qem/x") { id } }"#;
+        assert_eq!(err(json!({"query": q})), GraphQlError::Syntax("unknown escape"));
+        let q = r#"mutation { executePlaybook(name: "a\/b\\c\"") { id } }"#;
+        assert_eq!(run(json!({"query": q})).unwrap(), ["a/b\\c\""]);
     }
 
     #[test]

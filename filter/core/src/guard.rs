@@ -22,17 +22,18 @@
 use std::fmt::Write as _;
 
 use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
+use crate::graphql::GraphQlError;
 use crate::jwt::{
     token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, VerifiedToken, VerifiedTokens, Verifier,
     VerifierState,
 };
 use crate::opaque::OpaqueShape;
-use crate::path::normalize_request_path;
+use crate::path::{normalize_request_path, PlaybookAlphabet};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
 use crate::session::SessionEntry;
 use crate::target::{is_json_content_type, parse_body, Target};
-use crate::token::TokenSources;
+use crate::token::{AmbiguousToken, TokenSources};
 use crate::validation::{Answer, CalloutFailure, CalloutRequest, Validator};
 use crate::verdict::{Denial, Verdict};
 
@@ -172,6 +173,9 @@ pub struct Guard {
     routes: Routes,
     policy: Policy,
     headers: HeaderNames,
+    /// `identity_header_prefix` as [`header_key`] spells it.
+    identity_prefix: String,
+    playbook_alphabet: PlaybookAlphabet,
     allow_cors_preflight: bool,
     hold_headers_for_body: bool,
     jwt_cache_size: usize,
@@ -204,17 +208,45 @@ impl Guard {
                 "opaque session tokens need a `validation` service to vouch for them",
             ));
         }
+        let tokens = TokenSources::compile(&cfg.token_sources).map_err(|e| e.within("token_sources"))?;
+        let valid_name =
+            |name: &str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name(&cfg.identity_header_prefix) {
+            let p = &cfg.identity_header_prefix;
+            return Err(ConfigError::new("identity_header_prefix", format!("{p:?} is not a header name prefix")));
+        }
+        let identity_prefix = header_key(&cfg.identity_header_prefix);
         for (field, name) in [
             ("headers.user_id", &cfg.headers.user_id),
             ("headers.email", &cfg.headers.email),
             ("headers.display_name", &cfg.headers.display_name),
             ("headers.roles", &cfg.headers.roles),
         ] {
-            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
+            if !valid_name(name) {
                 return Err(ConfigError::new(field, format!("{name:?} is not a valid header name")));
             }
+            // The upstream reads the whole family; a name outside it would be one the filter
+            // does not strip as a family member, so the two must agree.
+            if !header_key(name).starts_with(&identity_prefix) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{name:?} is not under identity_header_prefix {:?}, so a client's own would not be \
+                         removed as one of the family; give it that prefix or change the prefix",
+                        cfg.identity_header_prefix
+                    ),
+                ));
+            }
         }
+        if let Some((i, name)) = tokens.header_names().find(|(_, name)| header_key(name).starts_with(&identity_prefix))
+        {
+            return Err(ConfigError::new(
+                format!("token_sources[{i}].header"),
+                format!("{name:?} is under identity_header_prefix, so it is removed before it could be read"),
+            ));
+        }
+        let playbook_alphabet = PlaybookAlphabet::compile(&cfg.playbook_path_chars)
+            .map_err(|m| ConfigError::new("playbook_path_chars", m))?;
         let mut headers = cfg.headers.clone();
         for name in [&mut headers.user_id, &mut headers.email, &mut headers.display_name, &mut headers.roles] {
             *name = name.to_ascii_lowercase();
@@ -225,7 +257,7 @@ impl Guard {
         };
         Ok(Guard {
             mode: cfg.mode,
-            tokens: TokenSources::compile(&cfg.token_sources).map_err(|e| e.within("token_sources"))?,
+            tokens,
             opaque,
             verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env).map_err(|e| e.within("providers"))?,
             validator,
@@ -233,6 +265,8 @@ impl Guard {
                 .map_err(|e| e.within("routes"))?,
             policy: Policy::compile(&cfg.policy).map_err(|e| e.within("policy"))?,
             headers,
+            identity_prefix,
+            playbook_alphabet,
             allow_cors_preflight: cfg.allow_cors_preflight,
             hold_headers_for_body: cfg.hold_headers_for_body,
             jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
@@ -256,11 +290,21 @@ impl Guard {
         self.hold_headers_for_body
     }
 
-    /// The identity header names; the host removes these from every request before deciding,
-    /// so a client can never supply its own.
-    pub fn identity_headers(&self) -> [&str; 4] {
+    /// Which of the request's header `names` the host must remove before anything else, on
+    /// every request: the identity headers are the filter's alone. That is every name under
+    /// `identity_header_prefix` and the four configured names, compared case-insensitively
+    /// with `_` read as `-` (WSGI and CGI servers merge `x_noetl_user_roles` into
+    /// `X-Noetl-User-Roles`).
+    pub fn identity_headers_to_remove<'h>(&self, names: impl IntoIterator<Item = &'h str>) -> Vec<&'h str> {
         let h = &self.headers;
-        [&h.user_id, &h.email, &h.display_name, &h.roles]
+        let own = [&h.user_id, &h.email, &h.display_name, &h.roles].map(|n| header_key(n));
+        names
+            .into_iter()
+            .filter(|name| {
+                let key = header_key(name);
+                key.starts_with(&self.identity_prefix) || own.contains(&key)
+            })
+            .collect()
     }
 
     /// Decides what it can from the request head, at time `now` (seconds since the epoch).
@@ -301,8 +345,11 @@ impl Guard {
         };
         let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
-            Err(AuthError::AwaitingKeys) => return Step::AwaitKeys,
-            Err(e) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
+            Err(Unauthenticated::Auth(AuthError::AwaitingKeys)) => return Step::AwaitKeys,
+            Err(Unauthenticated::Auth(e)) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
+            Err(Unauthenticated::Ambiguous(e)) => {
+                return Step::Verdict(self.finish(Err(Denial::bad_request(AMBIGUOUS, e.to_string())), None));
+            }
         };
         if route.action.needs_body() && !is_json_content_type(head.headers) {
             let detail = format!("route={} reads a JSON body and the content-type is not JSON", route.id);
@@ -459,7 +506,9 @@ impl Guard {
             Need::Authorize(demands) => demands
                 .into_iter()
                 .map(|d| match d.source {
-                    Some(source) => source.from_body(body).map(|targets| Demand { source: None, targets, ..d }),
+                    Some(source) => {
+                        self.in_alphabet(source.from_body(body)).map(|targets| Demand { source: None, targets, ..d })
+                    }
                     None => Ok(d),
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -493,15 +542,15 @@ impl Guard {
                 demands
                     .into_iter()
                     .map(|d| match d.source {
-                        Some(source) if !source.needs_body() => {
-                            source.from_head(path, headers).map(|targets| Demand { source: None, targets, ..d })
-                        }
+                        Some(source) if !source.needs_body() => self
+                            .in_alphabet(source.from_head(path, headers))
+                            .map(|targets| Demand { source: None, targets, ..d }),
                         _ => Ok(d),
                     })
                     .collect::<Result<_, _>>()?,
             ),
             (Need::JsonRpc { methods, .. }, RouteAction::JsonRpc { source, .. }) => {
-                Need::JsonRpc { methods, targets: source.from_head(path, headers)? }
+                Need::JsonRpc { methods, targets: self.in_alphabet(source.from_head(path, headers))? }
             }
             (need, _) => need,
         })
@@ -523,8 +572,8 @@ impl Guard {
         head: &RequestHead<'h>,
         now: u64,
         state: &mut VerifierState,
-    ) -> Result<(&'h str, Option<Identity>, String), AuthError> {
-        let (token, _) = self.tokens.find(head.headers).ok_or(AuthError::Missing)?;
+    ) -> Result<(&'h str, Option<Identity>, String), Unauthenticated> {
+        let (token, _) = self.tokens.find(head.headers)?.ok_or(AuthError::Missing)?;
         let tally = &mut state.tokens;
         match (token_kind(token), &self.opaque) {
             (TokenKind::Jws, _) => {
@@ -539,7 +588,7 @@ impl Guard {
             }
             (TokenKind::Opaque, shape) => {
                 tally.unrecognised = tally.unrecognised.saturating_add(1);
-                Err(if shape.is_some() { AuthError::UnrecognisedToken } else { AuthError::OpaqueNotAccepted })
+                Err(if shape.is_some() { AuthError::UnrecognisedToken } else { AuthError::OpaqueNotAccepted }.into())
             }
         }
     }
@@ -679,9 +728,22 @@ impl Guard {
         self.finish(Err(Denial::refused("restricted", detail)), Some(identity))
     }
 
+    /// The targets a source found, if every playbook among them is spelled in
+    /// `playbook_path_chars`.
+    fn in_alphabet(&self, found: Result<Vec<Target>, PlaybookError>) -> Result<Vec<Target>, PlaybookError> {
+        let targets = found?;
+        for target in &targets {
+            if let Target::Playbook(playbook) = target {
+                self.playbook_alphabet.check(playbook)?;
+            }
+        }
+        Ok(targets)
+    }
+
     fn playbook_error(&self, route_id: &str, e: &PlaybookError, identity: Option<&Identity>) -> Verdict {
         let reason = match e {
             PlaybookError::Path(_) => "invalid_playbook_path",
+            PlaybookError::Ambiguous(_) | PlaybookError::GraphQl(GraphQlError::Ambiguous(_)) => AMBIGUOUS,
             _ => "playbook_not_found",
         };
         self.finish(Err(Denial::bad_request(reason, format!("route={route_id} {e}"))), identity)
@@ -742,6 +804,23 @@ fn compile_restricted_roles(roles: &[String]) -> Result<Vec<String>, ConfigError
             r => Ok(r.to_owned()),
         })
         .collect()
+}
+
+/// A header name as the upstreams that read it least strictly do: lowercase, `_` as `-`.
+fn header_key(name: &str) -> String {
+    name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
+}
+
+/// The 400 reason for a request that can be read more than one way.
+const AMBIGUOUS: &str = "ambiguous_request";
+
+/// Why a request has no user: a token that fails (401), or several tokens (400).
+#[derive(Debug, thiserror::Error)]
+enum Unauthenticated {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Ambiguous(#[from] AmbiguousToken),
 }
 
 fn allowed(headers: Vec<(String, String)>, detail: String) -> Verdict {

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod graphql;
 pub mod guard;
+pub mod json;
 pub mod jwt;
 pub mod opaque;
 pub mod path;

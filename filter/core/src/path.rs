@@ -24,6 +24,16 @@ pub enum PathError {
     /// Nothing left once empty and `.` segments are removed.
     #[error("path is empty")]
     Empty,
+    /// A playbook path that still holds a `%` once decoded: another decoder would decode it
+    /// again and read another name.
+    #[error("playbook path still holds a '%' once decoded")]
+    Encoded,
+    /// A segment that starts or ends with whitespace, which some readers trim.
+    #[error("playbook path has a segment with leading or trailing whitespace")]
+    Whitespace,
+    /// A character outside the configured alphabet (`playbook_path_chars`).
+    #[error("playbook path holds {0:?}, outside the allowed characters")]
+    OutsideAlphabet(char),
 }
 
 /// A normalised playbook path: segments joined by `/`, no leading `/`, no empty, `.` or `..`
@@ -32,11 +42,20 @@ pub enum PathError {
 pub struct PlaybookPath(String);
 
 impl PlaybookPath {
-    /// Normalises a playbook path as found in a request (already percent-decoded).
+    /// Normalises a playbook path as found in a request (already percent-decoded). A name that
+    /// another decoder could read differently is refused: one that still holds `%`, a
+    /// backslash, a control character, or a segment with whitespace at either end.
     pub fn parse(raw: &str) -> Result<Self, PathError> {
         let normalised = join_segments(raw)?;
         if normalised.is_empty() {
             return Err(PathError::Empty);
+        }
+        if normalised.contains('%') {
+            return Err(PathError::Encoded);
+        }
+        let padded = |s: &str| s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace);
+        if normalised.split('/').any(padded) {
+            return Err(PathError::Whitespace);
         }
         Ok(PlaybookPath(normalised))
     }
@@ -53,6 +72,39 @@ impl fmt::Display for PlaybookPath {
     }
 }
 
+/// The characters a playbook path may hold: ASCII letters and digits, `/`, and the configured
+/// others (`playbook_path_chars`, by default `_-.`, which is what NoETL's catalog paths use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybookAlphabet(Vec<char>);
+
+impl PlaybookAlphabet {
+    /// The default others: `_`, `-` and `.`.
+    pub const DEFAULT: &'static str = "_-.";
+
+    /// The alphabet with `others` besides letters, digits and `/`. `%`, `\`, whitespace and
+    /// control characters are refused: names holding them always have another reading.
+    pub fn compile(others: &str) -> Result<Self, String> {
+        if let Some(c) = others.chars().find(|c| *c == '%' || *c == '\\' || c.is_whitespace() || c.is_control()) {
+            return Err(format!("{c:?} cannot be allowed in playbook paths: another reader decodes or trims it"));
+        }
+        Ok(PlaybookAlphabet(others.chars().collect()))
+    }
+
+    /// Whether every character of `path` is in the alphabet.
+    pub fn check(&self, path: &PlaybookPath) -> Result<(), PathError> {
+        match path.as_str().chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '/' || self.0.contains(c))) {
+            Some(c) => Err(PathError::OutsideAlphabet(c)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Default for PlaybookAlphabet {
+    fn default() -> Self {
+        PlaybookAlphabet(Self::DEFAULT.chars().collect())
+    }
+}
+
 /// Normalises a request `:path` for route matching: query and fragment dropped, percent-decoded
 /// once, empty and `.` segments removed, a leading `/`, and a trailing `/` kept if there was one
 /// (so `prefix: /api/auth/` still matches `/api/auth/`).
@@ -60,6 +112,12 @@ pub fn normalize_request_path(raw: &str) -> Result<String, PathError> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8().map_err(|_| PathError::NotUtf8)?;
     let joined = join_segments(&decoded)?;
+    if decoded.contains('%') {
+        // An upstream (or a proxy behind it) that decodes once more must not find a `..`
+        // there either: `%252e%252e` is `%2e%2e` to us and `..` to it.
+        let again = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy();
+        join_segments(&again)?;
+    }
     let mut out = String::with_capacity(joined.len() + 2);
     out.push('/');
     out.push_str(&joined);
@@ -119,6 +177,44 @@ mod tests {
     }
 
     #[test]
+    fn playbook_names_with_another_reading_are_refused() {
+        for (raw, want) in [
+            ("data/%2e%2e/system", PathError::Encoded),
+            ("data/x%20", PathError::Encoded),
+            ("%", PathError::Encoded),
+            (" data/x", PathError::Whitespace),
+            ("data/x ", PathError::Whitespace),
+            ("data/ x", PathError::Whitespace),
+            ("data /x", PathError::Whitespace),
+            ("data/x\u{a0}", PathError::Whitespace),
+            ("data/x\t", PathError::ForbiddenCharacter),
+            ("data\\x", PathError::ForbiddenCharacter),
+            ("data/\u{85}x", PathError::ForbiddenCharacter),
+        ] {
+            assert_eq!(PlaybookPath::parse(raw), Err(want), "{raw:?}");
+        }
+        assert_eq!(PlaybookPath::parse("data/a b").unwrap().as_str(), "data/a b", "the alphabet refuses inner spaces");
+    }
+
+    #[test]
+    fn the_alphabet_is_noetls_catalog_paths_unless_configured() {
+        let default = PlaybookAlphabet::default();
+        let ok = |a: &PlaybookAlphabet, s: &str| a.check(&PlaybookPath::parse(s).unwrap());
+        for name in ["data/daily_load", "api_integration/amadeus-ai.v2/X9"] {
+            assert_eq!(ok(&default, name), Ok(()), "{name}");
+        }
+        for (name, c) in [("data/a b", ' '), ("data/é", 'é'), ("data/x:y", ':'), ("a+b", '+'), ("a,b", ',')] {
+            assert_eq!(ok(&default, name), Err(PathError::OutsideAlphabet(c)), "{name}");
+        }
+        let wider = PlaybookAlphabet::compile("_-.:é").unwrap();
+        assert_eq!(ok(&wider, "data/x:é"), Ok(()));
+        assert_eq!(ok(&wider, "data/x+y"), Err(PathError::OutsideAlphabet('+')));
+        for bad in ["%", "\\", " ", "\u{0}", "\u{a0}"] {
+            assert!(PlaybookAlphabet::compile(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn request_paths_are_decoded_once_and_normalised() {
         for (raw, want) in [
             ("/api/catalog/data/x", "/api/catalog/data/x"),
@@ -128,8 +224,8 @@ mod tests {
             ("/", "/"),
             ("", "/"),
             ("/api/catalog/system%2Fsecret", "/api/catalog/system/secret"),
-            // Decoded once: `%252e` stays the literal `%2e`, which is not a dot segment.
-            ("/api/catalog/%252e%252e/system", "/api/catalog/%2e%2e/system"),
+            // Decoded once: `%2541` stays the literal `%41`.
+            ("/api/catalog/a%2541", "/api/catalog/a%41"),
         ] {
             assert_eq!(normalize_request_path(raw).unwrap(), want, "{raw}");
         }
@@ -145,6 +241,13 @@ mod tests {
         ] {
             assert_eq!(normalize_request_path(raw), Err(PathError::DotDot), "{raw}");
         }
+        // A second round of decoding may not reveal one either.
+        for raw in ["/api/catalog/%252e%252e/system", "/a/data%252f..%252fsystem", "/a/%252E./b", "/a/..%25252f"] {
+            let want = if raw.ends_with("%25252f") { Ok("/a/..%252f".to_owned()) } else { Err(PathError::DotDot) };
+            assert_eq!(normalize_request_path(raw), want, "{raw}");
+        }
+        assert_eq!(normalize_request_path("/a/%255c..%255cb"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize_request_path("/a/%2500"), Err(PathError::ForbiddenCharacter));
         assert_eq!(normalize_request_path("/a/%ff"), Err(PathError::NotUtf8));
         assert_eq!(normalize_request_path("/a/%00"), Err(PathError::ForbiddenCharacter));
         assert_eq!(normalize_request_path("/a/%5c..%5cb"), Err(PathError::ForbiddenCharacter));

@@ -117,6 +117,10 @@ pub enum PlaybookError {
     /// The playbook path is not acceptable.
     #[error("invalid playbook path: {0}")]
     Path(#[from] PathError),
+    /// The request names its playbook in a way that can be read more than one way (a header
+    /// sent twice, a duplicate JSON key). Answered 400 `ambiguous_request`.
+    #[error("ambiguous request: {0}")]
+    Ambiguous(String),
 }
 
 impl PlaybookSource {
@@ -129,11 +133,19 @@ impl PlaybookSource {
     pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<Target>, PlaybookError> {
         let raw = match self {
             PlaybookSource::PathAfterPrefix(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or_default(),
-            PlaybookSource::PathCapture { prefix, tail } => {
-                path.strip_prefix(prefix.as_str()).and_then(|rest| strip_last_segments(rest, *tail)).unwrap_or_default()
-            }
+            PlaybookSource::PathCapture { prefix, tail } => path
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| strip_last_segments(rest.strip_suffix('/').unwrap_or(rest), *tail))
+                .unwrap_or_default(),
             PlaybookSource::Header(name) => {
-                headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or_default()
+                let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+                let first = values.next().map(|(_, v)| v.as_str()).unwrap_or_default();
+                // Which of two would the upstream read? Even equal values are refused: a proxy
+                // on the way may join them into one `a,a`.
+                if values.next().is_some() {
+                    return Err(PlaybookError::Ambiguous(format!("header {name} is sent more than once")));
+                }
+                first
             }
             PlaybookSource::Every => return Ok(vec![Target::Every("the route covers every playbook".into())]),
             PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. } => {
@@ -258,16 +270,22 @@ impl Routes {
     }
 
     /// The first route matching `method` and the normalised `path`, else the default action.
+    ///
+    /// A path with one trailing `/` is the same route as the path without it (Starlette, behind
+    /// NoETL, redirects `/api/auth/logout/` to `/api/auth/logout`): an exact or glob route
+    /// matches both, and a prefix `/a/b/` also matches `/a/b`. Otherwise `/api/auth/logout/`
+    /// would fall through to a later route (the public `/api/auth/`) and skip the logout.
     pub fn find(&self, method: &str, path: &str) -> Matched<'_> {
+        let slashless = path.strip_suffix('/').filter(|p| !p.is_empty());
         let route = self
             .routes
             .iter()
             .find(|r| {
                 r.methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method))
                     && match &r.path {
-                        PathMatch::Exact(p) => path == p,
-                        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-                        PathMatch::Glob(g) => g.is_match(path),
+                        PathMatch::Exact(p) => path == p || slashless == Some(p.as_str()),
+                        PathMatch::Prefix(p) => path.starts_with(p.as_str()) || p.strip_suffix('/') == Some(path),
+                        PathMatch::Glob(g) => g.is_match(path) || slashless.is_some_and(|p| g.is_match(p)),
                     }
             })
             .unwrap_or(&self.default);
@@ -323,7 +341,14 @@ impl Routes {
 fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result<Route, ConfigError> {
     let m = &cfg.matcher;
     let path = match (&m.path, &m.prefix, &m.glob) {
-        (Some(p), None, None) => PathMatch::Exact(normalised_config_path(p, "match.path")?),
+        (Some(p), None, None) => {
+            // Kept without its trailing `/`: `find` matches both spellings.
+            let exact = normalised_config_path(p, "match.path")?;
+            PathMatch::Exact(match exact.strip_suffix('/') {
+                Some(slashless) if !slashless.is_empty() => slashless.to_owned(),
+                _ => exact,
+            })
+        }
         (None, Some(p), None) => PathMatch::Prefix(normalised_config_path(p, "match.prefix")?),
         (None, None, Some(g)) => {
             if !g.starts_with('/') {
@@ -594,6 +619,43 @@ mod tests {
     }
 
     #[test]
+    fn one_trailing_slash_is_the_same_route() {
+        let r = spec_routes();
+        for (method, path, id) in [
+            ("GET", "/api/me/", "routes[5]"),
+            ("POST", "/graphql/", "routes[1]"),
+            ("GET", "/api/catalog", "routes[3]"),
+            ("GET", "/api/auth", "routes[0]"),
+            ("POST", "/api/playbooks/data/x/run/", "routes[7]"),
+            ("GET", "/api/mex", "default_action"),
+            ("GET", "/api/m", "default_action"),
+            ("GET", "/", "default_action"),
+        ] {
+            assert_eq!(r.find(method, path).id, id, "{method} {path}");
+        }
+        let r = routes(json!([
+            {"match": {"methods": ["POST"], "path": "/api/auth/logout"}, "logout": true},
+            {"match": {"path": "/api/x/"}, "authenticate": true},
+            {"match": {"path": "/"}, "authenticate": true},
+            {"match": {"prefix": "/api/auth/"}, "public": true}
+        ]))
+        .unwrap();
+        for (path, id) in [
+            ("/api/auth/logout", "routes[0]"),
+            ("/api/auth/logout/", "routes[0]"),
+            ("/api/auth/logout/x", "routes[3]"),
+            ("/api/x", "routes[1]"),
+            ("/api/x/", "routes[1]"),
+            ("/", "routes[2]"),
+        ] {
+            assert_eq!(r.find("POST", path).id, id, "{path}");
+        }
+        let r = spec_routes();
+        let source = source_of(&r, "POST", "/api/playbooks/a/run/");
+        assert_eq!(path_of(&source.from_head("/api/playbooks/data/x/run/", &[]).unwrap()[0]), "data/x");
+    }
+
+    #[test]
     fn playbook_from_path_and_header() {
         let r = spec_routes();
         let source = source_of(&r, "GET", "/api/catalog/data/x");
@@ -606,6 +668,9 @@ mod tests {
         let headers = vec![("x-playbook".to_string(), "data/../system/x".to_string())];
         assert_eq!(source.from_head("/", &headers), Err(PlaybookError::Path(PathError::DotDot)));
         assert!(matches!(source.from_head("/", &[]), Err(PlaybookError::Missing(_))));
+        let twice =
+            vec![("x-playbook".to_string(), "data/x".to_string()), ("X-Playbook".to_string(), "data/x".to_string())];
+        assert!(matches!(source.from_head("/", &twice), Err(PlaybookError::Ambiguous(_))));
     }
 
     #[test]
@@ -639,6 +704,8 @@ mod tests {
         assert_eq!(source.from_body(b""), Err(PlaybookError::BodyNotJson));
         assert!(matches!(source.from_body(br#"{"other": 1}"#), Err(PlaybookError::Missing(_))));
         assert_eq!(source.from_body(br#"{"path": 7}"#), Err(PlaybookError::NotAString("/path".into())));
+        let twice = br#"{"path": "data/x", "path": "system/x"}"#;
+        assert_eq!(source.from_body(twice), Err(PlaybookError::Ambiguous("duplicate JSON key \"path\"".into())));
         assert_eq!(source.from_body(br#"{"path": "a/%2e%2e/../b"}"#), Err(PlaybookError::Path(PathError::DotDot)));
 
         let source = source_of(&r, "POST", "/graphql");

@@ -26,8 +26,14 @@ pub enum Target {
 }
 
 /// Parses a request body as JSON. The one place request bodies become a [`Value`].
+///
+/// Strictly: a duplicate key anywhere is ambiguous (NoETL's Python server reads the last, its Rust
+/// server refuses the request), so such a body is refused rather than read one way.
 pub fn parse_body(body: &[u8]) -> Result<Value, PlaybookError> {
-    serde_json::from_slice(body).map_err(|_| PlaybookError::BodyNotJson)
+    crate::json::parse_strict(body).map_err(|e| match e {
+        crate::json::JsonError::DuplicateKey(_) => PlaybookError::Ambiguous(e.to_string()),
+        _ => PlaybookError::BodyNotJson,
+    })
 }
 
 /// Whether the request's `content-type` lets NoETL (Starlette) parse its body as JSON: absent,

@@ -244,11 +244,148 @@ fn audit_mode_lets_everything_through_and_says_what_it_would_do() {
 
 #[test]
 fn header_names_are_configurable_and_listed_for_removal() {
-    let g = guard_with(json!({"headers": {"user_id": "X-User", "roles": "x-roles"}}));
-    assert_eq!(g.identity_headers(), ["x-user", "x-noetl-user-email", "x-noetl-user-name", "x-roles"]);
+    let g = guard_with(json!({"identity_header_prefix": "X-Auth-", "headers":
+        {"user_id": "X-Auth-User", "email": "x-auth-email", "display_name": "x_auth_name", "roles": "x-auth-roles"}}));
+    let sent =
+        ["x-auth-user", "X_AUTH_ROLES", "x-auth-is-admin", "x-noetl-user-id", "x-authx", "authorization", "x-auth"];
+    assert_eq!(g.identity_headers_to_remove(sent), ["x-auth-user", "X_AUTH_ROLES", "x-auth-is-admin"]);
     let v = verdict(&g, "GET", "/api/catalog/data/x", &bearer(&token(&["analyst", "viewer"], json!({}))));
     let Verdict::Allow { headers, .. } = v else { panic!() };
-    assert!(headers.contains(&("x-roles".into(), "analyst,viewer".into())));
+    assert!(headers.contains(&("x-auth-roles".into(), "analyst,viewer".into())));
+    assert!(headers.contains(&("x_auth_name".into(), "Ada".into())));
+}
+
+#[test]
+fn the_identity_header_family_is_removed_in_every_spelling() {
+    let g = guard();
+    let sent = [
+        ":path",
+        "x_noetl_user_roles",
+        "X-NOETL-USER-ROLE",
+        "x-noetl-user-is-admin",
+        "x-noetl-user_id",
+        "x-noetl-user-",
+        "x-noetl-users",
+        "x-noetl-user",
+        "x-session-token",
+        "cookie",
+    ];
+    assert_eq!(
+        g.identity_headers_to_remove(sent),
+        ["x_noetl_user_roles", "X-NOETL-USER-ROLE", "x-noetl-user-is-admin", "x-noetl-user_id", "x-noetl-user-"]
+    );
+    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
+    for (patch, path) in [
+        (json!({"headers": {"user_id": "x-user-id"}}), "headers.user_id"),
+        (json!({"identity_header_prefix": "x-user-"}), "headers.user_id"),
+        (json!({"identity_header_prefix": ""}), "identity_header_prefix"),
+        (json!({"identity_header_prefix": "x user"}), "identity_header_prefix"),
+        (
+            json!({"token_sources": [{"header": "authorization", "prefix": "Bearer "}, {"header": "X_NOETL_USER_TOKEN"}]}),
+            "token_sources[1].header",
+        ),
+        (json!({"playbook_path_chars": "_-.%"}), "playbook_path_chars"),
+    ] {
+        let err = Guard::from_json(config(patch.clone()).to_string().as_bytes(), &env).unwrap_err();
+        assert_eq!(err.path, path, "{patch}: {err}");
+    }
+}
+
+fn ambiguous(v: &Verdict) -> bool {
+    status(v) == 400 && body(v) == json!({"error": "bad_request", "reason": "ambiguous_request"})
+}
+
+#[test]
+fn requests_with_two_readings_are_refused_as_ambiguous() {
+    let g = guard_with(json!({"routes": [
+        {"match": {"methods": ["POST"], "path": "/graphql"},
+         "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
+        {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
+         "authorize": {"permission": "execute", "playbook": {"json_pointer": "/args/path"}}},
+        {"match": {"prefix": "/api/run/by-header"},
+         "authorize": {"permission": "execute", "playbook": {"header": "x-playbook"}}},
+        {"match": {"prefix": "/api/catalog/"},
+         "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}}
+    ]}));
+    let admin = token(&["admin"], json!({}));
+    let other = token(&["analyst"], json!({"sid": "s-other"}));
+    let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    // Two tokens: 400, not 401, whichever the two are; the same token twice is one token.
+    for headers in [
+        h(&[("authorization", &format!("Bearer {admin}")), ("cookie", &format!("session_token={other}"))]),
+        h(&[("x-session-token", &other), ("authorization", &format!("Bearer {admin}"))]),
+        h(&[("cookie", &format!("session_token={admin}; session_token={other}"))]),
+        h(&[("authorization", &format!("Bearer {admin},Bearer {other}"))]),
+        h(&[("authorization", &format!("Bearer {admin}")), ("x-session-token", "junk")]),
+    ] {
+        assert!(ambiguous(&verdict(&g, "GET", "/api/catalog/data/x", &headers)), "{headers:?}");
+    }
+    let same = h(&[("authorization", &format!("Bearer {admin}")), ("cookie", &format!("a=1; session_token={admin}"))]);
+    assert_eq!(status(&verdict(&g, "GET", "/api/catalog/data/x", &same)), 200);
+    let basic = h(&[("authorization", "Basic Zm9vOmJhcg=="), ("x-session-token", &admin)]);
+    assert_eq!(status(&verdict(&g, "GET", "/api/catalog/data/x", &basic)), 200);
+
+    // A playbook header sent twice, with different or equal values.
+    for values in [["data/x", "system/x"], ["data/x", "data/x"]] {
+        let mut headers = bearer(&admin);
+        headers.extend(values.iter().map(|v| ("X-Playbook".to_string(), v.to_string())));
+        assert!(ambiguous(&verdict(&g, "GET", "/api/run/by-header", &headers)), "{values:?}");
+    }
+    let mut one = bearer(&admin);
+    one.push(("x-playbook".into(), "data/x".into()));
+    assert_eq!(status(&verdict(&g, "GET", "/api/run/by-header", &one)), 200);
+
+    // A duplicate key anywhere in a body, GraphQL variables included, or a repeated argument.
+    let auth = bearer(&admin);
+    for (path, body) in [
+        ("/api/run/playbook", r#"{"args": {"path": "data/x", "path": "system/x"}}"#),
+        ("/api/run/playbook", r#"{"args": {"path": "data/x"}, "args": {"path": "system/x"}}"#),
+        ("/api/run/playbook", r#"{"args": {"path": "data/x"}, "other": {"a": 1, "a": 1}}"#),
+        (
+            "/graphql",
+            r#"{"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": "data/x", "n": "system/x"}}"#,
+        ),
+        ("/graphql", r#"{"query": "mutation { executePlaybook(name: \"data/x\", name: \"system/x\") { id } }"}"#),
+    ] {
+        assert!(ambiguous(&with_body(&g, path, &auth, body)), "{body}");
+    }
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &auth, r#"{"args": {"path": "data/x"}}"#)), 200);
+}
+
+#[test]
+fn playbook_names_another_decoder_reads_differently_are_400() {
+    let g = guard_with(json!({"routes": [
+        {"match": {"methods": ["POST"], "path": "/api/run/playbook"},
+         "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
+        {"match": {"prefix": "/api/run/by-header"},
+         "authorize": {"permission": "execute", "playbook": {"header": "x-playbook"}}},
+        {"match": {"prefix": "/api/catalog/"},
+         "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}}
+    ]}));
+    let admin = bearer(&token(&["admin"], json!({})));
+    let invalid = |v: &Verdict| status(v) == 400 && body(v)["reason"] == "invalid_playbook_path";
+    for path in
+        ["/api/catalog/data/%2541", "/api/catalog/data/a%20b", "/api/catalog/data/x%C3%A9", "/api/catalog/data/x:y"]
+    {
+        assert!(invalid(&verdict(&g, "GET", path, &admin)), "{path}");
+    }
+    // `..` once more decoded is refused before any route (the path itself is invalid).
+    let v = verdict(&g, "GET", "/api/catalog/data/%252e%252e/system/x", &admin);
+    assert_eq!(body(&v)["reason"], "invalid_path");
+    for name in ["data/x%2e", " data/x", "data/x ", "data/a b", "data/é", "data\\x", "data/x\u{b}"] {
+        let mut headers = admin.clone();
+        headers.push(("x-playbook".into(), name.into()));
+        assert!(invalid(&verdict(&g, "GET", "/api/run/by-header", &headers)), "{name:?}");
+        let body_text = json!({"path": name}).to_string();
+        assert!(invalid(&with_body(&g, "/api/run/playbook", &admin, &body_text)), "{name:?}");
+    }
+    assert_eq!(status(&with_body(&g, "/api/run/playbook", &admin, r#"{"path": "data/daily_load-v2.1"}"#)), 200);
+    let wide = guard_with(json!({"playbook_path_chars": "_-.é:"}));
+    assert_eq!(status(&verdict(&wide, "GET", "/api/catalog/data/x%C3%A9", &admin)), 200);
+    assert_eq!(status(&verdict(&wide, "GET", "/api/catalog/data/x:y", &admin)), 200);
+    assert!(invalid(&verdict(&wide, "GET", "/api/catalog/data/a%20b", &admin)));
 }
 
 #[test]

@@ -42,17 +42,24 @@ BUILD = ROOT / "build"
 ROLES = ["admin", "developer", "analyst", "viewer"]
 PLAYBOOKS = ["data/daily_load", "data/eu/report", "system/reset", "ops/cleanup", "examples/hello_world"]
 
-# The route classes of the filter, one route each (the soak's own table, so it stays stable as the
-# shipped profile grows): decided from the path, from a JSON body, from a GraphQL body;
-# authenticated only; public; and unmapped (default_action: deny).
+# The route classes of the filter, one route each, as the shipped NoETL profile writes them (the
+# soak's own table, so the oracle below stays short): decided from the path, from JSON body fields
+# in NoETL's precedence (a `catalog_id` needs the permission on every playbook), from a GraphQL
+# body; on every playbook; restricted; blocked; authenticated only; public; and unmapped
+# (default_action: deny).
 ROUTES = [
     {"match": {"prefix": "/api/auth/"}, "public": True},
     {"match": {"methods": ["POST"], "path": "/graphql"},
      "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name"}}},
     {"match": {"methods": ["POST"], "path": "/api/execute"},
-     "authorize": {"permission": "execute", "playbook": {"json_pointer": "/path"}}},
-    {"match": {"prefix": "/api/catalog/"},
-     "authorize": {"permission": "view", "playbook": {"path_after_prefix": True}}},
+     "authorize": {"permission": "execute", "playbook": {"json_fields": [
+         {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "truthy"}, {"pointer": "/path"}]}}},
+    {"match": {"methods": ["GET"], "glob": "/api/catalog/**/ui_schema"},
+     "authorize": {"permission": "view", "playbook": {"path_capture": True}}},
+    {"match": {"methods": ["GET"], "path": "/api/executions"},
+     "authorize": {"permission": "view", "playbook": {"all_playbooks": True}}},
+    {"match": {"methods": ["POST"], "path": "/api/postgres/execute"}, "restricted": True},
+    {"match": {"glob": "/api/internal/**"}, "blocked": True},
     {"match": {"path": "/api/me"}, "authenticate": True},
 ]
 
@@ -82,6 +89,18 @@ def glob_regex(glob):
         out += "" if i == 0 else "/"
         out += ".*" if segment == "**" else re.escape(segment).replace(r"\*", "[^/]*")
     return re.compile(out.replace("/.*", "/.+") + r"\Z")
+
+
+def unrestricted(doc, roles, permission):
+    """Whether some role may act on every playbook: it allows the permission on `**` and no deny
+    (its own or top-level) covers the permission at all, as the filter compiles it."""
+    def covers(rules):
+        return any(permission in r["permissions"] or "*" in r["permissions"] for r in rules)
+    if covers(doc.get("deny", [])):
+        return False
+    return any(any((permission in r["permissions"] or "*" in r["permissions"]) and "**" in r["playbooks"]
+                   for r in doc["roles"][role].get("allow", [])) and not covers(doc["roles"][role].get("deny", []))
+               for role in roles if role in doc["roles"])
 
 
 def allows(doc, roles, permission, playbook):
@@ -249,10 +268,17 @@ class Soak:
         elif kind == "revoked":
             headers = {"Authorization": f"Bearer {token('soak-revoked')}"}
         playbook = rng.choice(PLAYBOOKS)
-        route = rng.choice(["catalog", "execute", "graphql", "me", "public", "unmapped"])
+        route = rng.choice(["catalog", "execute", "by-id", "graphql", "listing", "sql", "internal", "me", "public",
+                            "unmapped"])
         method, path, body, permission = {
-            "catalog": ("GET", f"/api/catalog/{playbook}", None, "view"),
+            "catalog": ("GET", f"/api/catalog/{playbook}/ui_schema", None, "view"),
             "execute": ("POST", "/api/execute", json.dumps({"path": playbook}), "execute"),
+            # NoETL runs the catalog entry, whatever `path` says: execute on every playbook.
+            "by-id": ("POST", "/api/execute", json.dumps({"catalog_id": rng.choice([7, "7", " 12 "]),
+                                                          "path": playbook}), "execute"),
+            "listing": ("GET", "/api/executions", None, "view"),
+            "sql": ("POST", "/api/postgres/execute", json.dumps({"query": "select 1"}), None),
+            "internal": ("POST", "/api/internal/outbox/claim", json.dumps({}), None),
             "graphql": ("POST", "/graphql", json.dumps(
                 {"query": "mutation($n: String!) { executePlaybook(name: $n) { id } }", "variables": {"n": playbook}}),
                 "execute"),
@@ -264,13 +290,17 @@ class Soak:
         def expected(doc):
             if route == "public":
                 return {200}
-            if route == "unmapped":
+            if route in ("unmapped", "internal"):
                 return {403}
             if roles is None:
                 # The service may be asked (unknown, revoked) and fail: 503 then, never a 2xx.
                 return {401, 503} if kind in ("unknown", "revoked") else {401}
             if route == "me":
                 return {200, 503}
+            if route == "sql":
+                return {200 if "admin" in roles else 403, 503}
+            if route in ("by-id", "listing"):
+                return {200 if unrestricted(doc, roles, permission) else 403, 503}
             return {200 if allows(doc, roles, permission, playbook) else 403, 503}
 
         return method, path, body, headers, [expected(doc) for doc in POLICIES], (kind, route, playbook, roles)

@@ -63,7 +63,7 @@ def test_an_opaque_noetl_session_is_allowed_then_answered_from_the_cache(noetl, 
     seen = resp.json()["headers"]
     assert (seen["x-noetl-user-id"], seen["x-noetl-user-roles"]) == ("77", "viewer")
     assert validation_service.calls(token) == 1, "one callout, then the cache"
-    assert http(noetl.url + "/api/execute", method="POST", headers=send(token),
+    assert http(noetl.url + "/api/execute", method="POST", headers={**send(token), "content-type": "application/json"},
                 body=json.dumps({"path": "data/x"})).status == 403, "a viewer may not execute"
     assert noetl.counter("tokens_opaque") - before >= 6
 

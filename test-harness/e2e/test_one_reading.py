@@ -12,7 +12,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ValidationService, http, plugin_config
+from conftest import ROOT, ValidationService, http, plugin_config
 from test_envoy import hs_token
 
 HEADER_ROUTE = {"match": {"prefix": "/api/run/by-header"},
@@ -64,10 +64,14 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def oenvoy(start_envoy, service):
-    """The shipped routes (logout first), a header-sourced route, and the validation service."""
+    """One route of each source kind (the core tests' table: these tests are about reading a
+    request, not about NoETL's profile), logout first, a header-sourced route, public health, and
+    the validation service."""
     config = plugin_config(hold_headers_for_body=True)
     config["validation"] = {"cluster": "noetl_validation", "timeout_ms": 1000}
-    config["routes"] = [HEADER_ROUTE, *config["routes"]]
+    mechanisms = json.loads((ROOT / "filter" / "core" / "testdata" / "routes.json").read_text())
+    config["routes"] = [HEADER_ROUTE, {"match": {"methods": ["POST"], "path": "/api/auth/logout"}, "logout": True},
+                        *mechanisms, {"match": {"path": "/health"}, "public": True}]
     return start_envoy(config, clusters={"noetl_validation": service.port})
 
 

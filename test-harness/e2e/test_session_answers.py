@@ -43,7 +43,7 @@ def venvoy(start_envoy, service):
 
 
 def get(envoy, sid, playbook="data/x", roles=("admin",)):
-    return http(envoy.url + f"/api/catalog/{playbook}", headers=bearer(token(sid, roles)))
+    return http(envoy.url + f"/api/catalog/{playbook}/ui_schema", headers=bearer(token(sid, roles)))
 
 
 def junk():

@@ -207,6 +207,8 @@ class Soak:
         config = yaml.safe_load((ROOT / "envoy/filter-config.yaml").read_text())
         config["routes"] = ROUTES
         config["session"] = {"ttl_secs": TTL, "negative_ttl_secs": 10, "max_entries": 100000}
+        if os.environ.get("SOAK_MAX_NEGATIVE_ENTRIES"):
+            config["session"]["max_negative_entries"] = int(os.environ["SOAK_MAX_NEGATIVE_ENTRIES"])
         config["validation"].update(timeout_ms=TIMEOUT_MS, failure_mode="deny")
         self.filter_config = tmp / "filter-config.yaml"
         self.filter_config.write_text(yaml.safe_dump(config))
@@ -433,6 +435,8 @@ def main():
         print(f"    {w}")
     print(f"  Envoy memory: {memory[0][1] / 2**20:.1f} MiB at start, {memory[-1][1] / 2**20:.1f} MiB at the end; "
           f"slope after the first minute {slope_per_minute(warm) / 1024:+.1f} KiB/min (want flat)")
+    by_minute = [f"{m / 2**20:.1f}" for t, m in memory if int(t) % 60 < 5]
+    print(f"  Envoy memory by minute (MiB): {' '.join(by_minute)}")
     print(f"  validation callouts per session per {TTL} s TTL window: {per_window:.2f} "
           f"(injected: {soak.flaky.injected}; failures are retried after 1 s, so a little over 1)")
     plot(BUILD / "soak.svg", [(t, m) for t, m in memory], rps)

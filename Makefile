@@ -115,7 +115,7 @@ fuzz: fuzz-tools
 	        2>&1 | grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|==|thread|panicked|SUMMARY|.*Test unit written)' \
 	        ; test $${PIPESTATUS[0]} -eq 0 || exit 1; done
 
-# cargo-fuzz from crates.io, pinned; it drives the stable toolchain here (no sanitizer flags).
+# cargo-fuzz, pinned, installed with cargo; it drives the pinned stable toolchain (no sanitizer flags).
 fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 

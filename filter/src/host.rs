@@ -1,6 +1,6 @@
 //! The proxy-wasm glue: I/O only. Every decision is the core's.
 //!
-//! A request that waits (for its body, a session callout or a JWK Set fetch) keeps its state
+//! A request that waits (for its body, a session callout, a lookup or a JWK Set fetch) keeps its state
 //! in the worker's [`Worker`] table rather than in its own context object, because it may be
 //! resumed from another context: the request that owns a callout resumes every request on this
 //! worker waiting for the same session, and the root context resumes requests waiting for a
@@ -18,6 +18,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
 use crate::core::jwt::VerifierState;
+use crate::core::lookup::{LookupKey, Resolver};
 use crate::core::session::{Claim, Mark, Ring};
 use crate::core::validation::{TokenBucket, Validator};
 use crate::core::{
@@ -25,6 +26,9 @@ use crate::core::{
 };
 use crate::metrics::Metrics;
 use crate::store;
+
+mod lookups;
+use lookups::LookupCallout;
 
 /// Past the callout timeout, how long a claim stands before another worker may take over
 /// (an owner that died must not hold the session forever).
@@ -63,6 +67,8 @@ enum State {
     Body(Pending),
     /// Waiting for a JWK Set fetch, to decide its head again; until `until_ms` at most.
     Keys { until_ms: u64 },
+    /// Waiting for the lookup of `key` (its own, or another request's).
+    Resolving { key: LookupKey, pending: Pending },
 }
 
 impl State {
@@ -76,6 +82,27 @@ impl State {
                 *self = other;
                 None
             }
+        }
+    }
+
+    /// The pending decision of a request waiting for the lookup of `key`, leaving it `Open`;
+    /// any other state is left as it is.
+    fn take_lookup_wait(&mut self, key: &LookupKey) -> Option<Pending> {
+        match std::mem::take(self) {
+            State::Resolving { key: k, pending } if k == *key => Some(pending),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// The pending decision of a request waiting for something with a body limit.
+    fn pending(&self) -> Option<&Pending> {
+        match self {
+            State::Body(p) | State::Waiting { pending: p } | State::Calling { pending: p } => Some(p),
+            State::Resolving { pending, .. } => Some(pending),
+            State::Open | State::Keys { .. } => None,
         }
     }
 
@@ -127,6 +154,12 @@ pub struct Worker {
     /// This worker's allowance of callouts about sessions the cache has never seen (current
     /// configuration; `None` without a validation service).
     cold_callouts: Option<TokenBucket>,
+    /// Looked-up id -> requests waiting for a lookup owned by someone else.
+    lookup_waiting: HashMap<LookupKey, Vec<u32>>,
+    /// Lookup callout token -> what it is for.
+    lookups: HashMap<u32, LookupCallout>,
+    /// This worker's lookup allowance (current configuration; `None` without a resolver).
+    lookup_allowance: Option<TokenBucket>,
 }
 
 impl Worker {
@@ -134,7 +167,7 @@ impl Worker {
     /// (whose deadlines the tick checks), slowly while remote JWK Sets need refreshing, not at
     /// all otherwise.
     fn retick(&mut self, remote_jwks: bool) {
-        let want = if !self.waiting.is_empty() || !self.awaiting_keys.is_empty() {
+        let want = if !self.waiting.is_empty() || !self.lookup_waiting.is_empty() || !self.awaiting_keys.is_empty() {
             TICK
         } else if remote_jwks {
             JWKS_TICK
@@ -198,7 +231,8 @@ impl RootContext for GuardRoot {
                 // Keys may have changed: tokens verified under the old configuration are not.
                 self.worker.borrow_mut().keys = guard.verifier_state();
                 self.worker.borrow_mut().cold_callouts = guard.validator().map(Validator::cold_callouts);
-                if guard.validator().is_some() {
+                self.worker.borrow_mut().lookup_allowance = guard.resolver().map(Resolver::allowance);
+                if guard.validator().is_some() || guard.resolver().is_some() {
                     store::prepare();
                 }
                 let guard = Rc::new(guard);
@@ -268,6 +302,7 @@ impl Driver<'_> {
             Step::Verdict(verdict) => self.apply(ctx, verdict),
             Step::Session(pending) => self.session(ctx, pending, now_ms),
             Step::AwaitKeys => self.await_keys(ctx, now_ms),
+            Step::Resolve { key, pending } => self.resolve(ctx, key, pending, now_ms),
             Step::ReadBody(pending) => {
                 let body_done = self.with_request(ctx, |r| r.body_done).flatten();
                 if let Some(size) = body_done {
@@ -276,8 +311,8 @@ impl Driver<'_> {
                     } else {
                         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
                     };
-                    let verdict = self.guard.on_request_body(pending, body.as_deref().unwrap_or_default());
-                    return self.apply(ctx, verdict);
+                    let step = self.guard.on_request_body(pending, body.as_deref().unwrap_or_default());
+                    return self.advance(ctx, step, now_ms);
                 }
                 if self.guard.hold_headers_for_body() {
                     // Envoy keeps this Pause a StopIteration only with the plugin's
@@ -540,6 +575,10 @@ impl Driver<'_> {
         if let Some(provider) = jwks {
             return self.on_jwks_response(provider, num_headers, body_size);
         }
+        let lookup = self.worker.borrow_mut().lookups.remove(&token);
+        if let Some(lookup) = lookup {
+            return self.on_lookup_response(lookup, num_headers, body_size, now_ms);
+        }
         let Some(callout) = self.worker.borrow_mut().callouts.remove(&token) else {
             return;
         };
@@ -614,6 +653,7 @@ impl Driver<'_> {
         let now_ms = now_ms();
         self.fetch_jwks(now_ms);
         self.recheck_keys(false, now_ms);
+        self.tick_lookups(now_ms);
         let keys: Vec<String> = self.worker.borrow().waiting.keys().cloned().collect();
         for key in keys {
             let record = store::session(&key);
@@ -775,11 +815,12 @@ impl GuardHttp {
         match driver.take_state(self.id) {
             State::Body(pending) => {
                 let body = if size == 0 { None } else { self.get_http_request_body(0, size) };
-                let verdict = guard.on_request_body(pending, body.as_deref().unwrap_or_default());
-                driver.apply(self.id, verdict)
+                let step = guard.on_request_body(pending, body.as_deref().unwrap_or_default());
+                driver.advance(self.id, step, self.now_ms())
             }
-            state @ (State::Waiting { .. } | State::Calling { .. } | State::Keys { .. }) => {
-                // Still waiting for the session or the keys: keep the body for the decision.
+            state @ (State::Waiting { .. } | State::Calling { .. } | State::Keys { .. } | State::Resolving { .. }) => {
+                // Still waiting for the session, the keys or a lookup: keep the body for the
+                // decision (a lookup's request has read it already, or never needs it).
                 driver.with_request(self.id, |r| {
                     r.body_done = Some(size);
                     r.state = state;
@@ -820,11 +861,10 @@ impl HttpContext for GuardHttp {
         let limit = {
             let worker = self.worker.borrow();
             match worker.requests.get(&self.id).map(|r| &r.state) {
-                Some(State::Body(pending)) => Some(pending.max_body_bytes),
-                Some(State::Waiting { pending } | State::Calling { pending }) => Some(pending.max_body_bytes),
                 // The route's limit is applied once the head is decided.
                 Some(State::Keys { .. }) => Some(u64::MAX),
-                _ => None,
+                Some(state) => state.pending().map(|p| p.max_body_bytes),
+                None => None,
             }
         };
         let Some(limit) = limit else { return Action::Continue };
@@ -832,9 +872,13 @@ impl HttpContext for GuardHttp {
             let driver = self.driver(&guard);
             let pending = match driver.take_state(self.id) {
                 State::Body(p) | State::Waiting { pending: p } | State::Calling { pending: p } => p,
+                State::Resolving { pending, .. } => pending,
                 State::Open | State::Keys { .. } => return Action::Continue,
             };
-            self.worker.borrow_mut().waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
+            let mut worker = self.worker.borrow_mut();
+            worker.waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
+            worker.lookup_waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
+            drop(worker);
             return driver.apply(self.id, guard.body_too_large(&pending));
         }
         if !end_of_stream {
@@ -880,11 +924,17 @@ impl Drop for GuardHttp {
                 waiters.retain(|c| *c != self.id);
             }
             worker.waiting.retain(|_, w| !w.is_empty());
+            for waiters in worker.lookup_waiting.values_mut() {
+                waiters.retain(|c| *c != self.id);
+            }
+            worker.lookup_waiting.retain(|_, w| !w.is_empty());
             worker.awaiting_keys.retain(|c| *c != self.id);
             let id = self.id;
-            let orphaned: Vec<String> =
+            let mut orphaned: Vec<String> =
                 worker.callouts.values().filter(|c| c.owner == id).map(|c| c.session.clone()).collect();
             worker.callouts.retain(|_, c| c.owner != id);
+            orphaned.extend(worker.lookups.values().filter(|c| c.owned_by(id)).map(LookupCallout::claim_key));
+            worker.lookups.retain(|_, c| !c.owned_by(id));
             drop(worker);
             // The host will not deliver the answer to a context that is gone: give the claim up
             // at once, so the next tick of a worker with waiters asks again from its root

@@ -60,6 +60,18 @@ pub struct Metrics {
     pub cold_callouts_limited: Option<u32>,
     /// Invalid-session answers evicted to keep within `session.max_negative_entries`.
     pub invalid_sessions_evicted: Option<u32>,
+    /// Lookups sent (`resolver`: a `catalog_id` or `execution_id` to a playbook).
+    pub lookups: Option<u32>,
+    /// Ids answered from the shared lookup cache.
+    pub lookup_hits: Option<u32>,
+    /// Requests that waited for a lookup another request owned.
+    pub lookup_waits: Option<u32>,
+    /// Lookups that failed (not sent, timeout, non-2xx other than 404, unreadable answer).
+    pub lookup_failures: Option<u32>,
+    /// Requests refused because the worker's `max_lookups_per_sec` was spent.
+    pub lookups_limited: Option<u32>,
+    /// Lookup answers evicted to keep within `resolver.max_entries`.
+    pub lookups_evicted: Option<u32>,
 }
 
 thread_local! {
@@ -107,6 +119,12 @@ impl Metrics {
             roles_dropped: counter("roles_dropped"),
             cold_callouts_limited: counter("cold_callouts_limited"),
             invalid_sessions_evicted: counter("invalid_sessions_evicted"),
+            lookups: counter("lookups"),
+            lookup_hits: counter("lookup_hits"),
+            lookup_waits: counter("lookup_waits"),
+            lookup_failures: counter("lookup_failures"),
+            lookups_limited: counter("lookups_limited"),
+            lookups_evicted: counter("lookups_evicted"),
         }
     }
 

@@ -6,11 +6,17 @@
 //! the rings being `pg1/slot` and `pg1/nslot`. Shared data has no expiry, so every write that
 //! adds a session to a ring also evicts the one that held its slot: the store never holds more
 //! than `max_entries` valid sessions and `max_negative_entries` invalid ones.
+//!
+//! Looked-up ids live beside them: `pg1/l/<kind>/<id>` (a [`LookupRecord`]) in the ring
+//! `pg1/lslot` of `resolver.max_entries`, and their in-flight marks in the same stripes, under
+//! [`lookup_claim_key`] (a name no session key has).
 
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
+use crate::core::lookup::{LookupKey, LookupRecord, Resolver};
+use crate::core::path::PlaybookPath;
 use crate::core::session::{slot_for, stripe_of, Claim, Mark, Ring, SessionRecord, Stripe, STRIPES};
 use crate::core::validation::Validator;
 use crate::core::SessionEntry;
@@ -70,6 +76,43 @@ pub fn put_session(key: &str, entry: SessionEntry, v: &Validator) -> Option<(Str
     evicted
 }
 
+/// The in-flight mark's key of a lookup: session keys start with a provider name or
+/// `opaque`, never with a space.
+pub fn lookup_claim_key(key: &LookupKey) -> String {
+    format!(" lookup/{}", key.cache_key())
+}
+
+fn lookup_key(key: &LookupKey) -> String {
+    format!("pg1/l/{}", key.cache_key())
+}
+
+const LOOKUP_RING: &str = "pg1/lslot";
+
+/// The stored answer of a lookup.
+pub fn lookup(key: &LookupKey) -> Option<LookupRecord> {
+    get(&lookup_key(key)).0.as_deref().and_then(LookupRecord::decode)
+}
+
+/// Stores a lookup's answer in the next slot of the lookup ring, evicting the answer that held
+/// it (returned) if it still does.
+pub fn put_lookup(key: &LookupKey, path: &PlaybookPath, now_ms: u64, r: &Resolver) -> Option<String> {
+    let slot = slot_for(next_counter(&format!("{LOOKUP_RING}/head")), r.max_entries());
+    let slot_key = format!("{LOOKUP_RING}/{slot}");
+    let own = lookup_key(key);
+    let mut evicted = None;
+    if let Some(victim) = get(&slot_key).0.and_then(|v| String::from_utf8(v).ok()) {
+        let holds = |v: &str| get(v).0.as_deref().and_then(LookupRecord::decode).is_some_and(|rec| rec.slot == slot);
+        if victim != own && holds(&victim) {
+            let _ = hostcalls::set_shared_data(&victim, None, None);
+            evicted = Some(victim);
+        }
+    }
+    let _ = hostcalls::set_shared_data(&slot_key, Some(own.as_bytes()), None);
+    let record = LookupRecord { path: path.as_str().to_owned(), fetched_at_ms: now_ms, slot };
+    let _ = hostcalls::set_shared_data(&own, Some(&record.encode()), None);
+    evicted
+}
+
 /// Forgets a session (logout, eviction).
 pub fn remove_session(key: &str) {
     let _ = hostcalls::set_shared_data(&session_key(key), None, None);
@@ -84,7 +127,8 @@ pub fn remove_session(key: &str) {
 /// left alone: a late worker, or a configuration update, must not wipe claims in flight.
 pub fn prepare() {
     let stripes = (0..STRIPES).map(|n| (format!("pg1/f/{n}"), Stripe::default().encode()));
-    let heads = [Ring::Valid, Ring::Invalid].map(|ring| (format!("{}/head", ring_prefix(ring)), b"0".to_vec()));
+    let heads = [ring_prefix(Ring::Valid), ring_prefix(Ring::Invalid), LOOKUP_RING]
+        .map(|prefix| (format!("{prefix}/head"), b"0".to_vec()));
     for (key, empty) in stripes.chain(heads) {
         if get(&key).0.is_none() {
             let _ = hostcalls::set_shared_data(&key, Some(&empty), None);

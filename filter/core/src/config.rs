@@ -111,6 +111,10 @@ pub struct PluginConfig {
     /// The session-validation service; absent means roles come from the JWT alone.
     #[serde(default)]
     pub validation: Option<ValidationConfig>,
+    /// Where a `catalog_id` or `execution_id` is looked up; absent means a request that names
+    /// its target by such an id needs the permission on every playbook.
+    #[serde(default)]
+    pub resolver: Option<ResolverConfig>,
     /// Ordered route rules; the first that matches decides.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -373,6 +377,66 @@ pub struct ValidationConfig {
     pub max_cold_callouts_per_sec: u64,
 }
 
+/// The lookup callouts that map an id NoETL resolves to the playbook it names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// The Envoy cluster of the NoETL server.
+    pub cluster: String,
+    /// The lookup's `:authority` (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// The callout timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long an answer is kept. The mapping never changes (a catalog entry's path, the
+    /// playbook a run ran), so this only bounds how long an entry can outlive its row.
+    #[serde(default = "default_lookup_ttl")]
+    pub ttl_secs: u64,
+    /// How many answers the shared cache holds; the oldest go first.
+    #[serde(default = "default_lookup_entries")]
+    pub max_entries: u64,
+    /// The most distinct ids one request may need looked up (a batch); past it the request
+    /// needs the permission on every playbook.
+    #[serde(default = "default_lookups_per_request")]
+    pub max_lookups_per_request: u64,
+    /// Per worker, how many lookups a second may be sent (a token bucket of this rate and
+    /// burst); past it requests that need one get 503.
+    #[serde(default = "default_lookups_per_sec")]
+    pub max_lookups_per_sec: u64,
+    /// NoETL's catalog entry API: `POST {"catalog_id": "<id>"}`, answered with the entry's `path`.
+    #[serde(default = "default_catalog_lookup_path")]
+    pub catalog_path: String,
+    /// NoETL's run detail API, `{id}` standing for the execution id: `GET`, answered with the
+    /// run's `path`.
+    #[serde(default = "default_execution_lookup_path")]
+    pub execution_path: String,
+}
+
+fn default_lookup_ttl() -> u64 {
+    86_400
+}
+
+fn default_lookup_entries() -> u64 {
+    100_000
+}
+
+fn default_lookups_per_request() -> u64 {
+    8
+}
+
+fn default_lookups_per_sec() -> u64 {
+    50
+}
+
+fn default_catalog_lookup_path() -> String {
+    "/api/catalog/resource".into()
+}
+
+fn default_execution_lookup_path() -> String {
+    "/api/executions/{id}".into()
+}
+
 fn default_validation_path() -> String {
     "/api/auth/session/validate".into()
 }
@@ -536,6 +600,26 @@ pub struct JsonRpcConfig {
     pub methods: BTreeMap<String, String>,
 }
 
+/// The kinds of id only NoETL can map to a playbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupKind {
+    /// A catalog entry's id: the entry's path.
+    CatalogId,
+    /// A run's id: the path of the playbook it runs.
+    ExecutionId,
+}
+
+impl LookupKind {
+    /// The name used in configuration, logs and cache keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupKind::CatalogId => "catalog_id",
+            LookupKind::ExecutionId => "execution_id",
+        }
+    }
+}
+
 /// When a body field counts as given (a value that does not leaves the choice to the next field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -556,10 +640,10 @@ pub enum Presence {
 pub struct JsonFieldConfig {
     /// A JSON pointer (RFC 6901), relative to the array item under `each`.
     pub pointer: String,
-    /// The field holds an id the server resolves (`catalog_id`, `execution_id`): when given, the
-    /// request needs the permission on every playbook. The value names the id, for logs.
+    /// The field holds an id the server resolves: when given, the `resolver` looks it up, or
+    /// without one the request needs the permission on every playbook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lookup: Option<String>,
+    pub lookup: Option<LookupKind>,
     /// When the field counts as given.
     #[serde(default)]
     pub present: Presence,
@@ -606,6 +690,10 @@ pub struct PlaybookSourceConfig {
     /// A request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// With `path_capture`: the capture is an id the `resolver` looks up (`execution_id` in
+    /// `/api/executions/*/cancel`), not a playbook path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<LookupKind>,
 }
 
 /// What a request that matches no route gets.

@@ -11,6 +11,10 @@
 //!    - [`Step::ReadBody`] means: buffer up to [`Pending::max_body_bytes`], then
 //!      [`Guard::on_request_body`] with the whole body (empty if there is none), or
 //!      [`Guard::body_too_large`] once the limit is passed;
+//!    - [`Step::Resolve`] (only with a `resolver`) means: the request names a playbook by an id
+//!      (`key`); find its answer in the lookup cache or send
+//!      [`Guard::lookup`] (once per id, however many requests wait for it), read it with
+//!      [`Guard::read_lookup`], and call [`Guard::on_lookup`], which gives the next [`Step`];
 //!    - [`Step::AwaitKeys`] means: the token's issuer needs a remote JWK Set that is being
 //!      fetched, or is due ([`RemoteKeys::due`]): hold the request, send the fetches that are
 //!      due, and call [`Guard::on_request_headers_cached`] again once the fetch has ended
@@ -27,8 +31,9 @@ use crate::jwt::{
     token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, VerifiedToken, VerifiedTokens, Verifier,
     VerifierState,
 };
+use crate::lookup::{LookupFailure, LookupKey, Resolver};
 use crate::opaque::OpaqueShape;
-use crate::path::{normalize_request_path, PlaybookAlphabet};
+use crate::path::{normalize_request_path, PlaybookAlphabet, PlaybookPath};
 use crate::policy::Policy;
 use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
 use crate::session::SessionEntry;
@@ -89,6 +94,13 @@ pub enum Step {
     Session(Pending),
     /// The token's keys are being fetched: decide the head again once the fetch has ended.
     AwaitKeys,
+    /// The request names a playbook by an id: look `key` up and call [`Guard::on_lookup`].
+    Resolve {
+        /// The id to look up next.
+        key: LookupKey,
+        /// The request.
+        pending: Pending,
+    },
 }
 
 /// What [`Guard::on_session`] found.
@@ -124,6 +136,26 @@ struct Demand {
 }
 
 impl Need {
+    /// Every target known so far.
+    fn targets(&self) -> impl Iterator<Item = &Target> {
+        let (demands, jsonrpc): (&[Demand], Option<&Vec<Target>>) = match self {
+            Need::Authorize(demands) => (demands, None),
+            Need::JsonRpc { targets, .. } => (&[], Some(targets)),
+            Need::Authenticate { .. } | Need::Restricted => (&[], None),
+        };
+        demands.iter().flat_map(|d| d.targets.iter()).chain(jsonrpc.into_iter().flatten())
+    }
+
+    /// [`Need::targets`], to change them.
+    fn targets_mut(&mut self) -> impl Iterator<Item = &mut Target> {
+        let (demands, jsonrpc): (&mut [Demand], Option<&mut Vec<Target>>) = match self {
+            Need::Authorize(demands) => (demands, None),
+            Need::JsonRpc { targets, .. } => (&mut [], Some(targets)),
+            Need::Authenticate { .. } | Need::Restricted => (&mut [], None),
+        };
+        demands.iter_mut().flat_map(|d| d.targets.iter_mut()).chain(jsonrpc.into_iter().flatten())
+    }
+
     fn needs_body(&self) -> bool {
         match self {
             Need::Authorize(demands) => demands.iter().any(|d| d.source.is_some()),
@@ -159,6 +191,31 @@ impl Pending {
     pub fn token(&self) -> &str {
         &self.token
     }
+
+    fn lookups(&self) -> impl Iterator<Item = LookupKey> + '_ {
+        self.need.targets().filter_map(|t| match t {
+            Target::Lookup(key) => Some(*key),
+            _ => None,
+        })
+    }
+
+    /// Puts `with` in place of each target that is the id `key` (every id when `None`).
+    fn replace_lookups(&mut self, key: Option<&LookupKey>, with: impl Fn(&LookupKey) -> Target) {
+        for target in self.need.targets_mut() {
+            if let Target::Lookup(k) = target {
+                if key.is_none_or(|key| key == k) {
+                    *target = with(k);
+                }
+            }
+        }
+    }
+
+    fn lookup_count(&self) -> usize {
+        let mut keys: Vec<LookupKey> = self.lookups().collect();
+        keys.sort_by_key(|k| (k.kind.as_str(), k.id));
+        keys.dedup();
+        keys.len()
+    }
 }
 
 /// A compiled, immutable configuration: everything a request decision needs.
@@ -170,6 +227,7 @@ pub struct Guard {
     opaque: Option<OpaqueShape>,
     verifier: Verifier,
     validator: Option<Validator>,
+    resolver: Option<Resolver>,
     routes: Routes,
     policy: Policy,
     headers: HeaderNames,
@@ -261,6 +319,7 @@ impl Guard {
             opaque,
             verifier: Verifier::compile(&cfg.providers, cfg.clock_skew_secs, env).map_err(|e| e.within("providers"))?,
             validator,
+            resolver: cfg.resolver.as_ref().map(Resolver::compile).transpose().map_err(|e| e.within("resolver"))?,
             routes: Routes::compile(&cfg.routes, cfg.default_action, cfg.max_body_bytes)
                 .map_err(|e| e.within("routes"))?,
             policy: Policy::compile(&cfg.policy).map_err(|e| e.within("policy"))?,
@@ -282,6 +341,81 @@ impl Guard {
     /// The validation settings, if a validation service is configured.
     pub fn validator(&self) -> Option<&Validator> {
         self.validator.as_ref()
+    }
+
+    /// The lookup settings, if a `resolver` is configured.
+    pub fn resolver(&self) -> Option<&Resolver> {
+        self.resolver.as_ref()
+    }
+
+    /// The lookup callout for `key` (`None` without a resolver).
+    pub fn lookup(&self, key: &LookupKey) -> Option<CalloutRequest> {
+        self.resolver.as_ref().map(|r| r.request(key))
+    }
+
+    /// Reads a lookup's answer (`status`: `None` when the host got no response).
+    pub fn read_lookup(
+        &self,
+        key: &LookupKey,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Result<PlaybookPath, LookupFailure> {
+        match &self.resolver {
+            Some(r) => r.read_answer(key, status, body),
+            None => Err(LookupFailure::Unavailable("no resolver is configured".into())),
+        }
+    }
+
+    /// Goes on once the id `key` is looked up: the playbook it names, or why there is none.
+    /// A failed lookup denies: 403 if NoETL has no such id, else 503.
+    pub fn on_lookup(
+        &self,
+        mut pending: Pending,
+        key: &LookupKey,
+        answer: Result<PlaybookPath, LookupFailure>,
+    ) -> Step {
+        let identity = pending.identity.clone();
+        let path = match answer.map_err(|e| (e, None)).and_then(|p| match self.playbook_alphabet.check(&p) {
+            Ok(()) => Ok(p),
+            Err(e) => Err((LookupFailure::Unavailable(format!("{p}: {e}")), Some(p))),
+        }) {
+            Ok(path) => path,
+            Err((LookupFailure::NotFound, _)) => {
+                let detail = format!("route={} {key}: NoETL has no such id", pending.route_id);
+                return Step::Verdict(
+                    self.finish(Err(Denial::refused("unresolved_target", detail)), identity.as_ref()),
+                );
+            }
+            Err((failure, _)) => {
+                let detail = format!("route={} {key}: {failure}", pending.route_id);
+                return Step::Verdict(self.finish(Err(Denial::lookup_unavailable(detail)), identity.as_ref()));
+            }
+        };
+        pending.replace_lookups(Some(key), |_| Target::Playbook(path.clone()));
+        self.settle(pending)
+    }
+
+    /// Decides, once every id the request names is looked up; without a resolver, or past
+    /// `max_lookups_per_request` ids, each id stands for every playbook.
+    fn settle(&self, mut pending: Pending) -> Step {
+        let count = pending.lookup_count();
+        let Some(key) = pending.lookups().next() else {
+            return Step::Verdict(self.decide(pending));
+        };
+        match &self.resolver {
+            Some(r) if count <= r.max_per_request() => Step::Resolve { key, pending },
+            Some(r) => {
+                let max = r.max_per_request();
+                pending.replace_lookups(None, |k| {
+                    Target::Every(format!("{k} is one of {count} ids, more than max_lookups_per_request {max}"))
+                });
+                Step::Verdict(self.decide(pending))
+            }
+            None => {
+                pending.replace_lookups(None, |k| Target::Every(format!("{k} needs a lookup (no resolver)")));
+                Step::Verdict(self.decide(pending))
+            }
+        }
     }
 
     /// Whether the host should hold a body-sourced request's headers until the decision
@@ -416,8 +550,16 @@ impl Guard {
             max_body_bytes: route.max_body_bytes,
             upstream_headers: Vec::new(),
         };
-        let verdict =
-            if pending.need.needs_body() { self.on_request_body(pending, body) } else { self.decide(pending) };
+        let step = if pending.need.needs_body() { self.on_request_body(pending, body) } else { self.settle(pending) };
+        let verdict = match step {
+            Step::Verdict(verdict) => verdict,
+            // No I/O here: an id stands for every playbook, as it would without a resolver.
+            Step::Resolve { mut pending, .. } => {
+                pending.replace_lookups(None, |k| Target::Every(format!("{k} is looked up at run time")));
+                self.decide(pending)
+            }
+            Step::ReadBody(_) | Step::Session(_) | Step::AwaitKeys => self.finish(Err(Denial::unavailable()), None),
+        };
         (id, verdict)
     }
 
@@ -497,10 +639,11 @@ impl Guard {
         Step::Verdict(self.finish(Err(Denial::too_many_new_sessions()), pending.from_token.as_ref()))
     }
 
-    /// Decides a request whose playbook path is in `body` (the whole body, possibly empty).
-    pub fn on_request_body(&self, pending: Pending, body: &[u8]) -> Verdict {
+    /// Decides a request whose playbook path is in `body` (the whole body, possibly empty), or
+    /// asks for the ids it names to be looked up ([`Step::Resolve`]).
+    pub fn on_request_body(&self, pending: Pending, body: &[u8]) -> Step {
         if body.len() as u64 > pending.max_body_bytes {
-            return self.body_too_large(&pending);
+            return Step::Verdict(self.body_too_large(&pending));
         }
         let need = match pending.need.clone() {
             Need::Authorize(demands) => demands
@@ -516,7 +659,8 @@ impl Guard {
             Need::JsonRpc { methods, targets } => match jsonrpc_need(&methods, targets, body) {
                 Ok(None) => {
                     let detail = format!("route={} JSON-RPC method not listed", pending.route_id);
-                    return self.finish(Err(Denial::refused("jsonrpc_method", detail)), pending.identity.as_ref());
+                    let denial = Denial::refused("jsonrpc_method", detail);
+                    return Step::Verdict(self.finish(Err(denial), pending.identity.as_ref()));
                 }
                 Ok(Some(need)) => Ok(need),
                 Err(e) => Err(e),
@@ -524,8 +668,8 @@ impl Guard {
             need => Ok(need),
         };
         match need {
-            Ok(need) => self.decide(Pending { need, ..pending }),
-            Err(e) => self.playbook_error(&pending.route_id, &e, pending.identity.as_ref()),
+            Ok(need) => self.settle(Pending { need, ..pending }),
+            Err(e) => Step::Verdict(self.playbook_error(&pending.route_id, &e, pending.identity.as_ref())),
         }
     }
 
@@ -634,7 +778,7 @@ impl Guard {
         if pending.need.needs_body() {
             return Step::ReadBody(pending);
         }
-        Step::Verdict(self.decide(pending))
+        self.settle(pending)
     }
 
     fn decide(&self, pending: Pending) -> Verdict {
@@ -681,6 +825,11 @@ impl Guard {
                     }
                     Target::Every(why) => {
                         let _ = write!(detail, " every playbook ({why})");
+                        (self.policy.decide_every(&identity.roles, permission), "*")
+                    }
+                    // Only a host that decides without the lookup it was asked for lands here.
+                    Target::Lookup(key) => {
+                        let _ = write!(detail, " every playbook ({key} not looked up)");
                         (self.policy.decide_every(&identity.roles, permission), "*")
                     }
                     Target::Restricted(what) => {

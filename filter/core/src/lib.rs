@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod guard;
 pub mod json;
 pub mod jwt;
+pub mod lookup;
 pub mod opaque;
 pub mod path;
 pub mod policy;

@@ -1,11 +1,12 @@
 //! Route rules: which requests are public, which need a session, and which playbook and
 //! permission an `authorize` route asks about (SPEC section 5).
 
-use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, PlaybookSourceConfig, RouteConfig};
+use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, LookupKind, PlaybookSourceConfig, RouteConfig};
 use crate::graphql::{self, GraphQlError};
 use crate::path::{normalize_request_path, PathError, PlaybookPath};
 use crate::target::{parse_body, JsonSource, Target};
 use globset::GlobMatcher;
+use serde_json::Value;
 
 /// How a route matches the (normalised) request path.
 #[derive(Debug, Clone)]
@@ -77,6 +78,8 @@ pub enum PlaybookSource {
         prefix: String,
         /// How many segments follow the wildcard.
         tail: usize,
+        /// The capture is an id to look up, not a playbook path.
+        lookup: Option<LookupKind>,
     },
     /// Body fields with a precedence (see [`JsonSource`]).
     Json(JsonSource),
@@ -133,7 +136,7 @@ impl PlaybookSource {
     pub fn from_head(&self, path: &str, headers: &[(String, String)]) -> Result<Vec<Target>, PlaybookError> {
         let raw = match self {
             PlaybookSource::PathAfterPrefix(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or_default(),
-            PlaybookSource::PathCapture { prefix, tail } => path
+            PlaybookSource::PathCapture { prefix, tail, .. } => path
                 .strip_prefix(prefix.as_str())
                 .and_then(|rest| strip_last_segments(rest.strip_suffix('/').unwrap_or(rest), *tail))
                 .unwrap_or_default(),
@@ -154,6 +157,9 @@ impl PlaybookSource {
         };
         if raw.trim().is_empty() {
             return Err(PlaybookError::Missing("empty path or header"));
+        }
+        if let PlaybookSource::PathCapture { lookup: Some(kind), .. } = self {
+            return Ok(vec![Target::of_id(*kind, &Value::String(raw.to_owned()), "the URL")]);
         }
         Ok(vec![Target::Playbook(PlaybookPath::parse(raw)?)])
     }
@@ -190,7 +196,8 @@ impl PlaybookSource {
     pub fn describe(&self) -> String {
         match self {
             PlaybookSource::PathAfterPrefix(prefix) => format!("URL after {prefix}"),
-            PlaybookSource::PathCapture { .. } => "URL `**` (greedy, decoded)".into(),
+            PlaybookSource::PathCapture { lookup: None, .. } => "URL `**` (greedy, decoded)".into(),
+            PlaybookSource::PathCapture { lookup: Some(kind), .. } => format!("URL `*` ({} looked up)", kind.as_str()),
             PlaybookSource::Json(source) => source.describe(),
             PlaybookSource::GraphQl { field, argument, restricted } if restricted.is_empty() => {
                 format!("GraphQL {field}({argument})")
@@ -440,7 +447,7 @@ fn capture_around_wildcard(glob: &str) -> Result<PlaybookSource, String> {
     }
     let prefix = segments.get(..at).unwrap_or_default().join("/") + "/";
     let tail = segments.len().saturating_sub(at + 1);
-    Ok(PlaybookSource::PathCapture { prefix, tail })
+    Ok(PlaybookSource::PathCapture { prefix, tail, lookup: None })
 }
 
 fn normalised_config_path(p: &str, field: &str) -> Result<String, ConfigError> {
@@ -509,6 +516,9 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
     if cfg.graphql_restricted_fields.is_some() && cfg.graphql_variable.is_none() {
         return Err(ConfigError::new("graphql_restricted_fields", "goes with `graphql_variable`"));
     }
+    if cfg.lookup.is_some() && cfg.path_capture != Some(true) {
+        return Err(ConfigError::new("lookup", "goes with `path_capture` (in `json_fields`, give it per field)"));
+    }
     if cfg.all_playbooks == Some(true) {
         return Ok(PlaybookSource::Every);
     }
@@ -522,8 +532,19 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
         let PathMatch::Glob(glob) = path else {
             return Err(ConfigError::new("path_capture", "needs a route that matches by `glob`"));
         };
-        return capture_around_wildcard(glob.glob().glob()).map_err(|m| ConfigError::new("path_capture", m));
+        let capture = capture_around_wildcard(glob.glob().glob()).map_err(|m| ConfigError::new("path_capture", m))?;
+        return match (capture, cfg.lookup) {
+            // An id is one segment: a `**` capture could hold a `/` no id has.
+            (PlaybookSource::PathCapture { .. }, Some(_)) if glob.glob().glob().contains("**") => {
+                Err(ConfigError::new("lookup", "an id is one URL segment: capture it with `*`, not `**`"))
+            }
+            (PlaybookSource::PathCapture { prefix, tail, .. }, lookup) => {
+                Ok(PlaybookSource::PathCapture { prefix, tail, lookup })
+            }
+            (other, _) => Ok(other),
+        };
     }
+
     if json {
         return JsonSource::compile(cfg).map(PlaybookSource::Json);
     }

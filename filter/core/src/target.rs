@@ -2,14 +2,16 @@
 //! precedence and NoETL's coercions, every item of a batch, a server-side default.
 //!
 //! A target named by an id (`catalog_id`, `execution_id`) is never guessed: only NoETL can map
-//! it to a path, so such a request needs the permission on every playbook
+//! it to a path, so it is looked up ([`Target::Lookup`], see [`crate::lookup`]) or, without a
+//! resolver or in an odd spelling, the request needs the permission on every playbook
 //! ([`Target::Every`]). The presence rules below are the conservative reading of pydantic's:
 //! a value that NoETL might take as an id is an id here, so the worst a spelling can do is ask
 //! for more than NoETL would have needed.
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, JsonFieldConfig, PlaybookSourceConfig, Presence};
+use crate::config::{ConfigError, JsonFieldConfig, LookupKind, PlaybookSourceConfig, Presence};
+use crate::lookup::{canonical_id, LookupKey};
 use crate::path::PlaybookPath;
 use crate::routes::PlaybookError;
 
@@ -23,6 +25,20 @@ pub enum Target {
     Every(String),
     /// A call only the `restricted_roles` may make (a GraphQL `proxyRequest`).
     Restricted(String),
+    /// The playbook an id names, once the `resolver` has looked it up (without a resolver the
+    /// guard reads it as [`Target::Every`]).
+    Lookup(LookupKey),
+}
+
+impl Target {
+    /// The target an id names: looked up if it has the one spelling every reader agrees on,
+    /// else every playbook (`at` says where it was found, for logs).
+    pub fn of_id(kind: LookupKind, value: &Value, at: &str) -> Target {
+        match canonical_id(value) {
+            Some(id) => Target::Lookup(LookupKey { kind, id }),
+            None => Target::Every(format!("{} {value} at {at} is not a plain id", kind.as_str())),
+        }
+    }
 }
 
 /// Parses a request body as JSON. The one place request bodies become a [`Value`].
@@ -53,7 +69,7 @@ pub fn is_json_content_type(headers: &[(String, String)]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct JsonField {
     pointer: String,
-    lookup: Option<String>,
+    lookup: Option<LookupKind>,
     present: Presence,
 }
 
@@ -92,7 +108,7 @@ impl JsonSource {
             let at =
                 if cfg.json_fields.is_some() { format!("json_fields[{i}].pointer") } else { "json_pointer".into() };
             check_pointer(&f.pointer, &at)?;
-            compiled.push(JsonField { pointer: f.pointer.clone(), lookup: f.lookup.clone(), present: f.present });
+            compiled.push(JsonField { pointer: f.pointer.clone(), lookup: f.lookup, present: f.present });
         }
         if let Some(each) = &cfg.each {
             check_pointer(each, "each")?;
@@ -127,8 +143,8 @@ impl JsonSource {
             let Some(value) = json.pointer(&field.pointer).filter(|v| is_given(v, field.present)) else {
                 continue;
             };
-            if let Some(id) = &field.lookup {
-                return Ok(Target::Every(format!("{id} at {} needs a lookup", field.pointer)));
+            if let Some(kind) = field.lookup {
+                return Ok(Target::of_id(kind, value, &field.pointer));
             }
             let Value::String(path) = value else {
                 return Err(PlaybookError::NotAString(field.pointer.clone()));
@@ -154,7 +170,7 @@ impl JsonSource {
                     Presence::Truthy => " if truthy",
                 };
                 match &f.lookup {
-                    Some(id) => format!("body {}{when} ({id}: every playbook)", f.pointer),
+                    Some(kind) => format!("body {}{when} ({} looked up)", f.pointer, kind.as_str()),
                     None => format!("body {}{when}", f.pointer),
                 }
             })
@@ -209,8 +225,13 @@ mod tests {
             {"pointer": "/path"}]}))
     }
 
+    /// Not a playbook the request names itself: an id to look up, or every playbook.
     fn every(t: &Target) -> bool {
-        matches!(t, Target::Every(_))
+        matches!(t, Target::Every(_) | Target::Lookup(_))
+    }
+
+    fn id(kind: LookupKind, id: u64) -> Target {
+        Target::Lookup(LookupKey { kind, id })
     }
 
     fn playbook(path: &str) -> Target {
@@ -244,6 +265,14 @@ mod tests {
         }
         assert_eq!(s.targets(&json!({"path": "data/x", "version": 2})).unwrap(), [playbook("data/x")]);
         assert!(matches!(s.targets(&json!({"catalog_id": 0})), Err(PlaybookError::Missing(_))));
+        // Only the one spelling every reader agrees on is looked up; the rest is every playbook.
+        for (spelling, want) in [(json!(123), Some(123)), (json!("123"), Some(123)), (json!(" 12 "), None)] {
+            let got = s.targets(&json!({"path": "data/x", "catalog_id": spelling})).unwrap();
+            match want {
+                Some(n) => assert_eq!(got, [id(LookupKind::CatalogId, n)]),
+                None => assert!(matches!(got[..], [Target::Every(_)]), "{got:?}"),
+            }
+        }
         assert_eq!(s.targets(&json!({"path": 3})), Err(PlaybookError::NotAString("/path".into())));
     }
 

@@ -122,6 +122,14 @@ impl Denial {
         Self::retry_later("session_validation_unavailable", "session validation unavailable")
     }
 
+    /// 503 with `Retry-After` when an id the request names cannot be looked up this second (the
+    /// `resolver` gave no usable answer, or this worker's `max_lookups_per_sec` is spent).
+    pub fn lookup_unavailable(detail: String) -> Self {
+        let mut denial = Self::retry_later("lookup_unavailable", "");
+        denial.detail = detail;
+        denial
+    }
+
     /// 503 with `Retry-After` when this worker's limit on callouts about sessions the cache has
     /// never seen is spent (`validation.max_cold_callouts_per_sec`).
     pub fn too_many_new_sessions() -> Self {

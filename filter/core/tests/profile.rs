@@ -48,7 +48,10 @@ fn decide(
     }
     let verdict = match g.on_request_headers(&RequestHead { method, path, headers: &headers }, NOW) {
         Step::Verdict(v) => v,
-        Step::ReadBody(p) => g.on_request_body(p, body.unwrap_or_default().as_bytes()),
+        Step::ReadBody(p) => match g.on_request_body(p, body.unwrap_or_default().as_bytes()) {
+            Step::Verdict(v) => v,
+            other => panic!("{method} {path}: {other:?}"),
+        },
         other => panic!("{method} {path}: {other:?}"),
     };
     match verdict {

@@ -11,6 +11,7 @@
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use playbook_guard_core::graphql::playbook_arguments;
+use playbook_guard_core::lookup::LookupFailure;
 use playbook_guard_core::timestamp::parse_timestamp;
 use playbook_guard_core::{Guard, RequestHead, SessionEntry, SessionStep, Step, Verdict};
 use serde_json::{json, Value};
@@ -102,8 +103,10 @@ fn run(g: &Guard, method: &str, path: &str, headers: &[(String, String)], body: 
     loop {
         step = match step {
             Step::Verdict(v) => return v,
-            Step::ReadBody(p) => return g.on_request_body(p, body),
+            Step::ReadBody(p) => g.on_request_body(p, body),
             Step::AwaitKeys => panic!("no remote keys are configured here"),
+            // No resolver is configured here; a host that got this anyway answers it so.
+            Step::Resolve { key, pending } => g.on_lookup(pending, &key, Err(LookupFailure::NotFound)),
             Step::Session(p) => {
                 let entry = SessionEntry {
                     valid: true,

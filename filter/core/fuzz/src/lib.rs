@@ -12,6 +12,7 @@
 use std::sync::OnceLock;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use playbook_guard_core::lookup::LookupFailure;
 use playbook_guard_core::{Guard, RequestHead, SessionEntry, SessionStep, Step, Verdict};
 use serde_json::json;
 
@@ -69,8 +70,10 @@ pub fn run(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) 
     loop {
         step = match step {
             Step::Verdict(v) => return v,
-            Step::ReadBody(p) => return g.on_request_body(p, body),
+            Step::ReadBody(p) => g.on_request_body(p, body),
             Step::AwaitKeys => panic!("no remote keys are configured here"),
+            // No resolver is configured here; a host that got this anyway answers it so.
+            Step::Resolve { key, pending } => g.on_lookup(pending, &key, Err(LookupFailure::NotFound)),
             Step::Session(p) => {
                 let entry = SessionEntry {
                     valid: p.token() == real_token(),

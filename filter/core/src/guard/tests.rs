@@ -2,6 +2,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::lookup::LookupFailure;
 use crate::verdict::DenialKind;
 
 const NOW: u64 = 1_800_000_000;
@@ -62,9 +63,16 @@ fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) ->
 
 fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
     match g.on_request_headers(&head("POST", path, headers), NOW) {
-        Step::ReadBody(p) => g.on_request_body(p, body.as_bytes()),
-        Step::Session(_) | Step::AwaitKeys => panic!("no validation or remote keys configured"),
+        Step::ReadBody(p) => decided(g.on_request_body(p, body.as_bytes())),
+        Step::Session(_) | Step::AwaitKeys | Step::Resolve { .. } => panic!("no validation, keys or resolver"),
         Step::Verdict(v) => v,
+    }
+}
+
+fn decided(step: Step) -> Verdict {
+    match step {
+        Step::Verdict(v) => v,
+        other => panic!("not decided: {other:?}"),
     }
 }
 
@@ -206,7 +214,7 @@ fn body_over_the_limit_is_413() {
     assert!(g.hold_headers_for_body(), "held by default: a denied request never reaches the upstream");
     assert!(!guard_with(json!({"hold_headers_for_body": false})).hold_headers_for_body());
     assert_eq!(status(&g.body_too_large(&p)), 413);
-    assert_eq!(status(&g.on_request_body(p, br#"{"path": "data/load-that-is-long"}"#)), 413);
+    assert_eq!(status(&decided(g.on_request_body(p, br#"{"path": "data/load-that-is-long"}"#))), 413);
 }
 
 #[test]
@@ -770,7 +778,151 @@ mod with_validation {
         let p = pending(&g, "POST", "/api/run/playbook", &t);
         let Step::ReadBody(p) = g.on_answer(p, &entry(true, &["analyst"], NOW)) else { panic!() };
         assert!(p.upstream_headers.contains(&("x-noetl-user-id".into(), "7".into())));
-        assert_eq!(status(&g.on_request_body(p.clone(), br#"{"path": "data/x"}"#)), 200);
-        assert_eq!(status(&g.on_request_body(p, br#"{"path": "system/x"}"#)), 403);
+        assert_eq!(status(&decided(g.on_request_body(p.clone(), br#"{"path": "data/x"}"#))), 200);
+        assert_eq!(status(&decided(g.on_request_body(p, br#"{"path": "system/x"}"#))), 403);
     }
+}
+
+/// Routes that name playbooks by id, as NoETL's do.
+fn lookup_routes() -> Value {
+    json!([
+        {"match": {"methods": ["POST"], "path": "/api/execute"},
+         "authorize": {"permission": "execute", "playbook": {"json_fields": [
+            {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "truthy"}, {"pointer": "/path"}]}}},
+        {"match": {"methods": ["POST"], "path": "/api/execute/batch"},
+         "authorize": {"permission": "execute", "playbook": {"each": "/executions", "json_fields": [
+            {"pointer": "/catalog_id", "lookup": "catalog_id", "present": "truthy"}, {"pointer": "/path"}]}}},
+        {"match": {"methods": ["POST"], "glob": "/api/executions/*/cancel"},
+         "authorize": {"permission": "execute", "playbook": {"path_capture": true, "lookup": "execution_id"}}}
+    ])
+}
+
+fn resolving_guard(max_per_request: u64) -> Guard {
+    guard_with(json!({"routes": lookup_routes(),
+                      "resolver": {"cluster": "noetl", "max_lookups_per_request": max_per_request}}))
+}
+
+/// Runs a request, answering each lookup from `paths` (an id missing there is unknown to
+/// NoETL); returns the verdict and the ids looked up, in order.
+fn resolved(
+    g: &Guard,
+    method: &str,
+    path: &str,
+    roles: &[&str],
+    body: &str,
+    paths: &[(u64, &str)],
+) -> (Verdict, Vec<String>) {
+    let headers = [bearer(&token(roles, json!({}))), vec![("content-type".into(), "application/json".into())]].concat();
+    let mut asked = Vec::new();
+    let mut step = g.on_request_headers(&head(method, path, &headers), NOW);
+    loop {
+        step = match step {
+            Step::Verdict(v) => return (v, asked),
+            Step::ReadBody(p) => g.on_request_body(p, body.as_bytes()),
+            Step::Resolve { key, pending } => {
+                asked.push(key.to_string());
+                let answer = paths
+                    .iter()
+                    .find(|(id, _)| *id == key.id)
+                    .map(|(_, p)| PlaybookPath::parse(p).unwrap())
+                    .ok_or(LookupFailure::NotFound);
+                g.on_lookup(pending, &key, answer)
+            }
+            other => panic!("{other:?}"),
+        };
+    }
+}
+
+#[test]
+fn ids_are_looked_up_and_decided_as_the_playbook_they_name() {
+    let g = resolving_guard(8);
+    let known = [(7, "data/load"), (9, "system/reset")];
+    let run = |roles: &[&str], body: &str| resolved(&g, "POST", "/api/execute", roles, body, &known);
+    let (v, asked) = run(&["analyst"], r#"{"catalog_id": 7, "path": "system/ignored"}"#);
+    assert_eq!((status(&v), asked), (200, vec!["catalog_id 7".to_string()]));
+    let (v, _) = run(&["analyst"], r#"{"catalog_id": "9", "path": "data/load"}"#);
+    assert_eq!(status(&v), 403, "catalog_id 9 is system/reset whatever `path` says");
+    assert_eq!(body(&v)["playbook_path"], "system/reset");
+    assert_eq!(status(&run(&["admin"], r#"{"catalog_id": 9}"#).0), 200);
+    // NoETL has no such id: refused, with the reason.
+    let (v, _) = run(&["admin"], r#"{"catalog_id": 8}"#);
+    assert_eq!((status(&v), body(&v)["reason"].as_str()), (403, Some("unresolved_target")));
+    // An odd spelling is not looked up: every playbook, which only an unrestricted role holds.
+    let (v, asked) = run(&["developer"], r#"{"catalog_id": " 7 ", "path": "data/load"}"#);
+    assert_eq!((status(&v), asked.len()), (403, 0));
+    assert_eq!(status(&run(&["admin"], r#"{"catalog_id": "1_000"}"#).0), 200);
+    // A falsy id leaves the choice to `path`, with no lookup.
+    let (v, asked) = run(&["analyst"], r#"{"catalog_id": 0, "path": "data/load"}"#);
+    assert_eq!((status(&v), asked.len()), (200, 0));
+}
+
+#[test]
+fn a_failed_lookup_denies() {
+    let g = resolving_guard(8);
+    let headers =
+        [bearer(&token(&["admin"], json!({}))), vec![("content-type".into(), "application/json".into())]].concat();
+    let Step::ReadBody(p) = g.on_request_headers(&head("POST", "/api/execute", &headers), NOW) else { panic!() };
+    let Step::Resolve { key, pending } = g.on_request_body(p, br#"{"catalog_id": 7}"#) else { panic!() };
+    for failure in [LookupFailure::Unavailable("timeout".into()), LookupFailure::Limited] {
+        let v = decided(g.on_lookup(pending.clone(), &key, Err(failure)));
+        assert_eq!((status(&v), body(&v)["reason"].as_str()), (503, Some("lookup_unavailable")));
+    }
+    // A path NoETL would never have given is no answer.
+    let odd = PlaybookPath::parse("data/x y").unwrap_or_else(|_| PlaybookPath::parse("data/x;y").unwrap());
+    assert_eq!(status(&decided(g.on_lookup(pending, &key, Ok(odd)))), 503);
+}
+
+#[test]
+fn batches_look_up_each_id_once_and_within_the_limit() {
+    let known = [(1, "data/a"), (2, "data/b"), (3, "system/c")];
+    let batch = r#"{"executions": [{"catalog_id": 1}, {"catalog_id": "2"}, {"catalog_id": 1}, {"path": "data/d"}]}"#;
+    let (v, asked) = resolved(&resolving_guard(8), "POST", "/api/execute/batch", &["analyst"], batch, &known);
+    assert_eq!((status(&v), asked), (200, vec!["catalog_id 1".to_string(), "catalog_id 2".into()]));
+    let forbidden = r#"{"executions": [{"catalog_id": 1}, {"catalog_id": 3}]}"#;
+    assert_eq!(
+        status(&resolved(&resolving_guard(8), "POST", "/api/execute/batch", &["analyst"], forbidden, &known).0),
+        403
+    );
+    // Past max_lookups_per_request, the ids stand for every playbook: no lookups at all.
+    let (v, asked) = resolved(&resolving_guard(1), "POST", "/api/execute/batch", &["analyst"], batch, &known);
+    assert_eq!((status(&v), asked.len()), (403, 0));
+    assert_eq!(status(&resolved(&resolving_guard(1), "POST", "/api/execute/batch", &["admin"], batch, &known).0), 200);
+}
+
+#[test]
+fn an_id_in_the_url_is_looked_up_and_without_a_resolver_means_every_playbook() {
+    let known = [(42, "data/load"), (43, "system/reset")];
+    let g = resolving_guard(8);
+    let cancel =
+        |id: &str, roles: &[&str]| resolved(&g, "POST", &format!("/api/executions/{id}/cancel"), roles, "", &known);
+    assert_eq!(
+        (status(&cancel("42", &["analyst"]).0), cancel("42", &["analyst"]).1),
+        (200, vec!["execution_id 42".into()])
+    );
+    assert_eq!(status(&cancel("43", &["analyst"]).0), 403);
+    let (v, asked) = cancel("0042", &["analyst"]);
+    assert_eq!((status(&v), asked.len()), (403, 0), "not the one spelling: every playbook");
+
+    let plain = guard_with(json!({"routes": lookup_routes()}));
+    let (v, asked) = resolved(&plain, "POST", "/api/executions/42/cancel", &["developer"], "", &known);
+    assert_eq!((status(&v), asked.len()), (403, 0));
+    assert_eq!(status(&resolved(&plain, "POST", "/api/executions/42/cancel", &["admin"], "", &known).0), 200);
+    let (v, asked) = resolved(&plain, "POST", "/api/execute", &["admin"], r#"{"catalog_id": 9}"#, &known);
+    assert_eq!((status(&v), asked.len()), (200, 0));
+}
+
+#[test]
+fn resolver_configuration_is_checked() {
+    let env = |_: &str| Some(SECRET.to_owned());
+    let bad = |patch: Value| Guard::from_json(config(patch).to_string().as_bytes(), &env).unwrap_err().path;
+    assert_eq!(bad(json!({"resolver": {"cluster": "noetl", "ttl_secs": 0}})), "resolver.ttl_secs");
+    let capture_every = json!([{"match": {"glob": "/api/executions/**"},
+        "authorize": {"permission": "view", "playbook": {"path_capture": true, "lookup": "execution_id"}}}]);
+    assert_eq!(bad(json!({"routes": capture_every})), "routes[0].authorize.playbook.lookup");
+    let lookup_alone = json!([{"match": {"path": "/x"},
+        "authorize": {"permission": "view", "playbook": {"all_playbooks": true, "lookup": "execution_id"}}}]);
+    assert_eq!(bad(json!({"routes": lookup_alone})), "routes[0].authorize.playbook.lookup");
+    let unknown_kind = json!([{"match": {"path": "/x"}, "authorize": {"permission": "view",
+        "playbook": {"json_fields": [{"pointer": "/id", "lookup": "user_id"}]}}}]);
+    assert!(Guard::from_json(config(json!({"routes": unknown_kind})).to_string().as_bytes(), &env).is_err());
 }

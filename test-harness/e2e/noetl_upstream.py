@@ -19,11 +19,16 @@ Served (NoETL-API.md, section 1 unless marked):
   `version`; POST /api/catalog/list: `path` (exact, all versions) or every entry.
 - POST /api/mcp/playbook/{path:path}/jsonrpc: `tools/call` runs, `tools/list` reads,
   `initialize` / `ping` touch nothing; errors are JSON-RPC errors with HTTP 200.
+- GET /api/executions/{execution_id}: a run it started, with its playbook's `path` (404 else);
+  with `/api/catalog/resource`, what the filter's `resolver` asks.
 Every JSON answer carries `identity`: the `x-noetl-user-*` headers that reached it. Any other
 request gets an echo of what reached it, as demo_upstream.py does.
 
 JSON bodies are parsed when the Content-Type is absent, application/json or application/*+json
 (any case, with parameters), else 422; duplicate keys: the last wins, as in Python's json.
+
+`POST /_delay {"seconds": s}` makes it answer the requests that carry no identity headers (the
+filter's own lookups) `s` seconds late, so that tests can have requests wait for a lookup.
 
 `--answer-early` makes it answer 200 as soon as it has a request's head, before reading the
 body (recording the head in `/_seen`): an upstream that acts on a request before its body is
@@ -37,6 +42,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -57,6 +63,7 @@ CATALOG = {
 IDENTITY_PREFIX = "x-noetl-user-"
 JSON_TYPE = re.compile(r"^application/(json|[^/;\s]+\+json)$")
 MCP_JSONRPC = re.compile(r"^/api/mcp/playbook/(.+)/jsonrpc$")
+EXECUTION = re.compile(r"^/api/executions/([^/]+)$")
 
 
 class Unprocessable(Exception):
@@ -76,6 +83,7 @@ class State:
 
     def reset(self):
         self.ran, self.read, self.created, self.seen = [], [], [], []
+        self.delay = 0.0
 
     def record(self, kind, entry):
         with self.lock:
@@ -259,7 +267,12 @@ class NoETL(Echo):
         return {"status": "success", "message": f"Resource '{path}' version '{version}' registered.",
                 "path": path, "version": version, "catalog_id": str(catalog_id), "kind": kind}
 
+    def late_if_anonymous(self):
+        if not self.identity() and STATE.delay:
+            time.sleep(STATE.delay)
+
     def resource(self, raw):
+        self.late_if_anonymous()
         body = self.json_body(raw)
         catalog_id = body.get("catalog_id")
         if isinstance(catalog_id, bool) or not isinstance(catalog_id, (str, int, type(None))):
@@ -312,6 +325,9 @@ class NoETL(Echo):
             with STATE.lock:
                 STATE.reset()
             return self.send_json(200, {})
+        if path == "/_delay":
+            STATE.delay = float(json.loads(self.raw_body())["seconds"])
+            return self.send_json(200, {})
         mcp = MCP_JSONRPC.match(unquote(path))
         if path not in routes and not mcp:
             return self._answer()
@@ -328,7 +344,21 @@ class NoETL(Echo):
         if path in ("/_ran", "/_read", "/_created", "/_seen"):
             with STATE.lock:
                 return self.send_json(200, list(getattr(STATE, path[2:])))
+        run = EXECUTION.match(unquote(path))
+        if run:
+            self.saw()
+            return self.execution(run.group(1))
         self.do_other()
+
+    def execution(self, execution_id):
+        """GET /api/executions/{execution_id}: the run, with the path of the playbook it runs."""
+        self.late_if_anonymous()
+        with STATE.lock:
+            ran = next((r for r in STATE.ran if r["execution_id"] == execution_id), None)
+        if ran is None:
+            return self.send_json(404, {"detail": f"Execution '{execution_id}' not found"})
+        self.send_json(200, {"execution_id": execution_id, "path": ran["path"], "version": ran["version"],
+                             "catalog_id": ran["catalog_id"], "status": "RUNNING"})
 
     def do_other(self):
         self.saw()

@@ -197,7 +197,9 @@ impl PlaybookSource {
         match self {
             PlaybookSource::PathAfterPrefix(prefix) => format!("URL after {prefix}"),
             PlaybookSource::PathCapture { lookup: None, .. } => "URL `**` (greedy, decoded)".into(),
-            PlaybookSource::PathCapture { lookup: Some(kind), .. } => format!("URL `*` ({} looked up)", kind.as_str()),
+            PlaybookSource::PathCapture { lookup: Some(kind), .. } => {
+                format!("URL `*` ({}: looked up, or every playbook)", kind.as_str())
+            }
             PlaybookSource::Json(source) => source.describe(),
             PlaybookSource::GraphQl { field, argument, restricted } if restricted.is_empty() => {
                 format!("GraphQL {field}({argument})")
@@ -441,9 +443,17 @@ fn capture_around_wildcard(glob: &str) -> Result<PlaybookSource, String> {
     }
     .ok_or_else(|| format!("{glob:?} needs exactly one `**` segment (or one `*`) to capture"))?;
     let literal = |s: &str| !s.contains(['*', '?', '[', ']', '{', '}', '\\']);
-    let ok = segments.iter().enumerate().all(|(i, s)| i == at || literal(s) || (i > at && *s == "*"));
+    // One segment of literal alternatives (`{status,events}`): it still spans one segment.
+    let one_of = |s: &str| {
+        s.strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .is_some_and(|alts| alts.split(',').all(|alt| !alt.is_empty() && literal(alt)))
+    };
+    let ok = segments.iter().enumerate().all(|(i, s)| i == at || literal(s) || (i > at && (*s == "*" || one_of(s))));
     if !ok {
-        return Err(format!("{glob:?}: besides the captured segment, the glob must be literal (or `*` after it)"));
+        return Err(format!(
+            "{glob:?}: besides the captured segment, the glob must be literal (or `*` or `{{a,b}}` after it)"
+        ));
     }
     let prefix = segments.get(..at).unwrap_or_default().join("/") + "/";
     let tail = segments.len().saturating_sub(at + 1);

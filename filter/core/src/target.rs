@@ -170,7 +170,7 @@ impl JsonSource {
                     Presence::Truthy => " if truthy",
                 };
                 match &f.lookup {
-                    Some(kind) => format!("body {}{when} ({} looked up)", f.pointer, kind.as_str()),
+                    Some(kind) => format!("body {}{when} ({}: looked up, or every playbook)", f.pointer, kind.as_str()),
                     None => format!("body {}{when}", f.pointer),
                 }
             })

@@ -202,8 +202,13 @@ fn explain_decides_a_request_through_the_routes() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("POST /api/execute for roles [analyst]: route routes[9] (run a playbook)"), "{text}");
-    assert!(text.contains("permission=execute every playbook (catalog_id at /catalog_id needs a lookup)"), "{text}");
+    assert!(text.contains(r#"permission=execute every playbook (catalog_id "1_000" at /catalog_id is not a plain id)"#));
     assert!(text.contains("rule=\"no role grants it on every playbook\""), "{text}");
+    // An id in its one spelling is looked up at run time; explain does no I/O.
+    let body = policy(&dir, "id.json", r#"{"path": "data/x", "catalog_id": "1000"}"#);
+    let out = run(&["explain", "--roles", "analyst", "--method", "POST", "--path", "/api/execute", "--body", &body]);
+    let text = stdout(&out);
+    assert!(text.contains("every playbook (catalog_id 1000 is looked up at run time)"), "{text}");
 
     let body = policy(&dir, "ok.json", r#"{"path": "system/x", "explanation_playbook_path": "data/e"}"#);
     let path = "/api/catalog/playbooks/explain/ai";

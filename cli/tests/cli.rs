@@ -204,11 +204,11 @@ fn explain_decides_a_request_through_the_routes() {
     assert!(text.starts_with("POST /api/execute for roles [analyst]: route routes[9] (run a playbook)"), "{text}");
     assert!(text.contains(r#"permission=execute every playbook (catalog_id "1_000" at /catalog_id is not a plain id)"#));
     assert!(text.contains("rule=\"no role grants it on every playbook\""), "{text}");
-    // An id in its one spelling is looked up at run time; explain does no I/O.
+    // An id in its one spelling is looked up if a resolver is configured (the shipped profile has none).
     let body = policy(&dir, "id.json", r#"{"path": "data/x", "catalog_id": "1000"}"#);
     let out = run(&["explain", "--roles", "analyst", "--method", "POST", "--path", "/api/execute", "--body", &body]);
     let text = stdout(&out);
-    assert!(text.contains("every playbook (catalog_id 1000 is looked up at run time)"), "{text}");
+    assert!(text.contains("every playbook (catalog_id 1000 needs a lookup (no resolver))"), "{text}");
 
     let body = policy(&dir, "ok.json", r#"{"path": "system/x", "explanation_playbook_path": "data/e"}"#);
     let path = "/api/catalog/playbooks/explain/ai";

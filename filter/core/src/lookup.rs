@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, LookupKind, ResolverConfig};
@@ -212,28 +211,30 @@ impl Resolver {
 }
 
 /// An answer as stored in shared data, with the eviction slot it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupRecord {
     /// The playbook.
-    #[serde(rename = "p")]
     pub path: String,
     /// When it was fetched (milliseconds since the epoch).
-    #[serde(rename = "t")]
     pub fetched_at_ms: u64,
     /// Its slot in the lookup eviction ring.
-    #[serde(rename = "s")]
     pub slot: u64,
 }
 
 impl LookupRecord {
-    /// The stored form.
+    /// The stored form: `<fetched_at_ms> <slot> <path>` (a path holds no space).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        format!("{} {} {}", self.fetched_at_ms, self.slot, self.path).into_bytes()
     }
 
     /// Reads a stored record; `None` for anything else (a record written by an older filter).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        let fetched_at_ms = parts.next()?.parse().ok()?;
+        let slot = parts.next()?.parse().ok()?;
+        let path = parts.next()?.to_owned();
+        Some(LookupRecord { path, fetched_at_ms, slot })
     }
 
     /// The playbook, if the record is fresh at `now_ms` and still names a valid path.
@@ -337,6 +338,7 @@ mod tests {
         assert!(rec.fresh_path(&r, 1_000 + 86_400_000 - 1).is_some());
         assert_eq!(rec.fresh_path(&r, 1_000 + 86_400_000), None);
         assert_eq!(LookupRecord::decode(b"{\"e\":1}"), None);
+        assert_eq!(LookupRecord::decode(b"1 x data/x"), None);
     }
 
     #[test]

@@ -6,11 +6,14 @@ The upstream is the demo echo (it stands where the gateway would): a 200 with th
 the request reached it, and the echo shows the path and body it got."""
 
 import json
+import time
+from http.client import HTTPConnection
 
 import pytest
 
-from conftest import http
+from conftest import http, plugin_config
 from test_envoy import bearer, hs_token
+from test_held_head import eager, envoys, probes_seen  # noqa: F401 (fixtures)
 
 ROLES = ("admin", "developer", "analyst", "viewer")
 
@@ -149,3 +152,34 @@ def test_a_pass_through_reached_from_a_pass_through_is_refused(envoy):
     for endpoint in ("/noetl/execute", "/graphql"):
         resp = send(envoy, "POST", "/graphql", "admin", graphql(proxy_request("POST", endpoint, '{path: "data/x"}')))
         assert (resp.status, reason(resp)) == (403, "pass_through"), (endpoint, resp.body)
+
+
+def post_slowly(url, path, playbook, probe, pause=0.5):
+    """POST `path` with the head first and the body `pause` seconds later; the status."""
+    body = json.dumps({"path": playbook}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest("POST", path)
+        for name, value in (*bearer(hs_token(["analyst"])).items(), ("content-type", "application/json"),
+                            ("content-length", str(len(body))), ("x-probe", probe)):
+            conn.putheader(name, value)
+        conn.endheaders()
+        time.sleep(pause)
+        conn.send(body)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_the_pass_through_holds_the_head_until_the_body_is_decided(envoys, eager):
+    """Through `/noetl/execute` as through `/api/execute`: an upstream that answers on the head
+    alone never sees a request the filter denies on its body."""
+    envoy = envoys(plugin_config())
+    assert post_slowly(envoy.url, "/noetl/execute", "system/reset", "gw-denied") == 403
+    assert "gw-denied" not in probes_seen(eager), "the upstream saw the head of a denied request"
+    assert post_slowly(envoy.url, "/noetl/execute", "data/daily_load", "gw-allowed") == 200
+    (seen,) = [e for e in eager.seen() if e.get("probe") == "gw-allowed"]
+    assert seen["identity"]["x-noetl-user-id"] == "42"

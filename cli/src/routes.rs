@@ -90,6 +90,9 @@ fn describe(action: &RouteAction) -> (String, String) {
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
+        RouteAction::Forward { strip_prefix, prefix } => {
+            ("as the route reached".into(), format!("the route of `{prefix}` + the path after `{strip_prefix}`"))
+        }
         RouteAction::JsonRpc { source, methods } => {
             let each: Vec<String> =
                 methods.iter().map(|(m, p)| format!("{m}: {}", p.as_deref().unwrap_or("session"))).collect();

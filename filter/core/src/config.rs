@@ -515,9 +515,24 @@ pub struct RouteConfig {
     /// workers call.
     #[serde(default)]
     pub blocked: bool,
+    /// A pass-through (the NoETL gateway's `/noetl/{*path}`): the request is decided as the
+    /// route it reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardConfig>,
     /// Overrides the top-level `max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+}
+
+/// A pass-through route: the path after `strip_prefix`, put after `prefix`, is the path the
+/// forwarded request reaches (`/noetl/x` -> `/api/x`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// What the pass-through removes from the request path (`/noetl/`).
+    pub strip_prefix: String,
+    /// What it puts in front of the rest (`/api/`).
+    pub prefix: String,
 }
 
 /// Request matching: all given conditions must hold; exactly one of `path`, `prefix`, `glob`.
@@ -552,8 +567,8 @@ pub struct AuthorizeConfig {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Requirements {
-    /// `authorize: {permission, playbook}`.
-    One(AuthorizeConfig),
+    /// `authorize: {permission, playbook}` (boxed: a source config is large beside a `Vec`).
+    One(Box<AuthorizeConfig>),
     /// `authorize: [{permission, playbook}, ...]`.
     All(Vec<AuthorizeConfig>),
 }
@@ -579,7 +594,8 @@ impl<'de> Deserialize<'de> for Requirements {
                 f.write_str("a requirement {permission, playbook} or a list of them")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Requirements, A::Error> {
-                AuthorizeConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Requirements::One)
+                AuthorizeConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|one| Requirements::One(Box::new(one)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Requirements, A::Error> {
                 Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Requirements::All)
@@ -671,6 +687,10 @@ pub struct PlaybookSourceConfig {
     /// With `graphql_variable`: fields whose calls need one of the `restricted_roles`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graphql_restricted_fields: Option<Vec<String>>,
+    /// With `graphql_variable`: fields whose `input: {method, endpoint, body}` is a request the
+    /// gateway forwards (`proxyRequest`); each is decided as the route it reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql_forward_fields: Option<Vec<String>>,
     /// The request path after the route's `prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_after_prefix: Option<bool>,

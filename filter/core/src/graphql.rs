@@ -36,14 +36,8 @@ pub enum GraphQlError {
 
 /// Every value of `argument` in calls to `field`, across a request or a batch of them.
 pub fn playbook_arguments(body: &Value, field: &str, argument: &str) -> Result<Vec<String>, GraphQlError> {
-    let requests: Vec<&Value> = match body {
-        Value::Array(batch) => batch.iter().collect(),
-        other => vec![other],
-    };
     let mut found = Vec::new();
-    for request in requests {
-        let query = request.get("query").and_then(Value::as_str).ok_or(GraphQlError::NotARequest)?;
-        let variables = request.get("variables").filter(|v| !v.is_null());
+    for (query, variables) in requests(body)? {
         for value in argument_values(query, field, argument)? {
             found.push(match value {
                 ArgValue::Literal(s) => s,
@@ -61,12 +55,7 @@ pub fn playbook_arguments(body: &Value, field: &str, argument: &str) -> Result<V
 /// Whether any request of the body (or batch) names `field` outside strings and comments: as
 /// a field, an alias or an argument name alike, so no spelling of a call slips past.
 pub fn names_field(body: &Value, field: &str) -> Result<bool, GraphQlError> {
-    let requests: Vec<&Value> = match body {
-        Value::Array(batch) => batch.iter().collect(),
-        other => vec![other],
-    };
-    for request in requests {
-        let query = request.get("query").and_then(Value::as_str).ok_or(GraphQlError::NotARequest)?;
+    for (query, _) in requests(body)? {
         if tokenize(query)?.contains(&Token::Name(field)) {
             return Ok(true);
         }
@@ -74,9 +63,26 @@ pub fn names_field(body: &Value, field: &str) -> Result<bool, GraphQlError> {
     Ok(false)
 }
 
+/// The `query` and `variables` of each request in a body (one request, or a batch of them).
+fn requests(body: &Value) -> Result<Vec<(&str, Option<&Value>)>, GraphQlError> {
+    let requests: Vec<&Value> = match body {
+        Value::Array(batch) => batch.iter().collect(),
+        other => vec![other],
+    };
+    requests
+        .into_iter()
+        .map(|request| {
+            let query = request.get("query").and_then(Value::as_str).ok_or(GraphQlError::NotARequest)?;
+            Ok((query, request.get("variables").filter(|v| !v.is_null())))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token<'q> {
     Name(&'q str),
+    /// A number, as written (`-1.5e3`).
+    Num(&'q str),
     Str(String),
     Punct(char),
     Other,
@@ -90,7 +96,97 @@ enum ArgValue<'q> {
 
 fn argument_values<'q>(query: &'q str, field: &str, argument: &str) -> Result<Vec<ArgValue<'q>>, GraphQlError> {
     let tokens = tokenize(query)?;
-    let mut values = Vec::new();
+    argument_starts(&tokens, field, argument)?
+        .into_iter()
+        .map(|at| match (tokens.get(at), tokens.get(at + 1)) {
+            (Some(Token::Str(s)), _) => Ok(ArgValue::Literal(s.clone())),
+            // `$` and the name are two tokens (`$ n` is `$n`), as GraphQL's grammar has it.
+            (Some(Token::Punct('$')), Some(Token::Name(v))) => Ok(ArgValue::Variable(v)),
+            _ => Err(GraphQlError::NotAString(argument.to_owned())),
+        })
+        .collect()
+}
+
+/// Every value of `argument` in calls to `field`, as the JSON a GraphQL server makes of it
+/// (async-graphql's `Json` scalar: objects, lists, strings, numbers, booleans, `null`, an enum
+/// value as its name), with variables taken from each request's `variables`. A variable that
+/// is not there (its default, if any, is in the operation, which this does not read) or an
+/// object that gives a key twice is [`GraphQlError::Ambiguous`]: the filter cannot see what
+/// the server will.
+pub fn argument_json(body: &Value, field: &str, argument: &str) -> Result<Vec<Value>, GraphQlError> {
+    let mut found = Vec::new();
+    for (query, variables) in requests(body)? {
+        let tokens = tokenize(query)?;
+        for mut at in argument_starts(&tokens, field, argument)? {
+            found.push(json_value(&tokens, &mut at, variables, 0)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Nesting deeper than this in one argument is refused rather than followed.
+const MAX_VALUE_DEPTH: usize = 64;
+
+fn json_value(
+    tokens: &[Token<'_>],
+    at: &mut usize,
+    variables: Option<&Value>,
+    depth: usize,
+) -> Result<Value, GraphQlError> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(GraphQlError::Syntax("a value nested too deep"));
+    }
+    let token = tokens.get(*at).ok_or(GraphQlError::Syntax("a value is missing"))?;
+    *at += 1;
+    Ok(match token {
+        Token::Str(s) => Value::String(s.clone()),
+        Token::Num(n) => serde_json::from_str(n).map_err(|_| GraphQlError::Syntax("bad number"))?,
+        Token::Name("true") => Value::Bool(true),
+        Token::Name("false") => Value::Bool(false),
+        Token::Name("null") => Value::Null,
+        Token::Name(enum_value) => Value::String((*enum_value).to_owned()),
+        Token::Punct('$') => {
+            let Some(Token::Name(name)) = tokens.get(*at) else {
+                return Err(GraphQlError::Syntax("`$` without a variable name"));
+            };
+            *at += 1;
+            variables
+                .and_then(|v| v.get(*name))
+                .cloned()
+                .ok_or_else(|| GraphQlError::Ambiguous(format!("variable ${name} is not in `variables`")))?
+        }
+        Token::Punct('[') => {
+            let mut items = Vec::new();
+            while tokens.get(*at) != Some(&Token::Punct(']')) {
+                items.push(json_value(tokens, at, variables, depth + 1)?);
+            }
+            *at += 1;
+            Value::Array(items)
+        }
+        Token::Punct('{') => {
+            let mut object = serde_json::Map::new();
+            loop {
+                let key = match (tokens.get(*at), tokens.get(*at + 1)) {
+                    (Some(Token::Punct('}')), _) => break,
+                    (Some(Token::Name(key)), Some(Token::Punct(':'))) => *key,
+                    _ => return Err(GraphQlError::Syntax("an object field is not `name: value`")),
+                };
+                *at += 2;
+                let value = json_value(tokens, at, variables, depth + 1)?;
+                if object.insert(key.to_owned(), value).is_some() {
+                    return Err(GraphQlError::Ambiguous(format!("object field `{key}` is given twice")));
+                }
+            }
+            *at += 1;
+            Value::Object(object)
+        }
+        Token::Punct(_) | Token::Other => return Err(GraphQlError::Syntax("unexpected token in a value")),
+    })
+}
+
+/// The token index where the value of `argument` starts, in each call to `field`.
+fn argument_starts(tokens: &[Token<'_>], field: &str, argument: &str) -> Result<Vec<usize>, GraphQlError> {
+    let mut starts = Vec::new();
     let mut i = 0;
     while let Some(token) = tokens.get(i) {
         i += 1;
@@ -108,7 +204,7 @@ fn argument_values<'q>(query: &'q str, field: &str, argument: &str) -> Result<Ve
         // Inside the argument list: `name: value` pairs up to the matching ')'.
         i += 1;
         let mut depth = 1usize;
-        let mut value = None;
+        let mut start = None;
         while depth > 0 {
             let tok = tokens.get(i).ok_or(GraphQlError::Syntax("unbalanced parentheses"))?;
             match tok {
@@ -118,34 +214,30 @@ fn argument_values<'q>(query: &'q str, field: &str, argument: &str) -> Result<Ve
                     if depth == 1 && *name == argument && tokens.get(i + 1) == Some(&Token::Punct(':')) =>
                 {
                     // GraphQL executes `f(name: "a", name: "b")` as neither or either, by server.
-                    if value.is_some() {
+                    if start.is_some() {
                         return Err(GraphQlError::Ambiguous(format!(
                             "`{argument}` is given twice in one {field} call"
                         )));
                     }
-                    value = Some(match (tokens.get(i + 2), tokens.get(i + 3)) {
-                        (Some(Token::Str(s)), _) => ArgValue::Literal(s.clone()),
-                        // `$` and the name are two tokens (`$ n` is `$n`), as GraphQL's grammar has it.
-                        (Some(Token::Punct('$')), Some(Token::Name(v))) => {
-                            i += 1;
-                            ArgValue::Variable(v)
-                        }
-                        _ => return Err(GraphQlError::NotAString(argument.to_owned())),
-                    });
-                    i += 2;
+                    start = Some(i + 2);
+                    i += 1;
+                    if tokens.get(i + 1) == Some(&Token::Punct('$')) {
+                        // Past `$` too, so the variable's name is not read as an argument's.
+                        i += 2;
+                    }
                 }
                 _ => {}
             }
             i += 1;
         }
-        values.push(
-            value.ok_or_else(|| GraphQlError::MissingArgument {
+        starts.push(
+            start.ok_or_else(|| GraphQlError::MissingArgument {
                 field: field.to_owned(),
                 argument: argument.to_owned(),
             })?,
         );
     }
-    Ok(values)
+    Ok(starts)
 }
 
 fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
@@ -184,6 +276,11 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
                 tokens.push(Token::Name(query.get(i..end).unwrap_or_default()));
                 i = end;
             }
+            b'-' | b'0'..=b'9' if bytes.get(i + usize::from(b == b'-')).is_some_and(u8::is_ascii_digit) => {
+                let end = number_end(bytes, i);
+                tokens.push(Token::Num(query.get(i..end).unwrap_or_default()));
+                i = end;
+            }
             b'(' | b')' | b'[' | b']' | b'{' | b'}' | b':' | b'=' | b'!' | b'@' | b'|' | b'&' | b'$' => {
                 tokens.push(Token::Punct(b as char));
                 i += 1;
@@ -197,6 +294,30 @@ fn tokenize(query: &str) -> Result<Vec<Token<'_>>, GraphQlError> {
         }
     }
     Ok(tokens)
+}
+
+/// The end of the number starting at `i`: `-?digits(.digits)?([eE][+-]?digits)?`.
+fn number_end(bytes: &[u8], mut i: usize) -> usize {
+    let digits = |mut j: usize| {
+        while bytes.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        j
+    };
+    if bytes.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = digits(i);
+    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        i = digits(i + 1);
+    }
+    if bytes.get(i).is_some_and(|b| *b == b'e' || *b == b'E') {
+        let sign = usize::from(bytes.get(i + 1).is_some_and(|b| *b == b'+' || *b == b'-'));
+        if bytes.get(i + 1 + sign).is_some_and(u8::is_ascii_digit) {
+            i = digits(i + 1 + sign);
+        }
+    }
+    i
 }
 
 fn find_block_string_end(rest: &str) -> Option<usize> {
@@ -377,6 +498,70 @@ mod tests {
     }
 
     #[test]
+    fn argument_values_as_json() {
+        let inputs = |body: Value| argument_json(&body, "proxyRequest", "input");
+        let q = r#"mutation { a: proxyRequest(input: {method: "POST", endpoint: "/api/execute",
+                     body: {path: "data/x", n: -1.5e3, ok: true, no: null, kind: playbook, list: [1, "a", [false]]}}) { data }
+                   proxyRequest(input: $i) { data } }"#;
+        let got =
+            inputs(json!({"query": q, "variables": {"i": {"method": "GET", "endpoint": "/api/health"}}})).unwrap();
+        assert_eq!(
+            got,
+            [
+                json!({"method": "POST", "endpoint": "/api/execute",
+                       "body": {"path": "data/x", "n": -1500.0, "ok": true, "no": null, "kind": "playbook", "list": [1, "a", [false]]}}),
+                json!({"method": "GET", "endpoint": "/api/health"}),
+            ]
+        );
+        // Variables inside a literal, across a batch, each request with its own.
+        let body = json!([
+            {"query": "mutation($p: String) { proxyRequest(input: {method: \"POST\", endpoint: \"/e\", body: {path: $p}}) { data } }",
+             "variables": {"p": "data/a"}},
+            {"query": "mutation($p: String) { proxyRequest(input: {method: \"POST\", endpoint: \"/e\", body: {path: $ p}}) { data } }",
+             "variables": {"p": "system/b"}}
+        ]);
+        let paths: Vec<Value> = inputs(body).unwrap().into_iter().map(|i| i["body"]["path"].clone()).collect();
+        assert_eq!(paths, [json!("data/a"), json!("system/b")]);
+        // Mentions in strings and comments, and aliases named like the field, are not calls.
+        let q = "# proxyRequest(input: {})\nquery { proxyRequest: health note(t: \"proxyRequest(input: 1)\") }";
+        assert_eq!(inputs(json!({"query": q})).unwrap(), Vec::<Value>::new());
+        // The playbook field still reads strings only.
+        let q = "mutation { executePlaybook(name: {path: \"data/x\"}) { id } }";
+        assert_eq!(run(json!({"query": q})), Err(GraphQlError::NotAString("name".into())));
+    }
+
+    #[test]
+    fn argument_values_the_filter_cannot_see_are_refused() {
+        let inputs = |q: &str, variables: Value| {
+            argument_json(&json!({"query": q, "variables": variables}), "proxyRequest", "input")
+        };
+        for (q, variables) in [
+            ("mutation($i: In = {method: \"GET\"}) { proxyRequest(input: $i) { data } }", json!({})),
+            ("mutation { proxyRequest(input: {method: \"POST\", body: {path: $p}}) { data } }", json!({"q": 1})),
+            ("mutation { proxyRequest(input: {method: \"POST\", method: \"GET\"}) { data } }", json!({})),
+            ("mutation { proxyRequest(input: {body: {path: \"a\", path: \"b\"}}) { data } }", json!({})),
+            ("mutation { proxyRequest(input: {}, input: {}) { data } }", json!({})),
+        ] {
+            assert!(matches!(inputs(q, variables), Err(GraphQlError::Ambiguous(_))), "{q}");
+        }
+        for q in [
+            "mutation { proxyRequest(input: {method: }) { data } }",
+            "mutation { proxyRequest(input: {method \"GET\"}) { data } }",
+            "mutation { proxyRequest(input: {a: ...}) { data } }",
+            "mutation { proxyRequest(input: [1, 2) { data } }",
+            "mutation { proxyRequest(input: $) { data } }",
+        ] {
+            assert!(matches!(inputs(q, json!({})), Err(GraphQlError::Syntax(_))), "{q}");
+        }
+        let deep = format!("mutation {{ proxyRequest(input: {}{}) {{ data }} }}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(inputs(&deep, json!({})), Err(GraphQlError::Syntax("a value nested too deep")));
+        assert!(matches!(
+            inputs("mutation { proxyRequest { data } }", json!({})),
+            Err(GraphQlError::MissingArgument { .. })
+        ));
+    }
+
+    #[test]
     fn arbitrary_text_never_panics() {
         for q in [
             "",
@@ -389,8 +574,12 @@ mod tests {
             "executePlaybook(name:",
             "é executePlaybook(name: \"\\u12\")",
             "\"\\",
+            "proxyRequest(input: {a: [",
+            "proxyRequest(input: -",
+            "proxyRequest(input: 1e",
         ] {
             let _ = run(json!({"query": q}));
+            let _ = argument_json(&json!({"query": q}), "proxyRequest", "input");
         }
     }
 }

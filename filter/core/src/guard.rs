@@ -23,9 +23,11 @@
 //! Nothing here reads a clock, the environment or the network: the host passes `now` and the
 //! environment in, so every decision can be replayed in a test.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
+use crate::forward::{self, ForwardBody, Forwarded};
 use crate::graphql::GraphQlError;
 use crate::jwt::{
     token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, VerifiedToken, VerifiedTokens, Verifier,
@@ -35,7 +37,7 @@ use crate::lookup::{LookupFailure, LookupKey, Resolver};
 use crate::opaque::OpaqueShape;
 use crate::path::{normalize_request_path, PlaybookAlphabet, PlaybookPath};
 use crate::policy::Policy;
-use crate::routes::{PlaybookError, PlaybookSource, RouteAction, Routes};
+use crate::routes::{Matched, PlaybookError, PlaybookSource, RouteAction, Routes};
 use crate::session::SessionEntry;
 use crate::target::{is_json_content_type, parse_body, Target};
 use crate::token::{AmbiguousToken, TokenSources};
@@ -472,8 +474,11 @@ impl Guard {
         if self.allow_cors_preflight && is_cors_preflight(head) {
             return Step::Verdict(allowed(Vec::new(), "CORS preflight".into()));
         }
-        let route = self.routes.find(head.method, &path);
-        let need = match self.need_of(route.id, route.action) {
+        let route = match self.reach(head, path) {
+            Ok(route) => route,
+            Err(denial) => return Step::Verdict(self.finish(Err(denial), None)),
+        };
+        let need = match self.need_of(&route.id, route.action) {
             Ok(need) => need,
             Err(verdict) => return Step::Verdict(*verdict),
         };
@@ -485,16 +490,12 @@ impl Guard {
                 return Step::Verdict(self.finish(Err(Denial::bad_request(AMBIGUOUS, e.to_string())), None));
             }
         };
-        if route.action.needs_body() && !is_json_content_type(head.headers) {
-            let detail = format!("route={} reads a JSON body and the content-type is not JSON", route.id);
-            return Step::Verdict(self.finish(Err(Denial::unsupported_media_type(detail)), from_token.as_ref()));
-        }
-        let need = match self.read_head(need, route.action, &path, head.headers) {
+        let need = match self.head_need(&route, need) {
             Ok(need) => need,
-            Err(e) => return Step::Verdict(self.playbook_error(route.id, &e, from_token.as_ref())),
+            Err(denial) => return Step::Verdict(self.finish(Err(denial), from_token.as_ref())),
         };
         let pending = Pending {
-            route_id: route.id.to_owned(),
+            route_id: route.id,
             need,
             token: token.to_owned(),
             from_token,
@@ -519,11 +520,14 @@ impl Guard {
             Ok(path) => path,
             Err(e) => return ("-".into(), self.finish(Err(Denial::bad_request("invalid_path", e.to_string())), None)),
         };
-        let route = self.routes.find(head.method, &path);
-        let id = route.id.to_owned();
-        let need = match self.need_of(route.id, route.action) {
+        let outer = self.routes.find(head.method, &path).id.to_owned();
+        let route = match self.reach(head, path) {
+            Ok(route) => route,
+            Err(denial) => return (outer, self.finish(Err(denial), None)),
+        };
+        let need = match self.need_of(&route.id, route.action) {
             Ok(need) => need,
-            Err(verdict) => return (id, *verdict),
+            Err(verdict) => return (outer, *verdict),
         };
         let identity = Identity {
             user_id: None,
@@ -532,16 +536,12 @@ impl Guard {
             roles: roles.to_vec(),
             session_key: String::new(),
         };
-        if route.action.needs_body() && !is_json_content_type(head.headers) {
-            let detail = format!("route={id} reads a JSON body and the content-type is not JSON");
-            return (id, self.finish(Err(Denial::unsupported_media_type(detail)), Some(&identity)));
-        }
-        let need = match self.read_head(need, route.action, &path, head.headers) {
+        let need = match self.head_need(&route, need) {
             Ok(need) => need,
-            Err(e) => return (id.clone(), self.playbook_error(&id, &e, Some(&identity))),
+            Err(denial) => return (outer, self.finish(Err(denial), Some(&identity))),
         };
         let pending = Pending {
-            route_id: id.clone(),
+            route_id: route.id,
             need,
             token: String::new(),
             from_token: None,
@@ -560,7 +560,109 @@ impl Guard {
             }
             Step::ReadBody(_) | Step::Session(_) | Step::AwaitKeys => self.finish(Err(Denial::unavailable()), None),
         };
-        (id, verdict)
+        (outer, verdict)
+    }
+
+    /// The route `head` is decided on: the route it matches, or for a pass-through the route
+    /// the forwarded request reaches, with the path and headers that route reads.
+    fn reach<'h>(&self, head: &RequestHead<'h>, path: String) -> Result<Reached<'_, 'h>, Denial> {
+        let route = self.routes.find(head.method, &path);
+        let RouteAction::Forward { strip_prefix, prefix } = route.action else {
+            return Ok(Reached {
+                id: route.id.to_owned(),
+                action: route.action,
+                path,
+                headers: Cow::Borrowed(head.headers),
+                max_body_bytes: route.max_body_bytes,
+                body_dropped: false,
+            });
+        };
+        let forwarded = forward::rest(head.method, head.path, strip_prefix, prefix)
+            .map_err(|e| self.playbook_denial(route.id, &e.into()))?;
+        // The gateway passes on these headers only (its `Authorization` and cookies stay with it).
+        let kept = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            name == "content-type" || name == "accept" || name.starts_with("x-")
+        };
+        let headers = head.headers.iter().filter(|(n, _)| kept(n)).cloned().collect();
+        self.reach_forwarded(route.id, &forwarded, Cow::Owned(headers))
+    }
+
+    /// The route a forwarded request reaches. One that is itself a pass-through is refused:
+    /// nothing is forwarded twice.
+    fn reach_forwarded<'h>(
+        &self,
+        outer: &str,
+        forwarded: &Forwarded,
+        headers: Cow<'h, [(String, String)]>,
+    ) -> Result<Reached<'_, 'h>, Denial> {
+        let Forwarded { method, path, body } = forwarded;
+        let path = normalize_request_path(path)
+            .map_err(|e| Denial::bad_request("invalid_path", format!("route={outer} forwarded {path}: {e}")))?;
+        let Matched { id, action, max_body_bytes } = self.routes.find(method, &path);
+        let name = self.routes.name_of(id).map(|n| format!(" ({n})")).unwrap_or_default();
+        let id = format!("{outer} forwarded as {method} {path} to {id}{name}");
+        if action.is_pass_through() {
+            return Err(Denial::refused("pass_through", format!("route={id}, itself a pass-through")));
+        }
+        let body_dropped = *body == ForwardBody::Given(Vec::new());
+        Ok(Reached { id, action, path, headers, max_body_bytes, body_dropped })
+    }
+
+    /// What the request head says about `need` on `route`: the body's content type, and the
+    /// targets in the path and headers.
+    fn head_need(&self, route: &Reached<'_, '_>, need: Need) -> Result<Need, Denial> {
+        if route.action.needs_body() && route.body_dropped {
+            // NoETL gets no body, so it cannot read the playbook from one.
+            return Err(self.playbook_denial(&route.id, &PlaybookError::BodyNotJson));
+        }
+        if route.action.needs_body() && !is_json_content_type(&route.headers) {
+            let detail = format!("route={} reads a JSON body and the content-type is not JSON", route.id);
+            return Err(Denial::unsupported_media_type(detail));
+        }
+        self.read_head(need, route.action, &route.path, &route.headers).map_err(|e| self.playbook_denial(&route.id, &e))
+    }
+
+    /// Decides a request the gateway forwards from inside a GraphQL request (`proxyRequest`),
+    /// for `identity`, as the route it reaches.
+    fn decide_forwarded(&self, outer: &str, forwarded: &Forwarded, identity: &Identity) -> Verdict {
+        // `need_of` answers without a user; a denial here is this user's.
+        let theirs = |verdict: Verdict| match verdict {
+            Verdict::Deny(d) | Verdict::Allow { audited: Some(d), .. } => self.finish(Err(d), Some(identity)),
+            allowed => allowed,
+        };
+        let body = match &forwarded.body {
+            ForwardBody::Given(body) => body.as_slice(),
+            ForwardBody::Passed => &[],
+        };
+        // The gateway sends the body with reqwest's `.json()`, which sets this content type.
+        let json = [("content-type".to_owned(), "application/json".to_owned())];
+        let headers = if body.is_empty() { &json[..0] } else { &json[..] };
+        let route = match self.reach_forwarded(outer, forwarded, Cow::Borrowed(headers)) {
+            Ok(route) => route,
+            Err(denial) => return self.finish(Err(denial), Some(identity)),
+        };
+        let need = match self.need_of(&route.id, route.action) {
+            Ok(need) => need,
+            Err(verdict) => return theirs(*verdict),
+        };
+        let need = match self.head_need(&route, need) {
+            Ok(need) if need.needs_body() => self.need_from_body(&route.id, need, body),
+            other => other,
+        };
+        match need {
+            Ok(need) => self.decide(Pending {
+                route_id: route.id,
+                need,
+                token: String::new(),
+                from_token: None,
+                session_key: String::new(),
+                identity: Some(identity.clone()),
+                max_body_bytes: route.max_body_bytes,
+                upstream_headers: Vec::new(),
+            }),
+            Err(denial) => self.finish(Err(denial), Some(identity)),
+        }
     }
 
     /// The route's name, if it has one (for `explain`).
@@ -577,6 +679,11 @@ impl Guard {
             RouteAction::Blocked => {
                 let detail = format!("route={route_id} is blocked at the edge (NoETL's workers only)");
                 return Err(Box::new(self.finish(Err(Denial::refused("blocked", detail)), None)));
+            }
+            // `reach` resolves a pass-through to the route it reaches; never decide it as one.
+            RouteAction::Forward { .. } => {
+                let detail = format!("route={route_id} is a pass-through");
+                return Err(Box::new(self.finish(Err(Denial::refused("pass_through", detail)), None)));
             }
             RouteAction::Authenticate { logout } => Need::Authenticate { logout: *logout },
             RouteAction::Restricted => Need::Restricted,
@@ -645,7 +752,15 @@ impl Guard {
         if body.len() as u64 > pending.max_body_bytes {
             return Step::Verdict(self.body_too_large(&pending));
         }
-        let need = match pending.need.clone() {
+        match self.need_from_body(&pending.route_id, pending.need.clone(), body) {
+            Ok(need) => self.settle(Pending { need, ..pending }),
+            Err(denial) => Step::Verdict(self.finish(Err(denial), pending.identity.as_ref())),
+        }
+    }
+
+    /// What the whole `body` says about the targets of `need`.
+    fn need_from_body(&self, route_id: &str, need: Need, body: &[u8]) -> Result<Need, Denial> {
+        let need = match need {
             Need::Authorize(demands) => demands
                 .into_iter()
                 .map(|d| match d.source {
@@ -658,19 +773,15 @@ impl Guard {
                 .map(Need::Authorize),
             Need::JsonRpc { methods, targets } => match jsonrpc_need(&methods, targets, body) {
                 Ok(None) => {
-                    let detail = format!("route={} JSON-RPC method not listed", pending.route_id);
-                    let denial = Denial::refused("jsonrpc_method", detail);
-                    return Step::Verdict(self.finish(Err(denial), pending.identity.as_ref()));
+                    let detail = format!("route={route_id} JSON-RPC method not listed");
+                    return Err(Denial::refused("jsonrpc_method", detail));
                 }
                 Ok(Some(need)) => Ok(need),
                 Err(e) => Err(e),
             },
             need => Ok(need),
         };
-        match need {
-            Ok(need) => self.settle(Pending { need, ..pending }),
-            Err(e) => Step::Verdict(self.playbook_error(&pending.route_id, &e, pending.identity.as_ref())),
-        }
+        need.map_err(|e| self.playbook_denial(route_id, &e))
     }
 
     /// Reads what the request head says about the targets of `need`.
@@ -832,6 +943,13 @@ impl Guard {
                         let _ = write!(detail, " every playbook ({key} not looked up)");
                         (self.policy.decide_every(&identity.roles, permission), "*")
                     }
+                    Target::Forward(forwarded) => match self.decide_forwarded(&route_id, forwarded, &identity) {
+                        Verdict::Allow { detail: inner, audited: None, .. } => {
+                            let _ = write!(detail, " [{inner}]");
+                            continue;
+                        }
+                        refused => return refused,
+                    },
                     Target::Restricted(what) => {
                         let _ = write!(detail, " {what}");
                         match self.restricted_role(&identity) {
@@ -890,12 +1008,18 @@ impl Guard {
     }
 
     fn playbook_error(&self, route_id: &str, e: &PlaybookError, identity: Option<&Identity>) -> Verdict {
+        self.finish(Err(self.playbook_denial(route_id, e)), identity)
+    }
+
+    fn playbook_denial(&self, route_id: &str, e: &PlaybookError) -> Denial {
         let reason = match e {
             PlaybookError::Path(_) => "invalid_playbook_path",
-            PlaybookError::Ambiguous(_) | PlaybookError::GraphQl(GraphQlError::Ambiguous(_)) => AMBIGUOUS,
+            PlaybookError::Ambiguous(_)
+            | PlaybookError::Forward(_)
+            | PlaybookError::GraphQl(GraphQlError::Ambiguous(_)) => AMBIGUOUS,
             _ => "playbook_not_found",
         };
-        self.finish(Err(Denial::bad_request(reason, format!("route={route_id} {e}"))), identity)
+        Denial::bad_request(reason, format!("route={route_id} {e}"))
     }
 
     /// Applies the mode and attaches the identity headers.
@@ -960,6 +1084,20 @@ fn header_key(name: &str) -> String {
     name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
 }
 
+/// The route a request is decided on (see [`Guard::reach`]).
+struct Reached<'g, 'h> {
+    /// The route's id; for a forwarded request, the pass-through's and the reached route's.
+    id: String,
+    action: &'g RouteAction,
+    /// The normalised path the route reads.
+    path: String,
+    /// The headers the route reads.
+    headers: Cow<'h, [(String, String)]>,
+    max_body_bytes: u64,
+    /// Forwarded without the body (the gateway drops it for `GET` and `DELETE`).
+    body_dropped: bool,
+}
+
 /// The 400 reason for a request that can be read more than one way.
 const AMBIGUOUS: &str = "ambiguous_request";
 
@@ -988,3 +1126,6 @@ fn is_cors_preflight(head: &RequestHead<'_>) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod forward_tests;

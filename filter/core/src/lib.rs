@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod forward;
 pub mod graphql;
 pub mod guard;
 pub mod json;

@@ -2,11 +2,13 @@
 //! permission an `authorize` route asks about (SPEC section 5).
 
 use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, LookupKind, PlaybookSourceConfig, RouteConfig};
+use crate::forward::{self, ForwardError};
 use crate::graphql::{self, GraphQlError};
 use crate::path::{normalize_request_path, PathError, PlaybookPath};
 use crate::target::{parse_body, JsonSource, Target};
 use globset::GlobMatcher;
 use serde_json::Value;
+use std::fmt::Write as _;
 
 /// How a route matches the (normalised) request path.
 #[derive(Debug, Clone)]
@@ -44,6 +46,14 @@ pub enum RouteAction {
     Blocked,
     /// Refused (403) before any token is looked at: `default_action: deny`.
     Deny,
+    /// A pass-through (the gateway's `/noetl/{*path}`): decided as the route the forwarded
+    /// request reaches, `prefix` + the path after `strip_prefix`.
+    Forward {
+        /// Removed from the request path as sent (`/noetl/`).
+        strip_prefix: String,
+        /// Put in front of the rest (`/api/`).
+        prefix: String,
+    },
 }
 
 /// One requirement of an `authorize` route: `permission` on the playbooks from `source`.
@@ -61,6 +71,19 @@ impl RouteAction {
         match self {
             RouteAction::Authorize { requirements } => requirements.iter().any(|r| r.source.needs_body()),
             RouteAction::JsonRpc { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether requests on the route reach other routes (a REST pass-through, or a GraphQL
+    /// route with forwarding fields): a forwarded request that lands on one is refused, so no
+    /// request is forwarded twice.
+    pub fn is_pass_through(&self) -> bool {
+        match self {
+            RouteAction::Forward { .. } => true,
+            RouteAction::Authorize { requirements } => requirements
+                .iter()
+                .any(|r| matches!(&r.source, PlaybookSource::GraphQl { forward, .. } if !forward.is_empty())),
             _ => false,
         }
     }
@@ -89,8 +112,10 @@ pub enum PlaybookSource {
         field: String,
         /// The argument (`name`).
         argument: String,
-        /// Fields whose calls need a restricted role (`proxyRequest`).
+        /// Fields whose calls need a restricted role (`rerunExecution`).
         restricted: Vec<String>,
+        /// Fields whose `input` is a request the gateway forwards (`proxyRequest`).
+        forward: Vec<String>,
     },
     /// A request header (lowercased name).
     Header(String),
@@ -124,6 +149,10 @@ pub enum PlaybookError {
     /// sent twice, a duplicate JSON key). Answered 400 `ambiguous_request`.
     #[error("ambiguous request: {0}")]
     Ambiguous(String),
+    /// A forwarded request (gateway pass-through) that NoETL could receive more than one way.
+    /// Answered 400 `ambiguous_request`.
+    #[error("ambiguous request: {0}")]
+    Forward(#[from] ForwardError),
 }
 
 impl PlaybookSource {
@@ -169,11 +198,16 @@ impl PlaybookSource {
         let json = parse_body(body)?;
         match self {
             PlaybookSource::Json(source) => source.targets(&json),
-            PlaybookSource::GraphQl { field, argument, restricted } => {
+            PlaybookSource::GraphQl { field, argument, restricted, forward } => {
                 let mut targets = Vec::new();
                 for name in restricted {
                     if graphql::names_field(&json, name)? {
                         targets.push(Target::Restricted(format!("GraphQL {name}")));
+                    }
+                }
+                for name in forward {
+                    for input in graphql::argument_json(&json, name, FORWARD_ARGUMENT)? {
+                        targets.push(Target::Forward(forward::proxy_input(&input)?));
                     }
                 }
                 let raw = graphql::playbook_arguments(&json, field, argument)?;
@@ -201,17 +235,24 @@ impl PlaybookSource {
                 format!("URL `*` ({}: looked up, or every playbook)", kind.as_str())
             }
             PlaybookSource::Json(source) => source.describe(),
-            PlaybookSource::GraphQl { field, argument, restricted } if restricted.is_empty() => {
-                format!("GraphQL {field}({argument})")
-            }
-            PlaybookSource::GraphQl { field, argument, restricted } => {
-                format!("GraphQL {field}({argument}); {}: restricted", restricted.join(", "))
+            PlaybookSource::GraphQl { field, argument, restricted, forward } => {
+                let mut out = format!("GraphQL {field}({argument})");
+                if !forward.is_empty() {
+                    let _ = write!(out, "; {}({FORWARD_ARGUMENT}): as the route reached", forward.join(", "));
+                }
+                if !restricted.is_empty() {
+                    let _ = write!(out, "; {}: restricted", restricted.join(", "));
+                }
+                out
             }
             PlaybookSource::Header(name) => format!("header {name}"),
             PlaybookSource::Every => "every playbook".into(),
         }
     }
 }
+
+/// The argument of a forwarding GraphQL field: the gateway's `ProxyRequestInput`.
+const FORWARD_ARGUMENT: &str = "input";
 
 /// `rest` without its last `n` segments (and the `/` before them); `None` if it has fewer.
 fn strip_last_segments(rest: &str, n: usize) -> Option<&str> {
@@ -385,12 +426,13 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
         cfg.jsonrpc.is_some(),
         cfg.restricted,
         cfg.blocked,
+        cfg.forward.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ConfigError::new(
             "",
             "give exactly one of `public: true`, `authenticate: true` (or `logout: true`), `authorize`, `jsonrpc`, \
-             `restricted: true`, `blocked: true`",
+             `restricted: true`, `blocked: true`, `forward`",
         ));
     }
     let action = if cfg.public {
@@ -401,6 +443,8 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
         RouteAction::Restricted
     } else if cfg.blocked {
         RouteAction::Blocked
+    } else if let Some(fwd) = &cfg.forward {
+        compile_forward(fwd).map_err(|e| e.within("forward"))?
     } else if let Some(rpc) = &cfg.jsonrpc {
         compile_jsonrpc(rpc, &path).map_err(|e| e.within("jsonrpc"))?
     } else {
@@ -427,6 +471,21 @@ fn compile_route(cfg: &RouteConfig, index: usize, max_body_bytes: u64) -> Result
         action,
         max_body_bytes: cfg.max_body_bytes.unwrap_or(max_body_bytes),
     })
+}
+
+fn compile_forward(cfg: &crate::config::ForwardConfig) -> Result<RouteAction, ConfigError> {
+    for (field, value) in [("strip_prefix", &cfg.strip_prefix), ("prefix", &cfg.prefix)] {
+        // As literal as the paths the gateway forwards (see `forward::check_path`), and ending
+        // in `/` so `/noetlx` is not `/noetl/` + `x`.
+        let ok = value.ends_with('/') && forward::check_path(value).is_ok();
+        if !ok {
+            return Err(ConfigError::new(
+                field,
+                format!("{value:?}: a path starting and ending with '/', no '%', '.' or '..' segments"),
+            ));
+        }
+    }
+    Ok(RouteAction::Forward { strip_prefix: cfg.strip_prefix.clone(), prefix: cfg.prefix.clone() })
 }
 
 /// The capture of a route glob: its one `**` segment, or else its one `*` segment. Segments
@@ -529,6 +588,9 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
     if cfg.lookup.is_some() && cfg.path_capture != Some(true) {
         return Err(ConfigError::new("lookup", "goes with `path_capture` (in `json_fields`, give it per field)"));
     }
+    if cfg.graphql_forward_fields.is_some() && cfg.graphql_variable.is_none() {
+        return Err(ConfigError::new("graphql_forward_fields", "goes with `graphql_variable`"));
+    }
     if cfg.all_playbooks == Some(true) {
         return Ok(PlaybookSource::Every);
     }
@@ -561,9 +623,11 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
     if let Some(argument) = &cfg.graphql_variable {
         let field = cfg.graphql_field.clone().unwrap_or_else(|| "executePlaybook".into());
         let restricted = cfg.graphql_restricted_fields.clone().unwrap_or_default();
+        let forward = cfg.graphql_forward_fields.clone().unwrap_or_default();
         let names = [("graphql_variable", argument), ("graphql_field", &field)]
             .into_iter()
-            .chain(restricted.iter().map(|r| ("graphql_restricted_fields", r)));
+            .chain(restricted.iter().map(|r| ("graphql_restricted_fields", r)))
+            .chain(forward.iter().map(|r| ("graphql_forward_fields", r)));
         for (name, value) in names {
             let ok = value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -571,7 +635,13 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
                 return Err(ConfigError::new(name, format!("{value:?} is not a GraphQL name")));
             }
         }
-        return Ok(PlaybookSource::GraphQl { field, argument: argument.clone(), restricted });
+        if let Some(both) = forward.iter().find(|f| restricted.contains(f) || **f == field) {
+            return Err(ConfigError::new(
+                "graphql_forward_fields",
+                format!("{both:?} is also the playbook field or a restricted field: one reading per field"),
+            ));
+        }
+        return Ok(PlaybookSource::GraphQl { field, argument: argument.clone(), restricted, forward });
     }
     match &cfg.header {
         Some(h) if !h.trim().is_empty() => Ok(PlaybookSource::Header(h.trim().to_ascii_lowercase())),

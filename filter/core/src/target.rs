@@ -23,8 +23,11 @@ pub enum Target {
     /// Every playbook: the request names its target by an id only NoETL resolves, or covers
     /// them all. The text says why, for logs.
     Every(String),
-    /// A call only the `restricted_roles` may make (a GraphQL `proxyRequest`).
+    /// A call only the `restricted_roles` may make (a GraphQL `rerunExecution`).
     Restricted(String),
+    /// A request the gateway forwards (a GraphQL `proxyRequest`): decided as the route it
+    /// reaches, whatever the requirement's permission.
+    Forward(crate::forward::Forwarded),
     /// The playbook an id names, once the `resolver` has looked it up (without a resolver the
     /// guard reads it as [`Target::Every`]).
     Lookup(LookupKey),

@@ -69,6 +69,8 @@ const ALL: [u32; 4] = [200, 200, 200, 200];
 const ADMIN: [u32; 4] = [200, 403, 403, 403];
 const BLOCKED: [u32; 4] = [403, 403, 403, 403];
 const VIEW_EVERY: [u32; 4] = [200, 403, 403, 200];
+const BAD: [u32; 4] = [400, 400, 400, 400];
+const RUN_DATA: [u32; 4] = [200, 200, 200, 403];
 
 const CASES: &[Case] = &[
     // Public and session-only.
@@ -109,9 +111,10 @@ const CASES: &[Case] = &[
         "POST",
         "/graphql",
         Some(r#"{"query": "mutation { executePlaybook(name: \"data/x\") { id } proxyRequest(input: {}) }"}"#),
-        ADMIN,
+        BAD,
     ),
-    ("POST", "/graphql", Some(r#"{"query": "mutation { proxyRequest(input: {method: \"GET\"}) }"}"#), ADMIN),
+    ("POST", "/graphql", Some(r#"{"query": "mutation { proxyRequest(input: {method: \"GET\"}) }"}"#), BAD),
+    ("POST", "/graphql", Some(r#"{"query": "mutation { rerunExecution(executionId: \"1\") { id } }"}"#), ADMIN),
     // Catalog.
     ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x}"}"#), ADMIN),
     ("POST", "/api/catalog/list", Some(r#"{"resource_type": "playbook"}"#), VIEW_EVERY),
@@ -201,7 +204,6 @@ const CASES: &[Case] = &[
     ("POST", "/api/db/init", None, ADMIN),
     ("GET", "/metrics", None, ADMIN),
     ("POST", "/api/profiler/memory/start", None, ADMIN),
-    ("GET", "/noetl/catalog/list", None, ADMIN),
     // Playbook test suites.
     ("GET", "/api/playbook-tests/suites/data/x", None, ALL),
     ("PUT", "/api/playbook-tests/suites/data/x", Some(r#"{}"#), [200, 200, 403, 403]),
@@ -213,7 +215,108 @@ const CASES: &[Case] = &[
     ("POST", "/api/execute/", Some(r#"{"path": "system/x"}"#), ADMIN),
     ("POST", "/api/%65xecute", Some(r#"{"path": "system/x"}"#), ADMIN),
     ("GET", "/api/catalog/system/x/ui_schema/", None, [200, 403, 403, 200]),
+    // The gateway's REST pass-through: `/noetl/{path}` is decided as `/api/{path}`, for each
+    // class of route it can reach.
+    ("POST", "/noetl/execute", Some(r#"{"path": "data/x"}"#), RUN_DATA),
+    ("POST", "/noetl/execute", Some(r#"{"path": "system/x"}"#), ADMIN),
+    ("POST", "/noetl/execute/", Some(r#"{"path": "system/x"}"#), ADMIN),
+    ("POST", "/noetl/execute?path=data/x", Some(r#"{"path": "system/x"}"#), ADMIN),
+    ("POST", "/noetl/execute", Some(r#"{"path": "data/x", "catalog_id": 7}"#), ADMIN),
+    ("POST", "/noetl/postgres/execute", Some(r#"{"query": "select 1"}"#), ADMIN),
+    ("POST", "/noetl/internal/outbox/claim", Some(r#"{}"#), BLOCKED),
+    ("GET", "/noetl/credentials/pg/sealed", None, BLOCKED),
+    ("POST", "/noetl/auth/login", Some(r#"{}"#), ALL),
+    ("POST", "/noetl/auth/session/validate", Some(r#"{}"#), ALL),
+    ("GET", "/noetl/nothing", None, BLOCKED),
+    ("GET", "/noetl/catalog/list", None, BLOCKED),
+    ("GET", "/noetl/catalog/system/x/ui_schema", None, [200, 403, 403, 200]),
+    ("HEAD", "/noetl/catalog/system/x/ui_schema", None, [200, 403, 403, 200]),
+    ("GET", "/noetl/executions/42", None, VIEW_EVERY),
+    ("OPTIONS", "/noetl/executions/42", None, BAD),
+    // Spellings the gateway or NoETL could read another way.
+    ("GET", "/noetl/catalog/system%2Fx/ui_schema", None, BAD),
+    ("POST", "/noetl/%65xecute", Some(r#"{"path": "system/x"}"#), BAD),
+    ("POST", "/noetl/./execute", Some(r#"{"path": "system/x"}"#), BAD),
+    ("POST", "/noetl//execute", Some(r#"{"path": "system/x"}"#), BAD),
+    ("POST", "/noetl/data/../postgres/execute", Some(r#"{}"#), BAD),
+    ("POST", "/noetl/data/%2e%2e/postgres/execute", Some(r#"{}"#), BAD),
+    ("POST", "/noetl/", Some(r#"{}"#), BAD),
 ];
+
+/// GraphQL `proxyRequest` calls on the shipped profile: (method, endpoint, body as a GraphQL
+/// value, or "" for none; [admin, developer, analyst, viewer]). Each is decided as the route it
+/// reaches.
+const PROXY_REQUESTS: &[(&str, &str, &str, [u32; 4])] = &[
+    ("POST", "/api/execute", r#"{path: "data/x"}"#, RUN_DATA),
+    ("post", "/api/execute", r#"{path: "system/x"}"#, ADMIN),
+    ("POST", "/api/execute", r#"{path: "data/x", catalog_id: 7}"#, ADMIN),
+    ("GET", "/api/catalog/system/x/ui_schema", "", [200, 403, 403, 200]),
+    ("GET", "/api/executions/42", "", VIEW_EVERY),
+    ("POST", "/api/postgres/execute", r#"{query: "drop table x"}"#, ADMIN),
+    ("POST", "/api/internal/outbox/claim", "{}", BLOCKED),
+    ("GET", "/api/health", "", ALL),
+    ("POST", "/api/auth/session/validate", "{}", ALL),
+    ("GET", "/api/nothing", "", BLOCKED),
+    // A pass-through reached from a pass-through.
+    ("POST", "/noetl/execute", r#"{path: "data/x"}"#, BLOCKED),
+    ("POST", "/graphql", r#"{query: "{ health }"}"#, BLOCKED),
+    // Readings the filter cannot be sure of.
+    ("POST", "/api/x/../execute", r#"{path: "data/x"}"#, BAD),
+    ("POST", "/api/%65xecute", r#"{path: "data/x"}"#, BAD),
+    ("POST", "api/execute", r#"{path: "data/x"}"#, BAD),
+    ("PO\u{17f}T", "/api/execute", r#"{path: "data/x"}"#, BAD),
+    ("POST", "/api/execute", r#"{path: $p}"#, BAD),
+];
+
+/// A GraphQL request body with these calls (`proxyRequest(input: ...)` for each input).
+fn proxy_document(inputs: &[(&str, &str, &str)], variables: Value) -> String {
+    let calls: Vec<String> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (method, endpoint, body))| {
+            let body = if body.is_empty() { String::new() } else { format!(", body: {body}") };
+            format!(r#"c{i}: proxyRequest(input: {{method: "{method}", endpoint: "{endpoint}"{body}}}) {{ success }}"#)
+        })
+        .collect();
+    json!({"query": format!("mutation {{ {} }}", calls.join(" ")), "variables": variables}).to_string()
+}
+
+#[test]
+fn proxy_requests_are_decided_as_the_route_they_reach() {
+    let g = guard();
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, body: &str, expected: &[u32; 4]| {
+        for (role, want) in ROLES.iter().zip(expected) {
+            let got = decide(&g, Some(role), "POST", "/graphql", Some(body), None);
+            if got != *want {
+                wrong.push(format!("{role} {what}: got {got}, want {want}"));
+            }
+        }
+    };
+    for (method, endpoint, body, expected) in PROXY_REQUESTS {
+        check(
+            &format!("{method} {endpoint} {body}"),
+            &proxy_document(&[(method, endpoint, body)], json!({})),
+            expected,
+        );
+    }
+    // The input as a variable, and a variable inside a literal input.
+    let query = "mutation($i: ProxyRequestInput!) { proxyRequest(input: $i) { success } }";
+    let input = json!({"method": "GET", "endpoint": "/api/catalog/system/x/ui_schema"});
+    check("input variable", &json!({"query": query, "variables": {"i": input}}).to_string(), &[200, 403, 403, 200]);
+    let doc = proxy_document(&[("POST", "/api/execute", "{path: $p}")], json!({"p": "system/x"}));
+    check("variable in the body", &doc, &ADMIN);
+    // A document or batch: every forwarded request and every executePlaybook must be allowed.
+    let run = |path| ("POST", "/api/execute", path);
+    let doc = proxy_document(&[run(r#"{path: "data/a"}"#), run(r#"{path: "data/b"}"#)], json!({}));
+    check("two allowed", &doc, &RUN_DATA);
+    let doc = proxy_document(&[run(r#"{path: "data/a"}"#), run(r#"{path: "system/b"}"#)], json!({}));
+    check("one forbidden", &doc, &ADMIN);
+    let one = proxy_document(&[("POST", "/api/internal/outbox/claim", "{}")], json!({}));
+    let run_data = r#"{"query": "mutation { executePlaybook(name: \"data/a\") { id } }"}"#;
+    check("batch", &format!("[{run_data}, {one}]"), &BLOCKED);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
 
 #[test]
 fn the_profile_decides_each_route_class_for_the_default_roles() {
@@ -239,6 +342,10 @@ fn tokens_are_needed_except_on_public_and_blocked_routes() {
     assert_eq!(decide(&g, None, "POST", "/api/postgres/execute", Some("{}"), None), 401);
     assert_eq!(decide(&g, None, "POST", "/api/internal/outbox/claim", Some("{}"), None), 403);
     assert_eq!(decide(&g, None, "GET", "/nowhere", None, None), 403);
+    // Through the pass-through, as the route reached.
+    assert_eq!(decide(&g, None, "POST", "/noetl/auth/login", Some("{}"), None), 200);
+    assert_eq!(decide(&g, None, "POST", "/noetl/execute", Some(r#"{"path": "data/x"}"#), None), 401);
+    assert_eq!(decide(&g, None, "POST", "/noetl/internal/outbox/claim", Some("{}"), None), 403);
 }
 
 #[test]
@@ -251,6 +358,9 @@ fn body_routes_want_a_json_content_type() {
     for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
         assert_eq!(decide(&g, Some("analyst"), "POST", "/api/execute", body, Some(ct)), 415, "{ct}");
     }
+    // Through the pass-through: the content type the gateway forwards.
+    let via_gateway = |ct| decide(&g, Some("analyst"), "POST", "/noetl/execute", body, Some(ct));
+    assert_eq!((via_gateway("application/json"), via_gateway("text/plain")), (200, 415));
     // Head-sourced and restricted routes do not read the body.
     assert_eq!(decide(&g, Some("admin"), "POST", "/api/db/init", None, Some("text/plain")), 200);
 }

@@ -69,7 +69,7 @@ fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) ->
     }
 }
 
-fn decided(step: Step) -> Verdict {
+pub(super) fn decided(step: Step) -> Verdict {
     match step {
         Step::Verdict(v) => v,
         other => panic!("not decided: {other:?}"),

@@ -1,6 +1,7 @@
 //! Route rules: which requests are public, which need a session, and which playbook and
 //! permission an `authorize` route asks about (SPEC section 5).
 
+use crate::catalog_yaml::CatalogYaml;
 use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, PlaybookSourceConfig, RouteConfig};
 use crate::graphql::{self, GraphQlError};
 use crate::path::{normalize_request_path, PathError, PlaybookPath};
@@ -80,6 +81,8 @@ pub enum PlaybookSource {
     },
     /// Body fields with a precedence (see [`JsonSource`]).
     Json(JsonSource),
+    /// The path inside a catalog registration's YAML (see [`CatalogYaml`]).
+    CatalogYaml(CatalogYaml),
     /// The `argument` of calls to `field` in a GraphQL body.
     GraphQl {
         /// The field (`executePlaybook`).
@@ -126,7 +129,7 @@ pub enum PlaybookError {
 impl PlaybookSource {
     /// Whether the playbook path is in the request body (the request must be buffered).
     pub fn needs_body(&self) -> bool {
-        matches!(self, PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. })
+        matches!(self, PlaybookSource::Json(_) | PlaybookSource::CatalogYaml(_) | PlaybookSource::GraphQl { .. })
     }
 
     /// The playbooks from the request head (path or header sources).
@@ -148,7 +151,7 @@ impl PlaybookSource {
                 first
             }
             PlaybookSource::Every => return Ok(vec![Target::Every("the route covers every playbook".into())]),
-            PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. } => {
+            PlaybookSource::Json(_) | PlaybookSource::CatalogYaml(_) | PlaybookSource::GraphQl { .. } => {
                 return Err(PlaybookError::Missing("the route reads the body"));
             }
         };
@@ -163,6 +166,7 @@ impl PlaybookSource {
         let json = parse_body(body)?;
         match self {
             PlaybookSource::Json(source) => source.targets(&json),
+            PlaybookSource::CatalogYaml(source) => source.targets(&json),
             PlaybookSource::GraphQl { field, argument, restricted } => {
                 let mut targets = Vec::new();
                 for name in restricted {
@@ -192,6 +196,7 @@ impl PlaybookSource {
             PlaybookSource::PathAfterPrefix(prefix) => format!("URL after {prefix}"),
             PlaybookSource::PathCapture { .. } => "URL `**` (greedy, decoded)".into(),
             PlaybookSource::Json(source) => source.describe(),
+            PlaybookSource::CatalogYaml(source) => source.describe(),
             PlaybookSource::GraphQl { field, argument, restricted } if restricted.is_empty() => {
                 format!("GraphQL {field}({argument})")
             }
@@ -485,12 +490,13 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
         cfg.json_pointer.is_some() || cfg.json_fields.is_some(),
         cfg.graphql_variable.is_some(),
         cfg.header.is_some(),
+        cfg.catalog_yaml.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ConfigError::new(
             "",
             "give exactly one of `all_playbooks: true`, `path_after_prefix: true`, `path_capture: true`, \
-             `json_fields` (or `json_pointer`), `graphql_variable`, `header`",
+             `json_fields` (or `json_pointer`), `graphql_variable`, `header`, `catalog_yaml`",
         ));
     }
     let json = cfg.json_pointer.is_some() || cfg.json_fields.is_some();
@@ -526,6 +532,9 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
     }
     if json {
         return JsonSource::compile(cfg).map(PlaybookSource::Json);
+    }
+    if let Some(yaml) = &cfg.catalog_yaml {
+        return CatalogYaml::compile(yaml).map(PlaybookSource::CatalogYaml);
     }
     if let Some(argument) = &cfg.graphql_variable {
         let field = cfg.graphql_field.clone().unwrap_or_else(|| "executePlaybook".into());

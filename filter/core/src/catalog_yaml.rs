@@ -582,6 +582,82 @@ mod tests {
         assert_eq!(paths(&b64(yaml)), ["data/daily_load"]);
     }
 
+    /// The Rust server's reading, with its own YAML crate's fork (serde_yaml_ng: libyaml and
+    /// serde_yaml's scalar rules): `None` where it refuses the request.
+    fn rust_server(content: &str) -> Option<String> {
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(content)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| content.to_owned());
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).ok()?;
+        let metadata = yaml.get("metadata")?;
+        let path = metadata.get("path").and_then(|v| v.as_str());
+        path.or_else(|| metadata.get("name").and_then(|v| v.as_str())).map(str::to_owned)
+    }
+
+    #[test]
+    fn whatever_the_rust_server_would_register_under_is_required() {
+        const VALUES: [&str; 22] = [
+            "data/a",
+            "system/b",
+            "'data/q'",
+            "\"system/dq\"",
+            "~",
+            "null",
+            "''",
+            "",
+            "yes",
+            "on",
+            "123",
+            "0o12",
+            "1_000",
+            "1:30",
+            "2026-01-01",
+            "data/x # c",
+            "|-\n    data/blk",
+            "x",
+            "True",
+            "[data/l]",
+            "\"d\\x61ta/esc\"",
+            ".inf",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut checked, mut every) = (0, 0);
+        for _ in 0..3000 {
+            let mut doc = String::from("kind: Playbook\n");
+            if next(4) > 0 {
+                doc.push_str("metadata:\n");
+                for key in ["path", "name"] {
+                    if next(3) > 0 {
+                        doc.push_str(&format!("  {key}: {}\n", VALUES[next(VALUES.len())]));
+                    }
+                }
+            }
+            for key in ["path", "name"] {
+                if next(3) == 0 {
+                    doc.push_str(&format!("{key}: {}\n", VALUES[next(VALUES.len())]));
+                }
+            }
+            let content = if next(3) == 0 { b64(&doc) } else { doc };
+            match (registered_paths(&content), rust_server(&content)) {
+                (Ok(paths), Some(rust)) => {
+                    assert!(paths.contains(&rust), "{content:?}: {paths:?} lacks the Rust server's {rust:?}");
+                    checked += 1;
+                }
+                (Ok(paths), None) => panic!("{content:?}: {paths:?}, which the Rust server refuses"),
+                (Err(_), _) => every += 1,
+            }
+        }
+        assert!(checked > 300 && every > 300, "checked {checked}, every playbook {every}");
+    }
+
     #[test]
     fn targets_from_the_body() {
         let src = CatalogYaml::compile(&CatalogYamlConfig { pointer: "/content".into() }).unwrap();

@@ -37,7 +37,6 @@ decided.
 
 import argparse
 import base64
-import binascii
 import itertools
 import json
 import re
@@ -172,21 +171,26 @@ def rust_execute_target(item):
 
 
 def register_path(content):
-    """Where POST /api/catalog/register puts `content` (base64 tried first), and its kind."""
-    if not isinstance(content, str) or not content:
-        raise Unprocessable("The content must be provided.", 400)
+    """Where POST /api/catalog/register puts `content`, and its kind, in NoETL's order: pydantic's
+    `before` validator tries `base64.b64decode(content).decode("utf-8")` (lenient: characters
+    outside the alphabet are skipped, the first complete padding ends it) and keeps `content` on
+    any error; `coerce_numbers_to_str` then makes a number a string; PyYAML reads the text."""
+    if content is None or isinstance(content, (bool, list, dict)):
+        raise Unprocessable("content: Input should be a valid string")
     try:
-        content = base64.b64decode(content, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
+        content = base64.b64decode(content).decode("utf-8")
+    except Exception:  # noqa: BLE001 - NoETL's validator catches everything
         pass
+    content = str(content)
     try:
         doc = yaml.safe_load(content) or {}
     except yaml.YAMLError as err:
         raise Unprocessable(f"Error registering resource: {err}", 500) from None
-    if not isinstance(doc, dict):
-        raise Unprocessable("Error registering resource: not a mapping", 500)
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    path = meta.get("path") or doc.get("path") or meta.get("name") or doc.get("name") or "unknown"
+    try:
+        meta = doc.get("metadata") or {}
+        path = meta.get("path") or doc.get("path") or meta.get("name") or doc.get("name") or "unknown"
+    except AttributeError as err:
+        raise Unprocessable(f"Error registering resource: {err}", 500) from None
     return str(path), doc.get("kind")
 
 

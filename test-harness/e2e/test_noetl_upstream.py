@@ -92,6 +92,19 @@ def test_register_takes_the_path_from_the_yaml_base64_first(post):
     assert [c["path"] for c in post.log("created")] == ["system/evil", "data/new"]
 
 
+def test_register_decodes_base64_leniently_as_python_does(post):
+    """NoETL's validator calls b64decode without validate=True: line breaks and other characters
+    outside the alphabet are skipped, and the first complete padding ends the input."""
+    encoded = base64.b64encode(b"metadata: {path: system/x}\n").decode()
+    wrapped = encoded[:8] + "\n" + encoded[8:] + "\n"
+    assert post("/api/catalog/register", {"content": wrapped}).json()["path"] == "system/x"
+    both = "IwoK: bWV0YWRhdGE6IHtwYXRoOiBzeXN0ZW0veH0=\nmetadata: {path: data/x}\n"
+    assert post("/api/catalog/register", {"content": both}).json()["path"] == "system/x"
+    assert post("/api/catalog/register", {"content": "metadata: {path: data/x}"}).json()["path"] == "data/x"
+    assert post("/api/catalog/register", {"content": "path: data/p\nmetadata: {name: data/n}"}).json()["path"] == "data/p"
+    assert post("/api/catalog/register", {"content": "metadata: not-a-mapping"}).status == 500
+
+
 def test_catalog_reads(post):
     assert post("/api/catalog/resource", {"catalog_id": "201", "path": "data/daily_load"}).json()["path"] == "system/reset"
     assert post("/api/catalog/resource", {"catalog_id": 0, "path": "data/daily_load"}).status == 404

@@ -566,6 +566,8 @@ pub struct AuthorizeConfig {
 /// `authorize`: one requirement, or several that must all hold.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+// Read once per configuration and compiled away: the size of one requirement does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Requirements {
     /// `authorize: {permission, playbook}` (boxed: a source config is large beside a `Vec`).
     One(Box<AuthorizeConfig>),
@@ -714,6 +716,18 @@ pub struct PlaybookSourceConfig {
     /// `/api/executions/*/cancel`), not a playbook path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup: Option<LookupKind>,
+    /// The path inside the catalog YAML of a body field, read as NoETL's catalog registration
+    /// reads it (see [`crate::catalog_yaml`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_yaml: Option<CatalogYamlConfig>,
+}
+
+/// `catalog_yaml`: where the catalog content (YAML, or base64 of it) is in the JSON body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogYamlConfig {
+    /// A JSON pointer (RFC 6901) to the content string (`/content`).
+    pub pointer: String,
 }
 
 /// What a request that matches no route gets.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod catalog_yaml;
 pub mod config;
 pub mod forward;
 pub mod graphql;

@@ -1,6 +1,7 @@
 //! Route rules: which requests are public, which need a session, and which playbook and
 //! permission an `authorize` route asks about (SPEC section 5).
 
+use crate::catalog_yaml::CatalogYaml;
 use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, LookupKind, PlaybookSourceConfig, RouteConfig};
 use crate::forward::{self, ForwardError};
 use crate::graphql::{self, GraphQlError};
@@ -106,6 +107,8 @@ pub enum PlaybookSource {
     },
     /// Body fields with a precedence (see [`JsonSource`]).
     Json(JsonSource),
+    /// The path inside a catalog registration's YAML (see [`CatalogYaml`]).
+    CatalogYaml(CatalogYaml),
     /// The `argument` of calls to `field` in a GraphQL body.
     GraphQl {
         /// The field (`executePlaybook`).
@@ -158,7 +161,7 @@ pub enum PlaybookError {
 impl PlaybookSource {
     /// Whether the playbook path is in the request body (the request must be buffered).
     pub fn needs_body(&self) -> bool {
-        matches!(self, PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. })
+        matches!(self, PlaybookSource::Json(_) | PlaybookSource::CatalogYaml(_) | PlaybookSource::GraphQl { .. })
     }
 
     /// The playbooks from the request head (path or header sources).
@@ -180,7 +183,7 @@ impl PlaybookSource {
                 first
             }
             PlaybookSource::Every => return Ok(vec![Target::Every("the route covers every playbook".into())]),
-            PlaybookSource::Json(_) | PlaybookSource::GraphQl { .. } => {
+            PlaybookSource::Json(_) | PlaybookSource::CatalogYaml(_) | PlaybookSource::GraphQl { .. } => {
                 return Err(PlaybookError::Missing("the route reads the body"));
             }
         };
@@ -198,6 +201,7 @@ impl PlaybookSource {
         let json = parse_body(body)?;
         match self {
             PlaybookSource::Json(source) => source.targets(&json),
+            PlaybookSource::CatalogYaml(source) => source.targets(&json),
             PlaybookSource::GraphQl { field, argument, restricted, forward } => {
                 let mut targets = Vec::new();
                 for name in restricted {
@@ -234,6 +238,7 @@ impl PlaybookSource {
             PlaybookSource::PathCapture { lookup: Some(kind), .. } => {
                 format!("URL `*` ({}: looked up, or every playbook)", kind.as_str())
             }
+            PlaybookSource::CatalogYaml(source) => source.describe(),
             PlaybookSource::Json(source) => source.describe(),
             PlaybookSource::GraphQl { field, argument, restricted, forward } => {
                 let mut out = format!("GraphQL {field}({argument})");
@@ -561,12 +566,13 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
         cfg.json_pointer.is_some() || cfg.json_fields.is_some(),
         cfg.graphql_variable.is_some(),
         cfg.header.is_some(),
+        cfg.catalog_yaml.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ConfigError::new(
             "",
             "give exactly one of `all_playbooks: true`, `path_after_prefix: true`, `path_capture: true`, \
-             `json_fields` (or `json_pointer`), `graphql_variable`, `header`",
+             `json_fields` (or `json_pointer`), `graphql_variable`, `header`, `catalog_yaml`",
         ));
     }
     let json = cfg.json_pointer.is_some() || cfg.json_fields.is_some();
@@ -619,6 +625,9 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
 
     if json {
         return JsonSource::compile(cfg).map(PlaybookSource::Json);
+    }
+    if let Some(yaml) = &cfg.catalog_yaml {
+        return CatalogYaml::compile(yaml).map(PlaybookSource::CatalogYaml);
     }
     if let Some(argument) = &cfg.graphql_variable {
         let field = cfg.graphql_field.clone().unwrap_or_else(|| "executePlaybook".into());

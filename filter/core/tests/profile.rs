@@ -71,6 +71,7 @@ const BLOCKED: [u32; 4] = [403, 403, 403, 403];
 const VIEW_EVERY: [u32; 4] = [200, 403, 403, 200];
 const BAD: [u32; 4] = [400, 400, 400, 400];
 const RUN_DATA: [u32; 4] = [200, 200, 200, 403];
+const MODIFY_DATA: [u32; 4] = [200, 200, 403, 403];
 
 const CASES: &[Case] = &[
     // Public and session-only.
@@ -116,7 +117,15 @@ const CASES: &[Case] = &[
     ("POST", "/graphql", Some(r#"{"query": "mutation { proxyRequest(input: {method: \"GET\"}) }"}"#), BAD),
     ("POST", "/graphql", Some(r#"{"query": "mutation { rerunExecution(executionId: \"1\") { id } }"}"#), ADMIN),
     // Catalog.
-    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x}"}"#), ADMIN),
+    // Register: the path inside the YAML (base64 first); both servers' paths where they part;
+    // every playbook (admin only) where the YAML could be read two ways.
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x}"}"#), MODIFY_DATA),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: system/x}"}"#), ADMIN),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "bWV0YWRhdGE6IHtwYXRoOiBkYXRhL3h9"}"#), MODIFY_DATA),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "path: data/x\nmetadata: {name: system/y}"}"#), ADMIN),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: &p data/x, name: *p}"}"#), ADMIN),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x, path: data/y}"}"#), ADMIN),
+    ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: yes, name: data/x}"}"#), ADMIN),
     ("POST", "/api/catalog/list", Some(r#"{"resource_type": "playbook"}"#), VIEW_EVERY),
     ("POST", "/api/catalog/list", Some(r#"{"path": "data/x"}"#), ALL),
     ("POST", "/api/catalog/list", Some(r#"{"path": "system/x"}"#), [200, 403, 403, 200]),

@@ -37,7 +37,9 @@ pub fn guard() -> &'static Guard {
              "authorize": {"permission": "execute", "playbook": {"path_capture": true}}},
             {"match": {"methods": ["POST"], "path": "/api/header"},
              "authorize": {"permission": "execute", "playbook": {"header": "x-playbook"}}},
-            {"match": {"path": "/api/me"}, "authenticate": true}
+            {"match": {"path": "/api/me"}, "authenticate": true},
+            {"match": {"methods": ["POST"], "path": "/api/catalog/register"},
+             "authorize": {"permission": "modify", "playbook": {"catalog_yaml": {"pointer": "/content"}}}}
         ]);
         let cfg = json!({
             "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],

@@ -54,6 +54,7 @@ impl ConfigError {
 }
 
 /// Parses JSON into `T`, naming the field path of the first error.
+#[cfg(feature = "field-paths")]
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -61,6 +62,26 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, err.into_inner())
     })
+}
+
+/// Without `field-paths`: serde's message with its line and column, and the text around them.
+#[cfg(not(feature = "field-paths"))]
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
+    serde_json::from_slice(json).map_err(|err| {
+        let near = json_near(json, err.line(), err.column());
+        ConfigError::new("", format!("{err}, near `{near}`"))
+    })
+}
+
+/// Up to 40 bytes of `json` before 1-based (`line`, `column`), and 10 after.
+#[cfg(not(feature = "field-paths"))]
+fn json_near(json: &[u8], line: usize, column: usize) -> String {
+    let text = String::from_utf8_lossy(json);
+    let line = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    let at = column.min(line.len());
+    let start = (0..=at.saturating_sub(40)).rev().find(|i| line.is_char_boundary(*i)).unwrap_or(0);
+    let end = (at.saturating_add(10).min(line.len())..=line.len()).find(|i| line.is_char_boundary(*i));
+    line.get(start..end.unwrap_or(line.len())).unwrap_or_default().to_owned()
 }
 
 /// Whether decisions are enforced or only logged.

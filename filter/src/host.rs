@@ -228,8 +228,11 @@ impl RootContext for GuardRoot {
                     warn!("{}", crate::core::config::EARLY_HEAD_WARNING);
                 }
                 Metrics::set_policy_version(guard.policy_version());
-                // Keys may have changed: tokens verified under the old configuration are not.
+                // Keys may have changed: tokens verified under the old configuration are not. The
+                // fetches sent under it are forgotten too: their answers are matched to a provider
+                // by its index, which may now be another provider's.
                 self.worker.borrow_mut().keys = guard.verifier_state();
+                self.worker.borrow_mut().jwks_fetches.clear();
                 self.worker.borrow_mut().cold_callouts = guard.validator().map(Validator::cold_callouts);
                 self.worker.borrow_mut().lookup_allowance = guard.resolver().map(Resolver::allowance);
                 if guard.validator().is_some() || guard.resolver().is_some() {
@@ -474,9 +477,9 @@ impl Driver<'_> {
                 // store before they let go, so a claim that lands after that sees the answer.)
                 let record = store::session(&key);
                 match self.guard.on_session(pending, record.as_ref().map(|r| &r.entry), now_ms / 1000) {
+                    // Nothing waited: the answer was there once the claim landed.
                     SessionStep::Hit(step) => {
                         store::finish(&key, now_ms, None);
-                        Metrics::bump(self.metrics.coalesced_waits);
                         self.advance(ctx, step, now_ms)
                     }
                     SessionStep::Miss(pending) => {

@@ -183,3 +183,31 @@ fn a_body_route_waits_for_the_keys_then_decides_on_its_body() {
         assert_eq!(response.status(), Some(403), "held: {held}");
     }
 }
+
+#[test]
+fn a_fetch_sent_under_the_previous_configuration_is_not_loaded_into_the_new_one() {
+    let provider = |name: &str, host: &str| {
+        json!({"name": name, "issuer": format!("https://{host}/"), "audiences": ["noetl"], "algorithms": ["RS256"],
+               "roles_claim": "roles",
+               "remote_jwks": {"cluster": name, "uri": format!("https://{host}/keys.json"), "timeout_ms": 1000}})
+    };
+    let (idp, other) = (provider("idp", "idp.example"), provider("other", "other.example"));
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&config(json!({"providers": [idp.clone(), other.clone()]}))).unwrap();
+    let old_idp_fetch = vm.http_calls().iter().find(|c| c.upstream == "idp").unwrap().token;
+
+    // The providers are reordered: index 0 is now `other`.
+    assert!(vm.configure(&config(json!({"providers": [other, idp]}))).unwrap());
+    // The answer to idp's fetch from before lands now. Matched by index it would become
+    // `other`'s keys, and idp's key would verify tokens that claim to be `other`'s.
+    vm.respond_http_call(old_idp_fetch, keys(&[(RSA, "a")])).unwrap();
+    let now = host.clock().now_secs();
+    let claims = json!({"iss": "https://other.example/", "aud": "noetl", "sub": "x", "roles": ["admin"],
+                        "iat": now, "exp": now + 3600});
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("a".into());
+    let forged = encode(&header, &claims, &EncodingKey::from_rsa_pem(RSA.as_bytes()).unwrap()).unwrap();
+    let exchange = vm.send_request(&catalog(&forged)).unwrap();
+    let verified = exchange.outcome.forwarded_headers().is_some();
+    assert!(!verified, "idp's key verified a token that claims to be `other`'s");
+}

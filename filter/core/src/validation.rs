@@ -90,6 +90,17 @@ impl Validator {
         if cfg.timeout_ms == 0 {
             return Err(ConfigError::new("timeout_ms", "must be at least 1"));
         }
+        // An entry fresh for no time would never answer: every request would call out, and
+        // every worker waiting for an answer would take the claim over again.
+        if session.ttl_secs == 0 {
+            return Err(ConfigError::new("session.ttl_secs", "must be at least 1 (at 0 no answer is ever used twice)"));
+        }
+        if session.negative_ttl_secs == 0 {
+            return Err(ConfigError::new(
+                "session.negative_ttl_secs",
+                "must be at least 1 (at 0 an invalid session is asked about on every request)",
+            ));
+        }
         if session.max_entries == 0 {
             return Err(ConfigError::new("session.max_entries", "must be at least 1"));
         }

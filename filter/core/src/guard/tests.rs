@@ -414,6 +414,8 @@ fn configuration_errors_name_the_field_path() {
         (json!({"headers": {"roles": "bad header"}}), "headers.roles"),
         (json!({"validation": {"cluster": ""}}), "validation.cluster"),
         (json!({"session": {"max_entries": 0}, "validation": {"cluster": "c"}}), "session.max_entries"),
+        (json!({"session": {"ttl_secs": 0}, "validation": {"cluster": "c"}}), "session.ttl_secs"),
+        (json!({"session": {"negative_ttl_secs": 0}, "validation": {"cluster": "c"}}), "session.negative_ttl_secs"),
         (json!({"opaque_tokens": true}), "opaque_tokens"),
         (json!({"typo": 1}), "typo"),
         (json!({"restricted_roles": ["admin", " "]}), "restricted_roles[1]"),

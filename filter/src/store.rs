@@ -151,8 +151,16 @@ fn next_counter(key: &str) -> u64 {
     0
 }
 
+/// Why a stripe was not changed.
+enum Unwritten {
+    /// Other workers changed it between each read and write, `CAS_ROUNDS` times.
+    Contended,
+    /// The host refused the write.
+    Refused,
+}
+
 /// Applies `change` to `key`'s stripe with compare-and-swap, returning what it returned.
-fn with_stripe<T>(key: &str, mut change: impl FnMut(&mut Stripe) -> T) -> Option<T> {
+fn with_stripe<T>(key: &str, mut change: impl FnMut(&mut Stripe) -> T) -> Result<T, Unwritten> {
     let stripe_key = format!("pg1/f/{}", stripe_of(key));
     for _ in 0..CAS_ROUNDS {
         let (value, cas) = get(&stripe_key);
@@ -161,20 +169,26 @@ fn with_stripe<T>(key: &str, mut change: impl FnMut(&mut Stripe) -> T) -> Option
         // A stripe seen absent (only if shared data was cleared behind the filter's back, see
         // `prepare`) has no cas to compare; the write then creates it.
         match hostcalls::set_shared_data(&stripe_key, Some(&stripe.encode()), cas) {
-            Ok(()) => return Some(out),
+            Ok(()) => return Ok(out),
             Err(Status::CasMismatch) => continue,
-            Err(_) => return None,
+            Err(_) => return Err(Unwritten::Refused),
         }
     }
     warn!("session cache: in-flight stripe for {key} stayed contended");
-    None
+    Err(Unwritten::Contended)
 }
 
 /// Claims the callout for `key` until `until_ms`.
 pub fn claim(key: &str, now_ms: u64, until_ms: u64) -> Claim {
-    // If the stripe cannot be written at all, behaving as the owner keeps requests moving; the
-    // cost is a duplicate callout, never a request left waiting.
-    with_stripe(key, |s| s.claim(key, now_ms, until_ms)).unwrap_or(Claim::Claimed)
+    match with_stripe(key, |s| s.claim(key, now_ms, until_ms)) {
+        Ok(claim) => claim,
+        // Without its mark, the owner's answer could not be told from one a logout overtook,
+        // so it would not be kept: wait for the next tick and claim again instead.
+        Err(Unwritten::Contended) => Claim::Busy { until_ms: now_ms },
+        // A store that takes no writes keeps nothing anyway: behaving as the owner keeps
+        // requests moving, at the cost of a callout per request.
+        Err(Unwritten::Refused) => Claim::Claimed,
+    }
 }
 
 /// Ends `key`'s callout; on failure, leaves a mark until `failed_until_ms`.

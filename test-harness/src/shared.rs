@@ -65,16 +65,14 @@ impl SharedData {
         self.interleaved.push(Interleaved { prefix: prefix.to_owned(), writes });
     }
 
-    /// Called by the host call before a filter writes `key`: lands the interleaved writes that
-    /// wait for such a key (each set lands once).
+    /// Called by the host call before a filter writes `key`: lands the first set of interleaved
+    /// writes that waits for such a key (each set lands once, one per filter write, so sets
+    /// given for one prefix land before that many writes in turn).
     pub(crate) fn before_filter_write(&mut self, key: &str) {
-        let (due, waiting) =
-            std::mem::take(&mut self.interleaved).into_iter().partition(|i| key.starts_with(&i.prefix));
-        self.interleaved = waiting;
-        for Interleaved { writes, .. } in due {
-            for (key, value) in writes {
-                let _ = self.set(&key, value, 0);
-            }
+        let Some(at) = self.interleaved.iter().position(|i| key.starts_with(&i.prefix)) else { return };
+        let Interleaved { writes, .. } = self.interleaved.remove(at);
+        for (key, value) in writes {
+            let _ = self.set(&key, value, 0);
         }
     }
 
@@ -213,6 +211,17 @@ mod tests {
         data.set("s/1", b"later".to_vec(), 0).unwrap();
         data.before_filter_write("f/1");
         assert_eq!(data.get("s/1").unwrap().0, b"later", "landed once only");
+    }
+
+    #[test]
+    fn sets_for_one_prefix_land_one_per_filter_write() {
+        let mut data = SharedData::default();
+        data.interleave("f/", vec![("a".into(), b"1".to_vec())]);
+        data.interleave("f/", vec![("a".into(), b"2".to_vec())]);
+        data.before_filter_write("f/1");
+        assert_eq!(data.get("a").unwrap().0, b"1");
+        data.before_filter_write("f/1");
+        assert_eq!(data.get("a").unwrap().0, b"2");
     }
 
     #[test]

@@ -229,6 +229,38 @@ fn an_answer_stored_between_a_miss_and_the_claim_is_used_not_fetched_again() {
 }
 
 #[test]
+fn a_claim_that_meets_contention_waits_a_tick_and_its_answer_is_kept() {
+    let host = host();
+    let mut vm = host.configured_vm(&default_config()).unwrap();
+    // Other workers rewrite every in-flight stripe before each of this worker's next writes to
+    // one, more times than it retries a compare-and-swap.
+    let stripes: Vec<(String, Vec<u8>)> = host
+        .shared_data_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("pg1/f/"))
+        .map(|k| (k.clone(), host.shared_data(&k).unwrap().0))
+        .collect();
+    for _ in 0..20 {
+        host.interleave_before_write("pg1/f/", stripes.clone()).unwrap();
+    }
+    let t = token(&host, "s-1");
+    let first = vm.send_request(&catalog(&t, "data/x")).unwrap();
+    assert_eq!(first.outcome, RequestOutcome::Paused);
+    assert!(vm.http_calls().is_empty(), "no callout without a claim");
+
+    // The contention is over by the next tick: the claim lands, one callout, and its answer is
+    // kept (an owner without a mark could not have kept it).
+    host.clock().advance(Duration::from_millis(25));
+    vm.run_due_ticks().unwrap();
+    let call = vm.http_calls().pop().expect("the waiter claims and asks");
+    vm.respond_http_call(call.token, answer(&["analyst"])).unwrap();
+    assert_eq!(status(&vm.outcome(first.context_id).unwrap()), Some(200));
+    let second = vm.send_request(&catalog(&t, "data/x")).unwrap();
+    assert_eq!(status(&second.outcome), Some(200));
+    assert_eq!(host.metric("playbook_guard.callouts"), Some(1), "the answer was kept");
+}
+
+#[test]
 fn configuring_a_worker_creates_the_stripes_and_keeps_claims_in_flight() {
     let host = host();
     let mut first = host.configured_vm(&default_config()).unwrap();

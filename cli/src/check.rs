@@ -70,9 +70,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 }
                 failed |= args.strict && !checked.warnings.is_empty();
                 println!(
-                    "{}: ok: version {:?}, {} roles, {} warnings",
+                    "{}: ok: version {:?} (stat policy_version_hash {}), {} roles, {} warnings",
                     path.display(),
                     checked.policy.version(),
+                    checked.policy.version_hash(),
                     checked.doc.roles.len(),
                     checked.warnings.len()
                 );

@@ -41,7 +41,7 @@ fn policy(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 fn check_accepts_the_shipped_policies() {
     let out = run(&["check", "policies/noetl-default.yaml", "policies/examples/guard-rails.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("policies/noetl-default.yaml: ok: version \"2026-11-23.1\", 4 roles, 0 warnings"));
+    assert!(stdout(&out).contains("policies/noetl-default.yaml: ok: version \"2026-11-23.1\" (stat policy_version_hash 180915953083209), 4 roles, 0 warnings"));
     assert_eq!(stderr(&out), "");
 }
 

@@ -221,13 +221,17 @@ impl RootContext for GuardRoot {
         let env = |name: &str| std::env::var(name).ok();
         match Guard::from_json(&config, &env) {
             Ok(guard) => {
-                info!("configured; policy version {:?}", guard.policy_version());
+                info!(
+                    "configured; policy version {:?} (policy_version_hash {})",
+                    guard.policy_version(),
+                    guard.policy_version_hash()
+                );
                 if !guard.hold_headers_for_body() {
                     // An explicit opt-in that lets the upstream see requests later denied: say
                     // so each time such a configuration is taken.
                     warn!("{}", crate::core::config::EARLY_HEAD_WARNING);
                 }
-                Metrics::set_policy_version(guard.policy_version());
+                self.metrics.set_policy_version(guard.policy_version_hash());
                 // Keys may have changed: tokens verified under the old configuration are not. The
                 // fetches sent under it are forgotten too: their answers are matched to a provider
                 // by its index, which may now be another provider's.

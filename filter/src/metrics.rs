@@ -60,6 +60,8 @@ pub struct Metrics {
     pub cold_callouts_limited: Option<u32>,
     /// Invalid-session answers evicted to keep within `session.max_negative_entries`.
     pub invalid_sessions_evicted: Option<u32>,
+    /// The active policy's version as a number (`playbook-guard check` prints it).
+    pub policy_version_hash: Option<u32>,
     /// Lookups sent (`resolver`: a `catalog_id` or `execution_id` to a playbook).
     pub lookups: Option<u32>,
     /// Ids answered from the shared lookup cache.
@@ -72,12 +74,6 @@ pub struct Metrics {
     pub lookups_limited: Option<u32>,
     /// Lookup answers evicted to keep within `resolver.max_entries`.
     pub lookups_evicted: Option<u32>,
-}
-
-thread_local! {
-    /// The gauge of the policy version this VM last reported: the VM outlives configuration
-    /// updates (and may get a new root context for each), so this is per VM, not per context.
-    static VERSION_GAUGE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -119,6 +115,7 @@ impl Metrics {
             roles_dropped: counter("roles_dropped"),
             cold_callouts_limited: counter("cold_callouts_limited"),
             invalid_sessions_evicted: counter("invalid_sessions_evicted"),
+            policy_version_hash: define(MetricType::Gauge, "policy_version_hash"),
             lookups: counter("lookups"),
             lookup_hits: counter("lookup_hits"),
             lookup_waits: counter("lookup_waits"),
@@ -147,24 +144,13 @@ impl Metrics {
         Metrics::add(self.tokens_unrecognised, u64::from(tally.unrecognised));
     }
 
-    /// Publishes the active policy version as the gauge
-    /// `playbook_guard.policy_version.<version>` = 1 (characters other than letters, digits,
-    /// `-` and `_` become `_`), setting the previous version's gauge to 0: a stat cannot hold a
-    /// string, but a gauge per version shows which policy each Envoy runs.
-    /// At most 64 characters are kept; the exact string is in the log line and in Envoy's ECDS
-    /// `version_text`.
-    pub fn set_policy_version(version: &str) {
-        let name: String = version
-            .chars()
-            .take(64)
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-            .collect();
-        let Some(id) = define(MetricType::Gauge, &format!("policy_version.{name}")) else { return };
-        if let Some(old) = VERSION_GAUGE.with(|g| g.replace(Some(id))) {
-            if old != id {
-                let _ = hostcalls::record_metric(old, 0);
-            }
+    /// Publishes the active policy version: the gauge `policy_version_hash` (one gauge
+    /// whatever the number of updates; see [`crate::core::Policy::version_hash`]). The version
+    /// string itself is in the log line of each accepted configuration and in Envoy's ECDS
+    /// `version_info`.
+    pub fn set_policy_version(&self, hash: u64) {
+        if let Some(id) = self.policy_version_hash {
+            let _ = hostcalls::record_metric(id, hash);
         }
-        let _ = hostcalls::record_metric(id, 1);
     }
 }

@@ -340,6 +340,11 @@ impl Guard {
         self.policy.version()
     }
 
+    /// The active policy's version as a number (see [`Policy::version_hash`]).
+    pub fn policy_version_hash(&self) -> u64 {
+        self.policy.version_hash()
+    }
+
     /// The validation settings, if a validation service is configured.
     pub fn validator(&self) -> Option<&Validator> {
         self.validator.as_ref()

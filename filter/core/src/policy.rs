@@ -10,6 +10,7 @@ use std::fmt;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
 use crate::path::PlaybookPath;
@@ -196,6 +197,15 @@ impl Policy {
     /// The document's `version`.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The version as a number, for the `policy_version_hash` gauge: a stat holds a number, not
+    /// a string, and one gauge per version would accumulate with every update. The first 48
+    /// bits of the version's SHA-256, so a double (Prometheus) holds it exactly;
+    /// `playbook-guard check` prints it beside the version.
+    pub fn version_hash(&self) -> u64 {
+        let digest = Sha256::digest(self.version.as_bytes());
+        digest.iter().take(6).fold(0, |n, b| (n << 8) | u64::from(*b))
     }
 
     /// Whether a user holding `roles` may use `permission` on `playbook`.

@@ -226,3 +226,14 @@ deny: [{permissions: [modify], playbooks: ["system/**"]}]
     let d = every(&["wide"], "modify");
     assert_eq!((d.allowed, d.rule), (false, DecidedBy::Rule("deny[0]".into())), "a top-level deny binds everyone");
 }
+
+#[test]
+fn the_version_hash_is_the_first_48_bits_of_the_versions_sha256() {
+    let policy = |version: &str| {
+        Policy::compile(&serde_json::from_value(serde_json::json!({"version": version, "roles": {}})).unwrap()).unwrap()
+    };
+    // sha256("2026-11-23.1") begins a48ac71e2349.
+    assert_eq!(policy("2026-11-23.1").version_hash(), 0xa48ac71e2349);
+    assert_ne!(policy("v1").version_hash(), policy("v2").version_hash());
+    assert!(policy("v1").version_hash() < 1 << 48, "a double holds it exactly");
+}

@@ -185,12 +185,35 @@ impl Worker {
     }
 }
 
+/// A worker's [`Worker`], shared by its root context and every request context, and reached
+/// only through [`WorkerCell::with`] (clippy refuses `RefCell::borrow` and `borrow_mut` here).
+///
+/// A host call made while it is in use may come back into the filter at once (a local reply
+/// runs the response callbacks before it returns). Such an inner call finds it busy and does
+/// without it, as each caller says, rather than panicking: a panic kills the VM for every later
+/// request on that worker.
+#[derive(Debug, Default)]
+pub struct WorkerCell(RefCell<Worker>);
+
+impl WorkerCell {
+    /// Runs `f` on the worker's state; `None` (logged) if an outer call is using it.
+    fn with<T>(&self, f: impl FnOnce(&mut Worker) -> T) -> Option<T> {
+        match self.0.try_borrow_mut() {
+            Ok(mut worker) => Some(f(&mut worker)),
+            Err(_) => {
+                error!("the worker's state is in use by an outer call; this call goes on without it");
+                None
+            }
+        }
+    }
+}
+
 /// The root context: compiles the configuration and hands each request what it needs.
 #[derive(Default)]
 pub struct GuardRoot {
     guard: Option<Rc<Guard>>,
     metrics: Metrics,
-    worker: Rc<RefCell<Worker>>,
+    worker: Rc<WorkerCell>,
 }
 
 impl Context for GuardRoot {
@@ -235,10 +258,12 @@ impl RootContext for GuardRoot {
                 // Keys may have changed: tokens verified under the old configuration are not. The
                 // fetches sent under it are forgotten too: their answers are matched to a provider
                 // by its index, which may now be another provider's.
-                self.worker.borrow_mut().keys = guard.verifier_state();
-                self.worker.borrow_mut().jwks_fetches.clear();
-                self.worker.borrow_mut().cold_callouts = guard.validator().map(Validator::cold_callouts);
-                self.worker.borrow_mut().lookup_allowance = guard.resolver().map(Resolver::allowance);
+                self.worker.with(|w| {
+                    w.keys = guard.verifier_state();
+                    w.jwks_fetches.clear();
+                    w.cold_callouts = guard.validator().map(Validator::cold_callouts);
+                    w.lookup_allowance = guard.resolver().map(Resolver::allowance);
+                });
                 if guard.validator().is_some() || guard.resolver().is_some() {
                     store::prepare();
                 }
@@ -286,12 +311,12 @@ impl RootContext for GuardRoot {
 struct Driver<'a> {
     guard: &'a Guard,
     metrics: &'a Metrics,
-    worker: &'a RefCell<Worker>,
+    worker: &'a WorkerCell,
 }
 
 impl Driver<'_> {
     fn with_request<T>(&self, ctx: u32, f: impl FnOnce(&mut Request) -> T) -> Option<T> {
-        self.worker.borrow_mut().requests.get_mut(&ctx).map(f)
+        self.worker.with(|w| w.requests.get_mut(&ctx).map(f)).flatten()
     }
 
     fn set_state(&self, ctx: u32, state: State) {
@@ -362,10 +387,14 @@ impl Driver<'_> {
         headers.retain(|(name, _)| !spoofed.contains(name));
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let (step, tokens, roles_dropped) = {
-            let keys = &mut self.worker.borrow_mut().keys;
+        let decide = |keys: &mut VerifierState| {
             let step = self.guard.on_request_headers_cached(&head, now_ms / 1000, keys);
             (step, keys.tokens.take(), keys.verified.take_roles_dropped())
+        };
+        // Busy state (see `WorkerCell`): decide without this worker's caches.
+        let (step, tokens, roles_dropped) = match self.worker.with(|w| decide(&mut w.keys)) {
+            Some(decided) => decided,
+            None => decide(&mut self.guard.verifier_state()),
         };
         self.metrics.count_tokens(tokens);
         Metrics::add(self.metrics.roles_dropped, roles_dropped);
@@ -376,12 +405,13 @@ impl Driver<'_> {
     /// next tick, which this makes come at once.
     fn await_keys(&self, ctx: u32, now_ms: u64) -> Action {
         let timeout_ms = self.guard.verifier().remote_sources().map(|s| s.timeout_ms).max().unwrap_or(0);
-        let mut worker = self.worker.borrow_mut();
-        if let Some(r) = worker.requests.get_mut(&ctx) {
-            r.state = State::Keys { until_ms: now_ms + timeout_ms + KEYS_GRACE_MS };
-        }
-        worker.awaiting_keys.push(ctx);
-        worker.set_tick(FETCH_NOW);
+        self.worker.with(|worker| {
+            if let Some(r) = worker.requests.get_mut(&ctx) {
+                r.state = State::Keys { until_ms: now_ms + timeout_ms + KEYS_GRACE_MS };
+            }
+            worker.awaiting_keys.push(ctx);
+            worker.set_tick(FETCH_NOW);
+        });
         Metrics::bump(self.metrics.jwks_waits);
         Action::Pause
     }
@@ -389,18 +419,20 @@ impl Driver<'_> {
     /// Decides again the heads of the requests waiting for JWK Sets: all of them once a fetch
     /// has ended (`all`), else those that waited past their deadline.
     fn recheck_keys(&self, all: bool, now_ms: u64) {
-        let due: Vec<u32> = {
-            let mut worker = self.worker.borrow_mut();
-            let waiting = std::mem::take(&mut worker.awaiting_keys);
-            let requests = &worker.requests;
-            let (due, still) = waiting.into_iter().partition(|ctx| {
-                all || requests
-                    .get(ctx)
-                    .is_none_or(|r| matches!(r.state, State::Keys { until_ms } if until_ms <= now_ms))
-            });
-            worker.awaiting_keys = still;
-            due
-        };
+        let due: Vec<u32> = self
+            .worker
+            .with(|worker| {
+                let waiting = std::mem::take(&mut worker.awaiting_keys);
+                let requests = &worker.requests;
+                let (due, still) = waiting.into_iter().partition(|ctx| {
+                    all || requests
+                        .get(ctx)
+                        .is_none_or(|r| matches!(r.state, State::Keys { until_ms } if until_ms <= now_ms))
+                });
+                worker.awaiting_keys = still;
+                due
+            })
+            .unwrap_or_default();
         for ctx in due {
             self.carry_on(ctx, State::take_keys_wait, |()| self.decide_head(ctx, now_ms));
         }
@@ -414,7 +446,7 @@ impl Driver<'_> {
         let Some(taken) = self.with_request(ctx, |r| wanted(&mut r.state)).flatten() else { return };
         if hostcalls::set_effective_context(ctx).is_err() {
             // The client went away while waiting.
-            self.worker.borrow_mut().requests.remove(&ctx);
+            self.worker.with(|w| w.requests.remove(&ctx));
             return;
         }
         if step(taken) == Action::Continue {
@@ -472,7 +504,7 @@ impl Driver<'_> {
         let key = pending.session_key().to_owned();
         let timeout_ms = self.guard.validator().map_or(0, |v| v.timeout_ms());
         let until_ms = now_ms + timeout_ms + CLAIM_GRACE_MS;
-        let local = self.worker.borrow().callouts.values().any(|c| c.session == key);
+        let local = self.worker.with(|w| w.callouts.values().any(|c| c.session == key)).unwrap_or(false);
         let claim = if local { Claim::Busy { until_ms } } else { store::claim(&key, now_ms, until_ms) };
         match claim {
             Claim::Claimed => {
@@ -493,12 +525,12 @@ impl Driver<'_> {
             }
             Claim::Busy { .. } => {
                 Metrics::bump(self.metrics.coalesced_waits);
-                let mut worker = self.worker.borrow_mut();
-                if let Some(r) = worker.requests.get_mut(&ctx) {
-                    r.state = State::Waiting { pending };
-                }
-                worker.waiting.entry(key).or_default().push(ctx);
-                drop(worker);
+                self.worker.with(|worker| {
+                    if let Some(r) = worker.requests.get_mut(&ctx) {
+                        r.state = State::Waiting { pending };
+                    }
+                    worker.waiting.entry(key).or_default().push(ctx);
+                });
                 self.retick();
                 Action::Pause
             }
@@ -520,8 +552,8 @@ impl Driver<'_> {
         };
         // A session the cache has never seen (no entry, not even a stale or negative one) is
         // what a flood of made-up tokens looks like: such callouts are limited per worker.
-        let cold_allowed =
-            stale.is_some() || self.worker.borrow_mut().cold_callouts.as_mut().is_none_or(|b| b.try_take(now_ms));
+        let cold_allowed = stale.is_some()
+            || self.worker.with(|w| w.cold_callouts.as_mut().is_none_or(|b| b.try_take(now_ms))) != Some(false);
         if !cold_allowed {
             // Let the claim go: another request for this session may find an allowance.
             store::finish(&key, now_ms, None);
@@ -541,11 +573,12 @@ impl Driver<'_> {
         );
         match sent {
             Ok(token) => {
-                let mut worker = self.worker.borrow_mut();
-                worker.callouts.insert(token, Callout { session: key, owner: ctx, claim_until_ms });
-                if let Some(r) = worker.requests.get_mut(&ctx) {
-                    r.state = State::Calling { pending };
-                }
+                self.worker.with(|worker| {
+                    worker.callouts.insert(token, Callout { session: key, owner: ctx, claim_until_ms });
+                    if let Some(r) = worker.requests.get_mut(&ctx) {
+                        r.state = State::Calling { pending };
+                    }
+                });
                 Action::Pause
             }
             Err(status) => {
@@ -578,15 +611,15 @@ impl Driver<'_> {
 
     fn on_callout_response(&self, token: u32, num_headers: usize, body_size: usize) {
         let now_ms = now_ms();
-        let jwks = self.worker.borrow_mut().jwks_fetches.remove(&token);
+        let jwks = self.worker.with(|w| w.jwks_fetches.remove(&token)).flatten();
         if let Some(provider) = jwks {
             return self.on_jwks_response(provider, num_headers, body_size);
         }
-        let lookup = self.worker.borrow_mut().lookups.remove(&token);
+        let lookup = self.worker.with(|w| w.lookups.remove(&token)).flatten();
         if let Some(lookup) = lookup {
             return self.on_lookup_response(lookup, num_headers, body_size, now_ms);
         }
-        let Some(callout) = self.worker.borrow_mut().callouts.remove(&token) else {
+        let Some(callout) = self.worker.with(|w| w.callouts.remove(&token)).flatten() else {
             return;
         };
         let status = response_status(num_headers);
@@ -630,7 +663,7 @@ impl Driver<'_> {
 
     /// Resumes every request of this worker waiting for `key`.
     fn wake(&self, key: &str, answer: Result<&SessionEntry, &CalloutFailure>, now_ms: u64) {
-        let waiters = self.worker.borrow_mut().waiting.remove(key).unwrap_or_default();
+        let waiters = self.worker.with(|w| w.waiting.remove(key)).flatten().unwrap_or_default();
         for ctx in waiters {
             self.resume(ctx, answer, now_ms);
         }
@@ -661,7 +694,7 @@ impl Driver<'_> {
         self.fetch_jwks(now_ms);
         self.recheck_keys(false, now_ms);
         self.tick_lookups(now_ms);
-        let keys: Vec<String> = self.worker.borrow().waiting.keys().cloned().collect();
+        let keys: Vec<String> = self.worker.with(|w| w.waiting.keys().cloned().collect()).unwrap_or_default();
         for key in keys {
             let record = store::session(&key);
             let fresh = match (&record, self.guard.validator()) {
@@ -687,13 +720,13 @@ impl Driver<'_> {
 
     fn retick(&self) {
         let remote = self.guard.verifier().remote_sources().next().is_some();
-        self.worker.borrow_mut().retick(remote);
+        self.worker.with(|w| w.retick(remote));
     }
 
     /// Sends the JWK Set fetches that are due. Called from the root context only, so the
     /// answers come back to the root, which outlives any request.
     fn fetch_jwks(&self, now_ms: u64) {
-        let due = self.worker.borrow_mut().keys.remote.due(self.guard.verifier(), now_ms / 1000);
+        let due = self.worker.with(|w| w.keys.remote.due(self.guard.verifier(), now_ms / 1000)).unwrap_or_default();
         for source in due {
             let headers = vec![
                 (":method", "GET"),
@@ -704,7 +737,7 @@ impl Driver<'_> {
             let timeout = Duration::from_millis(source.timeout_ms);
             match hostcalls::dispatch_http_call(&source.cluster, headers, None, Vec::new(), timeout) {
                 Ok(token) => {
-                    self.worker.borrow_mut().jwks_fetches.insert(token, source.provider);
+                    self.worker.with(|w| w.jwks_fetches.insert(token, source.provider));
                 }
                 Err(status) => {
                     warn!(
@@ -712,7 +745,7 @@ impl Driver<'_> {
                         source.provider, source.cluster
                     );
                     Metrics::bump(self.metrics.jwks_fetch_failed);
-                    self.worker.borrow_mut().keys.remote.failed(source.provider);
+                    self.worker.with(|w| w.keys.remote.failed(source.provider));
                     self.recheck_keys(true, now_ms);
                 }
             }
@@ -725,13 +758,15 @@ impl Driver<'_> {
         let body =
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         if status.is_some_and(|s| (200..300).contains(&s)) {
-            let loaded = self.worker.borrow_mut().keys.remote.load(provider, &body, now_ms / 1000);
+            let loaded = self.worker.with(|w| w.keys.remote.load(provider, &body, now_ms / 1000));
             match loaded {
-                Ok(count) => {
+                // Busy state (see `WorkerCell`): the next fetch brings the keys.
+                None => {}
+                Some(Ok(count)) => {
                     Metrics::bump(self.metrics.jwks_fetch_success);
                     info!("remote JWKS for providers[{provider}]: {count} keys");
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     Metrics::bump(self.metrics.jwks_fetch_failed);
                     warn!("remote JWKS for providers[{provider}] refused: {e}; keeping the keys it had");
                 }
@@ -741,22 +776,24 @@ impl Driver<'_> {
             warn!(
                 "remote JWKS for providers[{provider}]: no usable answer (status {status:?}); keeping the keys it had"
             );
-            self.worker.borrow_mut().keys.remote.failed(provider);
+            self.worker.with(|w| w.keys.remote.failed(provider));
         }
         self.recheck_keys(true, now_ms);
         self.retick();
     }
 
     fn take_over(&self, key: &str, now_ms: u64) {
-        let next = {
-            let mut worker = self.worker.borrow_mut();
-            let waiters = worker.waiting.get_mut(key);
-            let ctx = waiters.and_then(|w| if w.is_empty() { None } else { Some(w.remove(0)) });
-            if worker.waiting.get(key).is_some_and(Vec::is_empty) {
-                worker.waiting.remove(key);
-            }
-            ctx
-        };
+        let next = self
+            .worker
+            .with(|worker| {
+                let waiters = worker.waiting.get_mut(key);
+                let ctx = waiters.and_then(|w| if w.is_empty() { None } else { Some(w.remove(0)) });
+                if worker.waiting.get(key).is_some_and(Vec::is_empty) {
+                    worker.waiting.remove(key);
+                }
+                ctx
+            })
+            .flatten();
         let Some(ctx) = next else { return };
         self.carry_on(
             ctx,
@@ -804,7 +841,7 @@ struct GuardHttp {
     /// `None` only if a request arrives before a configuration was accepted: fail closed.
     guard: Option<Rc<Guard>>,
     metrics: Metrics,
-    worker: Rc<RefCell<Worker>>,
+    worker: Rc<WorkerCell>,
 }
 
 impl GuardHttp {
@@ -859,21 +896,21 @@ impl HttpContext for GuardHttp {
             return Action::Pause;
         };
         let request = Request { body_done: end_of_stream.then_some(0), ..Request::default() };
-        self.worker.borrow_mut().requests.insert(self.id, request);
+        self.worker.with(|w| w.requests.insert(self.id, request));
         self.driver(&guard).decide_head(self.id, self.now_ms())
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(guard) = self.guard.clone() else { return Action::Continue };
-        let limit = {
-            let worker = self.worker.borrow();
-            match worker.requests.get(&self.id).map(|r| &r.state) {
+        let limit = self
+            .worker
+            .with(|worker| match worker.requests.get(&self.id).map(|r| &r.state) {
                 // The route's limit is applied once the head is decided.
                 Some(State::Keys { .. }) => Some(u64::MAX),
                 Some(state) => state.pending().map(|p| p.max_body_bytes),
                 None => None,
-            }
-        };
+            })
+            .flatten();
         let Some(limit) = limit else { return Action::Continue };
         if body_size as u64 > limit {
             let driver = self.driver(&guard);
@@ -882,10 +919,11 @@ impl HttpContext for GuardHttp {
                 State::Resolving { pending, .. } => pending,
                 State::Open | State::Keys { .. } => return Action::Continue,
             };
-            let mut worker = self.worker.borrow_mut();
-            worker.waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
-            worker.lookup_waiting.values_mut().for_each(|w| w.retain(|c| *c != self.id));
-            drop(worker);
+            let id = self.id;
+            self.worker.with(|worker| {
+                worker.waiting.values_mut().for_each(|w| w.retain(|c| *c != id));
+                worker.lookup_waiting.values_mut().for_each(|w| w.retain(|c| *c != id));
+            });
             return driver.apply(self.id, guard.body_too_large(&pending));
         }
         if !end_of_stream {
@@ -902,7 +940,7 @@ impl HttpContext for GuardHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let logout = self.worker.borrow_mut().requests.get_mut(&self.id).and_then(|r| r.logout.take());
+        let logout = self.worker.with(|w| w.requests.get_mut(&self.id).and_then(|r| r.logout.take())).flatten();
         if let Some(key) = logout {
             let ok = self
                 .get_http_response_header(":status")
@@ -925,31 +963,47 @@ impl Drop for GuardHttp {
     fn drop(&mut self) {
         // A request that ends (or whose client goes away) while waiting must leave no trace:
         // nothing may later try to resume it.
-        if let Ok(mut worker) = self.worker.try_borrow_mut() {
-            worker.requests.remove(&self.id);
+        let id = self.id;
+        let orphaned = self.worker.with(|worker| {
+            worker.requests.remove(&id);
             for waiters in worker.waiting.values_mut() {
-                waiters.retain(|c| *c != self.id);
+                waiters.retain(|c| *c != id);
             }
             worker.waiting.retain(|_, w| !w.is_empty());
             for waiters in worker.lookup_waiting.values_mut() {
-                waiters.retain(|c| *c != self.id);
+                waiters.retain(|c| *c != id);
             }
             worker.lookup_waiting.retain(|_, w| !w.is_empty());
-            worker.awaiting_keys.retain(|c| *c != self.id);
-            let id = self.id;
+            worker.awaiting_keys.retain(|c| *c != id);
             let mut orphaned: Vec<String> =
                 worker.callouts.values().filter(|c| c.owner == id).map(|c| c.session.clone()).collect();
             worker.callouts.retain(|_, c| c.owner != id);
             orphaned.extend(worker.lookups.values().filter(|c| c.owned_by(id)).map(LookupCallout::claim_key));
             worker.lookups.retain(|_, c| !c.owned_by(id));
-            drop(worker);
-            // The host will not deliver the answer to a context that is gone: give the claim up
-            // at once, so the next tick of a worker with waiters asks again from its root
-            // context, rather than every waiter sitting out the claim's full deadline.
-            let now_ms = now_ms();
-            for session in orphaned {
-                store::finish(&session, now_ms, None);
-            }
+            orphaned
+        });
+        // The host will not deliver the answer to a context that is gone: give the claim up at
+        // once, so the next tick of a worker with waiters asks again from its root context,
+        // rather than every waiter sitting out the claim's full deadline.
+        let now_ms = now_ms();
+        for claim in orphaned.unwrap_or_default() {
+            store::finish(&claim, now_ms, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_comes_back_in_finds_the_worker_busy_instead_of_panicking() {
+        let cell = WorkerCell::default();
+        let inner = cell.with(|outer| {
+            outer.awaiting_keys.push(7);
+            cell.with(|w| w.awaiting_keys.push(8))
+        });
+        assert_eq!(inner, Some(None), "the inner call did without");
+        assert_eq!(cell.with(|w| w.awaiting_keys.clone()), Some(vec![7]));
     }
 }

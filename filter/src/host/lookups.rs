@@ -47,7 +47,7 @@ impl Driver<'_> {
         let timeout_ms = self.guard.resolver().map_or(0, |r| r.timeout_ms());
         let until_ms = now_ms + timeout_ms + CLAIM_GRACE_MS;
         let claim_key = store::lookup_claim_key(&key);
-        let local = self.worker.borrow().lookups.values().any(|c| c.key == key);
+        let local = self.worker.with(|w| w.lookups.values().any(|c| c.key == key)).unwrap_or(false);
         let claim = if local { Claim::Busy { until_ms } } else { store::claim(&claim_key, now_ms, until_ms) };
         match claim {
             Claim::Claimed => {
@@ -61,12 +61,12 @@ impl Driver<'_> {
             }
             Claim::Busy { .. } => {
                 Metrics::bump(self.metrics.lookup_waits);
-                let mut worker = self.worker.borrow_mut();
-                if let Some(r) = worker.requests.get_mut(&ctx) {
-                    r.state = State::Resolving { key, pending };
-                }
-                worker.lookup_waiting.entry(key).or_default().push(ctx);
-                drop(worker);
+                self.worker.with(|worker| {
+                    if let Some(r) = worker.requests.get_mut(&ctx) {
+                        r.state = State::Resolving { key, pending };
+                    }
+                    worker.lookup_waiting.entry(key).or_default().push(ctx);
+                });
                 self.retick();
                 Action::Pause
             }
@@ -83,7 +83,8 @@ impl Driver<'_> {
     }
 
     fn send_lookup(&self, ctx: u32, key: LookupKey, pending: Pending, now_ms: u64) -> Action {
-        let allowed = self.worker.borrow_mut().lookup_allowance.as_mut().is_none_or(|b| b.try_take(now_ms));
+        let allowed =
+            self.worker.with(|w| w.lookup_allowance.as_mut().is_none_or(|b| b.try_take(now_ms))) != Some(false);
         let Some(req) = self.guard.lookup(&key).filter(|_| allowed) else {
             // Let the claim go: another request for this id may find an allowance.
             store::finish(&store::lookup_claim_key(&key), now_ms, None);
@@ -96,11 +97,12 @@ impl Driver<'_> {
         let timeout = Duration::from_millis(req.timeout_ms);
         match hostcalls::dispatch_http_call(&req.cluster, headers, body, Vec::new(), timeout) {
             Ok(token) => {
-                let mut worker = self.worker.borrow_mut();
-                worker.lookups.insert(token, LookupCallout { key, owner: ctx });
-                if let Some(r) = worker.requests.get_mut(&ctx) {
-                    r.state = State::Resolving { key, pending };
-                }
+                self.worker.with(|worker| {
+                    worker.lookups.insert(token, LookupCallout { key, owner: ctx });
+                    if let Some(r) = worker.requests.get_mut(&ctx) {
+                        r.state = State::Resolving { key, pending };
+                    }
+                });
                 Action::Pause
             }
             Err(status) => {
@@ -150,7 +152,7 @@ impl Driver<'_> {
 
     /// Resumes every request of this worker waiting for `key`.
     fn wake_lookup(&self, key: &LookupKey, answer: Answer<'_>, now_ms: u64) {
-        let waiters = self.worker.borrow_mut().lookup_waiting.remove(key).unwrap_or_default();
+        let waiters = self.worker.with(|w| w.lookup_waiting.remove(key)).flatten().unwrap_or_default();
         for ctx in waiters {
             self.resume_lookup(ctx, key, answer, now_ms);
         }
@@ -170,7 +172,7 @@ impl Driver<'_> {
     /// Looks for answers to lookups other workers own, and takes over from owners that did not
     /// answer in time.
     pub(super) fn tick_lookups(&self, now_ms: u64) {
-        let keys: Vec<LookupKey> = self.worker.borrow().lookup_waiting.keys().copied().collect();
+        let keys: Vec<LookupKey> = self.worker.with(|w| w.lookup_waiting.keys().copied().collect()).unwrap_or_default();
         for key in keys {
             if let Some(path) = self.cached(&key, now_ms) {
                 self.wake_lookup(&key, Ok(&path), now_ms);
@@ -185,15 +187,17 @@ impl Driver<'_> {
                 // The owner let go without an answer to keep (NoETL has no such id, or it died):
                 // one waiter asks again.
                 None => {
-                    let next = {
-                        let mut worker = self.worker.borrow_mut();
-                        let waiters = worker.lookup_waiting.entry(key).or_default();
-                        let ctx = (!waiters.is_empty()).then(|| waiters.remove(0));
-                        if waiters.is_empty() {
-                            worker.lookup_waiting.remove(&key);
-                        }
-                        ctx
-                    };
+                    let next = self
+                        .worker
+                        .with(|worker| {
+                            let waiters = worker.lookup_waiting.entry(key).or_default();
+                            let ctx = (!waiters.is_empty()).then(|| waiters.remove(0));
+                            if waiters.is_empty() {
+                                worker.lookup_waiting.remove(&key);
+                            }
+                            ctx
+                        })
+                        .flatten();
                     if let Some(ctx) = next {
                         self.carry_on(
                             ctx,

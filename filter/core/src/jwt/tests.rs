@@ -1,6 +1,9 @@
 use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::{encode, AlgorithmFamily, EncodingKey, Header};
 use serde_json::json;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 
 use super::*;
 

@@ -1,0 +1,114 @@
+//! What a worker remembers between requests: tokens that verified, and the kinds it saw.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{token_digest, AuthError, RemoteKeys, VerifiedToken, Verifier};
+
+/// One worker's verification state for one configuration: the tokens it verified and the
+/// remote JWK Sets it fetched. Make a new one when the configuration changes.
+#[derive(Debug, Default)]
+pub struct VerifierState {
+    /// Tokens whose signature was checked.
+    pub verified: VerifiedTokens,
+    /// Remote JWK Sets.
+    pub remote: RemoteKeys,
+    /// The kinds of token seen since the host last took the tally, for its stats.
+    pub tokens: TokenTally,
+}
+
+/// How many tokens of each kind requests presented: the core counts, the host drains the counts
+/// into its stats ([`TokenTally::take`]) after each request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTally {
+    /// Compact JWS tokens, verified locally.
+    pub jwt: u32,
+    /// Opaque tokens of the configured shape, for the validation service to vouch for.
+    pub opaque: u32,
+    /// Tokens that were neither: refused as `malformed` without a callout.
+    pub unrecognised: u32,
+}
+
+impl TokenTally {
+    /// The counts so far, leaving zeros.
+    pub fn take(&mut self) -> TokenTally {
+        std::mem::take(self)
+    }
+}
+
+/// Tokens that verified, remembered by their SHA-256 until their `exp`, so a token's signature
+/// is checked once per worker rather than on every request (as Envoy's `jwt_cache_config`):
+/// RSA in wasm costs about a hundred times what HMAC does. Bounded; the oldest go first.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    map: HashMap<String, VerifiedToken>,
+    order: VecDeque<String>,
+    capacity: usize,
+    /// Role names dropped from the tokens verified since the host last took the count.
+    roles_dropped: u64,
+}
+
+impl VerifiedTokens {
+    /// A cache of at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        VerifiedTokens { map: HashMap::new(), order: VecDeque::new(), capacity, roles_dropped: 0 }
+    }
+
+    /// How many role names the tokens verified since the last call carried that were not role
+    /// names (see [`roles_from`]), for the host's stat; counted when a token is verified, not
+    /// each time the cache answers for it.
+    pub fn take_roles_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.roles_dropped)
+    }
+
+    /// How many tokens are remembered.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn insert(&mut self, digest: String, token: VerifiedToken) {
+        if self.capacity == 0 || self.map.contains_key(&digest) {
+            return;
+        }
+        while self.map.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        self.order.push_back(digest.clone());
+        self.map.insert(digest, token);
+    }
+}
+
+impl Verifier {
+    /// [`Verifier::verify`], answered from `cache` for a token that verified before and has not
+    /// expired. Only successes are remembered: a token that failed is checked again, so a key
+    /// rotation or a clock correction is never masked.
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        now: u64,
+        cache: &mut VerifiedTokens,
+        remote: &mut RemoteKeys,
+    ) -> Result<VerifiedToken, AuthError> {
+        let digest = (cache.capacity > 0).then(|| token_digest(token));
+        if let Some(hit) = digest.as_ref().and_then(|d| cache.map.get(d)) {
+            if now < hit.expires_at.saturating_add(self.clock_skew) {
+                return Ok(hit.clone());
+            }
+        }
+        let verified = self.verify_with(token, now, Some(remote))?;
+        cache.roles_dropped = cache.roles_dropped.saturating_add(u64::from(verified.roles_dropped));
+        if let Some(digest) = digest {
+            cache.insert(digest, verified.clone());
+        }
+        Ok(verified)
+    }
+}

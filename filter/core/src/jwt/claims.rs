@@ -1,0 +1,69 @@
+//! Reading claims: role names, strings, NumericDates (RFC 7519 section 2).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use super::AuthError;
+
+/// The longest role name kept, in bytes.
+pub const MAX_ROLE_BYTES: usize = 128;
+
+/// Whether `name` can be a role: a value, never syntax. Roles travel upstream joined with `,`
+/// in one header, and NoETL splits that header again, so a role holding `,` (or whitespace,
+/// which some readers split on too) would become several roles on the way; control characters
+/// and huge names have no business in a header or a log line either.
+pub fn is_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROLE_BYTES
+        && !name.chars().any(|c| c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// Roles from a claim or a validation answer holding an array of strings or one string of
+/// names separated by spaces, and how many items were dropped: those that are not strings or
+/// not role names ([`is_role_name`]). Runs of spaces only separate; any other whitespace is
+/// part of a name (and so drops it). A value of another type is one dropped item.
+pub fn roles_from(value: Option<&Value>) -> (Vec<String>, u32) {
+    let mut roles = Vec::new();
+    let mut dropped = 0u32;
+    let mut keep = |name: Option<&str>| match name {
+        Some(name) if is_role_name(name) => roles.push(name.to_owned()),
+        _ => dropped = dropped.saturating_add(1),
+    };
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => items.iter().for_each(|item| keep(item.as_str())),
+        Some(Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).for_each(|name| keep(Some(name))),
+        Some(_) => keep(None),
+    }
+    (roles, dropped)
+}
+
+/// A string claim; numbers are accepted too (`sub: 42`), as some issuers send ids that way.
+pub(super) fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A NumericDate claim (RFC 7519 section 2): seconds, possibly fractional; negative is 0.
+pub(super) fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_u64().or_else(|| n.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 }));
+            secs.map(Some).ok_or_else(|| AuthError::MissingClaim(name.into()))
+        }
+        Some(_) => Err(AuthError::MissingClaim(name.into())),
+    }
+}
+
+pub(super) fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}

@@ -1,0 +1,201 @@
+//! Verification keys: a provider's configuration compiled, and JWK Sets (RFC 7517) read.
+
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::Value;
+
+use super::{Provider, RemoteJwks, MIN_HMAC_SECRET_BYTES};
+use crate::config::{ConfigError, ProviderConfig, RequiredClaims};
+
+/// A verification key with the constraints its JWK put on it.
+#[derive(Clone)]
+pub(super) struct Key {
+    kid: Option<String>,
+    /// The only algorithm this key may verify, when its JWK says so (`alg`, or `crv` for EC).
+    alg: Option<Algorithm>,
+    pub(super) key: DecodingKey,
+}
+
+impl Key {
+    pub(super) fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
+        self.key.family() == alg.family()
+            && self.alg.is_none_or(|a| a == alg)
+            && kid.is_none_or(|kid| self.kid.as_deref() == Some(kid))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+    }
+}
+
+pub(super) fn compile_provider(
+    cfg: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
+    if cfg.name.trim().is_empty() {
+        return Err(ConfigError::new("name", "must not be empty"));
+    }
+    if cfg.issuer.is_empty() {
+        return Err(ConfigError::new("issuer", "must not be empty"));
+    }
+    if cfg.algorithms.is_empty() {
+        return Err(ConfigError::new("algorithms", "list at least one algorithm, such as \"RS256\""));
+    }
+    let mut algorithms = Vec::with_capacity(cfg.algorithms.len());
+    for (i, name) in cfg.algorithms.iter().enumerate() {
+        let alg = Algorithm::from_str(name).map_err(|_| {
+            ConfigError::new(
+                format!("algorithms[{i}]"),
+                format!("unsupported algorithm {name:?}; use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"),
+            )
+        })?;
+        algorithms.push(alg);
+    }
+
+    let sources = [cfg.secret_env.is_some(), cfg.jwks.is_some(), cfg.remote_jwks.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(ConfigError::new("", "give exactly one of `secret_env`, `jwks`, `remote_jwks`"));
+    }
+    let mut keys = Vec::new();
+    if let Some(var) = &cfg.secret_env {
+        let secret = env(var).ok_or_else(|| {
+            ConfigError::new(
+                "secret_env",
+                format!(
+                    "environment variable {var:?} is not set in the VM (pass it with vm_config.environment_variables)"
+                ),
+            )
+        })?;
+        if secret.len() < MIN_HMAC_SECRET_BYTES {
+            return Err(ConfigError::new(
+                "secret_env",
+                format!("the secret in {var:?} is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are needed", secret.len()),
+            ));
+        }
+        if let Some((i, _)) = algorithms.iter().enumerate().find(|(_, a)| a.family() != AlgorithmFamily::Hmac) {
+            return Err(ConfigError::new(
+                format!("algorithms[{i}]"),
+                "an HMAC secret verifies only HS256, HS384 and HS512",
+            ));
+        }
+        keys.push(Key { kid: None, alg: None, key: DecodingKey::from_secret(secret.as_bytes()) });
+    }
+    if let Some(jwks) = &cfg.jwks {
+        keys = compile_jwks(jwks).map_err(|e| e.within("jwks"))?;
+        if keys.is_empty() && !jwks.get("keys").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new("jwks.keys", "no usable signing key"));
+        }
+        if keys.iter().any(|k| k.key.family() == AlgorithmFamily::Hmac)
+            && algorithms.iter().any(|a| a.family() != AlgorithmFamily::Hmac)
+        {
+            // An `oct` key next to asymmetric algorithms is the HS/RS confusion waiting to happen.
+            return Err(ConfigError::new("jwks", "symmetric (oct) keys cannot be mixed with asymmetric algorithms"));
+        }
+    }
+    let remote = match &cfg.remote_jwks {
+        None => None,
+        Some(remote) => {
+            if remote.cluster.is_empty() {
+                return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
+            }
+            let rest = remote
+                .uri
+                .strip_prefix("https://")
+                .or_else(|| remote.uri.strip_prefix("http://"))
+                .ok_or_else(|| ConfigError::new("remote_jwks.uri", "must be an http(s) URL"))?;
+            let (authority, path) = match rest.find(['/', '?']) {
+                Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or("/")),
+                None => (rest, "/"),
+            };
+            if authority.is_empty() {
+                return Err(ConfigError::new("remote_jwks.uri", "has no host"));
+            }
+            let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+            Some(RemoteJwks {
+                provider: 0,
+                cluster: remote.cluster.clone(),
+                authority: authority.to_owned(),
+                path,
+                cache_secs: remote.cache_secs,
+                timeout_ms: remote.timeout_ms,
+            })
+        }
+    };
+
+    let required_claims = match &cfg.required_claims {
+        None => Vec::new(),
+        Some(RequiredClaims::Names(names)) => names.iter().map(|n| (n.clone(), None)).collect(),
+        Some(RequiredClaims::Values(map)) => {
+            map.iter().map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.clone()))).collect()
+        }
+    };
+    Ok(Provider {
+        name: cfg.name.clone(),
+        issuer: cfg.issuer.clone(),
+        audiences: cfg.audiences.clone(),
+        algorithms,
+        keys,
+        remote,
+        roles_claim: cfg.roles_claim.clone().filter(|c| !c.is_empty()),
+        required_claims,
+        email_domains: cfg
+            .allowed_email_domains
+            .iter()
+            .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+            .collect(),
+        organization: cfg.organization.clone(),
+    })
+}
+
+/// Compiles a JWK Set. Keys meant for encryption (`use: enc`) are skipped; any other key that
+/// does not parse is an error naming `keys[i].field`, because a silently dropped signing key
+/// shows up only as 401s in production.
+pub(super) fn compile_jwks(jwks: &Value) -> Result<Vec<Key>, ConfigError> {
+    let list = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConfigError::new("keys", "a JWK Set needs a `keys` array"))?;
+    let mut keys = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}]{field}");
+        let obj = raw.as_object().ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
+        if obj.get("use").and_then(Value::as_str) == Some("enc") {
+            continue;
+        }
+        for field in ["n", "e", "x", "y", "k"] {
+            if let Some(v) = obj.get(field) {
+                let ok = v.as_str().is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
+                if !ok {
+                    return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
+                }
+            }
+        }
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(raw.clone())
+            .map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;
+        let key =
+            DecodingKey::from_jwk(&jwk).map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
+        let alg = match obj.get("alg").and_then(Value::as_str) {
+            Some(name) => Some(
+                Algorithm::from_str(name)
+                    .map_err(|_| ConfigError::new(at(".alg"), format!("unsupported signing algorithm {name:?}")))?,
+            ),
+            None => match obj.get("crv").and_then(Value::as_str) {
+                Some("P-256") => Some(Algorithm::ES256),
+                Some("P-384") => Some(Algorithm::ES384),
+                Some("Ed25519") => Some(Algorithm::EdDSA),
+                Some(other) if key.family() != AlgorithmFamily::Rsa => {
+                    return Err(ConfigError::new(at(".crv"), format!("unsupported curve {other:?}")));
+                }
+                _ => None,
+            },
+        };
+        let kid = obj.get("kid").and_then(Value::as_str).map(str::to_owned);
+        keys.push(Key { kid, alg, key });
+    }
+    Ok(keys)
+}

@@ -30,8 +30,8 @@ use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, Plu
 use crate::forward::{self, ForwardBody, Forwarded};
 use crate::graphql::GraphQlError;
 use crate::jwt::{
-    token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, VerifiedToken, VerifiedTokens, Verifier,
-    VerifierState,
+    token_digest, token_kind, AuthError, RemoteKeys, TokenKind, TokenTally, Verification, VerifiedToken,
+    VerifiedTokens, Verifier, VerifierState,
 };
 use crate::lookup::{LookupFailure, LookupKey, Resolver};
 use crate::opaque::OpaqueShape;
@@ -489,7 +489,7 @@ impl Guard {
         };
         let (token, from_token, session_key) = match self.authenticate(head, now, state) {
             Ok(found) => found,
-            Err(Unauthenticated::Auth(AuthError::AwaitingKeys)) => return Step::AwaitKeys,
+            Err(Unauthenticated::AwaitingKeys) => return Step::AwaitKeys,
             Err(Unauthenticated::Auth(e)) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
             Err(Unauthenticated::Ambiguous(e)) => {
                 return Step::Verdict(self.finish(Err(Denial::bad_request(AMBIGUOUS, e.to_string())), None));
@@ -838,7 +838,10 @@ impl Guard {
         match (token_kind(token), &self.opaque) {
             (TokenKind::Jws, _) => {
                 tally.jwt = tally.jwt.saturating_add(1);
-                let verified = self.verifier.verify_cached(token, now, &mut state.verified, &mut state.remote)?;
+                let verification = self.verifier.verify_cached(token, now, &mut state.verified, &mut state.remote)?;
+                let Verification::Verified(verified) = verification else {
+                    return Err(Unauthenticated::AwaitingKeys);
+                };
                 let key = format!("{}/{}", verified.provider, verified.session_key);
                 Ok((token, Some(Identity::from(verified)), key))
             }
@@ -1111,6 +1114,9 @@ const AMBIGUOUS: &str = "ambiguous_request";
 enum Unauthenticated {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Not refused: the token's keys are being fetched.
+    #[error("the issuer's keys are being fetched")]
+    AwaitingKeys,
     #[error(transparent)]
     Ambiguous(#[from] AmbiguousToken),
 }

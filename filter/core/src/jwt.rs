@@ -44,12 +44,6 @@ pub enum AuthError {
     /// The provider's keys are not available yet (a remote JWKS not fetched).
     #[error("the issuer's keys are not available")]
     KeysUnavailable,
-    /// The key is not among the issuer's remote keys yet, but a fetch of them is on its way or
-    /// may start now: the request should wait for it rather than be answered (as `jwt_authn`
-    /// waits for its JWKS). Only [`Verifier::verify_with`] says this, and only given a
-    /// [`RemoteKeys`] to fetch into.
-    #[error("the issuer's keys are being fetched")]
-    AwaitingKeys,
     /// The signature does not verify.
     #[error("signature verification failed")]
     BadSignature,
@@ -89,7 +83,7 @@ impl AuthError {
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::UnknownIssuer(_) => "unknown_issuer",
             AuthError::UnknownKey(_) => "unknown_key",
-            AuthError::KeysUnavailable | AuthError::AwaitingKeys => "keys_unavailable",
+            AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
@@ -151,6 +145,18 @@ pub struct VerifiedToken {
     pub roles: Vec<String>,
     /// How many items of the roles claim were not role names and were dropped.
     pub roles_dropped: u32,
+}
+
+/// What verifying a token came to, when it is not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Verification {
+    /// The token verified.
+    Verified(VerifiedToken),
+    /// The key is not among the issuer's remote keys yet, but a fetch of them is on its way or
+    /// may start now: the request should wait for it rather than be answered (as `jwt_authn`
+    /// waits for its JWKS). Only given [`RemoteKeys`] to fetch into.
+    AwaitingKeys,
 }
 
 /// A token as it was found in the request.
@@ -225,19 +231,23 @@ impl Verifier {
     /// The provider is chosen by the unverified `iss`, then the signature is checked with a key
     /// of that provider that fits the header's `alg` and `kid`, and only then the claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
-        self.verify_with(token, now, None)
+        match self.verify_with(token, now, None)? {
+            Verification::Verified(token) => Ok(token),
+            // Only a caller with remote keys to fetch into is asked to wait.
+            Verification::AwaitingKeys => Err(AuthError::KeysUnavailable),
+        }
     }
 
     /// [`Verifier::verify`], with the remote JWK Sets fetched so far (a provider with
     /// `remote_jwks` has no keys without them). A token whose issuer's set is missing, or whose
     /// `kid` is not in it, marks the set as wanted in `remote`, and is
-    /// [`AuthError::AwaitingKeys`] while a fetch of that set is on its way or may start now.
+    /// [`Verification::AwaitingKeys`] while a fetch of that set is on its way or may start now.
     pub fn verify_with(
         &self,
         token: &str,
         now: u64,
         remote: Option<&mut RemoteKeys>,
-    ) -> Result<VerifiedToken, AuthError> {
+    ) -> Result<Verification, AuthError> {
         let mut parts = token.splitn(3, '.');
         let (Some(header_b64), Some(payload_b64), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Malformed("not three dot-separated parts"));
@@ -301,12 +311,12 @@ impl Verifier {
             // Not fetched yet, or a key rotated in at the issuer: fetch the set (rate-limited),
             // and have the request wait for that fetch if there is one to wait for.
             if remote.want(source.provider, now) {
-                return Err(AuthError::AwaitingKeys);
+                return Ok(Verification::AwaitingKeys);
             }
         }
         outcome?;
 
-        self.check_claims(provider, &claims, token, now)
+        self.check_claims(provider, &claims, token, now).map(Verification::Verified)
     }
 
     fn check_claims(

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{token_digest, AuthError, RemoteKeys, VerifiedToken, Verifier};
+use super::{token_digest, AuthError, RemoteKeys, Verification, VerifiedToken, Verifier};
 
 /// One worker's verification state for one configuration: the tokens it verified and the
 /// remote JWK Sets it fetched. Make a new one when the configuration changes.
@@ -97,18 +97,20 @@ impl Verifier {
         now: u64,
         cache: &mut VerifiedTokens,
         remote: &mut RemoteKeys,
-    ) -> Result<VerifiedToken, AuthError> {
+    ) -> Result<Verification, AuthError> {
         let digest = (cache.capacity > 0).then(|| token_digest(token));
         if let Some(hit) = digest.as_ref().and_then(|d| cache.map.get(d)) {
             if now < hit.expires_at.saturating_add(self.clock_skew) {
-                return Ok(hit.clone());
+                return Ok(Verification::Verified(hit.clone()));
             }
         }
-        let verified = self.verify_with(token, now, Some(remote))?;
+        let Verification::Verified(verified) = self.verify_with(token, now, Some(remote))? else {
+            return Ok(Verification::AwaitingKeys);
+        };
         cache.roles_dropped = cache.roles_dropped.saturating_add(u64::from(verified.roles_dropped));
         if let Some(digest) = digest {
             cache.insert(digest, verified.clone());
         }
-        Ok(verified)
+        Ok(Verification::Verified(verified))
     }
 }

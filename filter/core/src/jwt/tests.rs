@@ -367,9 +367,18 @@ fn malformed_tokens_are_errors_never_panics() {
         format!("{}.{}", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":"https://noetl.local"}"#)),
         "\u{0}\u{1}.é.ü".into(),
     ];
+    // Each is refused with the reason its flaw calls for: an `iss` that is not a string is no
+    // issuer, a signature that is not base64url cannot match; the rest is not a JWS at all.
+    let not_a_string_iss = format!("{}.{}.x", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":7}"#));
+    let bad_signature = format!("{}.{}.%%%", b(r#"{"alg":"HS256"}"#), b(r#"{"iss":"https://noetl.local","exp":1}"#));
     for token in inputs {
         let err = v.verify(&token, NOW).unwrap_err();
-        assert!(!err.reason().is_empty(), "{token}: {err}");
+        let want = match &token {
+            t if *t == not_a_string_iss => "missing_claim",
+            t if *t == bad_signature => "bad_signature",
+            _ => "malformed",
+        };
+        assert_eq!(err.reason(), want, "{token}: {err}");
     }
 }
 

@@ -217,8 +217,28 @@ mod tests {
             body,
             json!({"error": "Permission denied", "playbook_path": "system/x", "permission_type": "execute"})
         );
-        assert_eq!(Denial::too_large(10).status, 413);
-        assert_eq!(Denial::no_route().status, 403);
-        assert_eq!(Denial::bad_request("x", String::new()).status, 400);
+    }
+
+    #[test]
+    fn every_answer_has_the_body_the_readme_documents() {
+        let body = |d: &Denial| serde_json::from_str::<Value>(&d.body).unwrap();
+        let too_large = Denial::too_large(10);
+        assert_eq!(
+            (too_large.kind, body(&too_large)),
+            (DenialKind::PayloadTooLarge, json!({"error": "payload_too_large", "max_body_bytes": 10}))
+        );
+        let no_route = Denial::no_route();
+        assert_eq!(body(&no_route)["reason"], "no_route");
+        let bad = Denial::bad_request("ambiguous_request", String::new());
+        assert_eq!(body(&bad), json!({"error": "bad_request", "reason": "ambiguous_request"}));
+        for (d, reason) in [
+            (Denial::unavailable(), "session_validation_unavailable"),
+            (Denial::too_many_new_sessions(), "too_many_new_sessions"),
+            (Denial::lookup_unavailable("x".into()), "lookup_unavailable"),
+        ] {
+            assert_eq!((d.status, body(&d)), (503, json!({"error": "unavailable", "reason": reason})));
+            assert_eq!(d.headers, [("retry-after".to_string(), "1".to_string())]);
+        }
+        assert_eq!(Denial::lookup_unavailable("why".into()).detail, "why", "the log line says why");
     }
 }

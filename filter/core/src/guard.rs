@@ -221,6 +221,46 @@ impl Pending {
 }
 
 /// A compiled, immutable configuration: everything a request decision needs.
+///
+/// # Example
+///
+/// A route that needs `execute` on the playbook named in the URL, and a token whose roles
+/// come from its `roles` claim (no validation service, so the head alone decides):
+///
+/// ```
+/// use playbook_guard_core::{Guard, RequestHead, Step, Verdict};
+///
+/// let config = br#"{
+///   "providers": [{"name": "noetl", "issuer": "https://noetl.local", "algorithms": ["HS256"],
+///                  "secret_env": "SECRET", "roles_claim": "roles"}],
+///   "routes": [{"match": {"glob": "/api/playbooks/**/run"},
+///               "authorize": {"permission": "execute", "playbook": {"path_capture": true}}}],
+///   "policy": {"version": "1", "roles": {"analyst": {"allow": [
+///     {"permissions": ["execute"], "playbooks": ["data/**"]}]}}}
+/// }"#;
+/// let secret = "a secret of at least thirty-two bytes!";
+/// let guard = Guard::from_json(config, &|name| (name == "SECRET").then(|| secret.to_owned())).unwrap();
+///
+/// // No token: 401, before anything else is looked at.
+/// let head = RequestHead { method: "POST", path: "/api/playbooks/data/load/run", headers: &[] };
+/// let Step::Verdict(Verdict::Deny(denial)) = guard.on_request_headers(&head, 1_800_000_000) else {
+///     panic!("decided from the head")
+/// };
+/// assert_eq!(denial.status, 401);
+///
+/// // No route: 403 (`default_action` is `deny`).
+/// let head = RequestHead { method: "GET", path: "/elsewhere", headers: &[] };
+/// let Step::Verdict(Verdict::Deny(denial)) = guard.on_request_headers(&head, 1_800_000_000) else {
+///     panic!("decided from the head")
+/// };
+/// assert_eq!(denial.status, 403);
+///
+/// // What an analyst may do, without a token (as `playbook-guard explain` asks it).
+/// let head = RequestHead { method: "POST", path: "/api/playbooks/system/reset/run", headers: &[] };
+/// let (route, verdict) = guard.explain(&head, b"", &["analyst".to_owned()]);
+/// assert_eq!(route, "routes[0]");
+/// assert!(matches!(verdict, Verdict::Deny(d) if d.status == 403));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Guard {
     mode: Mode,

@@ -113,6 +113,26 @@ impl CompiledRole {
 }
 
 /// A compiled, immutable policy.
+///
+/// # Example
+///
+/// ```
+/// use playbook_guard_core::path::PlaybookPath;
+/// use playbook_guard_core::{Policy, PolicyDocument};
+///
+/// let doc: PolicyDocument = serde_json::from_str(r#"{"version": "1", "roles": {
+///   "developer": {"allow": [{"permissions": ["execute", "view"], "playbooks": ["**"]}],
+///                 "deny":  [{"permissions": ["*"], "playbooks": ["system/**"]}]}}}"#).unwrap();
+/// let policy = Policy::compile(&doc).unwrap();
+/// let path = |p: &str| PlaybookPath::parse(p).unwrap();
+///
+/// assert!(policy.decide(&["developer"], "execute", &path("data/load")).allowed);
+/// let denied = policy.decide(&["developer"], "execute", &path("system/reset"));
+/// assert!(!denied.allowed);
+/// assert_eq!(denied.rule.to_string(), "roles.developer.deny[0]");
+/// // A request that names no playbook needs the permission on every one: this role lacks it.
+/// assert!(!policy.decide_every(&["developer"], "view").allowed);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Policy {
     version: String,

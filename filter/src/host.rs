@@ -698,7 +698,7 @@ impl Driver<'_> {
         for key in keys {
             let record = store::session(&key);
             let fresh = match (&record, self.guard.validator()) {
-                (Some(r), Some(v)) => r.entry.is_fresh(v, now_ms / 1000),
+                (Some(r), Some(v)) => r.entry.is_fresh(&v.cache, now_ms / 1000),
                 _ => false,
             };
             if let (true, Some(record)) = (fresh, &record) {

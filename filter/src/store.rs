@@ -58,7 +58,7 @@ pub fn put_session(key: &str, entry: SessionEntry, v: &Validator) -> Option<(Str
         return None;
     }
     let prefix = ring_prefix(ring);
-    let slot = slot_for(next_counter(&format!("{prefix}/head")), ring.capacity(v));
+    let slot = slot_for(next_counter(&format!("{prefix}/head")), ring.capacity(&v.cache));
     let slot_key = format!("{prefix}/{slot}");
     let mut evicted = None;
     if let Some(victim) = get(&slot_key).0.and_then(|v| String::from_utf8(v).ok()) {

@@ -33,7 +33,8 @@ use serde_json::Value;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::TScalarStyle;
 
-use crate::config::{CatalogYamlConfig, ConfigError};
+use crate::config::CatalogYamlConfig;
+use crate::error::ConfigError;
 use crate::path::PlaybookPath;
 use crate::routes::PlaybookError;
 use crate::target::Target;

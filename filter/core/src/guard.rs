@@ -26,7 +26,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::config::{parse_json, ConfigError, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
+use crate::config::{parse_json, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
+use crate::error::ConfigError;
 use crate::forward::{self, ForwardBody, Forwarded};
 use crate::graphql::GraphQlError;
 use crate::jwt::{
@@ -749,7 +750,9 @@ impl Guard {
     /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now`.
     pub fn on_session(&self, pending: Pending, entry: Option<&SessionEntry>, now: u64) -> SessionStep {
         match (entry, &self.validator) {
-            (Some(entry), Some(v)) if entry.is_fresh(v, now) => SessionStep::Hit(self.with_entry(pending, entry)),
+            (Some(entry), Some(v)) if entry.is_fresh(&v.cache, now) => {
+                SessionStep::Hit(self.with_entry(pending, entry))
+            }
             _ => SessionStep::Miss(pending),
         }
     }
@@ -776,7 +779,7 @@ impl Guard {
     /// `serve_stale` (the `bool` says one was served), else 503.
     pub fn on_callout_failure(&self, pending: Pending, stale: Option<&SessionEntry>, now: u64) -> (Step, bool) {
         if let (Some(v), Some(entry)) = (&self.validator, stale) {
-            if v.failure_mode == FailureMode::ServeStale && entry.may_serve_stale(v, now) {
+            if v.failure_mode == FailureMode::ServeStale && entry.may_serve_stale(&v.cache, now) {
                 return (self.with_entry(pending, entry), true);
             }
         }

@@ -10,7 +10,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{ConfigError, ProviderConfig};
+use crate::config::ProviderConfig;
+use crate::error::ConfigError;
 
 /// The shortest HMAC secret accepted: RFC 7518 section 3.2 asks for a key at least as long as
 /// the hash output, and 32 bytes is HS256's.

@@ -9,6 +9,7 @@
 
 pub mod catalog_yaml;
 pub mod config;
+pub mod error;
 pub mod forward;
 pub mod graphql;
 pub mod guard;
@@ -26,7 +27,8 @@ pub mod token;
 pub mod validation;
 pub mod verdict;
 
-pub use config::{ConfigError, PluginConfig};
+pub use config::PluginConfig;
+pub use error::ConfigError;
 pub use guard::{Guard, Identity, Pending, RequestHead, SessionStep, Step};
 pub use policy::{Decision, Policy, PolicyDocument};
 pub use session::SessionEntry;

@@ -12,7 +12,8 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
-use crate::config::{ConfigError, LookupKind, ResolverConfig};
+use crate::config::{LookupKind, ResolverConfig};
+use crate::error::ConfigError;
 use crate::path::PlaybookPath;
 use crate::validation::{CalloutRequest, TokenBucket};
 

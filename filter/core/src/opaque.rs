@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// The shortest opaque token a configuration may accept: shorter ones are guessable.
 pub const MIN_OPAQUE_TOKEN_LENGTH: u32 = 16;

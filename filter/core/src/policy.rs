@@ -12,7 +12,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::path::PlaybookPath;
 
 /// The policy file, as written (`policies/*.yaml`) and as embedded in the plugin configuration.

@@ -2,7 +2,8 @@
 //! permission an `authorize` route asks about (SPEC section 5).
 
 use crate::catalog_yaml::CatalogYaml;
-use crate::config::{AuthorizeConfig, ConfigError, DefaultAction, LookupKind, PlaybookSourceConfig, RouteConfig};
+use crate::config::{AuthorizeConfig, DefaultAction, LookupKind, PlaybookSourceConfig, RouteConfig};
+use crate::error::ConfigError;
 use crate::forward::{self, ForwardError};
 use crate::graphql::{self, GraphQlError};
 use crate::path::{normalize_request_path, PathError, PlaybookPath};

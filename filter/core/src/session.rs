@@ -9,7 +9,21 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validation::Validator;
+/// How long answers stay fresh, and how many are kept: `session` with
+/// `validation.stale_grace_secs`, compiled (see [`crate::validation::Validator::cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long a valid answer is fresh.
+    pub ttl_secs: u64,
+    /// How long an invalid answer is remembered.
+    pub negative_ttl_secs: u64,
+    /// How long past its freshness a valid entry may serve under `serve_stale`.
+    pub stale_grace_secs: u64,
+    /// Bound on cached valid sessions.
+    pub max_entries: u64,
+    /// Bound on cached invalid-session answers (a space of their own).
+    pub max_negative_entries: u64,
+}
 
 /// What the validation service said about a session, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +54,7 @@ impl SessionEntry {
     /// it was fetched, and never past its own `expires_at`. An invalid one: `negative_ttl_secs`
     /// after, whatever `expires_at` says (a session that expired long ago is invalid all the
     /// more, and capping it there would make every request for it ask again).
-    pub fn fresh_until(&self, v: &Validator) -> u64 {
+    pub fn fresh_until(&self, v: &CacheSettings) -> u64 {
         if !self.valid {
             return self.fetched_at.saturating_add(v.negative_ttl_secs);
         }
@@ -48,13 +62,13 @@ impl SessionEntry {
     }
 
     /// Whether the entry may answer at `now` without a callout.
-    pub fn is_fresh(&self, v: &Validator, now: u64) -> bool {
+    pub fn is_fresh(&self, v: &CacheSettings, now: u64) -> bool {
         now < self.fresh_until(v)
     }
 
     /// Whether, under `serve_stale`, this stale entry may still answer at `now`: a valid
     /// session, at most `stale_grace_secs` past freshness, and never past `expires_at`.
-    pub fn may_serve_stale(&self, v: &Validator, now: u64) -> bool {
+    pub fn may_serve_stale(&self, v: &CacheSettings, now: u64) -> bool {
         let until = self
             .fetched_at
             .saturating_add(v.ttl_secs)
@@ -117,7 +131,7 @@ impl Ring {
     }
 
     /// The ring's bound.
-    pub fn capacity(self, v: &Validator) -> u64 {
+    pub fn capacity(self, v: &CacheSettings) -> u64 {
         match self {
             Ring::Valid => v.max_entries,
             Ring::Invalid => v.max_negative_entries,
@@ -224,12 +238,14 @@ impl Stripe {
 mod tests {
     use super::*;
     use crate::config::{parse_json, SessionConfig, ValidationConfig};
+    use crate::validation::Validator;
 
-    fn validator(session: &str) -> Validator {
+    /// The settings a `session` block compiles to, with `stale_grace_secs: 60`.
+    fn validator(session: &str) -> CacheSettings {
         let cfg: ValidationConfig =
             parse_json(br#"{"cluster": "noetl", "failure_mode": "serve_stale", "stale_grace_secs": 60}"#).unwrap();
         let session: SessionConfig = parse_json(session.as_bytes()).unwrap();
-        Validator::compile(&cfg, &session).unwrap()
+        Validator::compile(&cfg, &session).unwrap().cache
     }
 
     fn entry(valid: bool, fetched_at: u64, expires_at: Option<u64>) -> SessionEntry {

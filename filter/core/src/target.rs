@@ -10,7 +10,8 @@
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, JsonFieldConfig, LookupKind, PlaybookSourceConfig, Presence};
+use crate::config::{JsonFieldConfig, LookupKind, PlaybookSourceConfig, Presence};
+use crate::error::ConfigError;
 use crate::lookup::{canonical_id, LookupKey};
 use crate::path::PlaybookPath;
 use crate::routes::PlaybookError;

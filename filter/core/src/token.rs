@@ -1,6 +1,7 @@
 //! Where the session token comes from (SPEC section 2).
 
-use crate::config::{ConfigError, TokenSourceConfig};
+use crate::config::TokenSourceConfig;
+use crate::error::ConfigError;
 
 /// One compiled token source.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::config::{ConfigError, FailureMode, SessionConfig, TokenRoles, ValidationConfig};
-use crate::session::SessionEntry;
+use crate::config::{FailureMode, SessionConfig, TokenRoles, ValidationConfig};
+use crate::error::ConfigError;
+use crate::session::{CacheSettings, SessionEntry};
 use crate::timestamp::{parse_expiry, Expiry};
 
 /// The HTTP request for one callout, for the host to send with `dispatch_http_call`.
@@ -54,16 +55,8 @@ pub struct Validator {
     timeout_ms: u64,
     /// What to do when the service fails.
     pub failure_mode: FailureMode,
-    /// How long a stale valid entry may serve under `serve_stale`.
-    pub stale_grace_secs: u64,
-    /// How long a valid answer is fresh.
-    pub ttl_secs: u64,
-    /// How long an invalid answer is remembered.
-    pub negative_ttl_secs: u64,
-    /// Bound on cached valid sessions.
-    pub max_entries: u64,
-    /// Bound on cached invalid-session answers (a space of their own).
-    pub max_negative_entries: u64,
+    /// How long answers stay fresh, and how many are kept.
+    pub cache: CacheSettings,
     /// How token roles combine with the service's.
     pub token_roles: TokenRoles,
     max_cold_callouts_per_sec: u64,
@@ -120,11 +113,13 @@ impl Validator {
             credential: cfg.credential.clone(),
             timeout_ms: cfg.timeout_ms,
             failure_mode: cfg.failure_mode,
-            stale_grace_secs: cfg.stale_grace_secs,
-            ttl_secs: session.ttl_secs,
-            negative_ttl_secs: session.negative_ttl_secs,
-            max_entries: session.max_entries,
-            max_negative_entries: session.max_negative_entries,
+            cache: CacheSettings {
+                ttl_secs: session.ttl_secs,
+                negative_ttl_secs: session.negative_ttl_secs,
+                stale_grace_secs: cfg.stale_grace_secs,
+                max_entries: session.max_entries,
+                max_negative_entries: session.max_negative_entries,
+            },
             token_roles: cfg.token_roles,
             max_cold_callouts_per_sec: cfg.max_cold_callouts_per_sec,
         })
@@ -505,6 +500,10 @@ mod tests {
         let cfg: ValidationConfig = parse_json(br#"{"cluster": "c"}"#).unwrap();
         assert_eq!(Validator::compile(&cfg, &session).unwrap_err().path, "session.max_negative_entries");
         let v = Validator::compile(&cfg, &SessionConfig::default()).unwrap();
-        assert_eq!((v.max_negative_entries, v.max_cold_callouts_per_sec), (10_000, 50), "the documented defaults");
+        assert_eq!(
+            (v.cache.max_negative_entries, v.max_cold_callouts_per_sec),
+            (10_000, 50),
+            "the documented defaults"
+        );
     }
 }

@@ -8,7 +8,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
 use super::{Provider, RemoteJwks, MIN_HMAC_SECRET_BYTES};
-use crate::config::{ConfigError, ProviderConfig, RequiredClaims};
+use crate::config::{ProviderConfig, RequiredClaims};
+use crate::error::ConfigError;
 
 /// A verification key with the constraints its JWK put on it.
 #[derive(Clone)]

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::keys::{compile_jwks, Key};
 use super::Verifier;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Where a provider's remote JWK Set comes from, as an HTTP request through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,19 @@
-# playbook-guard: the verbs a user types.
-#   make run    build the filter, start Envoy with it in front of a demo upstream, print curl lines
-#   make test   every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
-#   make build  the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
-#   make bench  instructions per request (harness), requests/s with and without the filter (Envoy)
-#   make fuzz   a million randomised requests through the core, then each libFuzzer target
-#   make soak   ten minutes of mixed traffic through Envoy, policy republished, a flaky service
-#   make clean  remove build outputs
+# playbook-guard: the verbs a user types (`make` alone, or `make help`, prints them).
+#   make run        build, start Envoy with the filter before a demo upstream, print curl lines
+#   make test       every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
+#   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
+#   make bench      instructions per request (harness), requests/s with and without the filter
+#   make fuzz       a million randomised requests through the core, then each libFuzzer target
+#   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
+#   make lint       cargo fmt --check, clippy with warnings as errors (native, wasm, fuzz targets)
+#   make unit       every workspace crate's tests, natively (the harness builds the .wasm itself)
+#   make wasm-unit  the core's unit tests compiled to wasm32-wasip1, run under wasmtime
+#   make e2e        the end-to-end tests: pytest against real Envoy with the built filter
+#   make clean      remove build outputs
+#   make help       this list
 
 SHELL := /bin/bash
-.DEFAULT_GOAL := run
+.DEFAULT_GOAL := help
 
 VENV      := .venv
 PY        := $(VENV)/bin/python
@@ -20,7 +25,11 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
+.PHONY: help run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
+
+# The verbs are listed once, in the header comment above; this prints it.
+help:
+	@sed -n '/^$$/q; s/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 run: build venv
 	$(PY) envoy/run_local.py

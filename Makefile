@@ -43,10 +43,12 @@ build: toolchain $(WASM) $(CLI) $(STANDIN)
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target list --installed | grep -q wasm32-wasip1
 
-# Cargo decides what is stale; the rules below always ask it.
-.PHONY: $(RAW_WASM) $(CLI) $(STANDIN)
-$(RAW_WASM):
+# Cargo decides what is stale, so it is always asked; it leaves an up-to-date artifact (and its
+# timestamp) alone, which is what lets the rule for $(WASM) compare timestamps.
+.PHONY: wasm-cargo $(CLI) $(STANDIN)
+wasm-cargo:
 	cargo build -p playbook-guard --target wasm32-wasip1 --release
+$(RAW_WASM): wasm-cargo ;
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -55,16 +57,22 @@ $(CLI):
 $(STANDIN):
 	cargo build -p playbook-guard-test-harness --bin validation-service
 
-# wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth; without
-# Node.js the unoptimised module is used as it is.
-$(WASM): $(RAW_WASM)
+# wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth, in about a
+# minute: it runs only when the raw module is newer than the optimised one (or wasm-opt has just
+# been installed). Without Node.js the unoptimised module is used as it is.
+$(WASM): $(RAW_WASM) $(WASM_OPT)
 	@mkdir -p build
-	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null; then \
-	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
 	@if [ -x $(WASM_OPT) ]; then \
+	    echo "wasm-opt $(RAW_WASM)"; \
 	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(RAW_WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
 	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(RAW_WASM) $(WASM); fi
 	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+
+# Installed only when missing. Without npm there is none, so $(WASM) is copied from the raw
+# module on every build (a copy, not a minute of wasm-opt).
+$(WASM_OPT):
+	@if command -v npm >/dev/null; then \
+	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: test-harness/e2e/requirements.txt

@@ -74,7 +74,11 @@ pub fn playbook_guard_filter() -> Result<Filter, HarnessError> {
     static FILTER: OnceLock<Result<Filter, String>> = OnceLock::new();
     FILTER
         .get_or_init(|| {
-            let path = playbook_guard_wasm().map_err(|e| e.to_string())?;
+            // Kept as the bare message: it is wrapped in HarnessError::Build again below.
+            let path = playbook_guard_wasm().map_err(|e| match e {
+                HarnessError::Build(message) => message,
+                other => other.to_string(),
+            })?;
             Filter::from_file(&path).map_err(|e| e.to_string())
         })
         .clone()

@@ -1,14 +1,19 @@
-# playbook-guard: the verbs a user types.
-#   make run    build the filter, start Envoy with it in front of a demo upstream, print curl lines
-#   make test   every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
-#   make build  the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
-#   make bench  instructions per request (harness), requests/s with and without the filter (Envoy)
-#   make fuzz   a million randomised requests through the core, then each libFuzzer target
-#   make soak   ten minutes of mixed traffic through Envoy, policy republished, a flaky service
-#   make clean  remove build outputs
+# playbook-guard: the verbs a user types (`make` alone, or `make help`, prints them).
+#   make run        build, start Envoy with the filter before a demo upstream, print curl lines
+#   make test       every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
+#   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
+#   make bench      instructions per request (harness), requests/s with and without the filter
+#   make fuzz       a million randomised requests through the core, then each libFuzzer target
+#   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
+#   make lint       cargo fmt --check, clippy with warnings as errors (native, wasm, fuzz targets)
+#   make unit       every workspace crate's tests, natively (the harness builds the .wasm itself)
+#   make wasm-unit  the core's unit tests compiled to wasm32-wasip1, run under wasmtime
+#   make e2e        the end-to-end tests: pytest against real Envoy with the built filter
+#   make clean      remove build outputs
+#   make help       this list
 
 SHELL := /bin/bash
-.DEFAULT_GOAL := run
+.DEFAULT_GOAL := help
 
 VENV      := .venv
 PY        := $(VENV)/bin/python
@@ -20,7 +25,11 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
+.PHONY: help run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
+
+# The verbs are listed once, in the header comment above; this prints it.
+help:
+	@sed -n '/^$$/q; s/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 run: build venv
 	$(PY) envoy/run_local.py
@@ -34,10 +43,12 @@ build: toolchain $(WASM) $(CLI) $(STANDIN)
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target list --installed | grep -q wasm32-wasip1
 
-# Cargo decides what is stale; the rules below always ask it.
-.PHONY: $(RAW_WASM) $(CLI) $(STANDIN)
-$(RAW_WASM):
+# Cargo decides what is stale, so it is always asked; it leaves an up-to-date artifact (and its
+# timestamp) alone, which is what lets the rule for $(WASM) compare timestamps.
+.PHONY: wasm-cargo $(CLI) $(STANDIN)
+wasm-cargo:
 	cargo build -p playbook-guard --target wasm32-wasip1 --release
+$(RAW_WASM): wasm-cargo ;
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -46,16 +57,22 @@ $(CLI):
 $(STANDIN):
 	cargo build -p playbook-guard-test-harness --bin validation-service
 
-# wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth; without
-# Node.js the unoptimised module is used as it is.
-$(WASM): $(RAW_WASM)
+# wasm-opt (Binaryen, from the npm registry) shrinks the module by about a fifth, in about a
+# minute: it runs only when the raw module is newer than the optimised one (or wasm-opt has just
+# been installed). Without Node.js the unoptimised module is used as it is.
+$(WASM): $(RAW_WASM) $(WASM_OPT)
 	@mkdir -p build
-	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null; then \
-	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
 	@if [ -x $(WASM_OPT) ]; then \
+	    echo "wasm-opt $(RAW_WASM)"; \
 	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(RAW_WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
 	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(RAW_WASM) $(WASM); fi
 	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+
+# Installed only when missing. Without npm there is none, so $(WASM) is copied from the raw
+# module on every build (a copy, not a minute of wasm-opt).
+$(WASM_OPT):
+	@if command -v npm >/dev/null; then \
+	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: test-harness/e2e/requirements.txt
@@ -84,16 +101,20 @@ e2e: build venv
 
 # Performance: wasm instructions per request through the real filter (deterministic), then
 # requests/s through real Envoy with the filter on the session-cache-hit path against the same
-# Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk, installed here if missing).
+# Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk). Never sudo: a missing wrk is
+# installed with apt-get only when running as root; otherwise the Envoy part is skipped, saying so.
 bench: build venv
 	cargo bench -p playbook-guard-test-harness --bench instructions
-	@command -v wrk >/dev/null || { echo "installing wrk (apt-get)"; \
-	    sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	    $$sudo apt-get install -y wrk >/dev/null || { $$sudo apt-get update >/dev/null && \
-	    $$sudo apt-get install -y wrk >/dev/null; }; }
-	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
+	@if ! command -v wrk >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk (apt-get)"; \
+	    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
+	        || echo "apt-get could not install wrk"; fi
+	@if command -v wrk >/dev/null; then \
+	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
-	    $(PY) test-harness/e2e/bench_envoy.py
+	    $(PY) test-harness/e2e/bench_envoy.py; \
+	else echo "skipping requests/s through Envoy: wrk is not installed (it is Debian's package wrk;" \
+	    "make bench installs it only when run as root)"; fi
 
 # A long randomised run of the core: nothing panics, and a token that is not byte-for-byte the
 # signed one never gets through (filter/core/tests/robustness.rs; `make test` runs 3000 cases).

@@ -31,8 +31,8 @@ pub fn default_wasm_path() -> PathBuf {
 }
 
 /// The filter's `.wasm`: `$PLAYBOOK_GUARD_WASM` if set, else the workspace build, built (once per
-/// process) when missing or older than the filter's sources. A failed rebuild of an existing
-/// `.wasm` falls back to it with a warning on stderr; a failed first build is an error.
+/// process) when missing or older than the filter's sources. A failed build is an error carrying
+/// cargo's output, never a fall-back to the module already built.
 ///
 /// # Errors
 /// [`HarnessError::Build`] when the override names a missing file or the build fails.
@@ -45,29 +45,25 @@ pub fn playbook_guard_wasm() -> Result<PathBuf, HarnessError> {
         return Ok(path);
     }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let path = default_wasm_path();
-            if !path.is_file() {
-                build()?;
-            } else if needs_build(&path) {
-                // A stale build is still a build: if the sources do not compile right now (work
-                // in progress), test the last good filter and say so, rather than fail every test.
-                if let Err(e) = build() {
-                    eprintln!(
-                        "playbook-guard-test-harness: rebuild failed ({e}); testing the older {}",
-                        path.display()
-                    );
-                }
-            }
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!("the build did not produce {}", path.display()))
-            }
-        })
-        .clone()
-        .map_err(HarnessError::Build)
+    BUILT.get_or_init(|| resolve(&default_wasm_path(), needs_build, build)).clone().map_err(HarnessError::Build)
+}
+
+/// The decision behind [`playbook_guard_wasm`], apart from cargo and the clock so it can be tested.
+fn resolve(
+    wasm: &Path,
+    needs_build: impl FnOnce(&Path) -> bool,
+    build: impl FnOnce() -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    // A failed build is never answered with the module already there: the tests would pass
+    // against code that is not the code under test.
+    if !wasm.is_file() || needs_build(wasm) {
+        build()?;
+    }
+    if wasm.is_file() {
+        Ok(wasm.to_path_buf())
+    } else {
+        Err(format!("the build did not produce {}", wasm.display()))
+    }
 }
 
 /// The real filter, compiled once per process.
@@ -78,7 +74,11 @@ pub fn playbook_guard_filter() -> Result<Filter, HarnessError> {
     static FILTER: OnceLock<Result<Filter, String>> = OnceLock::new();
     FILTER
         .get_or_init(|| {
-            let path = playbook_guard_wasm().map_err(|e| e.to_string())?;
+            // Kept as the bare message: it is wrapped in HarnessError::Build again below.
+            let path = playbook_guard_wasm().map_err(|e| match e {
+                HarnessError::Build(message) => message,
+                other => other.to_string(),
+            })?;
             Filter::from_file(&path).map_err(|e| e.to_string())
         })
         .clone()
@@ -108,15 +108,85 @@ fn newest(path: &Path) -> Option<SystemTime> {
 }
 
 fn build() -> Result<(), String> {
+    const COMMAND: &str = "cargo build -p playbook-guard --target wasm32-wasip1 --release";
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let output = Command::new(cargo)
         .args(["build", "-p", "playbook-guard", "--target", "wasm32-wasip1", "--release"])
         .current_dir(workspace_root())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
+        .output()
+        .map_err(|e| format!("cannot run `{COMMAND}`: {e}"))?;
+    if output.status.success() {
         Ok(())
     } else {
-        Err(format!("`cargo build -p playbook-guard --target wasm32-wasip1 --release` failed ({status})"))
+        Err(format!(
+            "`{COMMAND}` failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of its own under the system temp directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("playbook-guard-harness-{}-{name}.wasm", std::process::id()));
+            std::fs::write(&path, b"\0asm").unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn failing_build() -> Result<(), String> {
+        Err("error[E0425]: cannot find value `x` in this scope".into())
+    }
+
+    #[test]
+    fn a_failed_rebuild_of_a_stale_module_is_an_error_with_cargo_s_output() {
+        let old = TempFile::new("stale");
+        let result = resolve(&old.0, |_| true, failing_build);
+        let error = result.expect_err("a stale module must not be tested when its rebuild fails");
+        assert!(error.contains("error[E0425]"), "cargo's output is in the error: {error}");
+    }
+
+    #[test]
+    fn a_failed_first_build_is_an_error() {
+        let missing = std::env::temp_dir().join(format!("playbook-guard-harness-{}-missing.wasm", std::process::id()));
+        let error = resolve(&missing, |_| false, failing_build).expect_err("nothing to test");
+        assert!(error.contains("error[E0425]"), "{error}");
+    }
+
+    #[test]
+    fn an_up_to_date_module_is_used_without_building() {
+        let fresh = TempFile::new("fresh");
+        let result = resolve(&fresh.0, |_| false, || panic!("an up-to-date module is not rebuilt"));
+        assert_eq!(result, Ok(fresh.0.clone()));
+    }
+
+    #[test]
+    fn a_stale_module_that_rebuilds_is_used() {
+        let stale = TempFile::new("rebuilt");
+        let mut built = false;
+        let result = resolve(
+            &stale.0,
+            |_| true,
+            || {
+                built = true;
+                Ok(())
+            },
+        );
+        assert!(built, "a stale module is rebuilt");
+        assert_eq!(result, Ok(stale.0.clone()));
     }
 }

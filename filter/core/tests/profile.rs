@@ -1,5 +1,5 @@
 //! The shipped NoETL route profile (envoy/filter-config.yaml with policies/noetl-default.yaml),
-//! decided for the four default roles: one or more cases per route class of NOETL-API.md.
+//! decided for the four default roles: one or more cases per route class of docs/NOETL-API.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -140,3 +140,11 @@ def test_a_body_route_with_another_content_type_is_415(envoy):
     assert (resp.status, resp.json()["error"]) == (415, "unsupported_media_type")
     vendor = post(envoy, "/api/execute", {"path": "data/x"}, "analyst", content_type="Application/Vnd.Noetl+JSON; v=1")
     assert vendor.status == 200
+
+
+def test_session_only_routes_need_a_session_and_no_playbook(envoy):
+    for path in ("/docs", "/openapi.json", "/api/runtime/contract", "/"):
+        assert statuses(lambda role: get(envoy, path, role)) == expect(200, 200, 200, 200), path
+        assert http(envoy.url + path).status == 401, path
+    check = lambda role: post(envoy, "/api/auth/check-playbook-access", {"playbook_path": "system/x"}, role)  # noqa: E731
+    assert statuses(check) == expect(200, 200, 200, 200)

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
 
 use crate::core::jwt::VerifierState;
 use crate::core::lookup::{LookupKey, Resolver};
@@ -582,10 +582,7 @@ impl Driver<'_> {
                 Action::Pause
             }
             Err(status) => {
-                let failure = CalloutFailure::NotSent(format!(
-                    "{status:?} from the host: is there an Envoy cluster named {:?}?",
-                    req.cluster
-                ));
+                let failure = CalloutFailure::NotSent(not_sent(status, &req.cluster));
                 self.callout_failed(&key, &failure, now_ms);
                 let action = self.failed(ctx, pending, stale.as_ref(), now_ms);
                 self.wake(&key, Err(&failure), now_ms);
@@ -804,6 +801,11 @@ impl Driver<'_> {
             },
         );
     }
+}
+
+/// Why a callout was not sent, for the log: most often a cluster missing from Envoy's.
+fn not_sent(status: Status, cluster: &str) -> String {
+    format!("{status:?} from the host: is there an Envoy cluster named {cluster:?}?")
 }
 
 /// The `:status` of a callout's answer; `None` when the host gives no headers (timeout, reset).

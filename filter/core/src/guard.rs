@@ -422,25 +422,22 @@ impl Guard {
         key: &LookupKey,
         answer: Result<PlaybookPath, LookupFailure>,
     ) -> Step {
-        let identity = pending.identity.clone();
-        let path = match answer.map_err(|e| (e, None)).and_then(|p| match self.playbook_alphabet.check(&p) {
+        // A path outside `playbook_path_chars` is one the filter decides nothing on: no answer.
+        let checked = answer.and_then(|p| match self.playbook_alphabet.check(&p) {
             Ok(()) => Ok(p),
-            Err(e) => Err((LookupFailure::Unavailable(format!("{p}: {e}")), Some(p))),
-        }) {
-            Ok(path) => path,
-            Err((LookupFailure::NotFound, _)) => {
-                let detail = format!("route={} {key}: NoETL has no such id", pending.route_id);
-                return Step::Verdict(
-                    self.finish(Err(Denial::refused("unresolved_target", detail)), identity.as_ref()),
-                );
+            Err(e) => Err(LookupFailure::Unavailable(format!("{p}: {e}"))),
+        });
+        let denial = match checked {
+            Ok(path) => {
+                pending.replace_lookups(Some(key), |_| Target::Playbook(path.clone()));
+                return self.settle(pending);
             }
-            Err((failure, _)) => {
-                let detail = format!("route={} {key}: {failure}", pending.route_id);
-                return Step::Verdict(self.finish(Err(Denial::lookup_unavailable(detail)), identity.as_ref()));
+            Err(LookupFailure::NotFound) => {
+                Denial::refused("unresolved_target", format!("route={} {key}: NoETL has no such id", pending.route_id))
             }
+            Err(failure) => Denial::lookup_unavailable(format!("route={} {key}: {failure}", pending.route_id)),
         };
-        pending.replace_lookups(Some(key), |_| Target::Playbook(path.clone()));
-        self.settle(pending)
+        Step::Verdict(self.finish(Err(denial), pending.identity.as_ref()))
     }
 
     /// Decides, once every id the request names is looked up; without a resolver, or past

@@ -8,7 +8,7 @@ use log::{debug, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType};
 
-use super::{response_status, Driver, State, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS};
+use super::{not_sent, response_status, Driver, State, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS};
 use crate::core::lookup::{LookupFailure, LookupKey};
 use crate::core::path::PlaybookPath;
 use crate::core::session::{Claim, Mark};
@@ -106,10 +106,7 @@ impl Driver<'_> {
                 Action::Pause
             }
             Err(status) => {
-                let failure = LookupFailure::Unavailable(format!(
-                    "{status:?} from the host: is there an Envoy cluster named {:?}?",
-                    req.cluster
-                ));
+                let failure = LookupFailure::Unavailable(not_sent(status, &req.cluster));
                 self.lookup_failed(&key, &failure, now_ms);
                 let action = self.advance(ctx, self.guard.on_lookup(pending, &key, Err(failure.clone())), now_ms);
                 self.wake_lookup(&key, Err(&failure), now_ms);

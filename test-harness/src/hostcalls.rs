@@ -346,16 +346,13 @@ fn get_shared_data(c: &mut Ctx<'_>, kp: i32, ks: i32, ptr_out: i32, size_out: i3
 fn set_shared_data(c: &mut Ctx<'_>, kp: i32, ks: i32, vp: i32, vs: i32, cas: i32) -> Result<(), Fault> {
     let key = read_string(c, kp, ks)?;
     let cas = cas as u32;
-    // The SDK's `remove_shared_data` passes a null value pointer; an empty value has a dangling,
-    // non-null one.
-    let value = if vp == 0 && vs == 0 { None } else { Some(read(c, vp, vs)?) };
+    // The SDK's `remove_shared_data` passes a null value. Envoy (proxy-wasm-cpp-host) has no
+    // removal: it stores the empty value and keeps the key, which is what host memory grows
+    // with, so the harness does the same.
+    let value = if vp == 0 && vs == 0 { Vec::new() } else { read(c, vp, vs)? };
     let mut data = lock(&c.data().shared.data)?;
     data.before_filter_write(&key);
-    match value {
-        None => data.remove(&key, cas),
-        Some(value) => data.set(&key, value, cas),
-    }
-    .map_err(Fault::from)
+    data.set(&key, value, cas).map_err(Fault::from)
 }
 
 fn register_queue(c: &mut Ctx<'_>, np: i32, ns: i32, id_out: i32) -> Result<(), Fault> {

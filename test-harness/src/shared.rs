@@ -48,18 +48,6 @@ impl SharedData {
         Ok(())
     }
 
-    /// Deletes `key` (the SDK's `remove_shared_data` sends a null value); `cas` as for `set`.
-    pub(crate) fn remove(&mut self, key: &str, cas: u32) -> Result<(), Status> {
-        match self.entries.get(key) {
-            Some((_, stored)) if cas != 0 && cas != *stored => Err(Status::CasMismatch),
-            Some(_) => {
-                self.entries.remove(key);
-                Ok(())
-            }
-            None => Err(Status::NotFound),
-        }
-    }
-
     /// Lands `writes` just before the next filter write to a key starting with `prefix`.
     pub(crate) fn interleave(&mut self, prefix: &str, writes: Vec<(String, Vec<u8>)>) {
         self.interleaved.push(Interleaved { prefix: prefix.to_owned(), writes });
@@ -179,7 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cas_guards_updates_and_removals() {
+    fn cas_guards_updates_and_an_emptied_key_stays() {
         let mut data = SharedData::default();
         assert_eq!(data.get("k"), None);
         data.set("k", b"a".to_vec(), 0).unwrap();
@@ -189,10 +177,9 @@ mod tests {
         assert_eq!(data.set("k", b"c".to_vec(), cas), Err(Status::CasMismatch));
         let (value, cas2) = data.get("k").unwrap();
         assert_eq!(value, b"b");
-        assert_eq!(data.remove("k", cas), Err(Status::CasMismatch));
-        data.remove("k", cas2).unwrap();
-        assert_eq!(data.remove("k", 0), Err(Status::NotFound));
-        assert!(data.keys().is_empty());
+        assert_eq!(data.set("k", Vec::new(), cas), Err(Status::CasMismatch));
+        data.set("k", Vec::new(), cas2).unwrap();
+        assert_eq!(data.keys(), ["k"], "an emptied key stays, as in Envoy");
     }
 
     #[test]

@@ -744,10 +744,11 @@ impl Guard {
         })
     }
 
-    /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now`.
-    pub fn on_session(&self, pending: Pending, entry: Option<&SessionEntry>, now: u64) -> SessionStep {
+    /// Answers from the session's cache entry (`None`: not cached) if it is fresh at `now_ms`
+    /// (milliseconds since the epoch).
+    pub fn on_session(&self, pending: Pending, entry: Option<&SessionEntry>, now_ms: u64) -> SessionStep {
         match (entry, &self.validator) {
-            (Some(entry), Some(v)) if entry.is_fresh(&v.cache, now) => {
+            (Some(entry), Some(v)) if entry.is_fresh(&v.cache, now_ms) => {
                 SessionStep::Hit(self.with_entry(pending, entry))
             }
             _ => SessionStep::Miss(pending),
@@ -759,10 +760,10 @@ impl Guard {
         self.validator.as_ref().map(|v| v.request(&pending.token))
     }
 
-    /// Reads the callout's answer into a cache entry fetched at `now`.
-    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<Answer, CalloutFailure> {
+    /// Reads the callout's answer into a cache entry fetched at `now_ms`.
+    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now_ms: u64) -> Result<Answer, CalloutFailure> {
         match &self.validator {
-            Some(v) => v.read_answer(status, body, now),
+            Some(v) => v.read_answer(status, body, now_ms),
             None => Err(CalloutFailure::NotSent("no validation service is configured".into())),
         }
     }
@@ -774,9 +775,9 @@ impl Guard {
 
     /// The failure mode, after a failed callout: a stale entry within its grace under
     /// `serve_stale` (the `bool` says one was served), else 503.
-    pub fn on_callout_failure(&self, pending: Pending, stale: Option<&SessionEntry>, now: u64) -> (Step, bool) {
+    pub fn on_callout_failure(&self, pending: Pending, stale: Option<&SessionEntry>, now_ms: u64) -> (Step, bool) {
         if let (Some(v), Some(entry)) = (&self.validator, stale) {
-            if v.failure_mode == FailureMode::ServeStale && entry.may_serve_stale(&v.cache, now) {
+            if v.failure_mode == FailureMode::ServeStale && entry.may_serve_stale(&v.cache, now_ms) {
                 return (self.with_entry(pending, entry), true);
             }
         }

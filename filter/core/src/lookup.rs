@@ -2,7 +2,7 @@
 //! `execution_id` (the path of the playbook the run runs), asked of NoETL itself.
 //!
 //! NoETL alone maps these ids, and the mapping never changes, so an answer is kept long and
-//! shared by every worker (the host stores [`LookupRecord`]s beside the sessions). Only an id
+//! shared by every worker (in a [`LookupCache`] beside the sessions). Only an id
 //! in one spelling is looked up: a JSON integer, or a string of digits without a sign, spaces,
 //! underscores or leading zeros. pydantic, Python's `int()` and PostgreSQL's casts all read
 //! such an id the same way; any other spelling could be read as another id by one of them, so
@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use crate::config::{LookupKind, ResolverConfig};
 use crate::error::ConfigError;
 use crate::path::PlaybookPath;
+use crate::shared::table::{self, Put, Table};
+use crate::shared::{SharedStore, Unwritten};
 use crate::validation::{CalloutRequest, TokenBucket};
 
 /// PostgreSQL's `bigint` holds ids up to this; NoETL's ids are `bigint`s.
@@ -211,37 +213,74 @@ impl Resolver {
     }
 }
 
-/// An answer as stored in shared data, with the eviction slot it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LookupRecord {
+/// An answer as kept in shared data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Looked {
     /// The playbook.
+    #[serde(rename = "p")]
     pub path: String,
     /// When it was fetched (milliseconds since the epoch).
+    #[serde(rename = "t")]
     pub fetched_at_ms: u64,
-    /// Its slot in the lookup eviction ring.
-    pub slot: u64,
 }
 
-impl LookupRecord {
-    /// The stored form: `<fetched_at_ms> <slot> <path>` (a path holds no space).
-    pub fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.fetched_at_ms, self.slot, self.path).into_bytes()
-    }
-
-    /// Reads a stored record; `None` for anything else (a record written by an older filter).
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(3, ' ');
-        let fetched_at_ms = parts.next()?.parse().ok()?;
-        let slot = parts.next()?.parse().ok()?;
-        let path = parts.next()?.to_owned();
-        Some(LookupRecord { path, fetched_at_ms, slot })
-    }
-
-    /// The playbook, if the record is fresh at `now_ms` and still names a valid path.
+impl Looked {
+    /// The playbook, if the answer is fresh at `now_ms` and still names a valid path.
     pub fn fresh_path(&self, resolver: &Resolver, now_ms: u64) -> Option<PlaybookPath> {
         let fresh = now_ms < self.fetched_at_ms.saturating_add(resolver.ttl_ms);
         fresh.then(|| PlaybookPath::parse(&self.path).ok()).flatten()
+    }
+}
+
+/// The answers in shared data, for every worker: a table with one ring of `max_entries`.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupCache {
+    table: Table,
+    ring: table::Ring,
+}
+
+impl LookupCache {
+    /// The cache of `resolver`'s answers.
+    pub fn new(resolver: &Resolver) -> Self {
+        let ring = table::Ring { id: 0, prefix: "pg1/lslot", capacity: resolver.max_entries };
+        LookupCache { table: Table::new("pg1/l", ring.capacity), ring }
+    }
+
+    /// Creates what must exist before any worker writes (see [`Table::prepare`]).
+    pub fn prepare<S: SharedStore + ?Sized>(&self, store: &mut S) {
+        self.table.prepare(store, &[self.ring]);
+    }
+
+    /// The playbook `key` names, if a fresh answer is kept.
+    pub fn get<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        resolver: &Resolver,
+        key: &LookupKey,
+        now_ms: u64,
+    ) -> Option<PlaybookPath> {
+        let stored = self.table.get::<S, Looked>(store, &key.cache_key())?;
+        stored.value.fresh_path(resolver, now_ms)
+    }
+
+    /// Keeps an answer; returns the id evicted to make room.
+    pub fn put<S: SharedStore + ?Sized>(
+        &self,
+        store: &mut S,
+        key: &LookupKey,
+        path: &PlaybookPath,
+        now_ms: u64,
+    ) -> Result<Option<String>, Unwritten> {
+        let looked = Looked { path: path.as_str().to_owned(), fetched_at_ms: now_ms };
+        Ok(match self.table.put(store, &key.cache_key(), &looked, self.ring, |_| false)? {
+            Put::Stored { evicted } => evicted,
+            Put::Kept => None,
+        })
+    }
+
+    /// How many answers are kept, for the simulation's bound on memory.
+    pub fn count(&self, store: &crate::shared::MemoryStore) -> usize {
+        self.table.count::<Looked>(store)
     }
 }
 
@@ -331,15 +370,18 @@ mod tests {
     }
 
     #[test]
-    fn records_keep_for_the_ttl() {
+    fn answers_keep_for_the_ttl_in_the_shared_cache() {
         let r = resolver();
-        let rec = LookupRecord { path: "data/x".into(), fetched_at_ms: 1_000, slot: 3 };
-        assert_eq!(LookupRecord::decode(&rec.encode()), Some(rec.clone()));
-        assert_eq!(rec.fresh_path(&r, 1_000).map(|p| p.as_str().to_owned()), Some("data/x".into()));
-        assert!(rec.fresh_path(&r, 1_000 + 86_400_000 - 1).is_some());
-        assert_eq!(rec.fresh_path(&r, 1_000 + 86_400_000), None);
-        assert_eq!(LookupRecord::decode(b"{\"e\":1}"), None);
-        assert_eq!(LookupRecord::decode(b"1 x data/x"), None);
+        let cache = LookupCache::new(&r);
+        let mut store = crate::shared::MemoryStore::default();
+        cache.prepare(&mut store);
+        let path = PlaybookPath::parse("data/x").unwrap();
+        assert_eq!(cache.put(&mut store, &RUN, &path, 1_000), Ok(None));
+        assert_eq!(cache.get(&store, &r, &RUN, 1_000), Some(path.clone()));
+        assert_eq!(cache.get(&store, &r, &RUN, 1_000 + 86_400_000 - 1), Some(path));
+        assert_eq!(cache.get(&store, &r, &RUN, 1_000 + 86_400_000), None);
+        let other = LookupKey { id: RUN.id + 1, ..RUN };
+        assert_eq!(cache.get(&store, &r, &other, 1_000), None);
     }
 
     #[test]

@@ -1,13 +1,10 @@
-//! The session cache: what an entry holds, when it is fresh, and the records in Envoy's shared
-//! data that let all workers share entries and keep to one callout per session.
-//!
-//! Shared data is a key-value store with compare-and-swap but no expiry and no atomic
-//! create-if-absent. So the in-flight marks ("worker X is asking about session S until T")
-//! live in a fixed set of stripes that always exist once written, and every change to a stripe
-//! is a compare-and-swap; the marks carry their own deadline, so a worker that died while
-//! fetching blocks nobody for longer than the callout timeout.
+//! The session cache: what an entry holds, when it is fresh, and the eviction ring it lives in
+//! (kept in shared data by [`crate::shared::table`]).
 
 use serde::{Deserialize, Serialize};
+
+use crate::shared::table::{self, Put, Table};
+use crate::shared::{SharedStore, Unwritten};
 
 /// How long answers stay fresh, and how many are kept: `session` with
 /// `validation.stale_grace_secs`, compiled (see [`crate::validation::Validator::cache`]).
@@ -45,68 +42,37 @@ pub struct SessionEntry {
     /// When the session itself expires (seconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// When the answer was fetched (seconds since the epoch).
-    pub fetched_at: u64,
+    /// When the answer was fetched (milliseconds since the epoch).
+    pub fetched_at_ms: u64,
 }
 
 impl SessionEntry {
-    /// The first second at which the entry is no longer fresh. A valid session: `ttl_secs` after
-    /// it was fetched, and never past its own `expires_at`. An invalid one: `negative_ttl_secs`
-    /// after, whatever `expires_at` says (a session that expired long ago is invalid all the
-    /// more, and capping it there would make every request for it ask again).
-    pub fn fresh_until(&self, v: &CacheSettings) -> u64 {
+    /// The first millisecond at which the entry is no longer fresh. A valid session:
+    /// `ttl_secs` after it was fetched, and never past its own `expires_at`. An invalid one:
+    /// `negative_ttl_secs` after, whatever `expires_at` says (a session that expired long ago
+    /// is invalid all the more, and capping it there would make every request for it ask again).
+    pub fn fresh_until_ms(&self, v: &CacheSettings) -> u64 {
         if !self.valid {
-            return self.fetched_at.saturating_add(v.negative_ttl_secs);
+            return self.fetched_at_ms.saturating_add(v.negative_ttl_secs.saturating_mul(1000));
         }
-        self.fetched_at.saturating_add(v.ttl_secs).min(self.expires_at.unwrap_or(u64::MAX))
+        self.fetched_at_ms.saturating_add(v.ttl_secs.saturating_mul(1000)).min(self.expires_at_ms())
     }
 
-    /// Whether the entry may answer at `now` without a callout.
-    pub fn is_fresh(&self, v: &CacheSettings, now: u64) -> bool {
-        now < self.fresh_until(v)
+    /// Whether the entry may answer at `now_ms` without a callout.
+    pub fn is_fresh(&self, v: &CacheSettings, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms(v)
     }
 
-    /// Whether, under `serve_stale`, this stale entry may still answer at `now`: a valid
+    /// Whether, under `serve_stale`, this stale entry may still answer at `now_ms`: a valid
     /// session, at most `stale_grace_secs` past freshness, and never past `expires_at`.
-    pub fn may_serve_stale(&self, v: &CacheSettings, now: u64) -> bool {
-        let until = self
-            .fetched_at
-            .saturating_add(v.ttl_secs)
-            .saturating_add(v.stale_grace_secs)
-            .min(self.expires_at.unwrap_or(u64::MAX));
-        self.valid && now < until
-    }
-}
-
-/// An entry as stored in shared data, with the eviction slot it occupies in its ring
-/// ([`Ring::of`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// The entry.
-    #[serde(rename = "e")]
-    pub entry: SessionEntry,
-    /// Its slot in its eviction ring (see [`slot_for`]).
-    #[serde(rename = "s")]
-    pub slot: u64,
-}
-
-impl SessionRecord {
-    /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn may_serve_stale(&self, v: &CacheSettings, now_ms: u64) -> bool {
+        let grace = v.ttl_secs.saturating_add(v.stale_grace_secs).saturating_mul(1000);
+        self.valid && now_ms < self.fetched_at_ms.saturating_add(grace).min(self.expires_at_ms())
     }
 
-    /// Reads a stored record; anything unreadable is no record (and will be refetched).
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at.map_or(u64::MAX, |at| at.saturating_mul(1000))
     }
-}
-
-/// The eviction ring: the `n`-th session ever stored in a ring takes slot `n % max_entries`,
-/// evicting whichever session held it. So at most `max_entries` sessions are cached, and the
-/// oldest stored goes first.
-pub fn slot_for(counter: u64, max_entries: u64) -> u64 {
-    counter % max_entries.max(1)
 }
 
 /// Which eviction ring an entry lives in. Valid sessions and invalid-session answers each have
@@ -139,98 +105,86 @@ impl Ring {
     }
 }
 
-/// How many in-flight stripes there are. More stripes, less compare-and-swap contention.
-pub const STRIPES: u32 = 64;
-
-/// The stripe holding a session's in-flight mark (FNV-1a: stable across workers and builds).
-pub fn stripe_of(session_key: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in session_key.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % STRIPES
+/// What the shared cache holds for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Record {
+    /// An answer.
+    #[serde(rename = "e")]
+    Entry(SessionEntry),
+    /// Logged out at this millisecond: read as no entry, and kept in place of any answer to a
+    /// callout asked before then (that answer predates the logout).
+    #[serde(rename = "l")]
+    LoggedOut(u64),
 }
 
-/// A session's state in its stripe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mark {
-    /// A worker is asking the service, until this deadline (milliseconds since the epoch).
-    Fetching {
-        /// When the fetch is given up on.
-        until_ms: u64,
-    },
-    /// The last callout failed; until this moment, requests follow the failure mode rather
-    /// than ask again (so an outage is not met with one callout per request).
-    Failed {
-        /// When a new callout may be tried.
-        until_ms: u64,
-    },
+/// What storing an answer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored, evicting this session (and the ring it was in) to make room.
+    Stored(Option<(String, Ring)>),
+    /// Not stored: the session was logged out after the callout was asked.
+    LoggedOut,
 }
 
-impl Mark {
-    fn until_ms(self) -> u64 {
-        match self {
-            Mark::Fetching { until_ms } | Mark::Failed { until_ms } => until_ms,
-        }
-    }
+/// The session cache in shared data: one table for every worker, with a ring per [`Ring`].
+#[derive(Debug, Clone, Copy)]
+pub struct SessionCache {
+    table: Table,
+    valid: table::Ring,
+    invalid: table::Ring,
 }
 
-/// What trying to claim a session's callout found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub enum Claim {
-    /// This worker may send the callout.
-    Claimed,
-    /// Another worker is fetching; wait for its answer until `until_ms`.
-    Busy {
-        /// The other fetch's deadline.
-        until_ms: u64,
-    },
-    /// A callout just failed; follow the failure mode.
-    RecentlyFailed,
-}
-
-/// The marks of one stripe.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stripe(Vec<(String, Mark)>);
-
-impl Stripe {
-    /// Reads a stripe; an unreadable one is empty (its marks will simply be retaken).
-    pub fn decode(bytes: &[u8]) -> Self {
-        serde_json::from_slice(bytes).unwrap_or_default()
+impl SessionCache {
+    /// The cache `settings` describe.
+    pub fn new(settings: &CacheSettings) -> Self {
+        let valid = table::Ring { id: 0, prefix: "pg1/slot", capacity: settings.max_entries };
+        let invalid = table::Ring { id: 1, prefix: "pg1/nslot", capacity: settings.max_negative_entries };
+        SessionCache { table: Table::new("pg1/s", valid.capacity.saturating_add(invalid.capacity)), valid, invalid }
     }
 
-    /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    /// Creates what must exist before any worker writes (see [`Table::prepare`]).
+    pub fn prepare<S: SharedStore + ?Sized>(&self, store: &mut S) {
+        self.table.prepare(store, &[self.valid, self.invalid]);
     }
 
-    /// The live mark of `key` at `now_ms`.
-    pub fn mark(&self, key: &str, now_ms: u64) -> Option<Mark> {
-        self.0.iter().find(|(k, m)| k == key && m.until_ms() > now_ms).map(|(_, m)| *m)
-    }
-
-    /// Claims `key`'s callout until `until_ms` if no live mark stands in the way. Expired marks
-    /// are dropped on the way, so a stripe never grows past the sessions in flight.
-    pub fn claim(&mut self, key: &str, now_ms: u64, until_ms: u64) -> Claim {
-        self.0.retain(|(_, m)| m.until_ms() > now_ms);
-        match self.mark(key, now_ms) {
-            Some(Mark::Fetching { until_ms }) => Claim::Busy { until_ms },
-            Some(Mark::Failed { .. }) => Claim::RecentlyFailed,
-            None => {
-                self.0.push((key.to_owned(), Mark::Fetching { until_ms }));
-                Claim::Claimed
-            }
+    /// The cached entry of session `key`.
+    pub fn get<S: SharedStore + ?Sized>(&self, store: &S, key: &str) -> Option<SessionEntry> {
+        match self.table.get(store, key)?.value {
+            Record::Entry(entry) => Some(entry),
+            Record::LoggedOut(_) => None,
         }
     }
 
-    /// Ends `key`'s fetch: removes the mark, or leaves a failure mark until `failed_until_ms`.
-    pub fn finish(&mut self, key: &str, now_ms: u64, failed_until_ms: Option<u64>) {
-        self.0.retain(|(k, m)| k != key && m.until_ms() > now_ms);
-        if let Some(until_ms) = failed_until_ms {
-            self.0.push((key.to_owned(), Mark::Failed { until_ms }));
-        }
+    /// Stores the answer to a callout asked at `asked_at_ms`, unless the session was logged out
+    /// since.
+    pub fn put<S: SharedStore + ?Sized>(
+        &self,
+        store: &mut S,
+        key: &str,
+        entry: &SessionEntry,
+        asked_at_ms: u64,
+    ) -> Result<Stored, Unwritten> {
+        let ring = Ring::of(entry);
+        let table_ring = match ring {
+            Ring::Valid => self.valid,
+            Ring::Invalid => self.invalid,
+        };
+        let logged_out_since = |r: &Record| matches!(r, Record::LoggedOut(at) if *at >= asked_at_ms);
+        Ok(match self.table.put(store, key, &Record::Entry(entry.clone()), table_ring, logged_out_since)? {
+            Put::Stored { evicted } => Stored::Stored(evicted.map(|k| (k, ring))),
+            Put::Kept => Stored::LoggedOut,
+        })
+    }
+
+    /// Logs session `key` out at `now_ms`, for every worker.
+    pub fn log_out<S: SharedStore + ?Sized>(&self, store: &mut S, key: &str, now_ms: u64) -> Result<(), Unwritten> {
+        // In the invalid ring: a flood of logouts evicts only answers about invalid sessions.
+        self.table.put(store, key, &Record::LoggedOut(now_ms), self.invalid, |_| false).map(|_| ())
+    }
+
+    /// How many sessions are cached, for the simulation's bound on memory.
+    pub fn count(&self, store: &crate::shared::MemoryStore) -> usize {
+        self.table.count::<Record>(store)
     }
 }
 
@@ -248,7 +202,7 @@ mod tests {
         Validator::compile(&cfg, &session).unwrap().cache
     }
 
-    fn entry(valid: bool, fetched_at: u64, expires_at: Option<u64>) -> SessionEntry {
+    fn entry(valid: bool, fetched_at_ms: u64, expires_at: Option<u64>) -> SessionEntry {
         SessionEntry {
             valid,
             user_id: Some("42".into()),
@@ -256,29 +210,34 @@ mod tests {
             display_name: None,
             roles: vec!["analyst".into()],
             expires_at,
-            fetched_at,
+            fetched_at_ms,
         }
     }
 
+    /// Seconds as milliseconds, for readability.
+    fn ms(secs: u64) -> u64 {
+        secs * 1000
+    }
+
     #[test]
-    fn freshness_follows_ttl_negative_ttl_and_expiry() {
+    fn freshness_follows_ttl_negative_ttl_and_expiry_to_the_millisecond() {
         let v = validator(r#"{"ttl_secs": 300, "negative_ttl_secs": 30}"#);
-        let e = entry(true, 1000, None);
-        assert!(e.is_fresh(&v, 1000) && e.is_fresh(&v, 1299));
-        assert!(!e.is_fresh(&v, 1300));
-        let e = entry(false, 1000, None);
-        assert!(e.is_fresh(&v, 1029) && !e.is_fresh(&v, 1030));
-        let e = entry(true, 1000, Some(1100));
-        assert!(e.is_fresh(&v, 1099) && !e.is_fresh(&v, 1100), "the session's own expiry bounds it");
+        let e = entry(true, ms(1000) + 250, None);
+        assert!(e.is_fresh(&v, ms(1000)) && e.is_fresh(&v, ms(1300) + 249));
+        assert!(!e.is_fresh(&v, ms(1300) + 250));
+        let e = entry(false, ms(1000), None);
+        assert!(e.is_fresh(&v, ms(1030) - 1) && !e.is_fresh(&v, ms(1030)));
+        let e = entry(true, ms(1000), Some(1100));
+        assert!(e.is_fresh(&v, ms(1100) - 1) && !e.is_fresh(&v, ms(1100)), "the session's own expiry bounds it");
     }
 
     #[test]
     fn invalid_answers_are_fresh_for_the_negative_ttl_whatever_their_expiry() {
         let v = validator(r#"{"ttl_secs": 300, "negative_ttl_secs": 30}"#);
         for expires_at in [None, Some(0), Some(999), Some(1000), Some(1010), Some(5000)] {
-            let e = entry(false, 1000, expires_at);
-            assert_eq!(e.fresh_until(&v), 1030, "expires_at {expires_at:?}");
-            assert!(e.is_fresh(&v, 1000) && e.is_fresh(&v, 1029) && !e.is_fresh(&v, 1030), "{expires_at:?}");
+            let e = entry(false, ms(1000), expires_at);
+            assert_eq!(e.fresh_until_ms(&v), ms(1030), "expires_at {expires_at:?}");
+            assert!(e.is_fresh(&v, ms(1000)) && e.is_fresh(&v, ms(1030) - 1) && !e.is_fresh(&v, ms(1030)));
         }
     }
 
@@ -293,48 +252,9 @@ mod tests {
     #[test]
     fn stale_serving_has_a_grace_and_respects_expiry() {
         let v = validator(r#"{"ttl_secs": 300}"#);
-        let e = entry(true, 1000, None);
-        assert!(e.may_serve_stale(&v, 1359) && !e.may_serve_stale(&v, 1360));
-        assert!(!entry(false, 1000, None).may_serve_stale(&v, 1001), "an invalid session never serves");
-        assert!(!entry(true, 1000, Some(1310)).may_serve_stale(&v, 1310));
-    }
-
-    #[test]
-    fn records_round_trip_and_garbage_is_no_record() {
-        let r = SessionRecord { entry: entry(true, 5, Some(9)), slot: 3 };
-        assert_eq!(SessionRecord::decode(&r.encode()), Some(r));
-        assert_eq!(SessionRecord::decode(b"garbage"), None);
-        assert_eq!(Stripe::decode(b"garbage"), Stripe::default());
-    }
-
-    #[test]
-    fn one_claim_per_session_until_finished_or_expired() {
-        let mut s = Stripe::default();
-        assert_eq!(s.claim("a", 0, 2000), Claim::Claimed);
-        assert_eq!(s.claim("a", 10, 2010), Claim::Busy { until_ms: 2000 });
-        assert_eq!(s.claim("b", 10, 2010), Claim::Claimed, "other sessions are independent");
-        let s2 = Stripe::decode(&s.encode());
-        assert_eq!(s2, s);
-        // The claimer died: after the deadline the next worker takes over.
-        assert_eq!(s.claim("a", 2000, 4000), Claim::Claimed);
-        s.finish("a", 2100, None);
-        assert_eq!(s.mark("a", 2100), None);
-        assert_eq!(s.claim("a", 2100, 4100), Claim::Claimed);
-        s.finish("a", 2200, Some(3200));
-        assert_eq!(s.claim("a", 2300, 4300), Claim::RecentlyFailed);
-        assert_eq!(s.claim("a", 3200, 5200), Claim::Claimed, "the failure mark expires");
-        s.finish("b", 99_999, None);
-        assert!(s.0.is_empty(), "finishing drops expired marks too: {s:?}");
-    }
-
-    #[test]
-    fn stripes_and_slots_are_stable_and_bounded() {
-        // FNV-1a, so every worker and every build puts a session in the same stripe.
-        assert_eq!(stripe_of("noetl/s-1"), 29);
-        assert!((0..1000).map(|i| stripe_of(&format!("k{i}"))).all(|s| s < STRIPES));
-        let used: std::collections::HashSet<u32> = (0..1000).map(|i| stripe_of(&format!("k{i}"))).collect();
-        assert!(used.len() > STRIPES as usize / 2, "keys spread over the stripes");
-        assert_eq!(slot_for(7, 5), 2);
-        assert_eq!(slot_for(7, 0), 0);
+        let e = entry(true, ms(1000), None);
+        assert!(e.may_serve_stale(&v, ms(1360) - 1) && !e.may_serve_stale(&v, ms(1360)));
+        assert!(!entry(false, ms(1000), None).may_serve_stale(&v, ms(1001)), "an invalid session never serves");
+        assert!(!entry(true, ms(1000), Some(1310)).may_serve_stale(&v, ms(1310)));
     }
 }

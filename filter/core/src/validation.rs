@@ -160,7 +160,7 @@ impl Validator {
     /// not NoETL's answer is [`CalloutFailure::Malformed`], never a guess that could let a
     /// session through. So `expires_at` must be absent, `null`, a timestamp, `infinity` or a
     /// non-negative whole number of seconds, and a valid session must name its user.
-    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now: u64) -> Result<Answer, CalloutFailure> {
+    pub fn read_answer(&self, status: Option<u32>, body: &[u8], now_ms: u64) -> Result<Answer, CalloutFailure> {
         let status = status.ok_or(CalloutFailure::NoResponse)?;
         if !(200..300).contains(&status) {
             return Err(CalloutFailure::Status(status));
@@ -200,7 +200,7 @@ impl Validator {
                 display_name: None,
                 roles: Vec::new(),
                 expires_at,
-                fetched_at: now,
+                fetched_at_ms: now_ms,
             },
             roles_dropped: 0,
         };
@@ -220,7 +220,7 @@ impl Validator {
             crate::jwt::roles_from(user.get("roles").filter(|r| !r.is_null()).or_else(|| obj.get("roles")));
         // A session the service calls valid but whose own expiry has passed is over: it is
         // answered and cached as invalid (for negative_ttl_secs), rather than trusted.
-        if expires_at.is_some_and(|at| at <= now) {
+        if expires_at.is_some_and(|at| at.saturating_mul(1000) <= now_ms) {
             return Ok(invalid);
         }
         Ok(Answer {
@@ -231,7 +231,7 @@ impl Validator {
                 display_name: user.get("display_name").and_then(text),
                 roles,
                 expires_at,
-                fetched_at: now,
+                fetched_at_ms: now_ms,
             },
             roles_dropped,
         })
@@ -307,8 +307,8 @@ mod tests {
         assert!(req.headers.contains(&(":authority".into(), "noetl.svc".into())));
     }
 
-    fn entry(v: &Validator, body: &str, now: u64) -> SessionEntry {
-        v.read_answer(Some(200), body.as_bytes(), now).unwrap().entry
+    fn entry(v: &Validator, body: &str, now_ms: u64) -> SessionEntry {
+        v.read_answer(Some(200), body.as_bytes(), now_ms).unwrap().entry
     }
 
     fn malformed(v: &Validator, body: &str, now: u64) -> bool {
@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(e.display_name.as_deref(), Some("Ada"));
         assert_eq!(e.roles, ["analyst"]);
         assert_eq!(e.expires_at, Some(1_768_471_200));
-        assert_eq!(e.fetched_at, 100);
+        assert_eq!(e.fetched_at_ms, 100);
 
         let e = entry(
             &v,
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!((e.user_id.as_deref(), e.roles.len(), e.expires_at), (Some("7"), 2, None));
 
         let past = r#"{"valid": true, "user": {"user_id": 1}, "expires_at": "2020-01-01T00:00:00Z"}"#;
-        assert!(!entry(&v, past, 1_768_471_200).valid, "an expired session is not valid");
+        assert!(!entry(&v, past, 1_768_471_200_000).valid, "an expired session is not valid");
     }
 
     #[test]
@@ -347,7 +347,7 @@ mod tests {
         let v = validator(r#"{"cluster": "noetl"}"#);
         // What NoETL answers for an unknown, expired or inactive session.
         let e = entry(&v, r#"{"status":"ok","valid":false,"user":null,"expires_at":null,"error":null}"#, 5);
-        assert_eq!((e.valid, e.user_id, e.roles.len(), e.fetched_at), (false, None, 0, 5));
+        assert_eq!((e.valid, e.user_id, e.roles.len(), e.fetched_at_ms), (false, None, 0, 5));
         // And for a request it cannot read (FastAPI's validation error): a failure, not an answer.
         let detail = br#"{"detail": [{"loc": ["body", "session_token"], "msg": "field required", "type": "value_error.missing"}]}"#;
         assert_eq!(v.read_answer(Some(422), detail, 0), Err(CalloutFailure::Status(422)));
@@ -366,7 +366,7 @@ mod tests {
                 display_name: None,
                 roles: vec![],
                 expires_at: None,
-                fetched_at: 0
+                fetched_at_ms: 0
             }
         );
     }
@@ -387,7 +387,7 @@ mod tests {
             ("null", None),
         ] {
             let body = format!(r#"{{"valid": true, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
-            let e = entry(&v, &body, base - 1);
+            let e = entry(&v, &body, (base - 1) * 1000);
             assert_eq!((e.valid, e.expires_at), (true, want), "{text}");
         }
         let e = entry(&v, r#"{"valid": true, "user": {"user_id": 1}}"#, 0);

@@ -84,9 +84,9 @@ pub fn run(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) 
                     display_name: None,
                     roles: vec!["admin".into()],
                     expires_at: None,
-                    fetched_at: NOW,
+                    fetched_at_ms: NOW * 1000,
                 };
-                match g.on_session(p, Some(&entry), NOW) {
+                match g.on_session(p, Some(&entry), NOW * 1000) {
                     SessionStep::Hit(step) => step,
                     SessionStep::Miss(p) => g.on_answer(p, &entry),
                 }

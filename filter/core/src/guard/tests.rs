@@ -500,6 +500,7 @@ mod with_validation {
         guard_with(json!({"validation": validation, "routes": routes, "opaque_tokens": true}))
     }
 
+    /// An entry fetched at `fetched_at` (seconds, as the tests' `NOW`).
     fn entry(valid: bool, roles: &[&str], fetched_at: u64) -> SessionEntry {
         SessionEntry {
             valid,
@@ -508,7 +509,7 @@ mod with_validation {
             display_name: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             expires_at: None,
-            fetched_at,
+            fetched_at_ms: fetched_at * 1000,
         }
     }
 
@@ -540,7 +541,7 @@ mod with_validation {
         let t = bearer(&token(&["admin"], json!({})));
         let p = pending(&g, "GET", "/api/catalog/system/x", &t);
         assert_eq!(p.session_key(), "noetl/s-42");
-        let SessionStep::Miss(p) = g.on_session(p, None, NOW) else { panic!() };
+        let SessionStep::Miss(p) = g.on_session(p, None, NOW * 1000) else { panic!() };
         let callout = g.callout(&p).unwrap();
         let body: Value = serde_json::from_slice(&callout.body).unwrap();
         assert_eq!(body["session_token"], p.token());
@@ -548,7 +549,8 @@ mod with_validation {
         assert_eq!(status(&v), 403);
 
         let p = pending(&g, "GET", "/api/catalog/data/x", &t);
-        let Verdict::Allow { headers, .. } = hit(g.on_session(p, Some(&entry(true, &["analyst"], NOW - 299)), NOW))
+        let Verdict::Allow { headers, .. } =
+            hit(g.on_session(p, Some(&entry(true, &["analyst"], NOW - 299)), NOW * 1000))
         else {
             panic!()
         };
@@ -573,7 +575,7 @@ mod with_validation {
         // and no name.
         let t = bearer(&token(&["viewer"], json!({})));
         let answer = br#"{"status": "ok", "valid": true, "user": {"user_id": 9}, "expires_at": null, "error": null}"#;
-        let entry = g.read_answer(Some(200), answer, NOW).unwrap().entry;
+        let entry = g.read_answer(Some(200), answer, NOW * 1000).unwrap().entry;
         let v = verdict_of(g.on_answer(pending(&g, "GET", "/api/me", &t), &entry));
         assert_eq!(header(&v, "x-noetl-user-id"), Some("9"));
         assert_eq!(header(&v, "x-noetl-user-email"), None, "not the token's email beside the service's id");
@@ -581,7 +583,7 @@ mod with_validation {
         assert_eq!(header(&v, "x-noetl-user-roles"), Some("viewer"), "roles combine only as token_roles says");
         // Served stale under serve_stale, the same.
         let g = vguard(json!({"cluster": "noetl", "failure_mode": "serve_stale"}));
-        let (step, served) = g.on_callout_failure(pending(&g, "GET", "/api/me", &t), Some(&entry), NOW + 301);
+        let (step, served) = g.on_callout_failure(pending(&g, "GET", "/api/me", &t), Some(&entry), (NOW + 301) * 1000);
         let v = verdict_of(step);
         assert!(served);
         assert_eq!((header(&v, "x-noetl-user-id"), header(&v, "x-noetl-user-email")), (Some("9"), None));
@@ -598,7 +600,7 @@ mod with_validation {
         let t = bearer(&token(&[], json!({})));
         let answer =
             br#"{"status": "ok", "valid": true, "user": {"user_id": 9, "roles": ["viewer,admin", "analyst"]}}"#;
-        let read = g.read_answer(Some(200), answer, NOW).unwrap();
+        let read = g.read_answer(Some(200), answer, NOW * 1000).unwrap();
         assert_eq!(read.roles_dropped, 1);
         let v = verdict_of(g.on_answer(pending(&g, "GET", "/api/catalog/data/x", &t), &read.entry));
         assert_eq!(header(&v, "x-noetl-user-roles"), Some("analyst"));
@@ -626,40 +628,49 @@ mod with_validation {
         let g = vguard(json!({"cluster": "noetl"}));
         let t = bearer(&token(&[], json!({})));
         let stale = entry(true, &["analyst"], NOW - 300);
-        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&stale), NOW), SessionStep::Miss(_)));
-        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), None, NOW), SessionStep::Miss(_)));
+        assert!(matches!(
+            g.on_session(pending(&g, "GET", "/api/me", &t), Some(&stale), NOW * 1000),
+            SessionStep::Miss(_)
+        ));
+        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), None, NOW * 1000), SessionStep::Miss(_)));
     }
 
     #[test]
     fn invalid_sessions_are_401_while_the_negative_entry_is_fresh() {
         let g = vguard(json!({"cluster": "noetl"}));
         let t = bearer(&token(&["admin"], json!({})));
-        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(false, &[], NOW - 29)), NOW));
+        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(false, &[], NOW - 29)), NOW * 1000));
         assert_eq!(status(&v), 401);
         assert_eq!(body(&v)["reason"], "invalid_session");
         let negative = entry(false, &[], NOW - 30);
-        assert!(matches!(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&negative), NOW), SessionStep::Miss(_)));
+        assert!(matches!(
+            g.on_session(pending(&g, "GET", "/api/me", &t), Some(&negative), NOW * 1000),
+            SessionStep::Miss(_)
+        ));
     }
 
     #[test]
     fn failure_modes() {
         let t = bearer(&token(&[], json!({})));
         let deny = vguard(json!({"cluster": "noetl"}));
-        let (step, stale_served) =
-            deny.on_callout_failure(pending(&deny, "GET", "/api/me", &t), Some(&entry(true, &[], NOW - 301)), NOW);
+        let (step, stale_served) = deny.on_callout_failure(
+            pending(&deny, "GET", "/api/me", &t),
+            Some(&entry(true, &[], NOW - 301)),
+            NOW * 1000,
+        );
         let Step::Verdict(Verdict::Deny(d)) = step else { panic!() };
         assert_eq!((d.status, stale_served), (503, false));
         assert!(d.headers.contains(&("retry-after".into(), "1".into())));
 
         let stale = vguard(json!({"cluster": "noetl", "failure_mode": "serve_stale", "stale_grace_secs": 60}));
         let within = entry(true, &["viewer"], NOW - 359);
-        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&within), NOW);
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&within), NOW * 1000);
         assert!(served);
         assert_eq!(status(&verdict_of(step)), 200);
         let beyond = entry(true, &["viewer"], NOW - 360);
-        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&beyond), NOW);
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), Some(&beyond), NOW * 1000);
         assert_eq!((status(&verdict_of(step)), served), (503, false));
-        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), None, NOW);
+        let (step, served) = stale.on_callout_failure(pending(&stale, "GET", "/api/me", &t), None, NOW * 1000);
         assert_eq!((status(&verdict_of(step)), served), (503, false));
     }
 
@@ -766,10 +777,10 @@ mod with_validation {
     fn logout_routes_name_the_session_to_evict() {
         let g = vguard(json!({"cluster": "noetl"}));
         let t = bearer(&token(&[], json!({})));
-        let v = hit(g.on_session(pending(&g, "POST", "/logout", &t), Some(&entry(true, &[], NOW)), NOW));
+        let v = hit(g.on_session(pending(&g, "POST", "/logout", &t), Some(&entry(true, &[], NOW)), NOW * 1000));
         let Verdict::Allow { logout, .. } = v else { panic!() };
         assert_eq!(logout.as_deref(), Some("noetl/s-42"));
-        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(true, &[], NOW)), NOW));
+        let v = hit(g.on_session(pending(&g, "GET", "/api/me", &t), Some(&entry(true, &[], NOW)), NOW * 1000));
         assert!(matches!(v, Verdict::Allow { logout: None, .. }));
     }
 

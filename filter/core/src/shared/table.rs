@@ -1,0 +1,348 @@
+//! Records kept in shared data under a set of keys the configuration bounds, with eviction
+//! rings that make the oldest record go first.
+//!
+//! A record for `key` lives in bucket `<table>/<fnv1a(key) % buckets>`, beside the few others
+//! that hash there; the buckets are created once ([`Table::prepare`]) and after that only
+//! changed by compare-and-swap. Each record also takes the next slot of its ring
+//! (`<ring>/<n>` names the key that holds slot `n`, `<ring>/head` counts the records ever
+//! stored): taking a slot evicts whichever record held it. So a table holds at most its rings'
+//! capacity of records, and never more keys than buckets and slots, however many distinct
+//! sessions or ids pass through it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{fnv1a, update, SharedStore, Unwritten};
+
+/// Records per bucket when the cache is full: a read decodes the bucket, so few; a bucket is a
+/// key the host keeps, so not one per record.
+const RECORDS_PER_BUCKET: u64 = 4;
+
+/// A table of records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    prefix: &'static str,
+    buckets: u64,
+}
+
+/// An eviction ring: `capacity` slots, taken in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    /// Which ring a record belongs to, as stored in it.
+    pub id: u8,
+    /// Where its slots and counter live.
+    pub prefix: &'static str,
+    /// How many records it holds.
+    pub capacity: u64,
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Row<T> {
+    #[serde(rename = "k")]
+    key: String,
+    #[serde(rename = "r")]
+    ring: u8,
+    #[serde(rename = "s")]
+    slot: u64,
+    #[serde(rename = "v")]
+    value: T,
+}
+
+/// What [`Table::put`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    /// Stored, evicting the record of this key (if any) to make room.
+    Stored {
+        /// The key evicted.
+        evicted: Option<String>,
+    },
+    /// Not stored: the record there is to be kept.
+    Kept,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<T> {
+    /// The record.
+    pub value: T,
+    /// The ring it is in.
+    pub ring: u8,
+    /// The bucket's compare-and-swap token when it was read: the record has not changed while
+    /// the bucket's token has not.
+    pub cas: Option<u32>,
+}
+
+fn decode<T: DeserializeOwned>(bytes: Option<&[u8]>) -> Vec<Row<T>> {
+    // An unreadable bucket reads as empty: its records are refetched, and the next write
+    // replaces it.
+    bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
+}
+
+fn encode<T: Serialize>(rows: &[Row<T>]) -> Vec<u8> {
+    serde_json::to_vec(rows).unwrap_or_default()
+}
+
+impl Table {
+    /// A table under `prefix` for rings of `capacity` records in all.
+    pub fn new(prefix: &'static str, capacity: u64) -> Self {
+        Table { prefix, buckets: capacity.div_ceil(RECORDS_PER_BUCKET).max(1) }
+    }
+
+    /// How many buckets it has.
+    pub fn buckets(&self) -> u64 {
+        self.buckets
+    }
+
+    fn bucket(&self, key: &str) -> String {
+        format!("{}/{}", self.prefix, fnv1a(key) % self.buckets)
+    }
+
+    /// Creates the buckets and ring counters that are missing, once per size: shared data has
+    /// no create-if-absent, so two workers creating one bucket at once could each drop the
+    /// record the other wrote. Envoy configures a plugin on its main thread before any worker
+    /// runs it, which is where this must first run. Keys that exist are left alone.
+    pub fn prepare<S: SharedStore + ?Sized>(&self, store: &mut S, rings: &[Ring]) {
+        let ready = format!("{}/ready", self.prefix);
+        let size = self.buckets.to_string();
+        if store.get(&ready).0.as_deref() == Some(size.as_bytes()) {
+            return;
+        }
+        let buckets = (0..self.buckets).map(|n| (format!("{}/{n}", self.prefix), b"[]".as_slice()));
+        let heads = rings.iter().map(|r| (format!("{}/head", r.prefix), b"0".as_slice()));
+        for (key, empty) in buckets.chain(heads) {
+            if store.get(&key).1.is_none() {
+                let _ = store.set(&key, Some(empty), None);
+            }
+        }
+        let _ = store.set(&ready, Some(size.as_bytes()), None);
+    }
+
+    /// The record of `key`.
+    pub fn get<S: SharedStore + ?Sized, T: DeserializeOwned>(&self, store: &S, key: &str) -> Option<Stored<T>> {
+        let (value, cas) = store.get(&self.bucket(key));
+        let row = decode::<T>(value.as_deref()).into_iter().find(|r| r.key == key)?;
+        Some(Stored { value: row.value, ring: row.ring, cas })
+    }
+
+    /// Stores `value` as `key`'s record in `ring`: in place if it is there already, else in
+    /// the ring's next slot, evicting the record that held it. A record for which `keep` holds
+    /// is left as it is (checked in the same compare-and-swap as the write).
+    pub fn put<S, T>(
+        &self,
+        store: &mut S,
+        key: &str,
+        value: &T,
+        ring: Ring,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Put, Unwritten>
+    where
+        S: SharedStore + ?Sized,
+        T: Serialize + DeserializeOwned + Clone,
+    {
+        let bucket = self.bucket(key);
+        let in_place = update(store, &bucket, |bytes| {
+            let mut rows = decode::<T>(bytes);
+            match rows.iter_mut().find(|r| r.key == key) {
+                Some(row) if keep(&row.value) => (None, Some(Put::Kept)),
+                Some(row) if row.ring == ring.id => {
+                    row.value = value.clone();
+                    (Some(encode(&rows)), Some(Put::Stored { evicted: None }))
+                }
+                _ => (None, None),
+            }
+        })?;
+        if let Some(done) = in_place {
+            return Ok(done);
+        }
+        let slot = next_slot(store, ring)?;
+        let kept = update(store, &bucket, |bytes| {
+            let mut rows = decode::<T>(bytes);
+            if rows.iter().any(|r| r.key == key && keep(&r.value)) {
+                return (None, true);
+            }
+            rows.retain(|r| r.key != key);
+            rows.push(Row { key: key.to_owned(), ring: ring.id, slot, value: value.clone() });
+            (Some(encode(&rows)), false)
+        })?;
+        if kept {
+            return Ok(Put::Kept);
+        }
+        // The slot is written only once the record is in its bucket, and by compare-and-swap,
+        // so whoever takes the slot next reads exactly this key as the one to evict.
+        let slot_key = format!("{}/{slot}", ring.prefix);
+        let victim = update(store, &slot_key, |bytes| {
+            (Some(key.as_bytes().to_vec()), bytes.and_then(|b| String::from_utf8(b.to_vec()).ok()))
+        });
+        let victim = match victim {
+            Ok(victim) => victim,
+            Err(e) => {
+                // Nobody would ever evict a record whose slot does not name it: take it back.
+                let _ = self.remove_if::<S, T>(store, key, |r| r.slot == slot && r.ring == ring.id);
+                return Err(e);
+            }
+        };
+        match victim {
+            Some(victim) if victim != key => {
+                // Only if it still holds this slot: it may have been stored again since, in
+                // another slot or ring, and the slot it left still names it.
+                let evicted = self.remove_if::<S, T>(store, &victim, |r| r.slot == slot && r.ring == ring.id)?;
+                Ok(Put::Stored { evicted: evicted.then_some(victim) })
+            }
+            _ => Ok(Put::Stored { evicted: None }),
+        }
+    }
+
+    /// Forgets `key`'s record; whether there was one.
+    pub fn remove<S: SharedStore + ?Sized, T: Serialize + DeserializeOwned>(
+        &self,
+        store: &mut S,
+        key: &str,
+    ) -> Result<bool, Unwritten> {
+        self.remove_if::<S, T>(store, key, |_| true)
+    }
+
+    fn remove_if<S: SharedStore + ?Sized, T: Serialize + DeserializeOwned>(
+        &self,
+        store: &mut S,
+        key: &str,
+        which: impl Fn(&Row<T>) -> bool,
+    ) -> Result<bool, Unwritten> {
+        update(store, &self.bucket(key), |bytes| {
+            let mut rows = decode::<T>(bytes);
+            let before = rows.len();
+            rows.retain(|r| !(r.key == key && which(r)));
+            if rows.len() == before {
+                (None, false)
+            } else {
+                (Some(encode(&rows)), true)
+            }
+        })
+    }
+
+    /// How many records the buckets hold, for the simulation's bound on memory.
+    pub fn count<T: DeserializeOwned>(&self, store: &super::MemoryStore) -> usize {
+        let prefix = format!("{}/", self.prefix);
+        store.scan(&prefix).filter(|(k, _)| !k.ends_with("/ready")).map(|(_, v)| decode::<T>(Some(v)).len()).sum()
+    }
+}
+
+/// Takes the next slot of `ring`.
+fn next_slot<S: SharedStore + ?Sized>(store: &mut S, ring: Ring) -> Result<u64, Unwritten> {
+    let n = update(store, &format!("{}/head", ring.prefix), |bytes| {
+        let n = bytes.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        (Some((n + 1).to_string().into_bytes()), n)
+    })?;
+    Ok(n % ring.capacity.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::MemoryStore;
+
+    const RING: Ring = Ring { id: 0, prefix: "t/slot", capacity: 3 };
+    const OTHER: Ring = Ring { id: 1, prefix: "t/nslot", capacity: 2 };
+
+    fn table(store: &mut MemoryStore) -> Table {
+        let t = Table::new("t/r", RING.capacity + OTHER.capacity);
+        t.prepare(store, &[RING, OTHER]);
+        t
+    }
+
+    fn never(_: &u32) -> bool {
+        false
+    }
+
+    fn stored(evicted: Option<&str>) -> Put {
+        Put::Stored { evicted: evicted.map(str::to_owned) }
+    }
+
+    fn value(store: &MemoryStore, t: &Table, key: &str) -> Option<u32> {
+        t.get::<_, u32>(store, key).map(|s| s.value)
+    }
+
+    #[test]
+    fn the_oldest_record_goes_first_and_an_update_keeps_its_slot() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(t.put(&mut store, key, &(i as u32), RING, never), Ok(stored(None)));
+        }
+        assert_eq!(t.put(&mut store, "a", &10u32, RING, never), Ok(stored(None)), "in place");
+        assert_eq!(t.put(&mut store, "d", &3u32, RING, never), Ok(stored(Some("a"))), "a was stored first");
+        assert_eq!((value(&store, &t, "a"), value(&store, &t, "b"), value(&store, &t, "d")), (None, Some(1), Some(3)));
+        assert_eq!(t.count::<u32>(&store), 3);
+    }
+
+    #[test]
+    fn rings_are_bounded_apart_and_a_record_moves_between_them() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        t.put(&mut store, "a", &1u32, RING, never).unwrap();
+        t.put(&mut store, "b", &2u32, RING, never).unwrap();
+        for i in 0..5u32 {
+            t.put(&mut store, &format!("n{i}"), &i, OTHER, never).unwrap();
+        }
+        assert_eq!(value(&store, &t, "a"), Some(1), "the other ring never evicts this one");
+        assert_eq!(t.count::<u32>(&store), 4);
+        // "a" moves to the other ring; the slot it left still names it, but takes nothing when
+        // reused.
+        t.put(&mut store, "a", &7u32, OTHER, never).unwrap();
+        let a = t.get::<_, u32>(&store, "a").unwrap();
+        assert_eq!((a.value, a.ring), (7, OTHER.id));
+        t.put(&mut store, "c", &3u32, RING, never).unwrap();
+        assert_eq!(t.put(&mut store, "d", &4u32, RING, never), Ok(stored(None)), "slot 0 named a, which moved");
+        assert_eq!(value(&store, &t, "a"), Some(7));
+    }
+
+    #[test]
+    fn keys_stay_bounded_however_many_records_pass_through() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        let keys = store.keys();
+        for i in 0..1000u32 {
+            t.put(&mut store, &format!("session-{i}"), &i, if i % 3 == 0 { OTHER } else { RING }, never).unwrap();
+            if i % 7 == 0 {
+                t.remove::<_, u32>(&mut store, &format!("session-{}", i / 2)).unwrap();
+            }
+        }
+        assert!(store.keys() <= keys + (RING.capacity + OTHER.capacity) as usize, "{} keys", store.keys());
+        assert!(t.count::<u32>(&store) <= 5);
+    }
+
+    #[test]
+    fn prepare_runs_once_per_size_and_leaves_records_alone() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        t.put(&mut store, "a", &1u32, RING, never).unwrap();
+        t.prepare(&mut store, &[RING, OTHER]);
+        assert_eq!(value(&store, &t, "a"), Some(1));
+        let bigger = Table::new("t/r", 100);
+        bigger.prepare(&mut store, &[RING, OTHER]);
+        assert_eq!(store.scan("t/r/").count(), 25 + 1, "25 buckets and the ready mark");
+    }
+
+    #[test]
+    fn a_record_to_keep_is_kept_in_either_ring() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        t.put(&mut store, "a", &1u32, OTHER, never).unwrap();
+        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 1), Ok(Put::Kept));
+        assert_eq!(t.put(&mut store, "a", &2u32, OTHER, |v| *v == 1), Ok(Put::Kept));
+        assert_eq!(value(&store, &t, "a"), Some(1));
+        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 5), Ok(stored(None)));
+        assert_eq!(value(&store, &t, "a"), Some(2));
+    }
+
+    #[test]
+    fn an_unreadable_bucket_is_empty_and_is_replaced() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        let bucket = t.bucket("a");
+        store.set(&bucket, Some(b"not json"), None).unwrap();
+        assert_eq!(value(&store, &t, "a"), None);
+        t.put(&mut store, "a", &1u32, RING, never).unwrap();
+        assert_eq!(value(&store, &t, "a"), Some(1));
+    }
+}

@@ -602,7 +602,7 @@ pub struct JsonRpcConfig {
 }
 
 /// The kinds of id only NoETL can map to a playbook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupKind {
     /// A catalog entry's id: the entry's path.

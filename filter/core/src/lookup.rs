@@ -23,7 +23,7 @@ use crate::validation::{CalloutRequest, TokenBucket};
 const MAX_ID: u64 = i64::MAX as u64;
 
 /// One id to look up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LookupKey {
     /// What kind of id.
     pub kind: LookupKind,
@@ -272,7 +272,7 @@ impl LookupCache {
         now_ms: u64,
     ) -> Result<Option<String>, Unwritten> {
         let looked = Looked { path: path.as_str().to_owned(), fetched_at_ms: now_ms };
-        Ok(match self.table.put(store, &key.cache_key(), &looked, self.ring, |_| false)? {
+        Ok(match self.table.put(store, &key.cache_key(), &looked, self.ring, |_| false, now_ms)? {
             Put::Stored { evicted } => evicted,
             Put::Kept => None,
         })

@@ -22,7 +22,9 @@ mod lookups;
 mod sessions;
 mod stat;
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
 use log::{debug, info};
 
@@ -43,7 +45,7 @@ pub type RequestId = u32;
 pub type CallToken = u32;
 
 /// A callout the worker asked for, until the host says it was sent ([`Worker::sent`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallId(u64);
 
 /// Past the callout timeout, how long a claim stands before another worker may take over
@@ -207,20 +209,25 @@ enum Call {
     Keys { provider: usize },
 }
 
+/// A map that iterates in the same order in every run (SipHash with fixed keys), so a simulated
+/// schedule replays exactly from its seed. Its keys are request ids, callout tokens and session
+/// keys of verified tokens: nothing an unauthenticated client chooses.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
 /// One worker's side of the protocol: its requests, its callouts, and what it asks of the host.
 #[derive(Debug, Default)]
 pub struct Worker {
-    requests: HashMap<RequestId, Request>,
+    requests: Map<RequestId, Request>,
     /// Session key -> requests waiting for a callout owned by another request.
-    waiting: HashMap<String, Vec<RequestId>>,
+    waiting: Map<String, Vec<RequestId>>,
     /// Looked-up id -> requests waiting for a lookup owned by another request.
-    lookup_waiting: HashMap<LookupKey, Vec<RequestId>>,
+    lookup_waiting: Map<LookupKey, Vec<RequestId>>,
     /// Requests waiting for a JWK Set fetch.
     awaiting_keys: Vec<RequestId>,
     /// A request waits for keys no fetch has been sent for yet: tick at once.
     fetch_now: bool,
-    calls: HashMap<CallId, Call>,
-    tokens: HashMap<CallToken, CallId>,
+    calls: Map<CallId, Call>,
+    tokens: Map<CallToken, CallId>,
     next_call: u64,
     /// Tokens this worker verified and the remote JWK Sets it fetched (current configuration).
     keys: VerifierState,
@@ -408,12 +415,14 @@ impl Worker {
         if !status.is_some_and(|s| (200..300).contains(&s)) {
             return;
         }
+        // The logout stays in the cache in place of the session: a callout in flight answers
+        // for the session as it was before, and that answer must not be stored (see
+        // `SessionCache::put`). Its claim stays: taking it would also take any claim made
+        // since, and let a second callout out.
         if let Some(v) = guard.validator() {
-            let _ = SessionCache::new(&v.cache).log_out(store, &key, now_ms);
+            let hold_ms = v.timeout_ms() + CLAIM_GRACE_MS;
+            let _ = SessionCache::new(&v.cache).log_out(store, &key, now_ms, hold_ms);
         }
-        // A callout for this session in flight now answered for it as it was before the
-        // logout: take its claim, so that answer is not stored.
-        inflight::finish(store, &key, now_ms, None);
         self.count(Stat::Logouts, 1);
         info!("logout: session {} evicted", short(&key));
     }

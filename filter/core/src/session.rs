@@ -163,6 +163,7 @@ impl SessionCache {
         key: &str,
         entry: &SessionEntry,
         asked_at_ms: u64,
+        now_ms: u64,
     ) -> Result<Stored, Unwritten> {
         let ring = Ring::of(entry);
         let table_ring = match ring {
@@ -170,16 +171,24 @@ impl SessionCache {
             Ring::Invalid => self.invalid,
         };
         let logged_out_since = |r: &Record| matches!(r, Record::LoggedOut(at) if *at >= asked_at_ms);
-        Ok(match self.table.put(store, key, &Record::Entry(entry.clone()), table_ring, logged_out_since)? {
+        let record = Record::Entry(entry.clone());
+        Ok(match self.table.put(store, key, &record, table_ring, logged_out_since, now_ms)? {
             Put::Stored { evicted } => Stored::Stored(evicted.map(|k| (k, ring))),
             Put::Kept => Stored::LoggedOut,
         })
     }
 
-    /// Logs session `key` out at `now_ms`, for every worker.
-    pub fn log_out<S: SharedStore + ?Sized>(&self, store: &mut S, key: &str, now_ms: u64) -> Result<(), Unwritten> {
-        // In the invalid ring: a flood of logouts evicts only answers about invalid sessions.
-        self.table.put(store, key, &Record::LoggedOut(now_ms), self.invalid, |_| false).map(|_| ())
+    /// Logs session `key` out at `now_ms`, for every worker, for `hold_ms` at least: longer
+    /// than any callout asked before it can take to answer.
+    pub fn log_out<S: SharedStore + ?Sized>(
+        &self,
+        store: &mut S,
+        key: &str,
+        now_ms: u64,
+        hold_ms: u64,
+    ) -> Result<(), Unwritten> {
+        // Pinned, not in a ring: no number of other answers may evict it while it matters.
+        self.table.pin(store, key, &Record::LoggedOut(now_ms), now_ms.saturating_add(hold_ms), now_ms)
     }
 
     /// How many sessions are cached, for the simulation's bound on memory.

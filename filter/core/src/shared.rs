@@ -70,6 +70,27 @@ pub fn update<S: SharedStore + ?Sized, T>(
     Err(Unwritten::Contended)
 }
 
+/// [`update`], and if the key stays contended, one read-modify-write without compare-and-swap:
+/// for a write that must land (a logout), at the cost of whatever another worker wrote to the
+/// key in between (records the cache loses are fetched again).
+pub fn update_or_force<S: SharedStore + ?Sized, T>(
+    store: &mut S,
+    key: &str,
+    mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<T, Unwritten> {
+    match update(store, key, &mut change) {
+        Err(Unwritten::Contended) => {
+            let (value, _) = store.get(key);
+            let (write, out) = change(value.as_deref());
+            match write.map(|w| store.set(key, Some(&w), None)) {
+                Some(Err(_)) => Err(Unwritten::Refused),
+                _ => Ok(out),
+            }
+        }
+        done => done,
+    }
+}
+
 /// FNV-1a: the same bucket or stripe for a key in every worker and every build.
 pub fn fnv1a(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

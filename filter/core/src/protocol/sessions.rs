@@ -152,25 +152,22 @@ impl Worker {
         let mut overtaken = false;
         match (&answer, ctx.sessions()) {
             (Ok(entry), Some((_, cache))) => {
-                match cache.put(ctx.store, key, entry, asked_at_ms) {
+                match cache.put(ctx.store, key, entry, asked_at_ms, ctx.now_ms) {
                     Ok(Stored::Stored(Some((evicted, Ring::Valid)))) => {
                         self.count(Stat::SessionsEvicted, 1);
                         debug!("session {} evicted to make room", short(&evicted));
                     }
                     Ok(Stored::Stored(Some((_, Ring::Invalid)))) => self.count(Stat::InvalidSessionsEvicted, 1),
-                    Ok(Stored::LoggedOut) => overtaken = true,
+                    Ok(Stored::LoggedOut) => {
+                        debug!("session {}: logged out while the callout ran; not cached", short(key));
+                        overtaken = true;
+                    }
                     Ok(Stored::Stored(None)) | Err(_) => {}
                 }
-                // A logout while this callout was in flight also took its claim away; checked
-                // after the store, so a logout between the two is caught too.
+                // Let go of the claim, if it is still this callout's: past its deadline another
+                // worker may have taken it over, and that claim is not this one's to end.
                 if inflight::mark(&*ctx.store, key, ctx.now_ms) == Some(Mark::Fetching { until_ms: claim_until_ms }) {
                     inflight::finish(ctx.store, key, ctx.now_ms, None);
-                } else {
-                    overtaken = true;
-                }
-                if overtaken {
-                    let _ = cache.log_out(ctx.store, key, asked_at_ms);
-                    debug!("session {}: logged out while the callout ran; not cached", short(key));
                 }
             }
             (Err(failure), _) => self.callout_failed(ctx, key, failure),

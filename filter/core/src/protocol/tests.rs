@@ -1,1 +1,119 @@
+//! The protocol on one worker, step by step (the simulation covers many workers at random).
 
+use super::simulation::{guard, token, START_MS};
+use super::*;
+use crate::shared::MemoryStore;
+
+struct One {
+    guard: Guard,
+    store: MemoryStore,
+    worker: Worker,
+}
+
+impl One {
+    fn new() -> Self {
+        let mut one = One { guard: guard(), store: MemoryStore::default(), worker: Worker::default() };
+        one.worker.configure(&one.guard, &mut one.store, START_MS);
+        assert_eq!(one.actions(), [], "no remote JWK Sets to fetch");
+        one
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.worker.poll_action()).filter(|a| !matches!(a, Action::Count(..))).collect()
+    }
+
+    /// Request `req` for session `sid`, in its own callback: the actions, and what it returns.
+    fn request(&mut self, req: RequestId, sid: &str, path: &str) -> (Vec<Action>, Flow) {
+        let headers = vec![("authorization".to_owned(), format!("Bearer {}", token(sid)))];
+        let method = if path.ends_with("logout") { "POST" } else { "GET" };
+        let head = RequestHead { method, path, headers: &headers };
+        let outer = self.worker.begin(req);
+        self.worker.head(&self.guard, &mut self.store, START_MS, req, &head, true);
+        let actions = self.actions();
+        (actions, self.worker.end(outer))
+    }
+
+    /// Sends every callout asked for, numbering them from `first`.
+    fn send(&mut self, actions: &[Action], first: CallToken) -> usize {
+        let mut n = 0;
+        for action in actions {
+            if let Action::Send { call, .. } = action {
+                self.worker.sent(*call, first + n as CallToken);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn answer(&mut self, token: CallToken, status: Option<u32>, body: &str) -> Vec<Action> {
+        self.worker.answer(&self.guard, &mut self.store, START_MS + 10, token, status, body.as_bytes());
+        self.actions()
+    }
+}
+
+const VALID: &str = r#"{"valid": true, "user": {"user_id": 1, "roles": ["analyst"]}}"#;
+
+fn decided(actions: &[Action], req: RequestId) -> Option<u32> {
+    actions.iter().find_map(|a| match a {
+        Action::Decide { req: r, verdict: Verdict::Allow { .. } } if *r == req => Some(200),
+        Action::Decide { req: r, verdict: Verdict::Deny(d) } if *r == req => Some(d.status),
+        _ => None,
+    })
+}
+
+#[test]
+fn one_callout_answers_every_request_of_the_session_and_only_others_are_resumed() {
+    let mut one = One::new();
+    let (actions, flow) = one.request(1, "s-0", "/api/me");
+    assert_eq!((one.send(&actions, 100), flow), (1, Flow::Pause));
+    let (actions, flow) = one.request(2, "s-0", "/api/me");
+    assert_eq!((actions, flow), (vec![], Flow::Pause), "it waits for request 1's callout");
+    let actions = one.answer(100, Some(200), VALID);
+    assert_eq!((decided(&actions, 1), decided(&actions, 2)), (Some(200), Some(200)));
+    assert!(actions.contains(&Action::Resume { req: 1 }) && actions.contains(&Action::Resume { req: 2 }));
+    // Now cached: decided in its own callback, so let go by its return value.
+    let (actions, flow) = one.request(3, "s-0", "/api/me");
+    assert_eq!((decided(&actions, 3), flow), (Some(200), Flow::Continue));
+    assert!(!actions.contains(&Action::Resume { req: 3 }));
+}
+
+#[test]
+fn a_callout_the_host_cannot_send_fails_for_its_waiters_too() {
+    let mut one = One::new();
+    let (actions, _) = one.request(1, "s-0", "/api/me");
+    let Some(Action::Send { call, .. }) = actions.first().cloned() else { panic!("{actions:?}") };
+    let _ = one.request(2, "s-0", "/api/me");
+    one.worker.not_sent(&one.guard, &mut one.store, START_MS, call, "no such cluster".into());
+    let actions = one.actions();
+    assert_eq!((decided(&actions, 1), decided(&actions, 2)), (Some(503), Some(503)));
+    // The failure is remembered for a moment: no callout per request during an outage.
+    let (actions, flow) = one.request(3, "s-0", "/api/me");
+    assert_eq!((decided(&actions, 3), flow), (Some(503), Flow::Pause));
+}
+
+#[test]
+fn an_answer_asked_before_a_logout_is_not_cached_and_later_waiters_ask_again() {
+    let mut one = One::new();
+    let (actions, _) = one.request(1, "s-0", "/api/me");
+    one.send(&actions, 100);
+    // Another worker logs the session out while the callout is on its way.
+    let cache = SessionCache::new(&one.guard.validator().unwrap().cache);
+    cache.log_out(&mut one.store, "noetl/s-0", START_MS + 5, 60_000).unwrap();
+    let _ = one.request(2, "s-0", "/api/me");
+    let actions = one.answer(100, Some(200), VALID);
+    assert_eq!(decided(&actions, 1), Some(200), "request 1 came before the logout");
+    assert_eq!(decided(&actions, 2), None, "request 2 may have come after it: it asks again");
+    assert_eq!(actions.iter().filter(|a| matches!(a, Action::Send { from: Some(2), .. })).count(), 1);
+    assert_eq!(cache.get(&one.store, "noetl/s-0"), None, "the answer was not cached");
+}
+
+#[test]
+fn a_dropped_owner_lets_its_claim_go_and_nothing_resumes_it() {
+    let mut one = One::new();
+    let (actions, _) = one.request(1, "s-0", "/api/me");
+    one.send(&actions, 100);
+    one.worker.dropped(&mut one.store, START_MS + 1, 1);
+    assert_eq!(inflight::mark(&one.store, "noetl/s-0", START_MS + 1), None);
+    assert_eq!(one.answer(100, Some(200), VALID), [], "its answer is no longer awaited");
+    assert_eq!(one.worker.held(), 0);
+}

@@ -12,7 +12,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{fnv1a, update, SharedStore, Unwritten};
+use super::{fnv1a, update, update_or_force, SharedStore, Unwritten};
 
 /// Records per bucket when the cache is full: a read decodes the bucket, so few; a bucket is a
 /// key the host keeps, so not one per record.
@@ -47,6 +47,15 @@ struct Row<T> {
     slot: u64,
     #[serde(rename = "v")]
     value: T,
+    /// A pinned record ([`Table::pin`]) holds until then, outside any ring.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    until_ms: Option<u64>,
+}
+
+impl<T> Row<T> {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.until_ms.is_some_and(|until| until <= now_ms)
+    }
 }
 
 /// What [`Table::put`] did.
@@ -135,6 +144,7 @@ impl Table {
         value: &T,
         ring: Ring,
         keep: impl Fn(&T) -> bool,
+        now_ms: u64,
     ) -> Result<Put, Unwritten>
     where
         S: SharedStore + ?Sized,
@@ -143,6 +153,7 @@ impl Table {
         let bucket = self.bucket(key);
         let in_place = update(store, &bucket, |bytes| {
             let mut rows = decode::<T>(bytes);
+            rows.retain(|r| !r.expired(now_ms));
             match rows.iter_mut().find(|r| r.key == key) {
                 Some(row) if keep(&row.value) => (None, Some(Put::Kept)),
                 Some(row) if row.ring == ring.id => {
@@ -158,11 +169,12 @@ impl Table {
         let slot = next_slot(store, ring)?;
         let kept = update(store, &bucket, |bytes| {
             let mut rows = decode::<T>(bytes);
+            rows.retain(|r| !r.expired(now_ms));
             if rows.iter().any(|r| r.key == key && keep(&r.value)) {
                 return (None, true);
             }
             rows.retain(|r| r.key != key);
-            rows.push(Row { key: key.to_owned(), ring: ring.id, slot, value: value.clone() });
+            rows.push(Row { key: key.to_owned(), ring: ring.id, slot, value: value.clone(), until_ms: None });
             (Some(encode(&rows)), false)
         })?;
         if kept {
@@ -191,6 +203,30 @@ impl Table {
             }
             _ => Ok(Put::Stored { evicted: None }),
         }
+    }
+
+    /// Pins `value` as `key`'s record until `until_ms`, outside any ring (no record is evicted
+    /// for it, and it is dropped by the first write to its bucket after that), overwriting what
+    /// the bucket holds for `key` even under contention ([`update_or_force`]): for a record that
+    /// must land and must stay its while (a logout), whatever else comes and goes.
+    pub fn pin<S, T>(&self, store: &mut S, key: &str, value: &T, until_ms: u64, now_ms: u64) -> Result<(), Unwritten>
+    where
+        S: SharedStore + ?Sized,
+        T: Serialize + DeserializeOwned + Clone,
+    {
+        update_or_force(store, &self.bucket(key), |bytes| {
+            let mut rows = decode::<T>(bytes);
+            rows.retain(|r| r.key != key && !r.expired(now_ms));
+            let row = Row {
+                key: key.to_owned(),
+                ring: u8::MAX,
+                slot: u64::MAX,
+                value: value.clone(),
+                until_ms: Some(until_ms),
+            };
+            rows.push(row);
+            (Some(encode(&rows)), ())
+        })
     }
 
     /// Forgets `key`'s record; whether there was one.
@@ -267,10 +303,10 @@ mod tests {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
         for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
-            assert_eq!(t.put(&mut store, key, &(i as u32), RING, never), Ok(stored(None)));
+            assert_eq!(t.put(&mut store, key, &(i as u32), RING, never, 0), Ok(stored(None)));
         }
-        assert_eq!(t.put(&mut store, "a", &10u32, RING, never), Ok(stored(None)), "in place");
-        assert_eq!(t.put(&mut store, "d", &3u32, RING, never), Ok(stored(Some("a"))), "a was stored first");
+        assert_eq!(t.put(&mut store, "a", &10u32, RING, never, 0), Ok(stored(None)), "in place");
+        assert_eq!(t.put(&mut store, "d", &3u32, RING, never, 0), Ok(stored(Some("a"))), "a was stored first");
         assert_eq!((value(&store, &t, "a"), value(&store, &t, "b"), value(&store, &t, "d")), (None, Some(1), Some(3)));
         assert_eq!(t.count::<u32>(&store), 3);
     }
@@ -279,20 +315,20 @@ mod tests {
     fn rings_are_bounded_apart_and_a_record_moves_between_them() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, RING, never).unwrap();
-        t.put(&mut store, "b", &2u32, RING, never).unwrap();
+        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
+        t.put(&mut store, "b", &2u32, RING, never, 0).unwrap();
         for i in 0..5u32 {
-            t.put(&mut store, &format!("n{i}"), &i, OTHER, never).unwrap();
+            t.put(&mut store, &format!("n{i}"), &i, OTHER, never, 0).unwrap();
         }
         assert_eq!(value(&store, &t, "a"), Some(1), "the other ring never evicts this one");
         assert_eq!(t.count::<u32>(&store), 4);
         // "a" moves to the other ring; the slot it left still names it, but takes nothing when
         // reused.
-        t.put(&mut store, "a", &7u32, OTHER, never).unwrap();
+        t.put(&mut store, "a", &7u32, OTHER, never, 0).unwrap();
         let a = t.get::<_, u32>(&store, "a").unwrap();
         assert_eq!((a.value, a.ring), (7, OTHER.id));
-        t.put(&mut store, "c", &3u32, RING, never).unwrap();
-        assert_eq!(t.put(&mut store, "d", &4u32, RING, never), Ok(stored(None)), "slot 0 named a, which moved");
+        t.put(&mut store, "c", &3u32, RING, never, 0).unwrap();
+        assert_eq!(t.put(&mut store, "d", &4u32, RING, never, 0), Ok(stored(None)), "slot 0 named a, which moved");
         assert_eq!(value(&store, &t, "a"), Some(7));
     }
 
@@ -302,7 +338,7 @@ mod tests {
         let t = table(&mut store);
         let keys = store.keys();
         for i in 0..1000u32 {
-            t.put(&mut store, &format!("session-{i}"), &i, if i % 3 == 0 { OTHER } else { RING }, never).unwrap();
+            t.put(&mut store, &format!("session-{i}"), &i, if i % 3 == 0 { OTHER } else { RING }, never, 0).unwrap();
             if i % 7 == 0 {
                 t.remove::<_, u32>(&mut store, &format!("session-{}", i / 2)).unwrap();
             }
@@ -315,7 +351,7 @@ mod tests {
     fn prepare_runs_once_per_size_and_leaves_records_alone() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, RING, never).unwrap();
+        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
         t.prepare(&mut store, &[RING, OTHER]);
         assert_eq!(value(&store, &t, "a"), Some(1));
         let bigger = Table::new("t/r", 100);
@@ -327,12 +363,27 @@ mod tests {
     fn a_record_to_keep_is_kept_in_either_ring() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, OTHER, never).unwrap();
-        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 1), Ok(Put::Kept));
-        assert_eq!(t.put(&mut store, "a", &2u32, OTHER, |v| *v == 1), Ok(Put::Kept));
+        t.put(&mut store, "a", &1u32, OTHER, never, 0).unwrap();
+        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 1, 0), Ok(Put::Kept));
+        assert_eq!(t.put(&mut store, "a", &2u32, OTHER, |v| *v == 1, 0), Ok(Put::Kept));
         assert_eq!(value(&store, &t, "a"), Some(1));
-        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 5), Ok(stored(None)));
+        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 5, 0), Ok(stored(None)));
         assert_eq!(value(&store, &t, "a"), Some(2));
+    }
+
+    #[test]
+    fn a_pinned_record_outlives_any_eviction_and_goes_after_its_time() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        t.pin(&mut store, "p", &9u32, 1000, 0).unwrap();
+        for i in 0..20u32 {
+            t.put(&mut store, &format!("k{i}"), &i, RING, never, 10).unwrap();
+        }
+        assert_eq!(value(&store, &t, "p"), Some(9), "no ring evicts it");
+        assert_eq!(t.put(&mut store, "p", &1u32, RING, |v| *v == 9, 999), Ok(Put::Kept));
+        // After its time, the next write to its bucket drops it.
+        assert!(matches!(t.put(&mut store, "p", &1u32, RING, |v| *v == 9, 1000), Ok(Put::Stored { .. })));
+        assert_eq!(value(&store, &t, "p"), Some(1));
     }
 
     #[test]
@@ -342,7 +393,7 @@ mod tests {
         let bucket = t.bucket("a");
         store.set(&bucket, Some(b"not json"), None).unwrap();
         assert_eq!(value(&store, &t, "a"), None);
-        t.put(&mut store, "a", &1u32, RING, never).unwrap();
+        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
         assert_eq!(value(&store, &t, "a"), Some(1));
     }
 }

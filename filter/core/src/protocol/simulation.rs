@@ -516,6 +516,8 @@ impl Sim {
     }
 }
 
+// The test, not the core, reads how many seeds to run from the environment.
+#[allow(clippy::disallowed_methods)]
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("PLAYBOOK_GUARD_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];

@@ -214,17 +214,26 @@ impl Resolver {
 }
 
 /// An answer as kept in shared data.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Looked {
     /// The playbook.
-    #[serde(rename = "p")]
     pub path: String,
     /// When it was fetched (milliseconds since the epoch).
-    #[serde(rename = "t")]
     pub fetched_at_ms: u64,
 }
 
 impl Looked {
+    /// The stored form: `<fetched_at_ms> <path>` (a path holds no space).
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.fetched_at_ms, self.path)
+    }
+
+    /// Reads a stored answer; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (at, path) = text.split_once(' ')?;
+        Some(Looked { path: path.to_owned(), fetched_at_ms: at.parse().ok()? })
+    }
+
     /// The playbook, if the answer is fresh at `now_ms` and still names a valid path.
     pub fn fresh_path(&self, resolver: &Resolver, now_ms: u64) -> Option<PlaybookPath> {
         let fresh = now_ms < self.fetched_at_ms.saturating_add(resolver.ttl_ms);
@@ -259,8 +268,8 @@ impl LookupCache {
         key: &LookupKey,
         now_ms: u64,
     ) -> Option<PlaybookPath> {
-        let stored = self.table.get::<S, Looked>(store, &key.cache_key())?;
-        stored.value.fresh_path(resolver, now_ms)
+        let stored = self.table.get(store, &key.cache_key())?;
+        Looked::decode(&stored.value)?.fresh_path(resolver, now_ms)
     }
 
     /// Keeps an answer; returns the id evicted to make room.
@@ -271,8 +280,8 @@ impl LookupCache {
         path: &PlaybookPath,
         now_ms: u64,
     ) -> Result<Option<String>, Unwritten> {
-        let looked = Looked { path: path.as_str().to_owned(), fetched_at_ms: now_ms };
-        Ok(match self.table.put(store, &key.cache_key(), &looked, self.ring, |_| false, now_ms)? {
+        let looked = Looked { path: path.as_str().to_owned(), fetched_at_ms: now_ms }.encode();
+        Ok(match self.table.put(store, &key.cache_key(), &looked, self.ring, &|_| false, now_ms)? {
             Put::Stored { evicted } => evicted,
             Put::Kept => None,
         })
@@ -280,7 +289,7 @@ impl LookupCache {
 
     /// How many answers are kept, for the simulation's bound on memory.
     pub fn count(&self, store: &crate::shared::MemoryStore) -> usize {
-        self.table.count::<Looked>(store)
+        self.table.count(store)
     }
 }
 

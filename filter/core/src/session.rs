@@ -117,6 +117,17 @@ enum Record {
     LoggedOut(u64),
 }
 
+impl Record {
+    fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Anything unreadable is no record (and is fetched again).
+    fn decode(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
 /// What storing an answer did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -149,7 +160,7 @@ impl SessionCache {
 
     /// The cached entry of session `key`.
     pub fn get<S: SharedStore + ?Sized>(&self, store: &S, key: &str) -> Option<SessionEntry> {
-        match self.table.get(store, key)?.value {
+        match Record::decode(&self.table.get(store, key)?.value)? {
             Record::Entry(entry) => Some(entry),
             Record::LoggedOut(_) => None,
         }
@@ -170,9 +181,9 @@ impl SessionCache {
             Ring::Valid => self.valid,
             Ring::Invalid => self.invalid,
         };
-        let logged_out_since = |r: &Record| matches!(r, Record::LoggedOut(at) if *at >= asked_at_ms);
-        let record = Record::Entry(entry.clone());
-        Ok(match self.table.put(store, key, &record, table_ring, logged_out_since, now_ms)? {
+        let logged_out_since = |r: &str| matches!(Record::decode(r), Some(Record::LoggedOut(at)) if at >= asked_at_ms);
+        let record = Record::Entry(entry.clone()).encode();
+        Ok(match self.table.put(store, key, &record, table_ring, &logged_out_since, now_ms)? {
             Put::Stored { evicted } => Stored::Stored(evicted.map(|k| (k, ring))),
             Put::Kept => Stored::LoggedOut,
         })
@@ -188,12 +199,12 @@ impl SessionCache {
         hold_ms: u64,
     ) -> Result<(), Unwritten> {
         // Pinned, not in a ring: no number of other answers may evict it while it matters.
-        self.table.pin(store, key, &Record::LoggedOut(now_ms), now_ms.saturating_add(hold_ms), now_ms)
+        self.table.pin(store, key, &Record::LoggedOut(now_ms).encode(), now_ms.saturating_add(hold_ms), now_ms)
     }
 
     /// How many sessions are cached, for the simulation's bound on memory.
     pub fn count(&self, store: &crate::shared::MemoryStore) -> usize {
-        self.table.count::<Record>(store)
+        self.table.count(store)
     }
 }
 

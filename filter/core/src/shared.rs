@@ -57,12 +57,26 @@ pub fn update<S: SharedStore + ?Sized, T>(
     key: &str,
     mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
 ) -> Result<T, Unwritten> {
+    let mut out = None;
+    update_dyn(store, key, &mut |value| {
+        let (write, result) = change(value);
+        out = Some(result);
+        write
+    })?;
+    out.ok_or(Unwritten::Contended)
+}
+
+/// The loop of [`update`], compiled once rather than once per caller: the filter is kept small.
+fn update_dyn<S: SharedStore + ?Sized>(
+    store: &mut S,
+    key: &str,
+    change: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+) -> Result<(), Unwritten> {
     for _ in 0..CAS_ROUNDS {
         let (value, cas) = store.get(key);
-        let (write, out) = change(value.as_deref());
-        let Some(write) = write else { return Ok(out) };
+        let Some(write) = change(value.as_deref()) else { return Ok(()) };
         match store.set(key, Some(&write), cas) {
-            Ok(()) => return Ok(out),
+            Ok(()) => return Ok(()),
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Refused) => return Err(Unwritten::Refused),
         }

@@ -9,7 +9,6 @@
 //! capacity of records, and never more keys than buckets and slots, however many distinct
 //! sessions or ids pass through it.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{fnv1a, update, update_or_force, SharedStore, Unwritten};
@@ -38,21 +37,22 @@ pub struct Ring {
 
 /// A record as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Row<T> {
+struct Row {
     #[serde(rename = "k")]
     key: String,
     #[serde(rename = "r")]
     ring: u8,
     #[serde(rename = "s")]
     slot: u64,
+    /// The record, in its own encoding: a read decodes only the record it looks for.
     #[serde(rename = "v")]
-    value: T,
+    value: String,
     /// A pinned record ([`Table::pin`]) holds until then, outside any ring.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     until_ms: Option<u64>,
 }
 
-impl<T> Row<T> {
+impl Row {
     fn expired(&self, now_ms: u64) -> bool {
         self.until_ms.is_some_and(|until| until <= now_ms)
     }
@@ -72,9 +72,9 @@ pub enum Put {
 
 /// A record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored<T> {
+pub struct Stored {
     /// The record.
-    pub value: T,
+    pub value: String,
     /// The ring it is in.
     pub ring: u8,
     /// The bucket's compare-and-swap token when it was read: the record has not changed while
@@ -82,13 +82,13 @@ pub struct Stored<T> {
     pub cas: Option<u32>,
 }
 
-fn decode<T: DeserializeOwned>(bytes: Option<&[u8]>) -> Vec<Row<T>> {
+fn decode(bytes: Option<&[u8]>) -> Vec<Row> {
     // An unreadable bucket reads as empty: its records are refetched, and the next write
     // replaces it.
     bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
 }
 
-fn encode<T: Serialize>(rows: &[Row<T>]) -> Vec<u8> {
+fn encode(rows: &[Row]) -> Vec<u8> {
     serde_json::to_vec(rows).unwrap_or_default()
 }
 
@@ -128,36 +128,32 @@ impl Table {
     }
 
     /// The record of `key`.
-    pub fn get<S: SharedStore + ?Sized, T: DeserializeOwned>(&self, store: &S, key: &str) -> Option<Stored<T>> {
+    pub fn get<S: SharedStore + ?Sized>(&self, store: &S, key: &str) -> Option<Stored> {
         let (value, cas) = store.get(&self.bucket(key));
-        let row = decode::<T>(value.as_deref()).into_iter().find(|r| r.key == key)?;
+        let row = decode(value.as_deref()).into_iter().find(|r| r.key == key)?;
         Some(Stored { value: row.value, ring: row.ring, cas })
     }
 
     /// Stores `value` as `key`'s record in `ring`: in place if it is there already, else in
     /// the ring's next slot, evicting the record that held it. A record for which `keep` holds
     /// is left as it is (checked in the same compare-and-swap as the write).
-    pub fn put<S, T>(
+    pub fn put<S: SharedStore + ?Sized>(
         &self,
         store: &mut S,
         key: &str,
-        value: &T,
+        value: &str,
         ring: Ring,
-        keep: impl Fn(&T) -> bool,
+        keep: &dyn Fn(&str) -> bool,
         now_ms: u64,
-    ) -> Result<Put, Unwritten>
-    where
-        S: SharedStore + ?Sized,
-        T: Serialize + DeserializeOwned + Clone,
-    {
+    ) -> Result<Put, Unwritten> {
         let bucket = self.bucket(key);
         let in_place = update(store, &bucket, |bytes| {
-            let mut rows = decode::<T>(bytes);
+            let mut rows = decode(bytes);
             rows.retain(|r| !r.expired(now_ms));
             match rows.iter_mut().find(|r| r.key == key) {
                 Some(row) if keep(&row.value) => (None, Some(Put::Kept)),
                 Some(row) if row.ring == ring.id => {
-                    row.value = value.clone();
+                    value.clone_into(&mut row.value);
                     (Some(encode(&rows)), Some(Put::Stored { evicted: None }))
                 }
                 _ => (None, None),
@@ -168,13 +164,13 @@ impl Table {
         }
         let slot = next_slot(store, ring)?;
         let kept = update(store, &bucket, |bytes| {
-            let mut rows = decode::<T>(bytes);
+            let mut rows = decode(bytes);
             rows.retain(|r| !r.expired(now_ms));
             if rows.iter().any(|r| r.key == key && keep(&r.value)) {
                 return (None, true);
             }
             rows.retain(|r| r.key != key);
-            rows.push(Row { key: key.to_owned(), ring: ring.id, slot, value: value.clone(), until_ms: None });
+            rows.push(Row { key: key.to_owned(), ring: ring.id, slot, value: value.to_owned(), until_ms: None });
             (Some(encode(&rows)), false)
         })?;
         if kept {
@@ -190,7 +186,7 @@ impl Table {
             Ok(victim) => victim,
             Err(e) => {
                 // Nobody would ever evict a record whose slot does not name it: take it back.
-                let _ = self.remove_if::<S, T>(store, key, |r| r.slot == slot && r.ring == ring.id);
+                let _ = self.remove_if(store, key, |r| r.slot == slot && r.ring == ring.id);
                 return Err(e);
             }
         };
@@ -198,7 +194,7 @@ impl Table {
             Some(victim) if victim != key => {
                 // Only if it still holds this slot: it may have been stored again since, in
                 // another slot or ring, and the slot it left still names it.
-                let evicted = self.remove_if::<S, T>(store, &victim, |r| r.slot == slot && r.ring == ring.id)?;
+                let evicted = self.remove_if(store, &victim, |r| r.slot == slot && r.ring == ring.id)?;
                 Ok(Put::Stored { evicted: evicted.then_some(victim) })
             }
             _ => Ok(Put::Stored { evicted: None }),
@@ -209,19 +205,22 @@ impl Table {
     /// for it, and it is dropped by the first write to its bucket after that), overwriting what
     /// the bucket holds for `key` even under contention ([`update_or_force`]): for a record that
     /// must land and must stay its while (a logout), whatever else comes and goes.
-    pub fn pin<S, T>(&self, store: &mut S, key: &str, value: &T, until_ms: u64, now_ms: u64) -> Result<(), Unwritten>
-    where
-        S: SharedStore + ?Sized,
-        T: Serialize + DeserializeOwned + Clone,
-    {
+    pub fn pin<S: SharedStore + ?Sized>(
+        &self,
+        store: &mut S,
+        key: &str,
+        value: &str,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), Unwritten> {
         update_or_force(store, &self.bucket(key), |bytes| {
-            let mut rows = decode::<T>(bytes);
+            let mut rows = decode(bytes);
             rows.retain(|r| r.key != key && !r.expired(now_ms));
             let row = Row {
                 key: key.to_owned(),
                 ring: u8::MAX,
                 slot: u64::MAX,
-                value: value.clone(),
+                value: value.to_owned(),
                 until_ms: Some(until_ms),
             };
             rows.push(row);
@@ -230,22 +229,18 @@ impl Table {
     }
 
     /// Forgets `key`'s record; whether there was one.
-    pub fn remove<S: SharedStore + ?Sized, T: Serialize + DeserializeOwned>(
-        &self,
-        store: &mut S,
-        key: &str,
-    ) -> Result<bool, Unwritten> {
-        self.remove_if::<S, T>(store, key, |_| true)
+    pub fn remove<S: SharedStore + ?Sized>(&self, store: &mut S, key: &str) -> Result<bool, Unwritten> {
+        self.remove_if(store, key, |_| true)
     }
 
-    fn remove_if<S: SharedStore + ?Sized, T: Serialize + DeserializeOwned>(
+    fn remove_if<S: SharedStore + ?Sized>(
         &self,
         store: &mut S,
         key: &str,
-        which: impl Fn(&Row<T>) -> bool,
+        which: impl Fn(&Row) -> bool,
     ) -> Result<bool, Unwritten> {
         update(store, &self.bucket(key), |bytes| {
-            let mut rows = decode::<T>(bytes);
+            let mut rows = decode(bytes);
             let before = rows.len();
             rows.retain(|r| !(r.key == key && which(r)));
             if rows.len() == before {
@@ -257,9 +252,9 @@ impl Table {
     }
 
     /// How many records the buckets hold, for the simulation's bound on memory.
-    pub fn count<T: DeserializeOwned>(&self, store: &super::MemoryStore) -> usize {
+    pub fn count(&self, store: &super::MemoryStore) -> usize {
         let prefix = format!("{}/", self.prefix);
-        store.scan(&prefix).filter(|(k, _)| !k.ends_with("/ready")).map(|(_, v)| decode::<T>(Some(v)).len()).sum()
+        store.scan(&prefix).filter(|(k, _)| !k.ends_with("/ready")).map(|(_, v)| decode(Some(v)).len()).sum()
     }
 }
 
@@ -286,7 +281,7 @@ mod tests {
         t
     }
 
-    fn never(_: &u32) -> bool {
+    fn never(_: &str) -> bool {
         false
     }
 
@@ -295,7 +290,7 @@ mod tests {
     }
 
     fn value(store: &MemoryStore, t: &Table, key: &str) -> Option<u32> {
-        t.get::<_, u32>(store, key).map(|s| s.value)
+        t.get(store, key).map(|s| s.value.parse().unwrap())
     }
 
     #[test]
@@ -303,32 +298,32 @@ mod tests {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
         for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
-            assert_eq!(t.put(&mut store, key, &(i as u32), RING, never, 0), Ok(stored(None)));
+            assert_eq!(t.put(&mut store, key, &i.to_string(), RING, &never, 0), Ok(stored(None)));
         }
-        assert_eq!(t.put(&mut store, "a", &10u32, RING, never, 0), Ok(stored(None)), "in place");
-        assert_eq!(t.put(&mut store, "d", &3u32, RING, never, 0), Ok(stored(Some("a"))), "a was stored first");
+        assert_eq!(t.put(&mut store, "a", "10", RING, &never, 0), Ok(stored(None)), "in place");
+        assert_eq!(t.put(&mut store, "d", "3", RING, &never, 0), Ok(stored(Some("a"))), "a was stored first");
         assert_eq!((value(&store, &t, "a"), value(&store, &t, "b"), value(&store, &t, "d")), (None, Some(1), Some(3)));
-        assert_eq!(t.count::<u32>(&store), 3);
+        assert_eq!(t.count(&store), 3);
     }
 
     #[test]
     fn rings_are_bounded_apart_and_a_record_moves_between_them() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
-        t.put(&mut store, "b", &2u32, RING, never, 0).unwrap();
+        t.put(&mut store, "a", "1", RING, &never, 0).unwrap();
+        t.put(&mut store, "b", "2", RING, &never, 0).unwrap();
         for i in 0..5u32 {
-            t.put(&mut store, &format!("n{i}"), &i, OTHER, never, 0).unwrap();
+            t.put(&mut store, &format!("n{i}"), &i.to_string(), OTHER, &never, 0).unwrap();
         }
         assert_eq!(value(&store, &t, "a"), Some(1), "the other ring never evicts this one");
-        assert_eq!(t.count::<u32>(&store), 4);
+        assert_eq!(t.count(&store), 4);
         // "a" moves to the other ring; the slot it left still names it, but takes nothing when
         // reused.
-        t.put(&mut store, "a", &7u32, OTHER, never, 0).unwrap();
-        let a = t.get::<_, u32>(&store, "a").unwrap();
-        assert_eq!((a.value, a.ring), (7, OTHER.id));
-        t.put(&mut store, "c", &3u32, RING, never, 0).unwrap();
-        assert_eq!(t.put(&mut store, "d", &4u32, RING, never, 0), Ok(stored(None)), "slot 0 named a, which moved");
+        t.put(&mut store, "a", "7", OTHER, &never, 0).unwrap();
+        let a = t.get(&store, "a").unwrap();
+        assert_eq!((a.value.as_str(), a.ring), ("7", OTHER.id));
+        t.put(&mut store, "c", "3", RING, &never, 0).unwrap();
+        assert_eq!(t.put(&mut store, "d", "4", RING, &never, 0), Ok(stored(None)), "slot 0 named a, which moved");
         assert_eq!(value(&store, &t, "a"), Some(7));
     }
 
@@ -338,20 +333,28 @@ mod tests {
         let t = table(&mut store);
         let keys = store.keys();
         for i in 0..1000u32 {
-            t.put(&mut store, &format!("session-{i}"), &i, if i % 3 == 0 { OTHER } else { RING }, never, 0).unwrap();
+            t.put(
+                &mut store,
+                &format!("session-{i}"),
+                &i.to_string(),
+                if i % 3 == 0 { OTHER } else { RING },
+                &never,
+                0,
+            )
+            .unwrap();
             if i % 7 == 0 {
-                t.remove::<_, u32>(&mut store, &format!("session-{}", i / 2)).unwrap();
+                t.remove(&mut store, &format!("session-{}", i / 2)).unwrap();
             }
         }
         assert!(store.keys() <= keys + (RING.capacity + OTHER.capacity) as usize, "{} keys", store.keys());
-        assert!(t.count::<u32>(&store) <= 5);
+        assert!(t.count(&store) <= 5);
     }
 
     #[test]
     fn prepare_runs_once_per_size_and_leaves_records_alone() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
+        t.put(&mut store, "a", "1", RING, &never, 0).unwrap();
         t.prepare(&mut store, &[RING, OTHER]);
         assert_eq!(value(&store, &t, "a"), Some(1));
         let bigger = Table::new("t/r", 100);
@@ -363,11 +366,11 @@ mod tests {
     fn a_record_to_keep_is_kept_in_either_ring() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.put(&mut store, "a", &1u32, OTHER, never, 0).unwrap();
-        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 1, 0), Ok(Put::Kept));
-        assert_eq!(t.put(&mut store, "a", &2u32, OTHER, |v| *v == 1, 0), Ok(Put::Kept));
+        t.put(&mut store, "a", "1", OTHER, &never, 0).unwrap();
+        assert_eq!(t.put(&mut store, "a", "2", RING, &|v| v == "1", 0), Ok(Put::Kept));
+        assert_eq!(t.put(&mut store, "a", "2", OTHER, &|v| v == "1", 0), Ok(Put::Kept));
         assert_eq!(value(&store, &t, "a"), Some(1));
-        assert_eq!(t.put(&mut store, "a", &2u32, RING, |v| *v == 5, 0), Ok(stored(None)));
+        assert_eq!(t.put(&mut store, "a", "2", RING, &|v| v == "5", 0), Ok(stored(None)));
         assert_eq!(value(&store, &t, "a"), Some(2));
     }
 
@@ -375,14 +378,14 @@ mod tests {
     fn a_pinned_record_outlives_any_eviction_and_goes_after_its_time() {
         let mut store = MemoryStore::default();
         let t = table(&mut store);
-        t.pin(&mut store, "p", &9u32, 1000, 0).unwrap();
+        t.pin(&mut store, "p", "9", 1000, 0).unwrap();
         for i in 0..20u32 {
-            t.put(&mut store, &format!("k{i}"), &i, RING, never, 10).unwrap();
+            t.put(&mut store, &format!("k{i}"), &i.to_string(), RING, &never, 10).unwrap();
         }
         assert_eq!(value(&store, &t, "p"), Some(9), "no ring evicts it");
-        assert_eq!(t.put(&mut store, "p", &1u32, RING, |v| *v == 9, 999), Ok(Put::Kept));
+        assert_eq!(t.put(&mut store, "p", "1", RING, &|v| v == "9", 999), Ok(Put::Kept));
         // After its time, the next write to its bucket drops it.
-        assert!(matches!(t.put(&mut store, "p", &1u32, RING, |v| *v == 9, 1000), Ok(Put::Stored { .. })));
+        assert!(matches!(t.put(&mut store, "p", "1", RING, &|v| v == "9", 1000), Ok(Put::Stored { .. })));
         assert_eq!(value(&store, &t, "p"), Some(1));
     }
 
@@ -393,7 +396,7 @@ mod tests {
         let bucket = t.bucket("a");
         store.set(&bucket, Some(b"not json"), None).unwrap();
         assert_eq!(value(&store, &t, "a"), None);
-        t.put(&mut store, "a", &1u32, RING, never, 0).unwrap();
+        t.put(&mut store, "a", "1", RING, &never, 0).unwrap();
         assert_eq!(value(&store, &t, "a"), Some(1));
     }
 }

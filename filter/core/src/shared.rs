@@ -66,11 +66,14 @@ pub fn update<S: SharedStore + ?Sized, T>(
     out.ok_or(Unwritten::Contended)
 }
 
+/// What [`update_dyn`] writes for a value read (`None`: nothing).
+type Change<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
 /// The loop of [`update`], compiled once rather than once per caller: the filter is kept small.
 fn update_dyn<S: SharedStore + ?Sized>(
     store: &mut S,
     key: &str,
-    change: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    change: &mut Change<'_>,
 ) -> Result<(), Unwritten> {
     for _ in 0..CAS_ROUNDS {
         let (value, cas) = store.get(key);

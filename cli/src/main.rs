@@ -9,6 +9,7 @@ mod check;
 mod explain_request;
 mod lint;
 mod locate;
+mod noetl;
 mod publish;
 mod render;
 mod routes;
@@ -75,6 +76,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Mint a development JWT.
     Token(token::TokenArgs),
+    /// Write a policy from NoETL's permission tables (`auth.roles`, `auth.playbook_permissions`).
+    ImportNoetl(noetl::ImportArgs),
 }
 
 /// A failure to report: the message, and the exit code.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Routes(args) => routes::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::ImportNoetl(args) => noetl::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -36,7 +36,7 @@ pub fn run(args: &PublishArgs) -> Result<(), Failure> {
 }
 
 /// Writes `bytes` to a temporary file in `target`'s directory and renames it onto `target`.
-fn replace_atomically(target: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub fn replace_atomically(target: &Path, bytes: &[u8]) -> Result<(), Failure> {
     let name = target
         .file_name()
         .ok_or_else(|| Failure(format!("--to {}: name a file, not a directory", target.display())))?;

@@ -13,6 +13,7 @@ mod noetl;
 mod publish;
 mod render;
 mod routes;
+mod sync;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,9 @@ enum Command {
     Token(token::TokenArgs),
     /// Write a policy from NoETL's permission tables (`auth.roles`, `auth.playbook_permissions`).
     ImportNoetl(noetl::ImportArgs),
+    /// Keep Envoy in step with NoETL's permission tables: re-import every `--every` and
+    /// publish through the ECDS file when the policy changed.
+    SyncNoetl(sync::SyncArgs),
 }
 
 /// A failure to report: the message, and the exit code.
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
         Command::ImportNoetl(args) => noetl::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::SyncNoetl(args) => sync::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

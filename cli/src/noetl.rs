@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
+use playbook_guard_core::path::PlaybookPath;
 use playbook_guard_core::policy::{Policy, PolicyDocument, Rule};
 use postgres::{Client, NoTls};
 use sha2::{Digest, Sha256};
@@ -216,7 +217,8 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
                 }
             }
             let rule = rule(row);
-            let _ = writeln!(body, "      # {source}");
+            let path = row.playbook_path.as_deref().map_or("NULL".to_owned(), quote);
+            let _ = writeln!(body, "      # {source}, playbook_path {path}");
             let _ = writeln!(body, "      - permissions: {}", list(&rule.permissions));
             if !rule.paths.is_empty() {
                 let _ = writeln!(body, "        paths: {}", list(&rule.paths));
@@ -239,7 +241,8 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
     let text = format!(
         "# Imported from NoETL's {schema}.roles and {schema}.playbook_permissions by `playbook-guard import-noetl`;\n\
          # re-import rather than edit. One allow rule per row: paths = playbook_path, like = allow_pattern,\n\
-         # unless = deny_pattern (it binds its own row only, as in NoETL's check).\n\
+         # unless = deny_pattern (it binds its own row only, as in NoETL's check). A playbook_path no\n\
+         # request's playbook path can equal (NoETL's seed rows hold \"%\") is left out.\n\
          version: \"noetl-{version}\"\n{body}"
     );
     let doc: PolicyDocument =
@@ -251,14 +254,22 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
 
 /// Whether a row can grant anything: some action, and some way to match a path.
 fn grants(row: &Row) -> bool {
-    row.can.iter().any(|c| *c) && (row.playbook_path.is_some() || row.allow_pattern.is_some())
+    row.can.iter().any(|c| *c) && (decidable_path(row).is_some() || row.allow_pattern.is_some())
+}
+
+/// The row's `playbook_path` if the filter could ever compare a request's playbook with it.
+/// NoETL's seed rows hold `%` there, which no request's playbook path equals (the filter
+/// refuses a `%` in one), so it is left out of the rule (the comment keeps it) rather than
+/// kept as a path `check` would warn can never match.
+fn decidable_path(row: &Row) -> Option<&String> {
+    row.playbook_path.as_ref().filter(|p| PlaybookPath::parse(p).is_ok_and(|n| n.as_str() == p.as_str()))
 }
 
 fn rule(row: &Row) -> Rule {
     let permissions = ACTIONS.iter().zip(row.can).filter(|(_, can)| *can).map(|(a, _)| (*a).to_owned()).collect();
     Rule {
         permissions,
-        paths: row.playbook_path.iter().cloned().collect(),
+        paths: decidable_path(row).into_iter().cloned().collect(),
         like: row.allow_pattern.iter().cloned().collect(),
         unless: row
             .deny_pattern
@@ -347,9 +358,14 @@ mod tests {
         tables.roles.insert("odd".into(), vec![row(7, "odd", Some(""), None, [false, true, false])]);
         tables.orphans.push(9);
         let imported = render(&tables, "auth").unwrap();
-        assert!(imported.text.contains("# auth.playbook_permissions permission_id 2\n"), "{}", imported.text);
+        assert!(
+            imported.text.contains("# auth.playbook_permissions permission_id 2, playbook_path \"%\"\n"),
+            "{}",
+            imported.text
+        );
         let developer = &imported.doc.roles["developer"].allow[0];
         assert_eq!(developer.like, ["%"]);
+        assert!(developer.paths.is_empty(), "no playbook path is \"%\"");
         assert_eq!(developer.unless.as_ref().unwrap().like, ["system/%"]);
         assert!(imported.doc.roles["idle"].allow.is_empty(), "a role without rows is kept");
         let warned = imported.warnings.join("\n");

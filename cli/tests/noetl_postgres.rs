@@ -342,7 +342,8 @@ fn missing_tables_and_columns_are_named_and_empty_patterns_warned_about() {
     assert!(err.contains("deny_pattern is empty"), "{err}");
     assert!(err.contains("roles.idle: grants nothing"), "{err}");
     let text = std::fs::read_to_string(dir.path().join("auth.yaml")).unwrap();
-    assert!(text.contains("# auth.playbook_permissions permission_id 1\n"), "{text}");
+    assert!(text.contains("# auth.playbook_permissions permission_id 1, playbook_path \"data/x\"\n"), "{text}");
+    assert!(text.contains("paths: [\"data/x\"]"), "{text}");
     assert!(text.contains("like: [\"\"]") && text.contains("\"idle\":\n    allow: []"), "{text}");
 }
 

@@ -7,7 +7,7 @@
 //! the last policy and the import is retried with backoff.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -47,7 +47,7 @@ pub fn run(args: &SyncArgs) -> Result<(), Failure> {
     loop {
         match step(args, last.as_ref()) {
             Ok(Some(imported)) => {
-                println!("sync-noetl: {}", summary(last.as_ref(), &imported, args));
+                println!("sync-noetl: {}", summary(last.as_ref(), &imported, &args.to));
                 for warning in &imported.warnings {
                     eprintln!("sync-noetl: warning: {warning}");
                 }
@@ -96,8 +96,8 @@ fn backoff(failures: u32, every: Duration) -> Duration {
 
 /// One line: which version replaced which, and how many rules (source rows) came, went or
 /// changed, and which roles.
-fn summary(before: Option<&Imported>, after: &Imported, args: &SyncArgs) -> String {
-    let to = args.to.display();
+fn summary(before: Option<&Imported>, after: &Imported, to: &Path) -> String {
+    let to = to.display();
     let Some(before) = before else {
         return format!(
             "published policy {:?} to {to}: {} rules of {} roles (first import)",
@@ -169,5 +169,35 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(1, Duration::from_millis(200)), Duration::from_millis(200));
         assert_eq!(backoff(40, Duration::from_secs(300)), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_summary_counts_rows_added_removed_and_changed_and_names_roles() {
+        use crate::noetl::{render, Row, Tables};
+        let row = |id: i64, role: &str, allow: &str| Row {
+            id,
+            role: role.into(),
+            playbook_path: None,
+            can: [true, false, false],
+            allow_pattern: Some(allow.into()),
+            deny_pattern: None,
+        };
+        let mut tables = Tables::default();
+        tables.roles.insert("a".into(), vec![row(1, "a", "data/%"), row(2, "a", "ops/%")]);
+        let before = render(&tables, "auth").unwrap();
+        tables.roles.insert("a".into(), vec![row(1, "a", "data/x%"), row(3, "a", "x")]);
+        tables.roles.insert("b".into(), vec![row(4, "b", "%")]);
+        let after = render(&tables, "auth").unwrap();
+        let to = Path::new("ecds.yaml");
+        assert!(summary(None, &before, to).ends_with("to ecds.yaml: 2 rules of 1 roles (first import)"));
+        let line = summary(Some(&before), &after, to);
+        assert!(
+            line.contains(&format!(
+                "(was {:?}): rules 2 added, 1 removed, 1 changed; roles added: b",
+                before.doc.version
+            )),
+            "{line}"
+        );
+        assert!(summary(Some(&after), &before, to).ends_with("rules 1 added, 2 removed, 1 changed; roles removed: b"));
     }
 }

@@ -25,7 +25,7 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: help run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak
+.PHONY: help run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak postgres
 
 # The verbs are listed once, in the header comment above; this prints it.
 help:
@@ -80,13 +80,26 @@ $(VENV)/.installed: test-harness/e2e/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r test-harness/e2e/requirements.txt
 	touch $@
 
+# PostgreSQL, for the tests of import-noetl and sync-noetl (each starts its own server with initdb
+# and pg_ctl in a temporary folder, on a free port, and stops it). Debian's package postgresql is
+# installed with apt-get only when initdb is neither on PATH nor under /usr/lib/postgresql/*/bin,
+# and only as root; otherwise a missing initdb stops here with a message.
+postgres:
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing postgresql (apt-get)"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y postgresql >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y postgresql >/dev/null; }; \
+	    else echo "PostgreSQL's initdb is missing: install Debian's package postgresql (the import-noetl tests need it)" >&2; \
+	        exit 1; fi; fi
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
 
-unit:
+unit: postgres
 	cargo test --workspace
 
 # The core's tests compiled to wasm32-wasip1 and run under wasmtime, as the filter runs in Envoy.
@@ -94,7 +107,7 @@ wasm-unit: venv
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PY) $(CURDIR)/test-harness/e2e/wasi_run.py" \
 	    cargo test -p playbook-guard-core --target wasm32-wasip1
 
-e2e: build venv
+e2e: build venv postgres
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e

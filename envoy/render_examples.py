@@ -1,5 +1,6 @@
 """Re-renders the Envoy configurations derived from envoy/filter-config.yaml and the default
-policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps, and the Istio EnvoyFilter's
+policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps (the noetl-sync overlay's copy of the
+filter configuration too), and the Istio EnvoyFilter's
 extension configuration. Run after changing either (test_configs.py fails until then):
 
     python3 envoy/render_examples.py            # uses target/debug/playbook-guard
@@ -49,6 +50,8 @@ def main():
                   indent(render("--output", "bootstrap-ecds", *K8S_RENDER), 4))
     replace_block(k8s / "filter.configmap.yaml", "  playbook-guard.yaml: |\n",
                   indent(render("--output", "ecds", "--wasm", K8S_WASM), 4))
+    replace_block(k8s / "noetl-sync" / "filter-config.configmap.yaml", "  filter-config.yaml: |\n",
+                  indent((ROOT / "envoy" / "filter-config.yaml").read_text(), 4))
     # The ECDS resource as Istio's EXTENSION_CONFIG patch wants it, with the module fetched by the
     # Istio agent; render keeps allow_on_headers_stop_iteration and hold_headers_for_body in it.
     ecds = json.loads(render("--output", "ecds").split("\n", 1)[1])

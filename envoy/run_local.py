@@ -2,7 +2,8 @@
 
 Starts the NoETL API stand-in (test-harness/e2e/noetl_upstream.py), the validation-service
 stand-in (NoETL's session-validation API, answering from envoy/demo-sessions.yaml) and Envoy
-(envoy/envoy.yaml, which loads build/playbook_guard.wasm); mints development tokens with the
+(envoy/envoy.yaml, which loads build/playbook_guard.wasm; with PLAYBOOK_GUARD_DATABASE_URL set,
+the same bootstrap with a policy imported from that NoETL database); mints development tokens with the
 CLI, shows allowed and denied requests, and prints the curl lines to try more. Ctrl-C stops
 everything.
 """
@@ -78,6 +79,26 @@ def mint(*args):
     return subprocess.run([str(CLI), "token", *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def envoy_config():
+    """envoy/envoy.yaml (the default policy), or, with PLAYBOOK_GUARD_DATABASE_URL set, the same
+    bootstrap rendered with a policy imported from that NoETL database (import-noetl reads the
+    URL from the environment, so its password is in no command line)."""
+    if not os.environ.get("PLAYBOOK_GUARD_DATABASE_URL"):
+        return "envoy/envoy.yaml"
+    policy = ROOT / "build" / "noetl-policy.yaml"
+    imported = subprocess.run([str(CLI), "import-noetl", "--output", str(policy)], capture_output=True, text=True)
+    if imported.returncode != 0:
+        sys.exit(f"PLAYBOOK_GUARD_DATABASE_URL is set, but the import failed: {imported.stderr.strip()}")
+    print(imported.stderr.strip())
+    config = ROOT / "build" / "envoy-noetl.yaml"
+    rendered = subprocess.run([str(CLI), "render", "--policy", str(policy)], capture_output=True, text=True, cwd=ROOT)
+    if rendered.returncode != 0:
+        sys.exit(f"render with the imported policy failed: {rendered.stderr.strip()}")
+    config.write_text(rendered.stdout)
+    print("The policy comes from NoETL's database (build/noetl-policy.yaml); Envoy runs build/envoy-noetl.yaml.\n")
+    return str(config.relative_to(ROOT))
+
+
 def main():
     env = dict(os.environ)
     # A fresh secret per run unless one is given: the filter refuses secrets under 32 bytes.
@@ -98,9 +119,10 @@ def main():
         procs.append(standin)
         if not standin.stdout.readline().startswith("listening on"):
             sys.exit("the validation-service stand-in did not start (is port 18081 free?)")
+        config = envoy_config()
         log = open(ROOT / "build" / "envoy.log", "w")
         envoy = subprocess.Popen(
-            [str(VENV_BIN / "envoy"), "-c", "envoy/envoy.yaml", "--concurrency", "2",
+            [str(VENV_BIN / "envoy"), "-c", config, "--concurrency", "2",
              "--log-level", "warn", "--component-log-level", "wasm:info"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -25,14 +25,8 @@ pub struct Request {
 
 /// Prints the decision; exit 0 allow, 1 deny.
 pub fn run(config: &Path, policy: &Path, roles: &[String], request: &Request) -> Result<ExitCode, Failure> {
-    let args = FilterArgs {
-        config: config.to_owned(),
-        policy: policy.to_owned(),
-        wasm: String::new(),
-        vm_env: Vec::new(),
-        name: String::new(),
-    };
-    let plugin = plugin_config(&args, false)?;
+    let args = FilterArgs { config: config.to_owned(), wasm: String::new(), vm_env: Vec::new(), name: String::new() };
+    let plugin = plugin_config(&args, policy, false)?;
     let env = |_: &str| Some("x".repeat(64));
     let guard = Guard::from_json(plugin.config.to_string().as_bytes(), &env)?;
     let body = match &request.body {

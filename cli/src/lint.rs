@@ -5,7 +5,9 @@
 //! text (literal glob prefixes, `**`, permission lists), never on a guess, so a warning is
 //! always worth reading.
 
-use playbook_guard_core::policy::{PolicyDocument, Rule};
+use playbook_guard_core::like::matches_everything;
+use playbook_guard_core::path::PlaybookPath;
+use playbook_guard_core::policy::{PolicyDocument, Rule, Unless};
 
 /// One warning: the field path of the rule and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
     let warn = |out: &mut Vec<Warning>, path: String, message: String| out.push(Warning { path, message });
 
     for (k, guard) in doc.deny.iter().enumerate() {
+        unmatchable(guard, &format!("deny[{k}]"), &mut out);
         if perms(guard) == Perms::Any && guard.playbooks.iter().any(|g| g == "**") {
             warn(
                 &mut out,
@@ -43,6 +46,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
         let mut grants = 0;
         for (i, allow) in role.allow.iter().enumerate() {
             let here = format!("{at}.allow[{i}]");
+            unmatchable(allow, &here, &mut out);
             if let Some(j) = role.deny.iter().position(|d| covers(d, allow)) {
                 warn(
                     &mut out,
@@ -77,6 +81,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
             );
         }
         for (j, deny) in role.deny.iter().enumerate() {
+            unmatchable(deny, &format!("{at}.deny[{j}]"), &mut out);
             if role.allow.iter().all(|a| disjoint(deny, a)) {
                 warn(
                     &mut out,
@@ -115,7 +120,14 @@ fn covers(outer: &Rule, inner: &Rule) -> bool {
         (Perms::Listed(_), Perms::Any) => false,
         (Perms::Listed(o), Perms::Listed(i)) => i.iter().all(|p| o.contains(p)),
     };
-    perms_covered && inner.playbooks.iter().all(|b| outer.playbooks.iter().any(|a| glob_covers(a, b)))
+    // Only globs are compared: a LIKE pattern or exact path inside is not claimed covered unless
+    // the outer rule matches every playbook, and an outer `unless` makes nothing certain.
+    let everything = outer.playbooks.iter().any(|g| g == "**") || outer.like.iter().any(|p| matches_everything(p));
+    let only_globs = inner.like.is_empty() && inner.paths.is_empty();
+    perms_covered
+        && outer.unless.is_none()
+        && (everything
+            || (only_globs && inner.playbooks.iter().all(|b| outer.playbooks.iter().any(|a| glob_covers(a, b)))))
 }
 
 /// Whether no (permission, playbook) matches both rules.
@@ -124,7 +136,40 @@ fn disjoint(a: &Rule, b: &Rule) -> bool {
         (Perms::Listed(x), Perms::Listed(y)) => !x.iter().any(|p| y.contains(p)),
         _ => false,
     };
-    perms_disjoint || a.playbooks.iter().all(|x| b.playbooks.iter().all(|y| globs_disjoint(x, y)))
+    let only_globs = |r: &Rule| r.like.is_empty() && r.paths.is_empty();
+    perms_disjoint
+        || (only_globs(a)
+            && only_globs(b)
+            && a.playbooks.iter().all(|x| b.playbooks.iter().all(|y| globs_disjoint(x, y))))
+}
+
+/// Warnings for LIKE patterns and exact paths that can never match a playbook path (an import
+/// from NoETL keeps such rows, so `check` says what they do).
+fn unmatchable(rule: &Rule, at: &str, out: &mut Vec<Warning>) {
+    let none: &[String] = &[];
+    let unless = |f: fn(&Unless) -> &[String]| rule.unless.as_ref().map_or(none, f);
+    let fields = [
+        (format!("{at}.like"), rule.like.as_slice(), rule.paths.as_slice()),
+        (format!("{at}.unless.like"), unless(|u| &u.like), none),
+        (format!("{at}.unless.paths"), none, unless(|u| &u.paths)),
+    ];
+    for (field, likes, paths) in fields {
+        for (i, _) in likes.iter().enumerate().filter(|(_, p)| p.is_empty()) {
+            out.push(Warning {
+                path: format!("{field}[{i}]"),
+                message: "an empty LIKE pattern matches only the empty path, which no playbook has".into(),
+            });
+        }
+        for path in paths.iter().filter(|p| PlaybookPath::parse(p).map_or(true, |n| n.as_str() != p.as_str())) {
+            out.push(Warning {
+                path: field.replace(".like", ".paths"),
+                message: format!(
+                    "{path:?} never matches: a request's playbook path is normalised (no leading '/', no empty \
+                     segments) and never holds '%' or '\\'"
+                ),
+            });
+        }
+    }
 }
 
 const META: [char; 5] = ['*', '?', '[', '{', '\\'];
@@ -160,6 +205,7 @@ mod tests {
         Rule {
             permissions: perms.iter().map(|s| s.to_string()).collect(),
             playbooks: globs.iter().map(|s| s.to_string()).collect(),
+            ..Rule::default()
         }
     }
 
@@ -189,5 +235,34 @@ mod tests {
         assert!(covers(&rule(&["view", "execute"], &["data/**"]), &rule(&["view"], &["data/x", "data/y/**"])));
         assert!(!covers(&rule(&["view"], &["data/**"]), &rule(&["view"], &["data/x", "other"])));
         assert!(disjoint(&rule(&["view"], &["**"]), &rule(&["execute"], &["**"])));
+    }
+
+    #[test]
+    fn like_rules_warn_when_unmatchable_and_are_never_claimed_covered() {
+        let doc: PolicyDocument = serde_yaml_ng::from_str(
+            r#"roles:
+  r:
+    allow:
+      - { permissions: [view], paths: ["%"], like: [""] }
+      - { permissions: [view], like: ["data/%"], unless: { like: [""], paths: ["/x"] } }
+      - { permissions: [view], like: ["data/%"] }
+"#,
+        )
+        .unwrap();
+        let found: Vec<String> = lint(&doc).into_iter().map(|w| w.path).collect();
+        assert_eq!(
+            found,
+            [
+                "roles.r.allow[0].like[0]",
+                "roles.r.allow[0].paths",
+                "roles.r.allow[1].unless.like[0]",
+                "roles.r.allow[1].unless.paths"
+            ]
+        );
+        let every = Rule { permissions: vec!["*".into()], like: vec!["%".into()], ..Rule::default() };
+        let data = Rule { permissions: vec!["view".into()], like: vec!["data/%".into()], ..Rule::default() };
+        assert!(covers(&every, &data) && !covers(&data, &every));
+        assert!(!covers(&Rule { unless: Some(Unless::default()), ..every }, &data));
+        assert!(!disjoint(&rule(&["view"], &["system/**"]), &data), "a LIKE is never claimed disjoint from a glob");
     }
 }

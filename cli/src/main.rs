@@ -9,9 +9,11 @@ mod check;
 mod explain_request;
 mod lint;
 mod locate;
+mod noetl;
 mod publish;
 mod render;
 mod routes;
+mod sync;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +77,11 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Mint a development JWT.
     Token(token::TokenArgs),
+    /// Write a policy from NoETL's permission tables (`auth.roles`, `auth.playbook_permissions`).
+    ImportNoetl(noetl::ImportArgs),
+    /// Keep Envoy in step with NoETL's permission tables: re-import every `--every` and
+    /// publish through the ECDS file when the policy changed.
+    SyncNoetl(sync::SyncArgs),
 }
 
 /// A failure to report: the message, and the exit code.
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
         Command::Routes(args) => routes::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Publish(args) => publish::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::ImportNoetl(args) => noetl::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::SyncNoetl(args) => sync::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::render::{ecds_resources, header, plugin_config, to_yaml, FilterArgs, Output};
+use crate::render::{ecds_resources, header, plugin_config, to_yaml, FilterArgs, Output, PluginConfig, PolicyArg};
 use crate::Failure;
 
 /// Options of `publish`.
@@ -20,6 +20,8 @@ use crate::Failure;
 pub struct PublishArgs {
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    policy: PolicyArg,
     /// The ECDS file Envoy watches (`path_config_source.path` in its bootstrap).
     #[arg(long, default_value = "build/ecds/playbook-guard.yaml")]
     to: PathBuf,
@@ -27,16 +29,21 @@ pub struct PublishArgs {
 
 /// Renders, checks and publishes; prints what went where.
 pub fn run(args: &PublishArgs) -> Result<(), Failure> {
-    let plugin = plugin_config(&args.filter, true)?;
-    let resources = ecds_resources(&args.filter, &plugin)?;
-    let text = format!("{}{}", header("ecds"), to_yaml(Output::Ecds, &resources)?);
-    replace_atomically(&args.to, text.as_bytes())?;
+    let plugin = plugin_config(&args.filter, &args.policy.policy, true)?;
+    publish(&args.filter, &plugin, &args.to)?;
     println!("published policy version {:?} to {}", plugin.version, args.to.display());
     Ok(())
 }
 
+/// Writes the ECDS file for a checked plugin configuration, atomically.
+pub fn publish(filter: &FilterArgs, plugin: &PluginConfig, to: &Path) -> Result<(), Failure> {
+    let resources = ecds_resources(filter, plugin)?;
+    let text = format!("{}{}", header("ecds"), to_yaml(Output::Ecds, &resources)?);
+    replace_atomically(to, text.as_bytes())
+}
+
 /// Writes `bytes` to a temporary file in `target`'s directory and renames it onto `target`.
-fn replace_atomically(target: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub fn replace_atomically(target: &Path, bytes: &[u8]) -> Result<(), Failure> {
     let name = target
         .file_name()
         .ok_or_else(|| Failure(format!("--to {}: name a file, not a directory", target.display())))?;

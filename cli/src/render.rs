@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use playbook_guard_core::config::EARLY_HEAD_WARNING;
-use playbook_guard_core::Guard;
+use playbook_guard_core::{Guard, PolicyDocument};
 use serde_json::{json, Value};
 
 use crate::{load_policy, Failure};
@@ -41,9 +41,6 @@ pub struct FilterArgs {
     /// The filter configuration (YAML or JSON), without or with a `policy`.
     #[arg(long, default_value = "envoy/filter-config.yaml")]
     pub config: PathBuf,
-    /// The policy file; replaces any `policy` in the filter configuration.
-    #[arg(long, default_value = "policies/noetl-default.yaml")]
-    pub policy: PathBuf,
     /// The filter's .wasm, as Envoy will find it (relative to Envoy's working directory).
     #[arg(long, default_value = "build/playbook_guard.wasm")]
     pub wasm: String,
@@ -55,11 +52,21 @@ pub struct FilterArgs {
     pub name: String,
 }
 
+/// The policy file of `render` and `publish`.
+#[derive(Debug, Args)]
+pub struct PolicyArg {
+    /// The policy file; replaces any `policy` in the filter configuration.
+    #[arg(long, default_value = "policies/noetl-default.yaml")]
+    pub policy: PathBuf,
+}
+
 /// Options of `render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    policy: PolicyArg,
     /// What to render.
     #[arg(long, value_enum, default_value_t = Output::Bootstrap)]
     output: Output,
@@ -88,20 +95,20 @@ pub struct RenderArgs {
 pub fn run(args: &RenderArgs) -> Result<(), Failure> {
     let out = match args.output {
         Output::PluginConfig => {
-            let plugin = plugin_config(&args.filter, false)?;
+            let plugin = plugin_config(&args.filter, &args.policy.policy, false)?;
             println!("{}", serde_json::to_string_pretty(&plugin.config)?);
             return Ok(());
         }
-        Output::Filter => http_filter(&args.filter, &plugin_config(&args.filter, true)?.config)?,
-        Output::Ecds => ecds_resources(&args.filter, &plugin_config(&args.filter, true)?)?,
+        Output::Filter => http_filter(&args.filter, &plugin_config(&args.filter, &args.policy.policy, true)?.config)?,
+        Output::Ecds => ecds_resources(&args.filter, &plugin_config(&args.filter, &args.policy.policy, true)?)?,
         Output::Bootstrap => {
-            let plugin = plugin_config(&args.filter, true)?;
+            let plugin = plugin_config(&args.filter, &args.policy.policy, true)?;
             bootstrap(args, http_filter(&args.filter, &plugin.config)?, &plugin.config)
         }
         Output::BootstrapEcds => {
             // The filter's configuration lives in the watched file, but render still checks it
             // so a bootstrap is never rendered next to a configuration Envoy would refuse.
-            let plugin = plugin_config(&args.filter, true)?;
+            let plugin = plugin_config(&args.filter, &args.policy.policy, true)?;
             bootstrap(args, ecds_filter(&args.filter.name, &args.ecds_path), &plugin.config)
         }
     };
@@ -149,13 +156,24 @@ pub struct PluginConfig {
 /// otherwise), because every Envoy configuration rendered here sets
 /// `allow_on_headers_stop_iteration`. A configuration that opts out gets the filter's own
 /// warning on stderr, so whoever renders it learns what the filter will log.
-pub fn plugin_config(args: &FilterArgs, for_envoy: bool) -> Result<PluginConfig, Failure> {
+pub fn plugin_config(args: &FilterArgs, policy: &Path, for_envoy: bool) -> Result<PluginConfig, Failure> {
+    let (doc, _) = load_policy(policy)?;
+    plugin_config_with(args, &doc, &policy.display().to_string(), for_envoy)
+}
+
+/// [`plugin_config`] with a policy document already in hand (`sync-noetl` imports it);
+/// `policy_name` names it in errors.
+pub fn plugin_config_with(
+    args: &FilterArgs,
+    doc: &PolicyDocument,
+    policy_name: &str,
+    for_envoy: bool,
+) -> Result<PluginConfig, Failure> {
     let text = read(&args.config)?;
     let mut config: Value = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
         Some(at) => Failure(format!("{}:{}:{}: {e}", args.config.display(), at.line(), at.column())),
         None => Failure(format!("{}: {e}", args.config.display())),
     })?;
-    let (doc, policy) = load_policy(&args.policy)?;
     let Value::Object(map) = &mut config else {
         return Err(Failure(format!(
             "{}: the filter configuration must be a mapping (mode, providers, routes, ...)",
@@ -169,11 +187,11 @@ pub fn plugin_config(args: &FilterArgs, for_envoy: bool) -> Result<PluginConfig,
     // Secrets are Envoy's to pass in; a stand-in of the right length checks everything else.
     let env = |name: &str| Some(std::env::var(name).unwrap_or_else(|_| "x".repeat(64)));
     let guard = Guard::from_json(config.to_string().as_bytes(), &env)
-        .map_err(|e| Failure(format!("{} + {}: {e}", args.config.display(), args.policy.display())))?;
+        .map_err(|e| Failure(format!("{} + {policy_name}: {e}", args.config.display())))?;
     if !guard.hold_headers_for_body() {
         eprintln!("{}: warning: {EARLY_HEAD_WARNING}", args.config.display());
     }
-    Ok(PluginConfig { config, version: policy.version().to_owned() })
+    Ok(PluginConfig { config, version: doc.version.clone() })
 }
 
 fn read(path: &Path) -> Result<String, Failure> {

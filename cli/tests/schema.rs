@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use playbook_guard_core::policy::{Policy, PolicyDocument, RolePolicy, Rule};
+use playbook_guard_core::policy::{Policy, PolicyDocument, RolePolicy, Rule, Unless};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {
@@ -41,7 +41,8 @@ fn schema_properties_are_the_serde_fields() {
     let cases = [
         (&schema["properties"], serde_json::to_value(PolicyDocument::default()).unwrap()),
         (&schema["$defs"]["role"]["properties"], serde_json::to_value(RolePolicy::default()).unwrap()),
-        (&schema["$defs"]["rule"]["properties"], serde_json::to_value(Rule::default()).unwrap()),
+        (&schema["$defs"]["rule"]["properties"], serde_json::to_value(every_rule_field()).unwrap()),
+        (&schema["$defs"]["unless"]["properties"], serde_json::to_value(every_rule_field().unless).unwrap()),
     ];
     for (properties, serde_fields) in cases {
         assert_eq!(keys(properties), keys(&serde_fields));
@@ -50,7 +51,15 @@ fn schema_properties_are_the_serde_fields() {
     assert_eq!(schema["additionalProperties"], json!(false));
     assert_eq!(schema["$defs"]["role"]["additionalProperties"], json!(false));
     assert_eq!(schema["$defs"]["rule"]["additionalProperties"], json!(false));
-    assert_eq!(schema["$defs"]["rule"]["required"], json!(["permissions", "playbooks"]));
+    assert_eq!(schema["$defs"]["unless"]["additionalProperties"], json!(false));
+    assert_eq!(schema["$defs"]["rule"]["required"], json!(["permissions"]));
+}
+
+/// A rule with every optional field set: empty ones are not serialised.
+fn every_rule_field() -> Rule {
+    let one = || vec!["x".to_owned()];
+    let unless = Unless { playbooks: one(), like: one(), paths: one() };
+    Rule { permissions: one(), playbooks: one(), like: one(), paths: one(), unless: Some(unless) }
 }
 
 #[test]
@@ -90,6 +99,31 @@ fn schema_and_filter_agree_on_each_case() {
         ("an empty segment", rule(json!(["view"]), json!(["data//x"])), false),
         ("a trailing slash", rule(json!(["view"]), json!(["data/"])), false),
         ("an empty glob", rule(json!(["view"]), json!([""])), false),
+        (
+            "LIKE patterns and exact paths",
+            json!({"roles": {"r": {"allow": [{"permissions": ["view"], "like": ["data/%", "a\\_b", "", "x\\\\"], "paths": ["%"]}]}}}),
+            true,
+        ),
+        (
+            "an unless",
+            json!({"roles": {"r": {"allow": [{"permissions": ["view"], "like": ["%"], "unless": {"like": ["system/%"], "playbooks": ["ops/**"], "paths": ["a"]}}]}}}),
+            true,
+        ),
+        (
+            "a LIKE ending in an escape",
+            json!({"roles": {"r": {"allow": [{"permissions": ["view"], "like": ["data\\"]}]}}}),
+            false,
+        ),
+        (
+            "an empty unless",
+            json!({"roles": {"r": {"allow": [{"permissions": ["view"], "like": ["%"], "unless": {}}]}}}),
+            false,
+        ),
+        (
+            "an unknown unless field",
+            json!({"roles": {"r": {"allow": [{"permissions": ["view"], "like": ["%"], "unless": {"deny": ["x"]}}]}}}),
+            false,
+        ),
         ("a numeric version", json!({"version": 2}), false),
         ("a role name with a comma", json!({"roles": {"a,b": {}}}), false),
         ("a blank role name", json!({"roles": {"  ": {}}}), false),

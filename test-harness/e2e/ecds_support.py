@@ -29,9 +29,9 @@ def hs_token(roles, sub="42"):
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-def cli(*args, check=True):
+def cli(*args, check=True, env_extra=None):
     """Runs the CLI from the repository root with the test's secret in its environment."""
-    env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)
+    env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET, **(env_extra or {}))
     return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env,
                           check=check)
 

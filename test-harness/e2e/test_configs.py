@@ -32,6 +32,10 @@ KNOWN = {
     "k8s/secret.yaml": "secret",
     "k8s/deployment.yaml": "kubernetes",
     "k8s/kustomization.yaml": "kubernetes",
+    "k8s/noetl-sync/kustomization.yaml": "kubernetes",
+    "k8s/noetl-sync/deployment.patch.yaml": "kubernetes (checked with the sync overlay)",
+    "k8s/noetl-sync/database.secret.yaml": "secret",
+    "k8s/noetl-sync/filter-config.configmap.yaml": "configmap with the filter configuration",
     "istio/envoyfilter.yaml": "envoyfilter",
     "istio/pod.yaml": "kubernetes",
 }
@@ -77,6 +81,34 @@ def test_kubernetes_configmaps_are_current():
     assert configmap(K8S / "envoy-bootstrap.configmap.yaml", "envoy.yaml") == boot
     ecds = cli("render", "--output", "ecds", "--wasm", K8S_WASM).stdout
     assert configmap(K8S / "filter.configmap.yaml", "playbook-guard.yaml") == ecds
+
+
+def test_kubernetes_sync_overlay_feeds_the_watched_file_from_noetl_tables():
+    """envoy/k8s/noetl-sync: sync-noetl writes the ECDS file the Pod's Envoy watches, merging
+    each import into the repository's filter configuration, with arguments the CLI accepts."""
+    sync = K8S / "noetl-sync"
+    assert configmap(sync / "filter-config.configmap.yaml", "filter-config.yaml") == \
+        (ENVOY_DIR / "filter-config.yaml").read_text(), "re-render: python3 envoy/render_examples.py"
+    (patch,) = docs(sync / "deployment.patch.yaml")
+    spec = patch["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    flag = lambda name: args[args.index(name) + 1]  # noqa: E731
+    assert args[0] == "sync-noetl"
+    assert flag("--to") == K8S_ECDS_PATH and flag("--wasm") == K8S_WASM
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["filter"] == str(Path(K8S_ECDS_PATH).parent)
+    assert flag("--config") == mounts["sync-config"] + "/filter-config.yaml"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["filter"]["emptyDir"] == {} and volumes["filter"]["configMap"] is None
+    assert volumes["sync-config"]["configMap"]["name"] == "playbook-guard-filter-config"
+    assert [e["name"] for e in container["env"]] == ["PLAYBOOK_GUARD_DATABASE_URL"]
+    # The container's command line, pointed at local files and an unreachable database.
+    local = [str(ENVOY_DIR / "filter-config.yaml") if a == flag("--config") else a for a in args]
+    result = cli(*local, "--once", check=False, env_extra={"PLAYBOOK_GUARD_DATABASE_URL":
+                                                          "postgres://u:secret@127.0.0.1:1/noetl"})
+    assert result.returncode == 2 and "cannot connect to postgres://u:****@127.0.0.1:1/noetl" in result.stderr, \
+        result.stderr
 
 
 def istio_patches():

@@ -15,6 +15,7 @@ pub mod graphql;
 pub mod guard;
 pub mod json;
 pub mod jwt;
+pub mod like;
 pub mod lookup;
 pub mod opaque;
 pub mod path;

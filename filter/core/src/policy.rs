@@ -2,8 +2,10 @@
 //!
 //! A user may act if some role of theirs allows the (permission, playbook) and that same role
 //! does not deny it, and no top-level `deny` matches. Roles the policy does not know grant
-//! nothing. Every rule is compiled once into a `GlobSet`; each keeps an id such as
-//! `roles.developer.deny[0]` so a decision can say which rule made it.
+//! nothing. A rule names playbooks by globs, SQL LIKE patterns (NoETL's own permission rows use
+//! them) or exact paths, and may leave some out with `unless` (a NoETL row's `deny_pattern`,
+//! which binds that row alone). Every rule is compiled once (a `GlobSet`, a [`LikeSet`]); each
+//! keeps an id such as `roles.developer.deny[0]` so a decision can say which rule made it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ConfigError;
+use crate::like::{self, LikeSet};
 use crate::path::PlaybookPath;
 
 /// The policy file, as written (`policies/*.yaml`) and as embedded in the plugin configuration.
@@ -46,14 +49,44 @@ pub struct RolePolicy {
     pub deny: Vec<Rule>,
 }
 
-/// Permissions on playbook globs.
+/// Permissions on playbooks: those any of its globs, LIKE patterns or exact paths name, less
+/// those its `unless` names.
+///
+/// A rule with `unless` is one row of NoETL's `auth.playbook_permissions`: its `deny_pattern`
+/// takes back only what that row grants, where a role's `deny` takes back every grant of the
+/// role.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Permission names (`execute`, `view`, ...), or `*` for all.
     pub permissions: Vec<String>,
     /// Playbook path globs: `*`/`?` within a segment, `**` across, `{a,b}`, `[..]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub playbooks: Vec<String>,
+    /// SQL LIKE patterns (see [`crate::like`]): `%` any run, `/` included; `_` one character.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub like: Vec<String>,
+    /// Exact playbook paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Playbooks this rule does not cover even though it names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless: Option<Unless>,
+}
+
+/// The playbooks a [`Rule`] leaves out: any glob, LIKE pattern or exact path here.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unless {
+    /// Playbook path globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<String>,
+    /// SQL LIKE patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub like: Vec<String>,
+    /// Exact playbook paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Which permissions a rule covers.
@@ -72,19 +105,48 @@ impl Permissions {
     }
 }
 
+/// Compiled globs, LIKE patterns and exact paths: a playbook matches if any of them does.
+#[derive(Debug, Clone)]
+struct Targets {
+    globs: GlobSet,
+    like: LikeSet,
+    paths: Vec<String>,
+}
+
+impl Targets {
+    fn compile(playbooks: &[String], like: &[String], paths: &[String], at: &str) -> Result<Self, ConfigError> {
+        if playbooks.is_empty() && like.is_empty() && paths.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.playbooks"),
+                "list at least one playbook glob (or `like` pattern, or exact path in `paths`), or \"**\"",
+            ));
+        }
+        let like = LikeSet::new(like).map_err(|e| ConfigError::new(format!("{at}.like[{}]", e.index), e.message))?;
+        Ok(Targets { globs: compile_globs(playbooks, at)?, like, paths: paths.to_vec() })
+    }
+
+    fn matches(&self, playbook: &str) -> bool {
+        self.paths.iter().any(|p| p == playbook) || self.globs.is_match(playbook) || self.like.is_match(playbook)
+    }
+}
+
 /// A compiled rule and its id.
 #[derive(Debug, Clone)]
 struct CompiledRule {
     id: String,
     permissions: Permissions,
-    globs: GlobSet,
-    /// One of its globs is `**`: it matches every playbook.
+    targets: Targets,
+    unless: Option<Targets>,
+    /// It matches every playbook: a glob `**` or a LIKE pattern `%`, and no `unless`.
     everything: bool,
 }
 
 impl CompiledRule {
     fn matches(&self, permission: &str, playbook: &PlaybookPath) -> bool {
-        self.permissions.covers(permission) && self.globs.is_match(playbook.as_str())
+        let playbook = playbook.as_str();
+        self.permissions.covers(permission)
+            && self.targets.matches(playbook)
+            && !self.unless.as_ref().is_some_and(|u| u.matches(playbook))
     }
 }
 
@@ -284,23 +346,27 @@ fn compile_rules(rules: &[Rule], at: &str) -> Result<Vec<CompiledRule>, ConfigEr
         .enumerate()
         .map(|(i, rule)| {
             let id = format!("{at}[{i}]");
-            let everything = rule.playbooks.iter().any(|p| p == "**");
-            compile_rule(rule, &id).map(|(permissions, globs)| CompiledRule { id, permissions, globs, everything })
+            let everything = rule.unless.is_none()
+                && (rule.playbooks.iter().any(|p| p == "**") || rule.like.iter().any(|p| like::matches_everything(p)));
+            let permissions = compile_permissions(rule, &id)?;
+            let targets = Targets::compile(&rule.playbooks, &rule.like, &rule.paths, &id)?;
+            let unless = match &rule.unless {
+                None => None,
+                Some(u) => Some(Targets::compile(&u.playbooks, &u.like, &u.paths, &format!("{id}.unless"))?),
+            };
+            Ok(CompiledRule { id, permissions, targets, unless, everything })
         })
         .collect()
 }
 
-fn compile_rule(rule: &Rule, id: &str) -> Result<(Permissions, GlobSet), ConfigError> {
+fn compile_permissions(rule: &Rule, id: &str) -> Result<Permissions, ConfigError> {
     if rule.permissions.is_empty() {
         return Err(ConfigError::new(format!("{id}.permissions"), "list at least one permission, or \"*\""));
-    }
-    if rule.playbooks.is_empty() {
-        return Err(ConfigError::new(format!("{id}.playbooks"), "list at least one playbook glob, or \"**\""));
     }
     let mut listed = Vec::with_capacity(rule.permissions.len());
     for (i, p) in rule.permissions.iter().enumerate() {
         match p.trim() {
-            "*" => return compile_globs(rule, id).map(|g| (Permissions::Any, g)),
+            "*" => return Ok(Permissions::Any),
             "" => return Err(ConfigError::new(format!("{id}.permissions[{i}]"), "empty permission name")),
             p if p.contains(['*', '?', ',']) => {
                 return Err(ConfigError::new(
@@ -311,15 +377,15 @@ fn compile_rule(rule: &Rule, id: &str) -> Result<(Permissions, GlobSet), ConfigE
             p => listed.push(p.to_owned()),
         }
     }
-    compile_globs(rule, id).map(|g| (Permissions::Listed(listed), g))
+    Ok(Permissions::Listed(listed))
 }
 
-fn compile_globs(rule: &Rule, id: &str) -> Result<GlobSet, ConfigError> {
+fn compile_globs(globs: &[String], at: &str) -> Result<GlobSet, ConfigError> {
     let mut set = GlobSetBuilder::new();
-    for (i, pattern) in rule.playbooks.iter().enumerate() {
-        set.add(compile_glob(pattern).map_err(|m| ConfigError::new(format!("{id}.playbooks[{i}]"), m))?);
+    for (i, pattern) in globs.iter().enumerate() {
+        set.add(compile_glob(pattern).map_err(|m| ConfigError::new(format!("{at}.playbooks[{i}]"), m))?);
     }
-    set.build().map_err(|e| ConfigError::new(format!("{id}.playbooks"), e))
+    set.build().map_err(|e| ConfigError::new(format!("{at}.playbooks"), e))
 }
 
 /// One playbook glob, with `*` and `?` confined to a path segment.

@@ -237,3 +237,76 @@ fn the_version_hash_is_the_first_48_bits_of_the_versions_sha256() {
     assert_ne!(policy("v1").version_hash(), policy("v2").version_hash());
     assert!(policy("v1").version_hash() < 1 << 48, "a double holds it exactly");
 }
+
+/// NoETL's seed rows as `import-noetl` writes them: each row's `deny_pattern` binds that row only.
+const NOETL_ROWS: &str = r#"
+version: "rows"
+roles:
+  admin: { allow: [ { permissions: [execute, view, modify], paths: ["%"], like: ["%"] } ] }
+  developer:
+    allow:
+      - { permissions: [execute, view, modify], paths: ["%"], like: ["%"], unless: { like: ["system/%"] } }
+      - { permissions: [view], paths: ["system/status"] }
+  analyst: { allow: [ { permissions: [execute, view], paths: ["%"], like: ["data/%"] } ] }
+  viewer: { allow: [ { permissions: [view], paths: ["%"], like: ["%"] } ] }
+"#;
+
+#[test]
+fn like_rules_with_unless_decide_as_noetl_rows() {
+    let pol = policy(NOETL_ROWS).unwrap();
+    let cases: &[(&[&str], &str, &str, bool, &str)] = &[
+        (&["developer"], "execute", "data/x", true, "roles.developer.allow[0]"),
+        (&["developer"], "execute", "system/reset", false, "no role grants it"),
+        (&["developer"], "execute", "System/reset", true, "roles.developer.allow[0]"),
+        // Another row of the same role still grants: the unless binds its own row only.
+        (&["developer"], "view", "system/status", true, "roles.developer.allow[1]"),
+        (&["developer"], "view", "system/status/x", false, "no role grants it"),
+        (&["developer", "viewer"], "view", "system/reset", true, "roles.viewer.allow[0]"),
+        (&["analyst"], "execute", "data/a/b", true, "roles.analyst.allow[0]"),
+        (&["analyst"], "execute", "database", false, "no role grants it"),
+        (&["analyst"], "modify", "data/a", false, "no role grants it"),
+        (&["viewer"], "view", "ä/ß", true, "roles.viewer.allow[0]"),
+        (&["admin"], "delete", "data/x", false, "no role grants it"),
+    ];
+    for (roles, perm, path, allowed, rule) in cases {
+        let d = pol.decide(roles, perm, &p(path));
+        assert_eq!((d.allowed, d.rule.to_string().as_str()), (*allowed, *rule), "{roles:?} {perm} {path}");
+    }
+    // `%` with no unless is every playbook; a row with an unless is not.
+    assert!(pol.decide_every(&["admin"], "modify").allowed);
+    assert!(pol.decide_every(&["viewer"], "view").allowed);
+    assert!(!pol.decide_every(&["developer"], "view").allowed);
+    assert!(!pol.decide_every(&["analyst"], "view").allowed);
+}
+
+#[test]
+fn like_and_unless_errors_name_their_field() {
+    let err = |yaml: &str| policy(yaml).unwrap_err().path;
+    assert_eq!(
+        err(r#"roles: { a: { allow: [ { permissions: [view], like: ["x", "y\\"] } ] } }"#),
+        "roles.a.allow[0].like[1]"
+    );
+    assert_eq!(
+        err(r#"roles: { a: { allow: [ { permissions: [view], like: ["%"], unless: { like: ["\\"] } } ] } }"#),
+        "roles.a.allow[0].unless.like[0]"
+    );
+    assert_eq!(
+        err(r#"roles: { a: { allow: [ { permissions: [view], like: ["%"], unless: {} } ] } }"#),
+        "roles.a.allow[0].unless.playbooks"
+    );
+    assert_eq!(err(r#"roles: { a: { allow: [ { permissions: [view] } ] } }"#), "roles.a.allow[0].playbooks");
+    assert_eq!(
+        err(r#"deny: [ { permissions: [view], playbooks: ["**"], unless: { playbooks: ["/x"] } } ]"#),
+        "deny[0].unless.playbooks[0]"
+    );
+}
+
+#[test]
+fn exact_paths_match_the_normalised_path_only() {
+    let pol =
+        policy(r#"roles: { a: { allow: [ { permissions: [view], paths: ["data/x", "%", "data/_"] } ] } }"#).unwrap();
+    assert!(pol.decide(&["a"], "view", &p("data/x")).allowed);
+    assert!(pol.decide(&["a"], "view", &p("/data//x")).allowed, "the request's path is normalised first");
+    assert!(!pol.decide(&["a"], "view", &p("data/y")).allowed, "an exact path is not a pattern");
+    assert!(!pol.decide(&["a"], "view", &p("data/x/y")).allowed);
+}

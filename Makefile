@@ -3,7 +3,8 @@
 #   make test       every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
 #   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
 #   make bench      instructions per request (harness), requests/s with and without the filter
-#   make fuzz       a million randomised requests through the core, then each libFuzzer target
+#   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
+#                   of the protocol across workers, then each libFuzzer target
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
 #   make lint       cargo fmt --check, clippy with warnings as errors (native, wasm, fuzz targets)
 #   make unit       every workspace crate's tests, natively (the harness builds the .wasm itself)
@@ -142,6 +143,8 @@ FUZZ_TARGETS := request token path body validation_answer lookup_answer catalog_
 fuzz: fuzz-tools
 	PLAYBOOK_GUARD_FUZZ_ITERS=$${PLAYBOOK_GUARD_FUZZ_ITERS:-1000000} \
 	    cargo test --release -p playbook-guard-core --test robustness -- --nocapture
+	PLAYBOOK_GUARD_SIM_SEEDS=$${PLAYBOOK_GUARD_SIM_SEEDS:-20000} \
+	    cargo test --release -p playbook-guard-core --lib protocol::simulation -- --nocapture
 	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/$$t; \
 	    echo "== $$t ($(FUZZ_SECONDS) s)"; \
 	    cargo fuzz run --fuzz-dir $(FUZZ_DIR) --sanitizer none --debug-assertions $$t \

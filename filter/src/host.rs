@@ -81,23 +81,25 @@ impl Host<'_> {
     }
 
     fn carry_out(&self, action: Action) {
+        // A request whose client went away is forgotten by `enter`, its callouts with it.
+        if action.request().is_some_and(|req| !self.enter(req)) {
+            return;
+        }
         match action {
             Action::Count(stat, n) => self.metrics.add(stat, n),
             Action::Send { call, from, request } => {
-                let sent = match from {
-                    Some(req) if !self.enter(req) => Err("the request is gone".to_owned()),
-                    // Answers come back to the context that sent: the root's fetches are asked
-                    // for before any request's action, while the root is still the one.
-                    None if self.effective.get().is_some() => Err("the root context is not the current one".to_owned()),
-                    _ => {
-                        let headers: Vec<(&str, &str)> =
-                            request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                        let body = (!request.body.is_empty()).then_some(request.body.as_slice());
-                        let timeout = Duration::from_millis(request.timeout_ms);
-                        hostcalls::dispatch_http_call(&request.cluster, headers, body, Vec::new(), timeout).map_err(
-                            |s| format!("{s:?} from the host: is there an Envoy cluster named {:?}?", request.cluster),
-                        )
-                    }
+                // Answers come back to the context that sent: the root's fetches are asked for
+                // before any request's action, while the root is still the one.
+                let sent = if from.is_none() && self.effective.get().is_some() {
+                    Err("the root context is not the current one".to_owned())
+                } else {
+                    let headers: Vec<(&str, &str)> =
+                        request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+                    let timeout = Duration::from_millis(request.timeout_ms);
+                    hostcalls::dispatch_http_call(&request.cluster, headers, body, Vec::new(), timeout).map_err(|s| {
+                        format!("{s:?} from the host: is there an Envoy cluster named {:?}?", request.cluster)
+                    })
                 };
                 match sent {
                     Ok(token) => self.cell.with(|w| w.sent(call, token)).unwrap_or_default(),
@@ -105,43 +107,26 @@ impl Host<'_> {
                 }
             }
             Action::ReadBody { req, size } => {
-                if self.enter(req) {
-                    let body = match size {
-                        0 => None,
-                        _ => hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten(),
-                    };
-                    self.run(|w, g, s, now| w.body(g, s, now, req, body.as_deref().unwrap_or_default()));
-                }
+                let body = match size {
+                    0 => None,
+                    _ => hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten(),
+                };
+                self.run(|w, g, s, now| w.body(g, s, now, req, body.as_deref().unwrap_or_default()));
             }
-            Action::Redecide { req } => {
-                if self.enter(req) {
-                    self.decide_head(req, false);
-                }
+            Action::Redecide { req } => self.decide_head(req, false),
+            Action::ForwardHead { headers, .. } | Action::Decide { verdict: Verdict::Allow { headers, .. }, .. } => {
+                set_headers(&headers);
             }
-            Action::ForwardHead { req, headers } => {
-                if self.enter(req) {
-                    set_headers(&headers);
-                }
+            Action::Decide { verdict: Verdict::Deny(denial), .. } => {
+                let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+                headers.extend(denial.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let _ = hostcalls::send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
+                // The reply may have run other callbacks: act on no context blindly.
+                self.effective.set(None);
             }
-            Action::Decide { req, verdict } => {
-                if self.enter(req) {
-                    match verdict {
-                        Verdict::Allow { headers, .. } => set_headers(&headers),
-                        Verdict::Deny(denial) => {
-                            let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-                            headers.extend(denial.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-                            let _ = hostcalls::send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
-                            // The reply may have run other callbacks: act on no context blindly.
-                            self.effective.set(None);
-                        }
-                    }
-                }
-            }
-            Action::Resume { req } => {
-                if self.enter(req) {
-                    let _ = hostcalls::resume_http_request();
-                    self.effective.set(None);
-                }
+            Action::Resume { .. } => {
+                let _ = hostcalls::resume_http_request();
+                self.effective.set(None);
             }
         }
     }
@@ -180,9 +165,17 @@ impl Host<'_> {
         headers.retain(|(name, _)| !spoofed.contains(name));
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        self.run(|w, g, s, now| w.head(g, s, now, req, &head, end_of_stream));
+        let decided = self.cell.with(|w| w.head(self.guard, &mut HostStore, self.now_ms, req, &head, end_of_stream));
+        if decided.is_none() {
+            // Never left waiting for a decision that will not come (see `WorkerCell`).
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+        }
+        self.drain();
     }
 }
+
+/// The answer when no decision can be made at all.
+const UNAVAILABLE: &[u8] = br#"{"error":"unavailable"}"#;
 
 fn set_headers(headers: &[(String, String)]) {
     for (name, value) in headers {
@@ -340,8 +333,7 @@ impl HttpContext for GuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
         let Some(guard) = self.guard.clone() else {
             error!("request before any accepted configuration; refusing it");
-            let body = br#"{"error":"unavailable"}"#;
-            self.send_http_response(503, vec![("content-type", "application/json")], Some(body));
+            self.send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
             return HostAction::Pause;
         };
         self.callback(&guard, |host| {

@@ -116,6 +116,21 @@ pub enum Action {
     Count(Stat, u64),
 }
 
+impl Action {
+    /// The request the host must act on to carry it out, if any.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            Action::Send { from, .. } => *from,
+            Action::ReadBody { req, .. }
+            | Action::Redecide { req }
+            | Action::ForwardHead { req, .. }
+            | Action::Decide { req, .. }
+            | Action::Resume { req } => Some(*req),
+            Action::Count(..) => None,
+        }
+    }
+}
+
 /// What a request's callback returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {

@@ -70,11 +70,7 @@ pub fn update<S: SharedStore + ?Sized, T>(
 type Change<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 
 /// The loop of [`update`], compiled once rather than once per caller: the filter is kept small.
-fn update_dyn<S: SharedStore + ?Sized>(
-    store: &mut S,
-    key: &str,
-    change: &mut Change<'_>,
-) -> Result<(), Unwritten> {
+fn update_dyn<S: SharedStore + ?Sized>(store: &mut S, key: &str, change: &mut Change<'_>) -> Result<(), Unwritten> {
     for _ in 0..CAS_ROUNDS {
         let (value, cas) = store.get(key);
         let Some(write) = change(value.as_deref()) else { return Ok(()) };

@@ -22,6 +22,8 @@ pub mod policy;
 pub mod routes;
 pub mod session;
 pub mod target;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timestamp;
 pub mod token;
 pub mod validation;

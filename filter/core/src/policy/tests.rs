@@ -1,9 +1,9 @@
 use super::*;
 
-const DEFAULT_POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
+use crate::testing::POLICY_YAML;
 
 fn default_policy() -> Policy {
-    let doc: PolicyDocument = serde_yaml_ng::from_str(DEFAULT_POLICY).unwrap();
+    let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY_YAML).unwrap();
     Policy::compile(&doc).unwrap()
 }
 

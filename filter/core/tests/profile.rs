@@ -6,6 +6,8 @@
 use playbook_guard_core::testing::{self, guard_from, send, NOW};
 use playbook_guard_core::{Guard, Verdict};
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn guard() -> Guard {
     let mut cfg: Value = serde_yaml_ng::from_str(testing::FILTER_CONFIG_YAML).unwrap();

@@ -15,6 +15,8 @@ use playbook_guard_core::testing::{self, config, guard_from, NOW};
 use playbook_guard_core::timestamp::parse_timestamp;
 use playbook_guard_core::{Guard, RequestHead, SessionEntry, SessionStep, Step, Verdict};
 use serde_json::json;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 struct Rng(u64);
 

@@ -2,6 +2,8 @@
 //! decided as the route the forwarded request reaches.
 
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::testing::{self, bearer, config, guard_from, send, NOW};

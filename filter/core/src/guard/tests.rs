@@ -1,4 +1,6 @@
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::lookup::LookupFailure;
@@ -440,6 +442,8 @@ fn the_example_in_the_spec_parses() {
 mod with_validation {
     use super::*;
     use crate::session::SessionEntry;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn vguard(validation: Value) -> Guard {
         let mut routes = config(json!({}))["routes"].clone();

@@ -1,6 +1,8 @@
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, AlgorithmFamily, EncodingKey, Header};
 use serde_json::json;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -7,7 +7,7 @@
 
 // Fixtures fail loudly: in a test, a panic is the failure report, and bad fixture data is a bug
 // in the test, never request data.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -123,6 +123,17 @@ pub fn send(g: &Guard, method: &str, path: &str, headers: &[(String, String)], b
         Step::Verdict(v) => v,
         Step::ReadBody(p) => decided(g.on_request_body(p, body.as_bytes())),
         other => panic!("{method} {path}: {other:?}"),
+    }
+}
+
+/// (status, reason) of a verdict: 200 and "" when allowed.
+pub fn answer(v: &Verdict) -> (u32, String) {
+    match v {
+        Verdict::Allow { .. } => (200, String::new()),
+        Verdict::Deny(d) => {
+            let body: Value = serde_json::from_str(&d.body).unwrap();
+            (d.status, body["reason"].as_str().unwrap_or_default().to_owned())
+        }
     }
 }
 

@@ -7,8 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use playbook_guard_core::testing::{bearer, claims, guard, send, token, token_with, NOW, SECRET};
-use playbook_guard_core::Verdict;
+use playbook_guard_core::testing::{answer, bearer, claims, guard, send, token, token_with, NOW, SECRET};
 use serde_json::{json, Value};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -20,17 +19,6 @@ const JSON_DEPTH: usize = 127;
 /// `depth` arrays, each inside the last.
 fn nested(depth: usize) -> String {
     "[".repeat(depth) + &"]".repeat(depth)
-}
-
-/// (status, reason) of a verdict: 200 and "" when allowed.
-fn answer(v: &Verdict) -> (u32, String) {
-    match v {
-        Verdict::Allow { .. } => (200, String::new()),
-        Verdict::Deny(d) => {
-            let body: Value = serde_json::from_str(&d.body).unwrap();
-            (d.status, body["reason"].as_str().unwrap_or_default().to_owned())
-        }
-    }
 }
 
 fn run_body(body: &str) -> (u32, String) {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-use crate::testing::{self, bearer, config, guard_from, send, NOW};
+use crate::testing::{self, answer, bearer, config, guard_from, send, NOW};
 
 fn guard_with(mode: &str) -> Guard {
     let execute = |pointer: &str| json!({"permission": "execute", "playbook": {"json_pointer": pointer}});
@@ -43,17 +43,6 @@ fn headers(role: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut out = bearer(&testing::token(&[role], NOW));
     out.extend(extra.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
     out
-}
-
-/// (status, reason) of a verdict: 200 and "" when allowed.
-fn answer(v: &Verdict) -> (u32, String) {
-    match v {
-        Verdict::Allow { .. } => (200, String::new()),
-        Verdict::Deny(d) => {
-            let body: Value = serde_json::from_str(&d.body).unwrap();
-            (d.status, body["reason"].as_str().unwrap_or_default().to_owned())
-        }
-    }
 }
 
 fn rest(g: &Guard, role: &str, method: &str, path: &str, body: &str) -> (u32, String) {

@@ -95,6 +95,10 @@ lint:
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
 	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
+	@# The core's test fixtures are for tests only: the filter must never enable them.
+	@if cargo tree -p playbook-guard --target wasm32-wasip1 -e features -i playbook-guard-core 2>/dev/null \
+	    | grep -q 'playbook-guard-core feature "testing"'; then \
+	    echo "the filter enables the core's 'testing' feature (test fixtures); only dev-dependencies may"; exit 1; fi
 
 unit:
 	cargo test --workspace

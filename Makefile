@@ -1,14 +1,15 @@
 # playbook-guard: the verbs a user types (`make` alone, or `make help`, prints them).
 #   make run        build, start Envoy with the filter before a demo upstream, print curl lines
-#   make test       every test: core (native and wasm), CLI, harness, end-to-end in real Envoy
+#   make test       every test: core (native, wasmtime, V8), CLI, harness, end-to-end in real Envoy
 #   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
-#   make bench      instructions per request (harness), requests/s with and without the filter
+#   make bench      the core's decision time (native, V8), instructions per request, requests/s in Envoy
 #   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
 #                   of the protocol across workers, then each libFuzzer target
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
 #   make lint       cargo fmt --check, clippy with warnings as errors (native, wasm, fuzz targets)
 #   make unit       every workspace crate's tests, natively (the harness builds the .wasm itself)
 #   make wasm-unit  the core's unit tests compiled to wasm32-wasip1, run under wasmtime
+#   make v8-unit    the core's tests compiled to wasm32-unknown-unknown, run in V8 (Node.js)
 #   make e2e        the end-to-end tests: pytest against real Envoy with the built filter
 #   make clean      remove build outputs
 #   make help       this list
@@ -26,7 +27,14 @@ WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: help run test build clean lint unit wasm-unit e2e venv toolchain bench fuzz fuzz-tools soak postgres
+# wasm-bindgen-test-runner must be the version of the wasm-bindgen crate in Cargo.lock (it
+# refuses any other); it is installed under a directory named for that version, so a bump of the
+# lock installs the new one beside the old.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' Cargo.lock)
+WASM_BINDGEN_ROOT    := build/tools/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+WASM_BINDGEN_RUNNER  := $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner
+
+.PHONY: help run test build clean lint unit wasm-unit v8-unit e2e venv toolchain node bench fuzz fuzz-tools soak postgres
 
 # The verbs are listed once, in the header comment above; this prints it.
 help:
@@ -35,14 +43,15 @@ help:
 run: build venv
 	$(PY) envoy/run_local.py
 
-test: build venv lint unit wasm-unit e2e
+test: build venv lint unit wasm-unit v8-unit e2e
 
 build: toolchain $(WASM) $(CLI) $(STANDIN)
 
-# rust-toolchain.toml names the target; adding it explicitly covers rustup versions that do
+# rust-toolchain.toml names the targets; adding them explicitly covers rustup versions that do
 # not install a pinned toolchain's targets on their own.
 toolchain:
-	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target list --installed | grep -q wasm32-wasip1
+	@for t in wasm32-wasip1 wasm32-unknown-unknown; do \
+	    rustup target add $$t >/dev/null 2>&1 || rustup target list --installed | grep -q $$t || exit 1; done
 
 # Cargo decides what is stale, so it is always asked; it leaves an up-to-date artifact (and its
 # timestamp) alone, which is what lets the rule for $(WASM) compare timestamps.
@@ -99,6 +108,11 @@ lint:
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
+	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
+	@# The core's test fixtures are for tests only: the filter must never enable them.
+	@if cargo tree -p playbook-guard --target wasm32-wasip1 -e features -i playbook-guard-core 2>/dev/null \
+	    | grep -q 'playbook-guard-core feature "testing"'; then \
+	    echo "the filter enables the core's 'testing' feature (test fixtures); only dev-dependencies may"; exit 1; fi
 
 unit: postgres
 	cargo test --workspace
@@ -107,6 +121,29 @@ unit: postgres
 wasm-unit: venv
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PY) $(CURDIR)/test-harness/e2e/wasi_run.py" \
 	    cargo test -p playbook-guard-core --target wasm32-wasip1
+
+# The core's tests compiled to wasm32-unknown-unknown and run by wasm-bindgen-test in Node.js,
+# which is V8, the engine Envoy runs the filter in. The runner is cargo's target runner.
+v8-unit: toolchain node $(WASM_BINDGEN_RUNNER)
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
+	    cargo test -p playbook-guard-core --target wasm32-unknown-unknown
+
+# Node.js from Debian's packages, only when `node` is missing, and only as root (as CI runs);
+# never sudo. Otherwise the message says what to install.
+node:
+	@command -v node >/dev/null || { \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing nodejs (apt-get)"; \
+	        apt-get install -y nodejs >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nodejs >/dev/null; }; \
+	    fi; command -v node >/dev/null || { echo "make v8-unit needs Node.js: install Debian's package nodejs"; exit 1; }; }
+
+# Built from source once (a few minutes on two cores) and kept under build/, as CI caches it.
+# `--locked` takes the versions that wasm-bindgen released it with; a registry that lacks one of
+# them gets the newest compatible ones instead.
+$(WASM_BINDGEN_RUNNER):
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }
+	cargo install --quiet --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT) \
+	    || cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 
 e2e: build venv postgres
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
@@ -117,7 +154,14 @@ e2e: build venv postgres
 # requests/s through real Envoy with the filter on the session-cache-hit path against the same
 # Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk). Never sudo: a missing wrk is
 # installed with apt-get only when running as root; otherwise the Envoy part is skipped, saying so.
-bench: build venv
+#
+# First, the core's decision alone, natively and in V8 (filter/core/tests/decision_time.rs, release
+# builds, microseconds per request): what the engine costs, apart from Envoy and the ABI.
+bench: build venv node $(WASM_BINDGEN_RUNNER)
+	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
+	    cargo test --release -p playbook-guard-core --target wasm32-unknown-unknown --test decision_time \
+	    -- --include-ignored --nocapture
 	cargo bench -p playbook-guard-test-harness --bench instructions
 	@if ! command -v wrk >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing wrk (apt-get)"; \

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const SECRET: &str = "a-development-secret-that-is-long-enough-for-hs256";
+use playbook_guard_core::testing::{AUDIENCE, ISSUER, SECRET, SECRET_ENV};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -16,7 +16,7 @@ fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_playbook-guard"))
         .args(args)
         .current_dir(root())
-        .env("PLAYBOOK_GUARD_HS256_SECRET", SECRET)
+        .env(SECRET_ENV, SECRET)
         .output()
         .unwrap()
 }
@@ -383,8 +383,8 @@ fn token_mints_an_hs256_jwt_the_filter_accepts() {
     let out = run(&["token", "--roles", "analyst,viewer", "--sub", "42", "--email", "ada@example.com", "--ttl", "120"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_audience(&["noetl-gateway"]);
-    validation.set_issuer(&["https://noetl.local"]);
+    validation.set_audience(&[AUDIENCE]);
+    validation.set_issuer(&[ISSUER]);
     let token = stdout(&out);
     let claims = decode::<serde_json::Value>(token.trim(), &DecodingKey::from_secret(SECRET.as_bytes()), &validation)
         .unwrap()
@@ -398,7 +398,7 @@ fn token_mints_an_hs256_jwt_the_filter_accepts() {
 fn token_explains_what_is_missing() {
     let out = Command::new(env!("CARGO_BIN_EXE_playbook-guard"))
         .args(["token", "--roles", "analyst"])
-        .env_remove("PLAYBOOK_GUARD_HS256_SECRET")
+        .env_remove(SECRET_ENV)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -6,17 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use playbook_guard_core::testing::{self, ROLES_CLAIM, SECRET, SECRET_ENV};
 use playbook_guard_test_harness::workspace::workspace_root;
 use playbook_guard_test_harness::{playbook_guard_filter, Host, HostOptions, HttpCallResponse, Request, Vm};
-use serde_json::{json, Value};
+use serde_json::json;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef-bench";
 const SAMPLES: usize = 201;
 
 fn config(validation: bool) -> Vec<u8> {
     let root = workspace_root();
-    let policy: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("policies/noetl-default.yaml")).unwrap()).unwrap();
     let pem = std::fs::read_to_string(root.join("filter/core/testdata/rsa.pem")).unwrap();
     let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
         &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
@@ -26,17 +24,16 @@ fn config(validation: bool) -> Vec<u8> {
     jwk.common.key_id = Some("k".into());
     let mut cfg = json!({
         "providers": [
-            {"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"], "algorithms": ["HS256"],
-             "secret_env": "SECRET", "roles_claim": "roles"},
+            testing::provider(),
             {"name": "oidc", "issuer": "https://oidc.local/", "algorithms": ["RS256"], "jwks": {"keys": [jwk]},
-             "roles_claim": "roles"}
+             "roles_claim": ROLES_CLAIM}
         ],
         "routes": [
             {"match": {"prefix": "/api/auth/"}, "public": true},
             {"match": {"prefix": "/api/catalog/"},
              "authorize": {"permission": "view", "playbook": {"path_after_prefix": true}}}
         ],
-        "policy": policy,
+        "policy": testing::policy(),
     });
     if validation {
         cfg["validation"] = json!({"cluster": "noetl"});
@@ -45,18 +42,18 @@ fn config(validation: bool) -> Vec<u8> {
 }
 
 fn token(host: &Host, alg: Algorithm) -> String {
-    let claims = json!({"iss": if alg == Algorithm::HS256 { "https://noetl.local" } else { "https://oidc.local/" },
-                        "aud": "noetl-gateway", "sub": "42", "sid": "bench", "roles": ["analyst"],
-                        "exp": host.clock().now_secs() + 86_400});
-    let key = if alg == Algorithm::HS256 {
-        EncodingKey::from_secret(SECRET.as_bytes())
-    } else {
-        let pem = std::fs::read_to_string(workspace_root().join("filter/core/testdata/rsa.pem")).unwrap();
-        EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()
-    };
+    let now = host.clock().now_secs();
+    let mut claims = testing::claims(&["analyst"], now);
+    claims["sid"] = json!("bench");
+    claims["exp"] = json!(now + 86_400);
+    if alg == Algorithm::HS256 {
+        return testing::sign(&claims);
+    }
+    claims["iss"] = json!("https://oidc.local/");
+    let pem = std::fs::read_to_string(workspace_root().join("filter/core/testdata/rsa.pem")).unwrap();
     let mut header = Header::new(alg);
-    header.kid = (alg != Algorithm::HS256).then(|| "k".to_owned());
-    encode(&header, &claims, &key).unwrap()
+    header.kid = Some("k".to_owned());
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
 }
 
 fn median(vm: &mut Vm, request: &Request) -> u64 {
@@ -67,12 +64,12 @@ fn median(vm: &mut Vm, request: &Request) -> u64 {
 
 fn main() {
     let filter = playbook_guard_filter().unwrap();
-    let host = Host::with_options(&filter, HostOptions::default().env("SECRET", SECRET));
+    let host = Host::with_options(&filter, HostOptions::default().env(SECRET_ENV, SECRET));
     let mut plain = host.configured_vm(&config(false)).unwrap();
     let hs = token(&host, Algorithm::HS256);
     let rs = token(&host, Algorithm::RS256);
 
-    let validating_host = Host::with_options(&filter, HostOptions::default().env("SECRET", SECRET));
+    let validating_host = Host::with_options(&filter, HostOptions::default().env(SECRET_ENV, SECRET));
     let mut cached = validating_host.configured_vm(&config(true)).unwrap();
     let hs_cached = token(&validating_host, Algorithm::HS256);
     let first = cached.send_request(&Request::get("/api/catalog/data/x").bearer(&hs_cached)).unwrap();

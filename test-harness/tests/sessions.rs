@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, filter, policy, token_with, SECRET, SECRET_ENV};
+use common::{config, filter, token_with, SECRET, SECRET_ENV};
+use playbook_guard_core::testing::policy;
 use playbook_guard_test_harness::{Host, HostOptions, HttpCallResponse, Request, RequestOutcome, Vm};
 use serde_json::{json, Value};
 

@@ -399,6 +399,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn paths(yaml: &str) -> Vec<String> {
         registered_paths(yaml).unwrap_or_else(|why| panic!("{yaml:?}: {why}"))

@@ -777,6 +777,8 @@ fn default_roles_header() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn unknown_field_is_named_with_its_path() {

@@ -161,6 +161,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn path_error(r: Result<Forwarded, ForwardError>) -> bool {
         matches!(r, Err(ForwardError::Path { .. }))

@@ -398,6 +398,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn run(body: Value) -> Result<Vec<String>, GraphQlError> {
         playbook_arguments(&body, "executePlaybook", "name")

@@ -123,6 +123,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn reads_what_serde_json_reads() {

@@ -25,6 +25,8 @@ pub mod routes;
 pub mod session;
 pub mod shared;
 pub mod target;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timestamp;
 pub mod token;
 pub mod validation;

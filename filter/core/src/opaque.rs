@@ -132,6 +132,8 @@ impl OpaqueShape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn shape(json: &str) -> Result<OpaqueShape, ConfigError> {
         OpaqueShape::compile(&serde_json::from_str(json).unwrap())

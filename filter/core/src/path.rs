@@ -151,6 +151,8 @@ fn join_segments(path: &str) -> Result<String, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn playbook_paths_normalise_to_one_spelling() {

@@ -664,6 +664,8 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// The one requirement's source of the route matching `method path`.
     fn source_of(r: &Routes, method: &str, path: &str) -> PlaybookSource {

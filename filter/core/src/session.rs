@@ -210,6 +210,9 @@ impl SessionCache {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::config::{parse_json, SessionConfig, ValidationConfig};
     use crate::validation::Validator;

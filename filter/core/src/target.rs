@@ -218,6 +218,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn source(cfg: Value) -> JsonSource {
         JsonSource::compile(&serde_json::from_value(cfg).unwrap()).unwrap()

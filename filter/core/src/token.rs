@@ -186,6 +186,8 @@ fn cookie_values<'v, 'n>(header: &'v str, name: &'n str) -> impl Iterator<Item =
 mod tests {
     use super::*;
     use crate::config::PluginConfig;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn defaults() -> TokenSources {
         let cfg: PluginConfig = serde_json::from_str(r#"{"policy":{"roles":{}}}"#).unwrap();

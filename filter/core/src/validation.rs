@@ -284,6 +284,8 @@ fn text(value: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::parse_json;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn validator(json: &str) -> Validator {
         let cfg: ValidationConfig = parse_json(json.as_bytes()).unwrap();

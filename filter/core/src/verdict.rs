@@ -187,6 +187,8 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn unauthenticated_answers_carry_reason_and_challenge() {

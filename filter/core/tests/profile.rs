@@ -3,31 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use playbook_guard_core::{Guard, RequestHead, Step, Verdict};
+use playbook_guard_core::testing::{self, guard_from, send, NOW};
+use playbook_guard_core::{Guard, Verdict};
 use serde_json::{json, Value};
-
-const NOW: u64 = 1_800_000_000;
-const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn guard() -> Guard {
-    let mut cfg: Value = serde_yaml_ng::from_str(include_str!("../../../envoy/filter-config.yaml")).unwrap();
-    let policy: Value = serde_yaml_ng::from_str(include_str!("../../../policies/noetl-default.yaml")).unwrap();
+    let mut cfg: Value = serde_yaml_ng::from_str(testing::FILTER_CONFIG_YAML).unwrap();
     let obj = cfg.as_object_mut().unwrap();
     // Roles from the token, as the e2e tests run it: this is about routes, not sessions (and so
     // without opaque session tokens, which only the validation service can vouch for).
     for field in ["validation", "opaque_tokens", "opaque_token_shape"] {
         obj.remove(field);
     }
-    obj.insert("policy".into(), policy);
-    let env = |name: &str| (name == "PLAYBOOK_GUARD_HS256_SECRET").then(|| SECRET.to_owned());
-    Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap()
+    obj.insert("policy".into(), testing::policy());
+    guard_from(&cfg)
 }
 
+/// The fixture token for user 7 with `role`, in the claim the shipped `noetl` provider reads.
 fn token(role: &str) -> String {
-    let claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "7", "exp": NOW + 300,
-                        "roles": [role]});
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    testing::token_with(&[role], NOW, json!({"sub": "7", "roles": [role]}))
 }
 
 /// The status the filter answers (200: passed upstream).
@@ -46,15 +42,7 @@ fn decide(
     if let Some(ct) = content_type {
         headers.push(("content-type".to_string(), ct.to_string()));
     }
-    let verdict = match g.on_request_headers(&RequestHead { method, path, headers: &headers }, NOW) {
-        Step::Verdict(v) => v,
-        Step::ReadBody(p) => match g.on_request_body(p, body.unwrap_or_default().as_bytes()) {
-            Step::Verdict(v) => v,
-            other => panic!("{method} {path}: {other:?}"),
-        },
-        other => panic!("{method} {path}: {other:?}"),
-    };
-    match verdict {
+    match send(g, method, path, &headers, body.unwrap_or_default()) {
         Verdict::Allow { .. } => 200,
         Verdict::Deny(d) => d.status,
     }

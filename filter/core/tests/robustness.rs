@@ -9,15 +9,14 @@
 // The test, not the core, reads its iteration count and seed from the environment.
 #![allow(clippy::disallowed_methods)]
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use playbook_guard_core::graphql::playbook_arguments;
 use playbook_guard_core::lookup::LookupFailure;
+use playbook_guard_core::testing::{self, config, guard_from, NOW};
 use playbook_guard_core::timestamp::parse_timestamp;
 use playbook_guard_core::{Guard, RequestHead, SessionEntry, SessionStep, Step, Verdict};
-use serde_json::{json, Value};
-
-const NOW: u64 = 1_800_000_000;
-const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!!";
+use serde_json::json;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 struct Rng(u64);
 
@@ -70,21 +69,14 @@ fn seed() -> u64 {
 }
 
 fn guard(validation: bool) -> Guard {
-    let policy: Value = serde_yaml_ng::from_str(include_str!("../../../policies/noetl-default.yaml")).unwrap();
-    let mut routes: Vec<Value> = serde_json::from_str(include_str!("../testdata/routes.json")).unwrap();
-    routes.push(json!({"match": {"glob": "/api/playbooks/**/run"},
-                       "authorize": {"permission": "execute", "playbook": {"path_capture": true}}}));
-    let mut cfg = json!({
-        "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
-                       "algorithms": ["HS256"], "secret_env": "S", "roles_claim": "roles"}],
-        "routes": routes,
-        "policy": policy,
-    });
+    let mut routes = testing::routes();
+    routes.as_array_mut().unwrap().push(json!({"match": {"glob": "/api/playbooks/**/run"},
+                                              "authorize": {"permission": "execute", "playbook": {"path_capture": true}}}));
+    let mut cfg = config(json!({"routes": routes}));
     if validation {
         cfg["validation"] = json!({"cluster": "noetl"});
     }
-    let env = |name: &str| (name == "S").then(|| SECRET.to_owned());
-    Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap()
+    guard_from(&cfg)
 }
 
 fn token(roles: &[&str]) -> String {
@@ -92,9 +84,7 @@ fn token(roles: &[&str]) -> String {
 }
 
 fn token_for(sub: &str, roles: &[&str]) -> String {
-    let claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": sub, "sid": format!("s{sub}"),
-                        "exp": NOW + 600, "roles": roles});
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    testing::token_with(roles, NOW, json!({"sub": sub, "sid": format!("s{sub}")}))
 }
 
 /// Runs one request to its verdict (answering a session step with a valid admin entry).

@@ -1,22 +1,17 @@
 //! The gateway's entry points through the pipeline: `/noetl/{*path}` and GraphQL `proxyRequest`
 //! decided as the route the forwarded request reaches.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-
-const NOW: u64 = 1_800_000_000;
-const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-const POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
+use crate::testing::{self, answer, bearer, config, guard_from, send, NOW};
 
 fn guard_with(mode: &str) -> Guard {
-    let policy: Value = serde_yaml_ng::from_str(POLICY).unwrap();
     let execute = |pointer: &str| json!({"permission": "execute", "playbook": {"json_pointer": pointer}});
-    let cfg = json!({
+    let cfg = config(json!({
         "mode": mode,
-        "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
-                       "algorithms": ["HS256"], "secret_env": "SECRET", "roles_claim": "roles"}],
         "routes": [
             {"name": "sign in", "match": {"methods": ["POST"], "path": "/api/auth/login"}, "public": true},
             {"match": {"methods": ["POST"], "path": "/api/auth/logout"}, "logout": true},
@@ -35,11 +30,9 @@ fn guard_with(mode: &str) -> Guard {
              "authorize": {"permission": "execute", "playbook": {"graphql_variable": "name",
                            "graphql_forward_fields": ["proxyRequest"], "graphql_restricted_fields": ["rerunExecution"]}}},
             {"name": "pass-through", "match": {"glob": "/noetl/**"}, "forward": {"strip_prefix": "/noetl/", "prefix": "/api/"}}
-        ],
-        "policy": policy
-    });
-    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
-    Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap()
+        ]
+    }));
+    guard_from(&cfg)
 }
 
 fn guard() -> Guard {
@@ -47,32 +40,9 @@ fn guard() -> Guard {
 }
 
 fn headers(role: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "42", "sid": "s-42",
-                        "exp": NOW + 300, "roles": [role]});
-    let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
-    let mut out = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let mut out = bearer(&testing::token(&[role], NOW));
     out.extend(extra.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
     out
-}
-
-/// The verdict for `method path` with `body` (sent only if the head asks for it).
-fn send(g: &Guard, method: &str, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
-    match g.on_request_headers(&RequestHead { method, path, headers }, NOW) {
-        Step::Verdict(v) => v,
-        Step::ReadBody(p) => super::tests::decided(g.on_request_body(p, body.as_bytes())),
-        other => panic!("{method} {path}: {other:?}"),
-    }
-}
-
-/// (status, reason) of a verdict: 200 and "" when allowed.
-fn answer(v: &Verdict) -> (u32, String) {
-    match v {
-        Verdict::Allow { .. } => (200, String::new()),
-        Verdict::Deny(d) => {
-            let body: Value = serde_json::from_str(&d.body).unwrap();
-            (d.status, body["reason"].as_str().unwrap_or_default().to_owned())
-        }
-    }
 }
 
 fn rest(g: &Guard, role: &str, method: &str, path: &str, body: &str) -> (u32, String) {
@@ -271,7 +241,7 @@ fn explain_names_the_route_that_decided() {
 
 #[test]
 fn configuration_errors_name_the_field() {
-    let policy: Value = serde_yaml_ng::from_str(POLICY).unwrap();
+    let policy = testing::policy();
     let env = |_: &str| None;
     for (route, path) in [
         (

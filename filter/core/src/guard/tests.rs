@@ -1,53 +1,16 @@
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::lookup::LookupFailure;
+use crate::testing::decided;
+use crate::testing::{bearer, config, env, guard, guard_with, policy, NOW, SECRET};
 use crate::verdict::DenialKind;
 
-const NOW: u64 = 1_800_000_000;
-const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-const POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
-
-/// The routes every test configuration starts from (shared with the harness tests).
-fn routes() -> Value {
-    serde_json::from_str(include_str!("../../testdata/routes.json")).unwrap()
-}
-
-fn config(patch: Value) -> Value {
-    let policy: Value = serde_yaml_ng::from_str(POLICY).unwrap();
-    let mut cfg = json!({
-        "providers": [{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
-                       "algorithms": ["HS256"], "secret_env": "SECRET", "roles_claim": "https://noetl.io/roles"}],
-        "routes": routes(),
-        "policy": policy
-    });
-    for (k, v) in patch.as_object().unwrap() {
-        cfg[k] = v.clone();
-    }
-    cfg
-}
-
-fn guard_with(patch: Value) -> Guard {
-    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
-    Guard::from_json(config(patch).to_string().as_bytes(), &env).unwrap()
-}
-
-fn guard() -> Guard {
-    guard_with(json!({}))
-}
-
+/// The fixture token for user 42 with `roles`, valid at [`NOW`], with claims patched.
 fn token(roles: &[&str], patch: Value) -> String {
-    let mut claims = json!({"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "42", "sid": "s-42",
-                            "email": "ada@example.com", "name": "Ada", "exp": NOW + 300, "https://noetl.io/roles": roles});
-    for (k, v) in patch.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
-}
-
-fn bearer(t: &str) -> Vec<(String, String)> {
-    vec![("authorization".into(), format!("Bearer {t}"))]
+    crate::testing::token_with(roles, NOW, patch)
 }
 
 fn head<'a>(method: &'a str, path: &'a str, headers: &'a [(String, String)]) -> RequestHead<'a> {
@@ -62,18 +25,7 @@ fn verdict(g: &Guard, method: &str, path: &str, headers: &[(String, String)]) ->
 }
 
 fn with_body(g: &Guard, path: &str, headers: &[(String, String)], body: &str) -> Verdict {
-    match g.on_request_headers(&head("POST", path, headers), NOW) {
-        Step::ReadBody(p) => decided(g.on_request_body(p, body.as_bytes())),
-        Step::Session(_) | Step::AwaitKeys | Step::Resolve { .. } => panic!("no validation, keys or resolver"),
-        Step::Verdict(v) => v,
-    }
-}
-
-pub(super) fn decided(step: Step) -> Verdict {
-    match step {
-        Step::Verdict(v) => v,
-        other => panic!("not decided: {other:?}"),
-    }
+    crate::testing::send(g, "POST", path, headers, body)
 }
 
 fn status(v: &Verdict) -> u32 {
@@ -282,7 +234,6 @@ fn the_identity_header_family_is_removed_in_every_spelling() {
         g.identity_headers_to_remove(sent),
         ["x_noetl_user_roles", "X-NOETL-USER-ROLE", "x-noetl-user-is-admin", "x-noetl-user_id", "x-noetl-user-"]
     );
-    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
     for (patch, path) in [
         (json!({"headers": {"user_id": "x-user-id"}}), "headers.user_id"),
         (json!({"identity_header_prefix": "x-user-"}), "headers.user_id"),
@@ -398,7 +349,6 @@ fn playbook_names_another_decoder_reads_differently_are_400() {
 
 #[test]
 fn configuration_errors_name_the_field_path() {
-    let env = |name: &str| (name == "SECRET").then(|| SECRET.to_owned());
     let cases = [
         (json!({"mode": "loud"}), "mode"),
         (
@@ -484,8 +434,7 @@ fn the_example_in_the_spec_parses() {
 }"#,
     )
     .unwrap();
-    cfg["policy"] = serde_yaml_ng::from_str(POLICY).unwrap();
-    let env = |name: &str| (name == "PLAYBOOK_GUARD_HS256_SECRET").then(|| SECRET.to_owned());
+    cfg["policy"] = policy();
     let g = Guard::from_json(cfg.to_string().as_bytes(), &env).unwrap();
     assert_eq!(g.policy_version(), "2026-11-23.1");
 }
@@ -493,6 +442,8 @@ fn the_example_in_the_spec_parses() {
 mod with_validation {
     use super::*;
     use crate::session::SessionEntry;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn vguard(validation: Value) -> Guard {
         let mut routes = config(json!({}))["routes"].clone();

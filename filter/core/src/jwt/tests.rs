@@ -1,14 +1,15 @@
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, AlgorithmFamily, EncodingKey, Header};
 use serde_json::json;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use super::*;
+use crate::testing::{env, AUDIENCE, ISSUER, NOW, SECRET, SECRET_ENV};
 
-const NOW: u64 = 1_800_000_000;
-const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 const RSA: &str = include_str!("../../testdata/rsa.pem");
 const RSA_OTHER: &str = include_str!("../../testdata/rsa-other.pem");
 const EC256: &str = include_str!("../../testdata/ec256.pem");
@@ -37,12 +38,8 @@ fn sign(alg: Algorithm, pem: &str, kid: Option<&str>, claims: &Value) -> String 
 }
 
 fn claims(iss: &str) -> Value {
-    json!({"iss": iss, "aud": "noetl-gateway", "sub": "u-1", "exp": NOW + 600, "iat": NOW - 10,
+    json!({"iss": iss, "aud": AUDIENCE, "sub": "u-1", "exp": NOW + 600, "iat": NOW - 10,
            "email": "ada@example.com", "name": "Ada", "sid": "s-1", "roles": ["analyst", "viewer"]})
-}
-
-fn env(name: &str) -> Option<String> {
-    (name == "SECRET").then(|| SECRET.to_owned())
 }
 
 fn verifier(providers: Value) -> Verifier {
@@ -56,8 +53,8 @@ fn compile_err(providers: Value) -> ConfigError {
 }
 
 fn hs() -> Verifier {
-    verifier(json!([{"name": "noetl", "issuer": "https://noetl.local", "audiences": ["noetl-gateway"],
-                     "algorithms": ["HS256", "HS384", "HS512"], "secret_env": "SECRET", "roles_claim": "roles"}]))
+    verifier(json!([{"name": "noetl", "issuer": ISSUER, "audiences": [AUDIENCE],
+                     "algorithms": ["HS256", "HS384", "HS512"], "secret_env": SECRET_ENV, "roles_claim": "roles"}]))
 }
 
 fn asym() -> Verifier {
@@ -71,7 +68,7 @@ fn asym() -> Verifier {
     // serves RS and PS, as issuers' JWKS often do.
     let mut keys = keys;
     keys[0].as_object_mut().unwrap().remove("alg");
-    verifier(json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "audiences": ["noetl-gateway"],
+    verifier(json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "audiences": [AUDIENCE],
                      "algorithms": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
                      "jwks": {"keys": keys}, "roles_claim": "https://noetl.io/roles"}]))
 }
@@ -80,7 +77,7 @@ fn asym() -> Verifier {
 fn every_hmac_algorithm_verifies() {
     let v = hs();
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
-        let token = sign(alg, "", None, &claims("https://noetl.local"));
+        let token = sign(alg, "", None, &claims(ISSUER));
         let ok = v.verify(&token, NOW).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         assert_eq!(ok.session_key, "s-1");
         assert_eq!(ok.roles, ["analyst", "viewer"]);
@@ -146,7 +143,7 @@ fn wrong_key_unknown_kid_and_tampering_are_refused() {
 fn alg_none_and_algorithm_confusion_are_refused() {
     let v = hs();
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("https://noetl.local")).unwrap());
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(ISSUER)).unwrap());
     assert_eq!(v.verify(&format!("{header}.{payload}."), NOW), Err(AuthError::AlgNone));
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"None"}"#);
     assert_eq!(v.verify(&format!("{header}.{payload}.c2ln"), NOW), Err(AuthError::AlgNone));
@@ -163,7 +160,7 @@ fn alg_none_and_algorithm_confusion_are_refused() {
     );
     assert_eq!(mixed.verify(&token, NOW), Err(AuthError::UnknownKey(None)));
     // An RS256 token for the HMAC provider: algorithm not allowed.
-    let token = sign(Algorithm::RS256, RSA, None, &claims("https://noetl.local"));
+    let token = sign(Algorithm::RS256, RSA, None, &claims(ISSUER));
     assert_eq!(v.verify(&token, NOW), Err(AuthError::AlgorithmNotAllowed("RS256".into())));
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS1024"}"#);
     assert_eq!(
@@ -176,7 +173,7 @@ fn alg_none_and_algorithm_confusion_are_refused() {
 fn time_claims_honour_the_clock_skew() {
     let v = hs();
     let at = |patch: Value| {
-        let mut c = claims("https://noetl.local");
+        let mut c = claims(ISSUER);
         for (k, val) in patch.as_object().unwrap() {
             if val.is_null() {
                 c.as_object_mut().unwrap().remove(k);
@@ -207,7 +204,7 @@ fn issuer_and_audience() {
         v.verify(&sign(Algorithm::HS256, "", None, &c), NOW),
         Err(AuthError::UnknownIssuer("https://evil.example".into()))
     );
-    c = claims("https://noetl.local");
+    c = claims(ISSUER);
     c.as_object_mut().unwrap().remove("iss");
     assert_eq!(v.verify(&sign(Algorithm::HS256, "", None, &c), NOW), Err(AuthError::MissingClaim("iss".into())));
     for (aud, ok) in [
@@ -218,7 +215,7 @@ fn issuer_and_audience() {
         (json!(null), false),
         (json!(7), false),
     ] {
-        let mut c = claims("https://noetl.local");
+        let mut c = claims(ISSUER);
         c["aud"] = aud.clone();
         let got = v.verify(&sign(Algorithm::HS256, "", None, &c), NOW);
         assert_eq!(got.is_ok(), ok, "aud {aud}: {got:?}");
@@ -227,23 +224,19 @@ fn issuer_and_audience() {
         }
     }
     // No audiences configured: any (or no) aud is accepted, as in Envoy's jwt_authn.
-    let any = verifier(
-        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET"}]),
-    );
-    let mut c = claims("https://noetl.local");
+    let any = verifier(json!([{"name": "n", "issuer": ISSUER, "algorithms": ["HS256"], "secret_env": SECRET_ENV}]));
+    let mut c = claims(ISSUER);
     c.as_object_mut().unwrap().remove("aud");
     assert!(any.verify(&sign(Algorithm::HS256, "", None, &c), NOW).is_ok());
 }
 
 #[test]
 fn optional_claim_checks() {
-    let v = verifier(
-        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET",
+    let v = verifier(json!([{"name": "n", "issuer": ISSUER, "algorithms": ["HS256"], "secret_env": SECRET_ENV,
         "required_claims": {"email_verified": true, "tenant": null},
-        "allowed_email_domains": ["Example.com"], "organization": "org_1"}]),
-    );
+        "allowed_email_domains": ["Example.com"], "organization": "org_1"}]));
     let base = || {
-        let mut c = claims("https://noetl.local");
+        let mut c = claims(ISSUER);
         c["email_verified"] = json!(true);
         c["tenant"] = json!("t");
         c["org_id"] = json!("org_1");
@@ -267,12 +260,10 @@ fn optional_claim_checks() {
     c["org_id"] = json!("org_2");
     assert_eq!(check(&c), Err(AuthError::ClaimRejected("org_id".into())));
 
-    let names = verifier(
-        json!([{"name": "n", "issuer": "https://noetl.local", "algorithms": ["HS256"], "secret_env": "SECRET",
-        "required_claims": ["tenant"]}]),
-    );
+    let names = verifier(json!([{"name": "n", "issuer": ISSUER, "algorithms": ["HS256"], "secret_env": SECRET_ENV,
+        "required_claims": ["tenant"]}]));
     assert_eq!(
-        names.verify(&sign(Algorithm::HS256, "", None, &claims("https://noetl.local")), NOW),
+        names.verify(&sign(Algorithm::HS256, "", None, &claims(ISSUER)), NOW),
         Err(AuthError::MissingClaim("tenant".into()))
     );
 }
@@ -280,7 +271,7 @@ fn optional_claim_checks() {
 #[test]
 fn session_key_prefers_sid_then_jti_then_digest() {
     let v = hs();
-    let mut c = claims("https://noetl.local");
+    let mut c = claims(ISSUER);
     c["jti"] = json!("j-1");
     assert_eq!(v.verify(&sign(Algorithm::HS256, "", None, &c), NOW).unwrap().session_key, "s-1");
     c.as_object_mut().unwrap().remove("sid");
@@ -320,7 +311,7 @@ fn role_names_are_values_never_syntax() {
 #[test]
 fn dropped_roles_are_counted_once_per_verification() {
     let v = hs();
-    let mut c = claims("https://noetl.local");
+    let mut c = claims(ISSUER);
     c["roles"] = json!(["analyst", "viewer,admin", ""]);
     let t = sign(Algorithm::HS256, "", None, &c);
     let verified = v.verify(&t, NOW).unwrap();
@@ -396,17 +387,17 @@ fn configuration_errors_name_the_field() {
             "not set",
         ),
         (
-            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "secret_env": "SECRET"}]),
+            json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"], "secret_env": SECRET_ENV}]),
             "[0].algorithms[0]",
             "HMAC",
         ),
         (
-            json!([{"name": "n", "issuer": "i", "algorithms": ["none"], "secret_env": "SECRET"}]),
+            json!([{"name": "n", "issuer": "i", "algorithms": ["none"], "secret_env": SECRET_ENV}]),
             "[0].algorithms[0]",
             "unsupported",
         ),
         (
-            json!([{"name": "n", "issuer": "i", "algorithms": [], "secret_env": "SECRET"}]),
+            json!([{"name": "n", "issuer": "i", "algorithms": [], "secret_env": SECRET_ENV}]),
             "[0].algorithms",
             "at least one",
         ),
@@ -428,8 +419,8 @@ fn configuration_errors_name_the_field() {
             "URL",
         ),
         (
-            json!([{"name": "a", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SECRET"},
-                {"name": "b", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SECRET"}]),
+            json!([{"name": "a", "issuer": "i", "algorithms": ["HS256"], "secret_env": SECRET_ENV},
+                {"name": "b", "issuer": "i", "algorithms": ["HS256"], "secret_env": SECRET_ENV}]),
             "[1].issuer",
             "providers[0]",
         ),
@@ -512,7 +503,7 @@ fn jwks_set_type_round_trips() {
 fn verified_tokens_are_remembered_until_they_expire() {
     let v = hs();
     let mut cache = VerifiedTokens::new(2);
-    let t1 = sign(Algorithm::HS256, "", None, &claims("https://noetl.local"));
+    let t1 = sign(Algorithm::HS256, "", None, &claims(ISSUER));
     assert_eq!(
         v.verify_cached(&t1, NOW, &mut cache, &mut RemoteKeys::default()),
         v.verify(&t1, NOW).map(Verification::Verified)
@@ -526,7 +517,7 @@ fn verified_tokens_are_remembered_until_they_expire() {
     let forged = format!("{t1}x");
     assert_eq!(v.verify_cached(&forged, NOW, &mut cache, &mut RemoteKeys::default()), Err(AuthError::BadSignature));
     for sid in ["a", "b", "c"] {
-        let mut c = claims("https://noetl.local");
+        let mut c = claims(ISSUER);
         c["sid"] = json!(sid);
         assert!(v
             .verify_cached(&sign(Algorithm::HS256, "", None, &c), NOW, &mut cache, &mut RemoteKeys::default())

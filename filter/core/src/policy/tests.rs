@@ -1,9 +1,11 @@
 use super::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
-const DEFAULT_POLICY: &str = include_str!("../../../../policies/noetl-default.yaml");
+use crate::testing::POLICY_YAML;
 
 fn default_policy() -> Policy {
-    let doc: PolicyDocument = serde_yaml_ng::from_str(DEFAULT_POLICY).unwrap();
+    let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY_YAML).unwrap();
     Policy::compile(&doc).unwrap()
 }
 

@@ -13,14 +13,16 @@ use std::collections::{BTreeMap, HashMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::{Action, Flow, RequestId, Worker, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS, TICK_MS};
 use crate::guard::{Guard, RequestHead};
+use crate::testing;
 use crate::session::SessionCache;
 use crate::shared::{MemoryStore, SetError, SharedStore};
 use crate::verdict::Verdict;
 
-const SECRET: &str = "a simulation secret of at least 32 bytes";
 pub(super) const START_MS: u64 = 1_800_000_000_000;
 const TIMEOUT_MS: u64 = 400;
 const TTL_SECS: u64 = 2;
@@ -33,26 +35,21 @@ const SESSIONS: [&str; 5] = ["s-0", "s-1", "s-2", "s-3", "s-4"];
 const MAX_WAIT_MS: u64 = 3 * (TIMEOUT_MS + CLAIM_GRACE_MS) + FAILURE_BACKOFF_MS + 4 * TICK_MS;
 
 pub(super) fn guard() -> Guard {
-    let cfg = json!({
-        "providers": [{"name": "noetl", "issuer": "https://noetl.local", "algorithms": ["HS256"],
-                       "secret_env": "S", "roles_claim": "roles"}],
+    testing::guard_with(json!({
         "routes": [
             {"match": {"methods": ["POST"], "path": "/api/auth/logout"}, "logout": true},
             {"match": {"glob": "/api/me"}, "authenticate": true},
         ],
-        "policy": {"version": "1", "roles": {"analyst": {"allow": [{"permissions": ["view"], "playbooks": ["**"]}]}}},
         "validation": {"cluster": "noetl", "timeout_ms": TIMEOUT_MS, "max_cold_callouts_per_sec": 100_000},
         "session": {"ttl_secs": TTL_SECS, "negative_ttl_secs": NEGATIVE_TTL_SECS, "max_entries": MAX_ENTRIES,
                     "max_negative_entries": MAX_NEGATIVE},
-    });
-    let env = |name: &str| (name == "S").then(|| SECRET.to_owned());
-    Guard::from_json(cfg.to_string().as_bytes(), &env).expect("the simulation's configuration")
+    }))
 }
 
+/// The fixture token of session `sid`, valid long past any schedule.
 pub(super) fn token(sid: &str) -> String {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let claims = json!({"iss": "https://noetl.local", "sub": "1", "sid": sid, "exp": START_MS / 1000 + 100_000});
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("a token")
+    let now = START_MS / 1000;
+    testing::token_with(&[], now, json!({"sid": sid, "exp": now + 100_000}))
 }
 
 fn mut_of<T>(cell: &RefCell<T>) -> RefMut<'_, T> {
@@ -521,7 +518,9 @@ fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("PLAYBOOK_GUARD_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    let n = std::env::var("PLAYBOOK_GUARD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    // Fewer where the tests run as wasm (wasmtime, V8): the schedules are the same code there.
+    let default = if cfg!(target_arch = "wasm32") { 30 } else { 300 };
+    let n = std::env::var("PLAYBOOK_GUARD_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     (0..n).collect()
 }
 

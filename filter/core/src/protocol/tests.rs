@@ -1,5 +1,8 @@
 //! The protocol on one worker, step by step (the simulation covers many workers at random).
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
 use super::simulation::{guard, token, START_MS};
 use super::*;
 use crate::shared::MemoryStore;

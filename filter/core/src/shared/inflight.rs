@@ -154,6 +154,9 @@ fn change<S: SharedStore + ?Sized, T>(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::shared::MemoryStore;
 

@@ -269,6 +269,9 @@ fn next_slot<S: SharedStore + ?Sized>(store: &mut S, ring: Ring) -> Result<u64, 
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::shared::MemoryStore;
 

@@ -18,9 +18,9 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::{Action, Flow, RequestId, Worker, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS, TICK_MS};
 use crate::guard::{Guard, RequestHead};
-use crate::testing;
 use crate::session::SessionCache;
 use crate::shared::{MemoryStore, SetError, SharedStore};
+use crate::testing;
 use crate::verdict::Verdict;
 
 pub(super) const START_MS: u64 = 1_800_000_000_000;

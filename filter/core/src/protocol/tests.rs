@@ -6,6 +6,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use super::simulation::{guard, token, START_MS};
 use super::*;
 use crate::shared::MemoryStore;
+use serde_json::{json, Value};
 
 struct One {
     guard: Guard,
@@ -119,4 +120,31 @@ fn a_dropped_owner_lets_its_claim_go_and_nothing_resumes_it() {
     assert_eq!(inflight::mark(&one.store, "noetl/s-0", START_MS + 1), None);
     assert_eq!(one.answer(100, Some(200), VALID), [], "its answer is no longer awaited");
     assert_eq!(one.worker.held(), 0);
+}
+
+#[test]
+fn a_key_fetch_sent_under_an_old_configuration_is_not_awaited_under_the_new_one() {
+    let remote = |name: &str| {
+        json!({"name": name, "issuer": format!("https://{name}.example/"), "algorithms": ["RS256"],
+               "remote_jwks": {"cluster": name, "uri": format!("https://{name}.example/keys.json"), "timeout_ms": 1000}})
+    };
+    let guard = |providers: Value| crate::testing::guard_with(json!({"providers": providers}));
+    let (old, new) = (guard(json!([remote("a"), remote("b")])), guard(json!([remote("b"), remote("a")])));
+    let mut store = MemoryStore::default();
+    let mut worker = Worker::default();
+    worker.configure(&old, &mut store, START_MS);
+    let fetches: Vec<CallId> = std::iter::from_fn(|| worker.poll_action())
+        .filter_map(|a| match a {
+            Action::Send { call, from: None, .. } => Some(call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetches.len(), 2, "both sets are fetched from the root");
+    for (token, call) in fetches.iter().enumerate() {
+        worker.sent(*call, token as CallToken);
+    }
+    // The providers swap places: an answer matched by index would give one issuer's keys to
+    // the other.
+    worker.configure(&new, &mut store, START_MS + 1);
+    assert!(!worker.awaits(0) && !worker.awaits(1), "the old fetches are forgotten");
 }

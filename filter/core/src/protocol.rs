@@ -230,6 +230,34 @@ enum Call {
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// One worker's side of the protocol: its requests, its callouts, and what it asks of the host.
+///
+/// # Example
+///
+/// A request without a token, decided in its own callback:
+///
+/// ```
+/// use playbook_guard_core::protocol::{Action, Flow, Worker};
+/// use playbook_guard_core::shared::MemoryStore;
+/// use playbook_guard_core::{Guard, RequestHead, Verdict};
+///
+/// let config = br#"{
+///   "providers": [{"name": "noetl", "issuer": "https://noetl.local", "algorithms": ["HS256"],
+///                  "secret_env": "SECRET", "roles_claim": "roles"}],
+///   "routes": [{"match": {"glob": "/api/**"}, "authenticate": true}],
+///   "policy": {"version": "1", "roles": {}}
+/// }"#;
+/// let secret = |_: &str| Some("a secret of at least thirty-two bytes!".to_owned());
+/// let guard = Guard::from_json(config, &secret).unwrap();
+/// let (mut worker, mut store, now_ms) = (Worker::default(), MemoryStore::default(), 1_800_000_000_000);
+/// worker.configure(&guard, &mut store, now_ms);
+///
+/// let outer = worker.begin(7);
+/// let head = RequestHead { method: "GET", path: "/api/me", headers: &[] };
+/// worker.head(&guard, &mut store, now_ms, 7, &head, true);
+/// let actions: Vec<Action> = std::iter::from_fn(|| worker.poll_action()).collect();
+/// assert!(actions.iter().any(|a| matches!(a, Action::Decide { req: 7, verdict: Verdict::Deny(d) } if d.status == 401)));
+/// assert_eq!(worker.end(outer), Flow::Pause, "answered locally, not let go");
+/// ```
 #[derive(Debug, Default)]
 pub struct Worker {
     requests: Map<RequestId, Request>,

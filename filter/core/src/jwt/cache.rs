@@ -54,7 +54,7 @@ impl VerifiedTokens {
     }
 
     /// How many role names the tokens verified since the last call carried that were not role
-    /// names (see [`roles_from`]), for the host's stat; counted when a token is verified, not
+    /// names (see [`roles_from`](super::roles_from)), for the host's stat; counted when a token is verified, not
     /// each time the cache answers for it.
     pub fn take_roles_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.roles_dropped)

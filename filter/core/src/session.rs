@@ -148,8 +148,8 @@ pub struct SessionCache {
 impl SessionCache {
     /// The cache `settings` describe.
     pub fn new(settings: &CacheSettings) -> Self {
-        let valid = table::Ring { id: 0, prefix: "pg1/slot", capacity: settings.max_entries };
-        let invalid = table::Ring { id: 1, prefix: "pg1/nslot", capacity: settings.max_negative_entries };
+        let ring = |ring: Ring, id, prefix| table::Ring { id, prefix, capacity: ring.capacity(settings) };
+        let (valid, invalid) = (ring(Ring::Valid, 0, "pg1/slot"), ring(Ring::Invalid, 1, "pg1/nslot"));
         SessionCache { table: Table::new("pg1/s", valid.capacity.saturating_add(invalid.capacity)), valid, invalid }
     }
 
@@ -177,10 +177,7 @@ impl SessionCache {
         now_ms: u64,
     ) -> Result<Stored, Unwritten> {
         let ring = Ring::of(entry);
-        let table_ring = match ring {
-            Ring::Valid => self.valid,
-            Ring::Invalid => self.invalid,
-        };
+        let table_ring = if ring == Ring::Valid { self.valid } else { self.invalid };
         let logged_out_since = |r: &str| matches!(Record::decode(r), Some(Record::LoggedOut(at)) if at >= asked_at_ms);
         let record = Record::Entry(entry.clone()).encode();
         Ok(match self.table.put(store, key, &record, table_ring, &logged_out_since, now_ms)? {

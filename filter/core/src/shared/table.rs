@@ -98,11 +98,6 @@ impl Table {
         Table { prefix, buckets: capacity.div_ceil(RECORDS_PER_BUCKET).max(1) }
     }
 
-    /// How many buckets it has.
-    pub fn buckets(&self) -> u64 {
-        self.buckets
-    }
-
     fn bucket(&self, key: &str) -> String {
         format!("{}/{}", self.prefix, fnv1a(key) % self.buckets)
     }

@@ -171,16 +171,23 @@ pub enum TokenKind {
 
 /// Whether `token` has the shape of a compact JWS (RFC 7515 section 7.1).
 pub fn token_kind(token: &str) -> TokenKind {
-    let mut parts = 0;
-    for (i, part) in token.split('.').enumerate() {
-        parts += 1;
-        let b64 = part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        // The signature may be empty (that is how `alg: none` looks); header and payload may not.
-        if !b64 || (part.is_empty() && i < 2) {
+    // One pass over the bytes: this runs on every request, before the verified-token cache.
+    let (mut dots, mut part_len) = (0_usize, 0_usize);
+    for &b in token.as_bytes() {
+        if b == b'.' {
+            // The signature may be empty (that is how `alg: none` looks); header and payload may not.
+            if part_len == 0 || dots == 2 {
+                return TokenKind::Opaque;
+            }
+            dots += 1;
+            part_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            part_len += 1;
+        } else {
             return TokenKind::Opaque;
         }
     }
-    if parts == 3 {
+    if dots == 2 {
         TokenKind::Jws
     } else {
         TokenKind::Opaque
@@ -393,7 +400,7 @@ mod claims;
 mod keys;
 mod remote;
 
-pub use cache::{TokenTally, VerifiedTokens, VerifierState};
+pub use cache::{TokenTally, VerifiedTokens, VerifierState, MAX_TOKEN_KEY_BYTES};
 pub use claims::{is_role_name, roles_from, MAX_ROLE_BYTES};
 pub use remote::{RemoteJwks, RemoteKeys, JWKS_REFETCH_SECS};
 

@@ -17,6 +17,7 @@ pub mod json;
 pub mod jwt;
 pub mod like;
 pub mod lookup;
+pub mod memo;
 pub mod opaque;
 pub mod path;
 pub mod policy;

@@ -1,8 +1,23 @@
 //! What a worker remembers between requests: tokens that verified, and the kinds it saw.
 
-use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
-use super::{token_digest, AuthError, RemoteKeys, Verification, VerifiedToken, Verifier};
+use crate::memo::Memo;
+
+use super::{AuthError, RemoteKeys, Verification, VerifiedToken, Verifier};
+
+/// Tokens up to this many bytes are remembered by their bytes, so a request that presents one
+/// again costs a hash-map probe rather than a SHA-256 (in wasm, about 25,000 instructions for a
+/// typical token); longer ones by their SHA-256, so the cache's memory stays bounded by
+/// `jwt_cache_size` times this.
+pub const MAX_TOKEN_KEY_BYTES: usize = 4096;
+
+/// What a verified token is remembered by: the token itself, or for a long one `#` and its
+/// SHA-256. Only compact JWS are remembered, and `#` is not in their alphabet, so the two
+/// kinds of key never meet.
+fn long_token_key(token: &str) -> Rc<str> {
+    format!("#{}", super::token_digest(token)).into()
+}
 
 /// One worker's verification state for one configuration: the tokens it verified and the
 /// remote JWK Sets it fetched. Make a new one when the configuration changes.
@@ -35,14 +50,13 @@ impl TokenTally {
     }
 }
 
-/// Tokens that verified, remembered by their SHA-256 until their `exp`, so a token's signature
-/// is checked once per worker rather than on every request (as Envoy's `jwt_cache_config`):
-/// RSA in wasm costs about a hundred times what HMAC does. Bounded; the oldest go first.
+/// Tokens that verified, remembered by their exact bytes (see [`MAX_TOKEN_KEY_BYTES`]) until
+/// their `exp`, so a token's signature is checked once per worker rather than on every request
+/// (as Envoy's `jwt_cache_config`): RSA in wasm costs about a hundred times what HMAC does.
+/// Bounded; the oldest go first.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    map: HashMap<String, VerifiedToken>,
-    order: VecDeque<String>,
-    capacity: usize,
+    memo: Memo<Rc<str>, VerifiedToken>,
     /// Role names dropped from the tokens verified since the host last took the count.
     roles_dropped: u64,
 }
@@ -50,7 +64,7 @@ pub struct VerifiedTokens {
 impl VerifiedTokens {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        VerifiedTokens { map: HashMap::new(), order: VecDeque::new(), capacity, roles_dropped: 0 }
+        VerifiedTokens { memo: Memo::new(capacity), roles_dropped: 0 }
     }
 
     /// How many role names the tokens verified since the last call carried that were not role
@@ -62,28 +76,12 @@ impl VerifiedTokens {
 
     /// How many tokens are remembered.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.memo.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn insert(&mut self, digest: String, token: VerifiedToken) {
-        if self.capacity == 0 || self.map.contains_key(&digest) {
-            return;
-        }
-        while self.map.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.map.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-        self.order.push_back(digest.clone());
-        self.map.insert(digest, token);
+        self.memo.is_empty()
     }
 }
 
@@ -98,8 +96,9 @@ impl Verifier {
         cache: &mut VerifiedTokens,
         remote: &mut RemoteKeys,
     ) -> Result<Verification, AuthError> {
-        let digest = (cache.capacity > 0).then(|| token_digest(token));
-        if let Some(hit) = digest.as_ref().and_then(|d| cache.map.get(d)) {
+        let remembers = cache.memo.capacity() > 0;
+        let long = (remembers && token.len() > MAX_TOKEN_KEY_BYTES).then(|| long_token_key(token));
+        if let Some(hit) = cache.memo.get(long.as_deref().unwrap_or(token)) {
             if now < hit.expires_at.saturating_add(self.clock_skew) {
                 return Ok(Verification::Verified(hit.clone()));
             }
@@ -108,8 +107,8 @@ impl Verifier {
             return Ok(Verification::AwaitingKeys);
         };
         cache.roles_dropped = cache.roles_dropped.saturating_add(u64::from(verified.roles_dropped));
-        if let Some(digest) = digest {
-            cache.insert(digest, verified.clone());
+        if remembers {
+            cache.memo.insert(long.unwrap_or_else(|| token.into()), verified.clone());
         }
         Ok(Verification::Verified(verified))
     }

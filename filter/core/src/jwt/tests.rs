@@ -336,6 +336,27 @@ fn token_shapes() {
     assert_eq!(token_kind(".b.c"), TokenKind::Opaque);
     assert_eq!(token_kind("a+b.c.d"), TokenKind::Opaque);
     assert_eq!(token_kind(""), TokenKind::Opaque);
+    assert_eq!(token_kind("a..c"), TokenKind::Opaque);
+    assert_eq!(token_kind("a.b.c."), TokenKind::Opaque);
+    assert_eq!(token_kind("a.b.c d"), TokenKind::Opaque);
+    assert_eq!(token_kind("a.b.\u{e9}"), TokenKind::Opaque);
+    // Every string over a small alphabet up to six long reads as RFC 7515 section 7.1 says:
+    // three base64url parts, the first two not empty.
+    let rfc = |t: &str| {
+        let parts: Vec<&str> = t.split('.').collect();
+        let b64 = |p: &str| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        parts.len() == 3 && parts.iter().all(|p| b64(p)) && !parts[0].is_empty() && !parts[1].is_empty()
+    };
+    let alphabet = ['a', '.', '_', '=', '-'];
+    let mut tokens = vec![String::new()];
+    for _ in 0..6 {
+        let longer: Vec<String> = tokens.iter().flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}"))).collect();
+        tokens.extend(longer);
+        tokens.dedup();
+    }
+    for t in &tokens {
+        assert_eq!(token_kind(t) == TokenKind::Jws, rfc(t), "{t:?}");
+    }
 }
 
 #[test]
@@ -527,4 +548,31 @@ fn verified_tokens_are_remembered_until_they_expire() {
     let mut off = VerifiedTokens::new(0);
     assert!(v.verify_cached(&t1, NOW, &mut off, &mut RemoteKeys::default()).is_ok());
     assert!(off.is_empty());
+}
+
+#[test]
+fn a_long_token_is_remembered_by_its_digest_and_a_changed_byte_is_checked_again() {
+    let v = hs();
+    let mut cache = VerifiedTokens::new(4);
+    let mut c = claims(ISSUER);
+    c["pad"] = json!("x".repeat(MAX_TOKEN_KEY_BYTES));
+    let long = sign(Algorithm::HS256, "", None, &c);
+    assert!(long.len() > MAX_TOKEN_KEY_BYTES);
+    let verified = v.verify(&long, NOW).map(Verification::Verified);
+    assert_eq!(v.verify_cached(&long, NOW, &mut cache, &mut RemoteKeys::default()), verified);
+    assert_eq!(v.verify_cached(&long, NOW + 1, &mut cache, &mut RemoteKeys::default()), verified);
+    assert_eq!(cache.len(), 1, "remembered once");
+    // The same length, one byte of the signature changed: never answered from the memo.
+    let mut forged = long.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(v.verify_cached(&forged, NOW, &mut cache, &mut RemoteKeys::default()), Err(AuthError::BadSignature));
+    let short = sign(Algorithm::HS256, "", None, &claims(ISSUER));
+    let mut forged = short.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    assert!(v.verify_cached(&short, NOW, &mut cache, &mut RemoteKeys::default()).is_ok());
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(v.verify_cached(&forged, NOW, &mut cache, &mut RemoteKeys::default()), Err(AuthError::BadSignature));
 }

@@ -138,7 +138,7 @@ impl Host<'_> {
             return true;
         }
         if hostcalls::set_effective_context(req).is_err() {
-            self.cell.with(|w| w.dropped(&mut HostStore, self.now_ms, req));
+            self.cell.with(|w| w.dropped(&mut HostStore, || self.now_ms, req));
             return false;
         }
         self.effective.set(Some(req));
@@ -151,7 +151,12 @@ impl Host<'_> {
         let mut headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .map(|(name, value)| {
+                // Valid UTF-8 (nearly every value) keeps its buffer; anything else is read lossily.
+                let value =
+                    String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                (name, value)
+            })
             .collect();
         let spoofed: Vec<String> = self
             .guard
@@ -238,7 +243,8 @@ impl RootContext for GuardRoot {
         let config = self.get_plugin_configuration().unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
         match Guard::from_json(&config, &env) {
-            Ok(guard) => {
+            Ok(mut guard) => {
+                guard.set_terse(true);
                 let (version, hash) = (guard.policy_version(), guard.policy_version_hash());
                 info!("configured; policy version {version:?} (policy_version_hash {hash})");
                 if !guard.hold_headers_for_body() {
@@ -353,6 +359,10 @@ impl HttpContext for GuardHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> HostAction {
+        // Only a logout's answer matters; the others' status is not even read.
+        if self.worker.with(|w| w.awaits_response(self.id)) != Some(true) {
+            return HostAction::Continue;
+        }
         if let Some(guard) = self.guard.clone() {
             let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok());
             self.host(&guard).run(|w, g, s, now| w.response(g, s, now, self.id, status));
@@ -364,7 +374,7 @@ impl HttpContext for GuardHttp {
 impl Drop for GuardHttp {
     fn drop(&mut self) {
         // A request that ends (or whose client goes away) while waiting must leave no trace.
-        self.worker.with(|w| w.dropped(&mut HostStore, now_ms(), self.id));
+        self.worker.with(|w| w.dropped(&mut HostStore, now_ms, self.id));
     }
 }
 

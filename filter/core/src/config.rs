@@ -122,6 +122,10 @@ pub struct PluginConfig {
     /// signature is checked once, as Envoy's `jwt_cache_config`; 0 disables it.
     #[serde(default = "default_jwt_cache_size")]
     pub jwt_cache_size: u64,
+    /// Policy decisions (roles, permission, playbook) each worker remembers for the active
+    /// policy, so a question is matched against the globs once; 0 disables it.
+    #[serde(default = "default_decision_cache_size")]
+    pub decision_cache_size: u64,
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
@@ -162,6 +166,10 @@ fn default_identity_header_prefix() -> String {
 
 fn default_playbook_path_chars() -> String {
     crate::path::PlaybookAlphabet::DEFAULT.into()
+}
+
+fn default_decision_cache_size() -> u64 {
+    1000
 }
 
 fn default_jwt_cache_size() -> u64 {
@@ -289,6 +297,10 @@ pub struct SessionConfig {
     /// number of unknown tokens can evict one.
     #[serde(default = "default_max_negative_entries")]
     pub max_negative_entries: u64,
+    /// Sessions each worker keeps decoded, with the shared-data version they were read at, so
+    /// a cache hit decodes nothing while its bucket is unchanged; 0 disables it.
+    #[serde(default = "default_memo_entries")]
+    pub memo_entries: u64,
 }
 
 impl Default for SessionConfig {
@@ -298,6 +310,7 @@ impl Default for SessionConfig {
             negative_ttl_secs: default_negative_ttl(),
             max_entries: default_max_entries(),
             max_negative_entries: default_max_negative_entries(),
+            memo_entries: default_memo_entries(),
         }
     }
 }
@@ -312,6 +325,10 @@ fn default_negative_ttl() -> u64 {
 
 fn default_max_entries() -> u64 {
     100_000
+}
+
+fn default_memo_entries() -> u64 {
+    1000
 }
 
 /// A flood of unknown tokens at the default cold-callout limit adds 50 negative entries a

@@ -24,6 +24,7 @@
 //! environment in, so every decision can be replayed in a test.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
 use crate::config::{parse_json, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
@@ -35,6 +36,7 @@ use crate::jwt::{
     VerifiedTokens, Verifier, VerifierState,
 };
 use crate::lookup::{LookupFailure, LookupKey, Resolver};
+use crate::memo::Memo;
 use crate::opaque::OpaqueShape;
 use crate::path::{normalize_request_path, PlaybookAlphabet, PlaybookPath};
 use crate::policy::Policy;
@@ -281,6 +283,11 @@ pub struct Guard {
     hold_headers_for_body: bool,
     jwt_cache_size: usize,
     restricted_roles: Vec<String>,
+    /// Allows carry no detail unless the log level asks for it ([`Guard::set_terse`]).
+    terse: bool,
+    /// Policy decisions this configuration made, in terse mode: the memo belongs to the
+    /// configuration, so a new policy starts with none.
+    decisions: RefCell<Memo<Box<str>, bool>>,
 }
 
 impl Guard {
@@ -373,6 +380,8 @@ impl Guard {
             hold_headers_for_body: cfg.hold_headers_for_body,
             jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
             restricted_roles: compile_restricted_roles(&cfg.restricted_roles)?,
+            terse: false,
+            decisions: RefCell::new(Memo::new(usize::try_from(cfg.decision_cache_size).unwrap_or(usize::MAX))),
         })
     }
 
@@ -941,7 +950,72 @@ impl Guard {
         self.settle(pending)
     }
 
+    /// In terse mode (the filter's), an allowed request's verdict carries no detail: the detail
+    /// only feeds a debug log, and writing it is most of an allow's cost. Unless the log level
+    /// is debug, requests that are simply allowed (a session, or every demand granted on named
+    /// playbooks) are then decided without it, and each policy question is asked once per
+    /// distinct (roles, permission, playbook), up to `decision_cache_size`. Everything else,
+    /// and every denial, takes the full path with its detail.
+    pub fn set_terse(&mut self, terse: bool) {
+        self.terse = terse;
+    }
+
     fn decide(&self, pending: Pending) -> Verdict {
+        if self.terse && !log::log_enabled!(log::Level::Debug) {
+            if let Some(verdict) = self.decide_tersely(&pending) {
+                return verdict;
+            }
+        }
+        self.decide_in_full(pending)
+    }
+
+    /// The verdict of [`Guard::decide_in_full`] for a request it would simply allow, without
+    /// the detail; `None` for any other.
+    fn decide_tersely(&self, pending: &Pending) -> Option<Verdict> {
+        let identity = pending.identity.as_ref()?;
+        let allow = || Some(self.finish(Ok(String::new()), Some(identity)));
+        let demands = match &pending.need {
+            Need::Authenticate { logout: false } => return allow(),
+            Need::Authorize(demands) => demands,
+            _ => return None,
+        };
+        for Demand { permission, targets, .. } in demands {
+            if targets.is_empty() {
+                return None;
+            }
+            for target in targets {
+                let Target::Playbook(playbook) = target else { return None };
+                if !self.memoized_decision(&identity.roles, permission, playbook) {
+                    return None;
+                }
+            }
+        }
+        allow()
+    }
+
+    /// Whether `roles` may use `permission` on `playbook`, from the decision memo if it was
+    /// asked before.
+    fn memoized_decision(&self, roles: &[String], permission: &str, playbook: &PlaybookPath) -> bool {
+        // Each part is written with its length first, so no two questions share a key whatever
+        // their text (a role named "a,b" is not the roles a and b).
+        let mut key = String::with_capacity(64);
+        for part in roles.iter().map(String::as_str).chain([permission, playbook.as_str()]) {
+            let _ = write!(key, "{}:", part.len());
+            key.push_str(part);
+        }
+        let _ = write!(key, "{}", roles.len());
+        let Ok(mut memo) = self.decisions.try_borrow_mut() else {
+            return self.policy.decide(roles, permission, playbook).allowed;
+        };
+        if let Some(allowed) = memo.get(key.as_str()) {
+            return *allowed;
+        }
+        let allowed = self.policy.decide(roles, permission, playbook).allowed;
+        memo.insert(key.into(), allowed);
+        allowed
+    }
+
+    fn decide_in_full(&self, pending: Pending) -> Verdict {
         let Pending { route_id, need, identity, session_key, .. } = pending;
         let Some(identity) = identity else {
             return self.finish(Err(Denial::unauthenticated(&AuthError::Missing)), None);

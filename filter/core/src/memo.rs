@@ -8,7 +8,7 @@ use std::hash::Hash;
 
 /// At most `capacity` entries (0: none are kept); when full, the oldest inserted goes first.
 /// Every value it holds was inserted by its user: it never answers a key it was not given.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Memo<K, V> {
     map: HashMap<K, V>,
     order: VecDeque<K>,

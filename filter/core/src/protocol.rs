@@ -31,7 +31,7 @@ use log::{debug, info};
 use crate::guard::{Guard, Pending, RequestHead, Step};
 use crate::jwt::VerifierState;
 use crate::lookup::{LookupCache, LookupKey, Resolver};
-use crate::session::SessionCache;
+use crate::session::{SessionCache, SessionMemo};
 use crate::shared::{inflight, SharedStore};
 use crate::validation::{CalloutRequest, TokenBucket, Validator};
 use crate::verdict::Verdict;
@@ -274,6 +274,8 @@ pub struct Worker {
     next_call: u64,
     /// Tokens this worker verified and the remote JWK Sets it fetched (current configuration).
     keys: VerifierState,
+    /// Session entries this worker decoded (current configuration).
+    session_memo: SessionMemo,
     /// This worker's allowance of callouts about sessions the cache has never seen (current
     /// configuration; `None` without a validation service).
     cold_callouts: Option<TokenBucket>,
@@ -319,8 +321,10 @@ impl Worker {
         if guard.validator().is_some() || guard.resolver().is_some() {
             inflight::prepare(store);
         }
+        self.session_memo = SessionMemo::default();
         if let Some(v) = guard.validator() {
             SessionCache::new(&v.cache).prepare(store);
+            self.session_memo = SessionMemo::new(usize::try_from(v.cache.memo_entries).unwrap_or(usize::MAX));
         }
         if let Some(r) = guard.resolver() {
             LookupCache::new(r).prepare(store);
@@ -444,6 +448,12 @@ impl Worker {
         self.advance(&mut Ctx { guard, store, now_ms }, req, step);
     }
 
+    /// Whether request `req`'s response matters ([`Worker::response`]): only a logout's does, so
+    /// a host need not read the others' status.
+    pub fn awaits_response(&self, req: RequestId) -> bool {
+        self.requests.get(&req).is_some_and(|r| r.logout.is_some())
+    }
+
     /// Request `req`'s upstream answered with `status`: a logout that succeeded evicts its
     /// session for every worker.
     pub fn response<S: SharedStore + ?Sized>(
@@ -474,7 +484,9 @@ impl Worker {
     /// it; the claims its callouts held are given up at once (the host will not deliver their
     /// answers to a context that is gone), so the next tick of a worker with waiters asks again
     /// rather than every waiter sitting out the claim's deadline.
-    pub fn dropped<S: SharedStore + ?Sized>(&mut self, store: &mut S, now_ms: u64, req: RequestId) {
+    /// `now_ms` is asked only if a claim is given up: most requests hold none, and the time is
+    /// a host call.
+    pub fn dropped<S: SharedStore + ?Sized>(&mut self, store: &mut S, now_ms: impl FnOnce() -> u64, req: RequestId) {
         self.requests.remove(&req);
         self.forget_waits(req);
         self.awaiting_keys.retain(|c| *c != req);
@@ -491,6 +503,10 @@ impl Worker {
             _ => true,
         });
         self.tokens.retain(|_, id| self.calls.contains_key(id));
+        if orphaned.is_empty() {
+            return;
+        }
+        let now_ms = now_ms();
         for claim in orphaned {
             inflight::finish(store, &claim, now_ms, None);
         }

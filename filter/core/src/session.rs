@@ -1,8 +1,11 @@
 //! The session cache: what an entry holds, when it is fresh, and the eviction ring it lives in
 //! (kept in shared data by [`crate::shared::table`]).
 
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::memo::Memo;
 use crate::shared::table::{self, Put, Table};
 use crate::shared::{SharedStore, Unwritten};
 
@@ -20,6 +23,8 @@ pub struct CacheSettings {
     pub max_entries: u64,
     /// Bound on cached invalid-session answers (a space of their own).
     pub max_negative_entries: u64,
+    /// Bound on each worker's [`SessionMemo`].
+    pub memo_entries: u64,
 }
 
 /// What the validation service said about a session, and when.
@@ -128,6 +133,41 @@ impl Record {
     }
 }
 
+/// Session entries one worker decoded, by session key, with the compare-and-swap token of the
+/// bucket they were read at (see [`SessionCache::get_memoized`]). Bounded by
+/// `session.memo_entries`; one belongs to one configuration (a new one may bucket keys
+/// differently).
+#[derive(Debug, Default)]
+pub struct SessionMemo(Memo<Rc<str>, Memoized>);
+
+impl SessionMemo {
+    /// A memo of at most `capacity` sessions (0: none).
+    pub fn new(capacity: usize) -> Self {
+        SessionMemo(Memo::new(capacity))
+    }
+
+    /// How many sessions are remembered.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One session as a worker last read it.
+#[derive(Debug)]
+struct Memoized {
+    /// Its bucket's shared-data key (worked out once).
+    bucket: String,
+    /// The bucket's compare-and-swap token when read (`None`: no bucket, nothing to trust).
+    cas: Option<u32>,
+    /// The entry read then (`None`: none, or logged out).
+    entry: Option<Rc<SessionEntry>>,
+}
+
 /// What storing an answer did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -160,10 +200,36 @@ impl SessionCache {
 
     /// The cached entry of session `key`.
     pub fn get<S: SharedStore + ?Sized>(&self, store: &S, key: &str) -> Option<SessionEntry> {
-        match Record::decode(&self.table.get(store, key)?.value)? {
+        Self::entry(self.table.get(store, key))
+    }
+
+    fn entry(stored: Option<table::Stored>) -> Option<SessionEntry> {
+        match Record::decode(&stored?.value)? {
             Record::Entry(entry) => Some(entry),
             Record::LoggedOut(_) => None,
         }
+    }
+
+    /// [`SessionCache::get`], decoded again only if the session's bucket changed since `memo`
+    /// last read it: the bucket's compare-and-swap token changes with every write to it (the
+    /// host counts them for all keys together), so an unchanged token means unchanged bytes.
+    /// The bucket is still read each time, so another worker's answer or logout is seen at
+    /// once.
+    pub fn get_memoized<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        key: &str,
+        memo: &mut SessionMemo,
+    ) -> Option<Rc<SessionEntry>> {
+        let known = memo.0.get(key);
+        let bucket = known.map_or_else(|| self.table.bucket(key), |m| m.bucket.clone());
+        let (bytes, cas) = store.get(&bucket);
+        if let Some(m) = known.filter(|m| m.cas.is_some() && m.cas == cas) {
+            return m.entry.clone();
+        }
+        let entry = Self::entry(Table::find(bytes.as_deref(), cas, key)).map(Rc::new);
+        memo.0.insert(key.into(), Memoized { bucket, cas, entry: entry.clone() });
+        entry
     }
 
     /// Stores the answer to a callout asked at `asked_at_ms`, unless the session was logged out
@@ -267,6 +333,40 @@ mod tests {
         assert_eq!(Ring::of(&entry(true, 0, None)), Ring::Valid);
         assert_eq!(Ring::of(&entry(false, 0, None)), Ring::Invalid);
         assert_eq!((Ring::Valid.capacity(&v), Ring::Invalid.capacity(&v)), (50, 7));
+    }
+
+    #[test]
+    fn the_memo_answers_while_the_bucket_is_unchanged_and_sees_every_write_to_it() {
+        use crate::shared::MemoryStore;
+        let v = validator(r#"{"max_entries": 4, "max_negative_entries": 4}"#);
+        let (cache, mut store, mut memo) = (SessionCache::new(&v), MemoryStore::default(), SessionMemo::new(8));
+        cache.prepare(&mut store);
+        assert_eq!(cache.get_memoized(&store, "p/s1", &mut memo), None);
+        let first = entry(true, ms(1000), None);
+        cache.put(&mut store, "p/s1", &first, ms(1000), ms(1000)).unwrap();
+        let read = cache.get_memoized(&store, "p/s1", &mut memo).unwrap();
+        assert_eq!(*read, first, "the write is seen: its bucket changed");
+        let again = cache.get_memoized(&store, "p/s1", &mut memo).unwrap();
+        assert!(Rc::ptr_eq(&read, &again), "unchanged bucket: the decoded entry is reused");
+        // A newer answer, stored by another worker.
+        let second = SessionEntry { roles: vec!["admin".into()], ..entry(true, ms(1005), None) };
+        cache.put(&mut store, "p/s1", &second, ms(1005), ms(1005)).unwrap();
+        assert_eq!(cache.get_memoized(&store, "p/s1", &mut memo).as_deref(), Some(&second));
+        // A logout, by another worker.
+        cache.log_out(&mut store, "p/s1", ms(1006), 1000).unwrap();
+        assert_eq!(cache.get_memoized(&store, "p/s1", &mut memo), None);
+        // A write for another key (in the same bucket or not) changes nothing for this one.
+        cache.put(&mut store, "p/s2", &first, ms(1007), ms(1007)).unwrap();
+        let s2 = cache.get_memoized(&store, "p/s2", &mut memo);
+        assert_eq!((cache.get_memoized(&store, "p/s1", &mut memo), s2.as_deref()), (None, Some(&first)));
+        // Bounded.
+        for n in 0..20 {
+            let _ = cache.get_memoized(&store, &format!("p/x{n}"), &mut memo);
+        }
+        assert_eq!(memo.len(), 8);
+        let mut off = SessionMemo::new(0);
+        assert_eq!(cache.get_memoized(&store, "p/s2", &mut off).as_deref(), Some(&first));
+        assert!(off.is_empty());
     }
 
     #[test]

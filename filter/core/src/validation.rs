@@ -119,6 +119,7 @@ impl Validator {
                 stale_grace_secs: cfg.stale_grace_secs,
                 max_entries: session.max_entries,
                 max_negative_entries: session.max_negative_entries,
+                memo_entries: session.memo_entries,
             },
             token_roles: cfg.token_roles,
             max_cold_callouts_per_sec: cfg.max_cold_callouts_per_sec,

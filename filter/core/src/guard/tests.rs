@@ -890,3 +890,62 @@ fn resolver_configuration_is_checked() {
         "playbook": {"json_fields": [{"pointer": "/id", "lookup": "user_id"}]}}}]);
     assert!(Guard::from_json(config(json!({"routes": unknown_kind})).to_string().as_bytes(), &env).is_err());
 }
+
+/// The terse path (the filter's) decides every request as the full path does; only an allow's
+/// detail is left out. Each request is sent twice, the second answered from the decision memo.
+#[test]
+fn terse_decisions_are_the_full_decisions_without_the_detail() {
+    let requests: &[(&str, &str, &str)] = &[
+        ("GET", "/api/catalog/data/daily_load/ui_schema", ""),
+        ("GET", "/api/catalog/system/reset/ui_schema", ""),
+        ("POST", "/api/playbooks/data/load/run", ""),
+        ("POST", "/api/playbooks/system/reset/run", ""),
+        ("POST", "/api/run/playbook", r#"{"path": "data/load"}"#),
+        ("POST", "/api/run/playbook", r#"{"path": "system/reset"}"#),
+        ("POST", "/api/run/playbook", r#"{"catalog_id": "123"}"#),
+        ("GET", "/api/me", ""),
+        ("GET", "/api/catalog/api_integration/amadeus_ai_api/ui_schema", ""),
+        ("GET", "/nowhere", ""),
+    ];
+    let role_sets: &[&[&str]] =
+        &[&[], &["viewer"], &["analyst"], &["developer"], &["admin"], &["analyst", "developer"], &["nobody"]];
+    for mode in ["enforce", "audit"] {
+        let full = guard_with(json!({"mode": mode}));
+        let mut terse = guard_with(json!({"mode": mode}));
+        terse.set_terse(true);
+        for roles in role_sets {
+            let headers = bearer(&crate::testing::token(roles, NOW));
+            for (method, path, body) in requests {
+                let expected = match crate::testing::send(&full, method, path, &headers, body) {
+                    Verdict::Allow { headers, audited: None, logout, .. } => {
+                        Verdict::Allow { headers, detail: String::new(), audited: None, logout }
+                    }
+                    other => other,
+                };
+                for round in 0..2 {
+                    let got = crate::testing::send(&terse, method, path, &headers, body);
+                    let got = match got {
+                        // An allow whose detail the terse path wrote anyway (it took the full path).
+                        Verdict::Allow { headers, audited: None, logout, .. } => {
+                            Verdict::Allow { headers, detail: String::new(), audited: None, logout }
+                        }
+                        other => other,
+                    };
+                    assert_eq!(got, expected, "{mode} {roles:?} {method} {path} {body} (round {round})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn terse_allows_carry_no_detail_and_the_memo_is_bounded() {
+    let mut g = guard_with(json!({"decision_cache_size": 2}));
+    g.set_terse(true);
+    let headers = bearer(&crate::testing::token(&["analyst"], NOW));
+    for n in 0..5 {
+        let v = crate::testing::send(&g, "GET", &format!("/api/catalog/data/p{n}/ui_schema"), &headers, "");
+        assert!(matches!(&v, Verdict::Allow { detail, .. } if detail.is_empty()), "{v:?}");
+    }
+    assert_eq!(g.decisions.borrow().len(), 2);
+}

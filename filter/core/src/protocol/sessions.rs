@@ -16,15 +16,16 @@ type Outcome<'a> = Result<&'a SessionEntry, &'a CalloutFailure>;
 impl Worker {
     /// Goes on from the session's cache entry, or refreshes it.
     pub(super) fn session<S: SharedStore + ?Sized>(&mut self, ctx: &mut Ctx<'_, S>, req: RequestId, pending: Pending) {
-        let cached = ctx.sessions().and_then(|(_, cache)| cache.get(&*ctx.store, pending.session_key()));
-        match ctx.guard.on_session(pending, cached.as_ref(), ctx.now_ms) {
+        let memo = &mut self.session_memo;
+        let cached = ctx.sessions().and_then(|(_, cache)| cache.get_memoized(&*ctx.store, pending.session_key(), memo));
+        match ctx.guard.on_session(pending, cached.as_deref(), ctx.now_ms) {
             SessionStep::Hit(step) => {
                 self.count(Stat::CacheHits, 1);
                 self.advance(ctx, req, step);
             }
             SessionStep::Miss(pending) => {
                 self.count(Stat::CacheMisses, 1);
-                self.refresh(ctx, req, pending, cached);
+                self.refresh(ctx, req, pending, cached.as_deref().cloned());
             }
         }
     }

@@ -263,7 +263,7 @@ impl<'g> Sim<'g> {
     fn drop_request(&self, w: usize, id: RequestId) {
         mut_of(&self.world).requests.remove(&id);
         mut_of(&self.world).network.retain(|c| !(c.worker == w && c.owner == Some(id)));
-        self.with_worker(w, |worker, store, now| worker.dropped(store, now, id));
+        self.with_worker(w, |worker, store, now| worker.dropped(store, || now, id));
     }
 
     /// A client goes away: a waiting request on worker `w` (any worker with `None`).

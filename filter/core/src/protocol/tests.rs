@@ -116,7 +116,7 @@ fn a_dropped_owner_lets_its_claim_go_and_nothing_resumes_it() {
     let mut one = One::new();
     let (actions, _) = one.request(1, "s-0", "/api/me");
     one.send(&actions, 100);
-    one.worker.dropped(&mut one.store, START_MS + 1, 1);
+    one.worker.dropped(&mut one.store, || START_MS + 1, 1);
     assert_eq!(inflight::mark(&one.store, "noetl/s-0", START_MS + 1), None);
     assert_eq!(one.answer(100, Some(200), VALID), [], "its answer is no longer awaited");
     assert_eq!(one.worker.held(), 0);

@@ -98,7 +98,8 @@ impl Table {
         Table { prefix, buckets: capacity.div_ceil(RECORDS_PER_BUCKET).max(1) }
     }
 
-    fn bucket(&self, key: &str) -> String {
+    /// The shared-data key of the bucket `key`'s record lives in.
+    pub fn bucket(&self, key: &str) -> String {
         format!("{}/{}", self.prefix, fnv1a(key) % self.buckets)
     }
 
@@ -125,7 +126,12 @@ impl Table {
     /// The record of `key`.
     pub fn get<S: SharedStore + ?Sized>(&self, store: &S, key: &str) -> Option<Stored> {
         let (value, cas) = store.get(&self.bucket(key));
-        let row = decode(value.as_deref()).into_iter().find(|r| r.key == key)?;
+        Self::find(value.as_deref(), cas, key)
+    }
+
+    /// The record of `key` in a bucket read as `bytes` at `cas` (see [`Table::bucket`]).
+    pub fn find(bytes: Option<&[u8]>, cas: Option<u32>, key: &str) -> Option<Stored> {
+        let row = decode(bytes).into_iter().find(|r| r.key == key)?;
         Some(Stored { value: row.value, ring: row.ring, cas })
     }
 

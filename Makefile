@@ -21,6 +21,9 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 WASM      := build/playbook_guard.wasm
 RAW_WASM  := target/wasm32-wasip1/release/playbook_guard.wasm
+# The Wasm floor (bench/floor) that `make bench` measures the filter against.
+FLOOR     := build/playbook_guard_floor.wasm
+RAW_FLOOR := target/wasm32-wasip1/release/playbook_guard_floor.wasm
 CLI       := target/debug/playbook-guard
 STANDIN   := target/debug/validation-service
 WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
@@ -55,10 +58,13 @@ toolchain:
 
 # Cargo decides what is stale, so it is always asked; it leaves an up-to-date artifact (and its
 # timestamp) alone, which is what lets the rule for $(WASM) compare timestamps.
-.PHONY: wasm-cargo $(CLI) $(STANDIN)
+.PHONY: wasm-cargo floor-cargo $(CLI) $(STANDIN)
 wasm-cargo:
 	cargo build -p playbook-guard --target wasm32-wasip1 --release
 $(RAW_WASM): wasm-cargo ;
+floor-cargo:
+	cargo build -p playbook-guard-floor --target wasm32-wasip1 --release
+$(RAW_FLOOR): floor-cargo ;
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -71,12 +77,22 @@ $(STANDIN):
 # minute: it runs only when the raw module is newer than the optimised one (or wasm-opt has just
 # been installed). Without Node.js the unoptimised module is used as it is.
 $(WASM): $(RAW_WASM) $(WASM_OPT)
+	$(call wasm_opt,$(RAW_WASM),$(WASM))
+
+# The floor goes through the same release profile and the same wasm-opt step as the filter, so
+# the bench compares two modules built alike.
+$(FLOOR): $(RAW_FLOOR) $(WASM_OPT)
+	$(call wasm_opt,$(RAW_FLOOR),$(FLOOR))
+
+# $(call wasm_opt,raw module,optimised module)
+define wasm_opt
 	@mkdir -p build
 	@if [ -x $(WASM_OPT) ]; then \
-	    echo "wasm-opt $(RAW_WASM)"; \
-	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(RAW_WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
-	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(RAW_WASM) $(WASM); fi
-	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+	    echo "wasm-opt $(1)"; \
+	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(2).tmp && mv $(2).tmp $(2); \
+	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(1) $(2); fi
+	@echo "built $(2): $$(stat -c %s $(2)) bytes"
+endef
 
 # Installed only when missing. Without npm there is none, so $(WASM) is copied from the raw
 # module on every build (a copy, not a minute of wasm-opt).
@@ -107,7 +123,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
-	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
+	cargo clippy -p playbook-guard -p playbook-guard-floor --target wasm32-wasip1 --quiet -- -D warnings
 	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
 	@# The core's test fixtures are for tests only: the filter must never enable them.
 	@if cargo tree -p playbook-guard --target wasm32-wasip1 -e features -i playbook-guard-core 2>/dev/null \
@@ -157,7 +173,7 @@ e2e: build venv postgres
 #
 # First, the core's decision alone, natively and in V8 (filter/core/tests/decision_time.rs, release
 # builds, microseconds per request): what the engine costs, apart from Envoy and the ABI.
-bench: build venv node $(WASM_BINDGEN_RUNNER)
+bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
 	    cargo test --release -p playbook-guard-core --target wasm32-unknown-unknown --test decision_time \

@@ -2,7 +2,9 @@
 #   make run        build, start Envoy with the filter before a demo upstream, print curl lines
 #   make test       every test: core (native, wasmtime, V8), CLI, harness, end-to-end in real Envoy
 #   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
-#   make bench      the core's decision time (native, V8), instructions per request, requests/s in Envoy
+#   make bench      the core's decision time (native, V8), instructions per request (and per callback
+#                   beside the Wasm floor), requests/s and latency in Envoy against no filter,
+#                   jwt_authn + rbac and the floor, drawn as build/bench.svg
 #   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
 #                   of the protocol across workers, then each libFuzzer target
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
@@ -161,18 +163,24 @@ $(WASM_BINDGEN_RUNNER):
 	cargo install --quiet --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT) \
 	    || cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 
-e2e: build venv postgres
+e2e: build $(FLOOR) venv postgres
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
 
-# Performance: wasm instructions per request through the real filter (deterministic), then
-# requests/s through real Envoy with the filter on the session-cache-hit path against the same
-# Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk). Never sudo: a missing wrk is
+# Performance: wasm instructions per request through the real filter (deterministic), by path and,
+# for the session-cache hit, callback by callback beside the Wasm floor (bench/floor); then
+# requests/s and latency through real Envoy in four configurations in one run: no filter, Envoy's
+# jwt_authn + rbac, the floor, the filter on the session-cache-hit path (test-harness/e2e/
+# bench_envoy.py; load from wrk; Envoy and wrk pinned to a core each with taskset), written to
+# build/bench.json and drawn as build/bench.svg (bench-plot). Never sudo: a missing wrk is
 # installed with apt-get only when running as root; otherwise the Envoy part is skipped, saying so.
 #
 # First, the core's decision alone, natively and in V8 (filter/core/tests/decision_time.rs, release
 # builds, microseconds per request): what the engine costs, apart from Envoy and the ABI.
+#
+# BENCH_ARGS go to bench_envoy.py (default: 3 rounds of 8 s each), e.g. BENCH_ARGS="--duration 3 --rounds 1".
+BENCH_ARGS ?=
 bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
@@ -184,9 +192,10 @@ bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
 	        || echo "apt-get could not install wrk"; fi
 	@if command -v wrk >/dev/null; then \
-	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
-	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
-	    $(PY) test-harness/e2e/bench_envoy.py; \
+	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
+	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
+	    $(PY) test-harness/e2e/bench_envoy.py $(BENCH_ARGS) --output build/bench.json \
+	    && cargo run --quiet -p playbook-guard-bench-plot -- --input build/bench.json --output build/bench.svg; \
 	else echo "skipping requests/s through Envoy: wrk is not installed (it is Debian's package wrk;" \
 	    "make bench installs it only when run as root)"; fi
 

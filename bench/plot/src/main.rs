@@ -125,29 +125,10 @@ fn name_of(configs: &[Configuration]) -> impl Fn(&SegmentValue<usize>) -> String
 fn throughput(report: &Report, area: &Area) -> DrawResult {
     let configs = &report.configurations;
     let top = configs.iter().flat_map(|c| c.rounds.iter().chain([&c.median])).map(|f| f.rps).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(area)
-        .caption("requests/s (bar: median, dots: rounds)", ("sans-serif", 14))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(slots(configs), 0.0..top * 1.15)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .light_line_style(WHITE)
-        .x_labels(configs.len())
-        .x_label_formatter(&name_of(configs))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()?;
-    let width = slot_width(chart.plotting_area().dim_in_pixel().0, configs.len());
-    chart.draw_series(configs.iter().enumerate().map(|(i, c)| {
-        let mut bar = Rectangle::new(
-            [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), c.median.rps)],
-            colour(i).filled(),
-        );
-        bar.set_margin(0, 0, width / 6, width / 6);
-        bar
-    }))?;
+    let (mut chart, width) = slot_chart(area, configs, "requests/s (bar: median, dots: rounds)", top, 0)?;
+    chart.draw_series(
+        configs.iter().enumerate().map(|(i, c)| bar(i, c.median.rps, colour(i).filled(), width / 6, width / 6)),
+    )?;
     chart.draw_series(
         configs
             .iter()
@@ -169,30 +150,13 @@ fn throughput(report: &Report, area: &Area) -> DrawResult {
 fn latency(report: &Report, area: &Area) -> DrawResult {
     let configs = &report.configurations;
     let top = configs.iter().map(|c| c.median.p99_ms.max(c.median.p50_ms)).fold(0.01, f64::max);
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency, ms (median of rounds; left p50, right p99)", ("sans-serif", 14))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(slots(configs), 0.0..top * 1.15)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .light_line_style(WHITE)
-        .x_labels(configs.len())
-        .x_label_formatter(&name_of(configs))
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .draw()?;
-    let width = slot_width(chart.plotting_area().dim_in_pixel().0, configs.len());
+    let (mut chart, width) = slot_chart(area, configs, "latency, ms (median of rounds; left p50, right p99)", top, 1)?;
     for p50 in [true, false] {
         let pick = |f: &Figures| if p50 { f.p50_ms } else { f.p99_ms };
         let (l, r) = if p50 { (width / 8, width / 2) } else { (width / 2, width / 8) };
         chart.draw_series(configs.iter().enumerate().map(|(i, c)| {
             let style = if p50 { colour(i).mix(0.55).filled() } else { colour(i).filled() };
-            let mut bar =
-                Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), pick(&c.median))], style);
-            bar.set_margin(0, 0, l, r);
-            bar
+            bar(i, pick(&c.median), style, l, r)
         }))?;
         // Each value beside the slot's centre, on its own bar's side.
         let side = if p50 { HPos::Right } else { HPos::Left };
@@ -203,6 +167,49 @@ fn latency(report: &Report, area: &Area) -> DrawResult {
         }))?;
     }
     Ok(())
+}
+
+type SlotChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<
+        plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// A chart with one slot per configuration (named under it) and values from 0 to a little above
+/// `top`, its mesh drawn; and the width of a slot in pixels.
+fn slot_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    configs: &[Configuration],
+    caption: &str,
+    top: f64,
+    decimals: usize,
+) -> Result<(SlotChart<'a, 'b>, u32), DrawingAreaErrorKind<std::io::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(slots(configs), 0.0..top * 1.15)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        .x_labels(configs.len())
+        .x_label_formatter(&name_of(configs))
+        .y_label_formatter(&|v| format!("{v:.decimals$}"))
+        .draw()?;
+    let width = slot_width(chart.plotting_area().dim_in_pixel().0, configs.len());
+    Ok((chart, width))
+}
+
+/// A bar in slot `i` up to `value`, narrowed by `left` and `right` pixels.
+fn bar(i: usize, value: f64, style: ShapeStyle, left: u32, right: u32) -> Rectangle<(SegmentValue<usize>, f64)> {
+    let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), value)], style);
+    bar.set_margin(0, 0, left, right);
+    bar
 }
 
 /// One slot per configuration on the x axis (an integer range's segments include its end).

@@ -2,7 +2,9 @@
 #   make run        build, start Envoy with the filter before a demo upstream, print curl lines
 #   make test       every test: core (native, wasmtime, V8), CLI, harness, end-to-end in real Envoy
 #   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
-#   make bench      the core's decision time (native, V8), instructions per request, requests/s in Envoy
+#   make bench      the core's decision time (native, V8), instructions per request (and per callback
+#                   beside the Wasm floor), requests/s and latency in Envoy against no filter,
+#                   jwt_authn + rbac and the floor, drawn as build/bench.svg
 #   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
 #                   of the protocol across workers, then each libFuzzer target
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
@@ -21,6 +23,9 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 WASM      := build/playbook_guard.wasm
 RAW_WASM  := target/wasm32-wasip1/release/playbook_guard.wasm
+# The Wasm floor (bench/floor) that `make bench` measures the filter against.
+FLOOR     := build/playbook_guard_floor.wasm
+RAW_FLOOR := target/wasm32-wasip1/release/playbook_guard_floor.wasm
 CLI       := target/debug/playbook-guard
 STANDIN   := target/debug/validation-service
 WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
@@ -55,10 +60,13 @@ toolchain:
 
 # Cargo decides what is stale, so it is always asked; it leaves an up-to-date artifact (and its
 # timestamp) alone, which is what lets the rule for $(WASM) compare timestamps.
-.PHONY: wasm-cargo $(CLI) $(STANDIN)
+.PHONY: wasm-cargo floor-cargo $(CLI) $(STANDIN)
 wasm-cargo:
 	cargo build -p playbook-guard --target wasm32-wasip1 --release
 $(RAW_WASM): wasm-cargo ;
+floor-cargo:
+	cargo build -p playbook-guard-floor --target wasm32-wasip1 --release
+$(RAW_FLOOR): floor-cargo ;
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -71,12 +79,22 @@ $(STANDIN):
 # minute: it runs only when the raw module is newer than the optimised one (or wasm-opt has just
 # been installed). Without Node.js the unoptimised module is used as it is.
 $(WASM): $(RAW_WASM) $(WASM_OPT)
+	$(call wasm_opt,$(RAW_WASM),$(WASM))
+
+# The floor goes through the same release profile and the same wasm-opt step as the filter, so
+# the bench compares two modules built alike.
+$(FLOOR): $(RAW_FLOOR) $(WASM_OPT)
+	$(call wasm_opt,$(RAW_FLOOR),$(FLOOR))
+
+# $(call wasm_opt,raw module,optimised module)
+define wasm_opt
 	@mkdir -p build
 	@if [ -x $(WASM_OPT) ]; then \
-	    echo "wasm-opt $(RAW_WASM)"; \
-	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(RAW_WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
-	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(RAW_WASM) $(WASM); fi
-	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+	    echo "wasm-opt $(1)"; \
+	    $(WASM_OPT) $(WASM_OPT_FLAGS) $(1) -o $(2).tmp && mv $(2).tmp $(2); \
+	else echo "note: wasm-opt unavailable (no npm); using the unoptimised module"; cp $(1) $(2); fi
+	@echo "built $(2): $$(stat -c %s $(2)) bytes"
+endef
 
 # Installed only when missing. Without npm there is none, so $(WASM) is copied from the raw
 # module on every build (a copy, not a minute of wasm-opt).
@@ -107,7 +125,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
-	cargo clippy -p playbook-guard --target wasm32-wasip1 --quiet -- -D warnings
+	cargo clippy -p playbook-guard -p playbook-guard-floor --target wasm32-wasip1 --quiet -- -D warnings
 	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
 	@# The core's test fixtures are for tests only: the filter must never enable them.
 	@if cargo tree -p playbook-guard --target wasm32-wasip1 -e features -i playbook-guard-core 2>/dev/null \
@@ -145,19 +163,25 @@ $(WASM_BINDGEN_RUNNER):
 	cargo install --quiet --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT) \
 	    || cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 
-e2e: build venv postgres
+e2e: build $(FLOOR) venv postgres
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
 
-# Performance: wasm instructions per request through the real filter (deterministic), then
-# requests/s through real Envoy with the filter on the session-cache-hit path against the same
-# Envoy without it (test-harness/e2e/bench_envoy.py; load from wrk). Never sudo: a missing wrk is
+# Performance: wasm instructions per request through the real filter (deterministic), by path and,
+# for the session-cache hit, callback by callback beside the Wasm floor (bench/floor); then
+# requests/s and latency through real Envoy in four configurations in one run: no filter, Envoy's
+# jwt_authn + rbac, the floor, the filter on the session-cache-hit path (test-harness/e2e/
+# bench_envoy.py; load from wrk; Envoy and wrk pinned to a core each with taskset), written to
+# build/bench.json and drawn as build/bench.svg (bench-plot). Never sudo: a missing wrk is
 # installed with apt-get only when running as root; otherwise the Envoy part is skipped, saying so.
 #
 # First, the core's decision alone, natively and in V8 (filter/core/tests/decision_time.rs, release
 # builds, microseconds per request): what the engine costs, apart from Envoy and the ABI.
-bench: build venv node $(WASM_BINDGEN_RUNNER)
+#
+# BENCH_ARGS go to bench_envoy.py (default: 3 rounds of 8 s each), e.g. BENCH_ARGS="--duration 3 --rounds 1".
+BENCH_ARGS ?=
+bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
 	    cargo test --release -p playbook-guard-core --target wasm32-unknown-unknown --test decision_time \
@@ -168,9 +192,10 @@ bench: build venv node $(WASM_BINDGEN_RUNNER)
 	    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
 	        || echo "apt-get could not install wrk"; fi
 	@if command -v wrk >/dev/null; then \
-	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
-	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
-	    $(PY) test-harness/e2e/bench_envoy.py; \
+	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
+	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
+	    $(PY) test-harness/e2e/bench_envoy.py $(BENCH_ARGS) --output build/bench.json \
+	    && cargo run --quiet -p playbook-guard-bench-plot -- --input build/bench.json --output build/bench.svg; \
 	else echo "skipping requests/s through Envoy: wrk is not installed (it is Debian's package wrk;" \
 	    "make bench installs it only when run as root)"; fi
 

@@ -1,4 +1,6 @@
-//! Wasm instructions (wasmtime fuel) the filter spends per request, by path.
+//! Wasm instructions (wasmtime fuel) the filter spends per request, by path; then the
+//! session-cache-hit request callback by callback, beside the Wasm floor (`bench/floor`: reads one
+//! header, sets one) driven through the same callbacks, with the ratio guard / floor per phase.
 //!
 //! Fuel counts instructions executed, so these figures do not move with machine load; compare
 //! them across commits. Run with `make bench` (or `cargo bench -p playbook-guard-test-harness`).
@@ -8,8 +10,11 @@
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use playbook_guard_core::testing::{self, ROLES_CLAIM, SECRET, SECRET_ENV};
 use playbook_guard_test_harness::workspace::workspace_root;
-use playbook_guard_test_harness::{playbook_guard_filter, Host, HostOptions, HttpCallResponse, Request, Vm};
+use playbook_guard_test_harness::{
+    floor_filter, playbook_guard_filter, ExportFuel, HarnessError, Host, HostOptions, HttpCallResponse, Request, Vm,
+};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 const SAMPLES: usize = 201;
 
@@ -62,6 +67,72 @@ fn median(vm: &mut Vm, request: &Request) -> u64 {
     fuel[SAMPLES / 2]
 }
 
+/// The callbacks of one request in the order Envoy makes them (a `direct_response` answer:
+/// response headers, then its body); any other export a filter was called on is listed after.
+const PHASES: [&str; 7] = [
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_done",
+    "proxy_on_log",
+    "proxy_on_delete",
+];
+
+/// One whole request as Envoy runs it, from the context's creation to its deletion, answered
+/// 200 by the route; the fuel of each callback.
+fn whole_request(vm: &mut Vm, request: &Request) -> BTreeMap<String, ExportFuel> {
+    let (status, phases) = vm
+        .fuel_by_export_used(|vm| {
+            let exchange = vm.send_request(request)?;
+            let id = exchange.context_id;
+            vm.on_response_headers(id, &[(":status", "200"), ("content-length", "3")], false)?;
+            vm.on_response_body(id, b"ok\n", true)?;
+            vm.finish(id)?;
+            Ok::<_, HarnessError>(exchange.outcome.status())
+        })
+        .unwrap();
+    assert_eq!(status, Some(200), "the measured request is allowed");
+    phases
+}
+
+/// The median fuel of each phase, and of the whole request, over `SAMPLES` requests.
+fn median_phases(vm: &mut Vm, request: &Request) -> (BTreeMap<String, u64>, u64) {
+    let samples: Vec<BTreeMap<String, ExportFuel>> = (0..SAMPLES).map(|_| whole_request(vm, request)).collect();
+    let med = |mut values: Vec<u64>| {
+        values.sort_unstable();
+        values[SAMPLES / 2]
+    };
+    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(BTreeMap::keys).collect();
+    let phases = names
+        .into_iter()
+        .map(|name| (name.clone(), med(samples.iter().map(|s| s.get(name).map_or(0, |p| p.fuel)).collect())))
+        .collect();
+    let total = med(samples.iter().map(|s| s.values().map(|p| p.fuel).sum()).collect());
+    (phases, total)
+}
+
+fn print_phases(guard: &(BTreeMap<String, u64>, u64), floor: &(BTreeMap<String, u64>, u64)) {
+    let mut names: Vec<&str> = PHASES.to_vec();
+    for name in guard.0.keys().chain(floor.0.keys()) {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let ratio = |g: u64, f: u64| if f == 0 { "-".to_owned() } else { format!("{:.2}", g as f64 / f as f64) };
+    println!("\nwasm instructions per callback, HS256 + session cache hit, whole request (median of {SAMPLES}):");
+    println!("  {:<28} {:>14} {:>10} {:>12}", "phase (export)", "playbook-guard", "floor", "guard/floor");
+    for name in names {
+        let (g, f) = (guard.0.get(name).copied(), floor.0.get(name).copied());
+        if g.is_none() && f.is_none() {
+            continue;
+        }
+        let (g, f) = (g.unwrap_or(0), f.unwrap_or(0));
+        println!("  {name:<28} {g:>14} {f:>10} {:>12}", ratio(g, f));
+    }
+    println!("  {:<28} {:>14} {:>10} {:>12}", "total", guard.1, floor.1, ratio(guard.1, floor.1));
+}
+
 fn main() {
     let filter = playbook_guard_filter().unwrap();
     let host = Host::with_options(&filter, HostOptions::default().env(SECRET_ENV, SECRET));
@@ -100,4 +171,11 @@ fn main() {
     for (what, fuel) in rows {
         println!("  {what:<34} {fuel:>12}");
     }
+
+    let hit = Request::get("/api/catalog/data/x").bearer(&hs_cached);
+    let guard = median_phases(&mut cached, &hit);
+    let floor_host = Host::new(&floor_filter().unwrap());
+    let mut floor = floor_host.configured_vm(b"").unwrap();
+    let floor = median_phases(&mut floor, &hit);
+    print_phases(&guard, &floor);
 }

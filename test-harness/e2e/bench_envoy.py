@@ -1,19 +1,29 @@
-"""Requests per second through real Envoy with the filter (session-cache-hit path) against the
-same Envoy without it, in the same run. A script for `make bench`, not a test (pytest does not
-collect it: the name does not start with test_ and it defines no test_ functions).
+"""Requests per second and latency through real Envoy, four configurations in one run: no filter,
+Envoy's native jwt_authn + rbac doing the same token checks, the Wasm floor (bench/floor: reads
+one header, sets one) and playbook-guard on the session-cache-hit path. A script for `make bench`,
+not a test (pytest does not collect it: the name does not start with test_ and it defines no
+test_ functions).
 
-Both Envoys run the bootstrap conftest.py starts from (envoy/envoy.yaml, loopback ports picked per
-run), with one worker each and a `direct_response` route, so neither an upstream nor a second
-worker is in the measurement; the only difference is the playbook-guard entry in http_filters.
-The filter asks the harness's validation-service stand-in about the session once; every
-measured request is then a cache hit: JWT verified, policy decided, no callout. The load comes
-from wrk (Debian package `wrk`), runs alternate (filter, no filter, ...), and the script prints
-requests/s, the ratio filter / no filter and the latency the filter adds at p50 and p99.
+Every Envoy runs the bootstrap conftest.py starts from (envoy/envoy.yaml, loopback ports picked per
+run), with one worker and a `direct_response` route, so neither an upstream nor a second worker is
+in the measurement; only http_filters differ. Each Envoy is pinned to CPU 0 and wrk (-t1) to CPU 1,
+so the load generator does not take the proxy's core. playbook-guard asks the harness's
+validation-service stand-in about the session once; every measured request is then a cache hit:
+JWT verified, policy decided, no callout. Each round runs every configuration once, one after the
+other; the figures are the medians of the rounds. Before measuring, each configuration must
+answer the benchmark request 200 and refuse it without a token (401/403), so a filter that is not
+in the chain, or a native filter that checks nothing, cannot pass as a fast one.
 
-    .venv/bin/python test-harness/e2e/bench_envoy.py [--duration 8] [--connections 16]
+Prints each round, then a table of medians with the ratios and the latency each filter adds, and
+writes the medians and every round to build/bench.json (drawn by `bench-plot` as build/bench.svg).
+
+    .venv/bin/python test-harness/e2e/bench_envoy.py [--duration 8] [--rounds 3] [--connections 16]
 """
 
 import argparse
+import base64
+import json
+import os
 import re
 import shutil
 import statistics
@@ -28,16 +38,23 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402
-from conftest import SECRET, Envoy, ValidationService, free_port, http, plugin_config  # noqa: E402
+from conftest import ROOT, SECRET, Envoy, ValidationService, free_port, http, plugin_config  # noqa: E402
 
+FLOOR_WASM = Path(os.environ.get("PLAYBOOK_GUARD_FLOOR_WASM", ROOT / "build" / "playbook_guard_floor.wasm"))
 SID = "bench-1"
+ISSUER, AUDIENCE = "https://noetl.local", "noetl-gateway"
 REQUEST_PATH = "/api/catalog/data/daily_load/ui_schema"  # view on data/** : analyst is allowed
 DIRECT_BODY = "ok\n"
+ENVOY_CPU, WRK_CPU = 0, 1
+
+# The configurations, in the order each round runs them and the table lists them.
+NONE, NATIVE, FLOOR, GUARD = "no filter", "jwt_authn+rbac", "floor", "playbook-guard"
+CONFIGS = (NONE, NATIVE, FLOOR, GUARD)
 
 
 def answer_directly(bootstrap):
     """Every route answers itself (`direct_response` 200), so no upstream limits the rate."""
-    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = http_connection_manager(bootstrap)
     for vhost in hcm["route_config"]["virtual_hosts"]:
         for route in vhost["routes"]:
             route.pop("route", None)
@@ -45,18 +62,78 @@ def answer_directly(bootstrap):
     assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
 
 
-def bench_envoy(tmp, plugin, clusters):
-    """conftest's Envoy on one worker, answering directly; `plugin=None` runs it without the filter."""
-    envoy = Envoy(tmp, plugin, upstream_port=free_port(), concurrency=1, clusters=clusters, customize=answer_directly)
-    envoy.filtered = plugin is not None
-    return envoy
+def http_connection_manager(bootstrap):
+    return bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def mint_token():
+def native_filters():
+    """jwt_authn + rbac doing what playbook-guard does with this token: issuer, audience, HS256
+    with the test secret (a local JWKS, `kty: oct`), the same clock skew, verified tokens cached;
+    then allow only an `analyst` (the token's roles claim, from the payload jwt_authn puts in
+    metadata) on a data/ playbook path."""
+    key = base64.urlsafe_b64encode(SECRET.encode()).rstrip(b"=").decode()
+    jwks = {"keys": [{"kty": "oct", "alg": "HS256", "k": key}]}
+    jwt_authn = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"noetl": {
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "local_jwks": {"inline_string": json.dumps(jwks)},
+            "clock_skew_seconds": 60,
+            "forward": True,
+            "payload_in_metadata": "jwt_payload",
+            "jwt_cache_config": {"jwt_cache_size": 100},
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "noetl"}}],
+    }
+    analyst = {"metadata": {
+        "filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": "jwt_payload"}, {"key": "roles"}],
+        "value": {"list_match": {"one_of": {"string_match": {"exact": "analyst"}}}},
+    }}
+    rbac = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"analyst on data/": {
+            "permissions": [{"url_path": {"path": {"prefix": "/api/catalog/data/"}}}],
+            "principals": [analyst],
+        }}},
+    }
+    return [{"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_authn},
+            {"name": "envoy.filters.http.rbac", "typed_config": rbac}]
+
+
+def with_native_filters(bootstrap):
+    answer_directly(bootstrap)
+    http_connection_manager(bootstrap)["http_filters"][:0] = native_filters()
+
+
+def with_floor(bootstrap):
+    """conftest's Wasm filter entry, loading the floor's module instead of playbook-guard's."""
+    answer_directly(bootstrap)
+    wasm = http_connection_manager(bootstrap)["http_filters"][0]["typed_config"]["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = str(FLOOR_WASM)
+    wasm["name"] = wasm["root_id"] = wasm["vm_config"]["vm_id"] = "floor"
+
+
+def start_envoys(tmp, service_port, envoys):
+    """One Envoy per configuration into `envoys` (so the caller stops those started if one
+    fails), each with one worker, answering directly."""
+    clusters = {"noetl_validation": service_port}
+    guard = plugin_config(hold_headers_for_body=True)
+    guard["validation"] = {"cluster": "noetl_validation"}
+    plans = {NONE: (None, answer_directly), NATIVE: (None, with_native_filters),
+             FLOOR: ({}, with_floor), GUARD: (guard, answer_directly)}
+    for name, (plugin, customize) in plans.items():
+        envoys[name] = Envoy(tmp, plugin, upstream_port=free_port(), concurrency=1, clusters=clusters,
+                             customize=customize)
+
+
+def mint_token(secret=SECRET, **changes):
     now = int(time.time())
-    claims = {"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "1", "sid": SID,
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "1", "sid": SID, "roles": ["analyst"],
               "iat": now, "exp": now + 3600}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    claims.update(changes)
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -89,36 +166,101 @@ def parse_wrk(out):
     return result
 
 
-def run_wrk(url, token, duration, connections):
+def run_wrk(url, token, duration, connections, pin):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
            "-H", f"Authorization: Bearer {token}", url]
+    if pin:
+        cmd = ["taskset", "-c", str(WRK_CPU), *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = parse_wrk(proc.stdout)
     if result["non2xx"]:
-        raise RuntimeError(f"wrk saw {result['non2xx']} non-2xx/3xx responses; not a cache-hit run:\n"
-                           f"{proc.stdout}")
+        raise RuntimeError(f"wrk saw {result['non2xx']} non-2xx/3xx responses; the request was not allowed "
+                           f"every time:\n{proc.stdout}")
     if result["socket_errors"]:
         raise RuntimeError(f"wrk saw socket errors:\n{proc.stdout}")
     return result
 
 
-def check_envoy(envoy, token):
-    """Both Envoys answer the benchmark request 200; only the filtered one refuses no token."""
+def pin_envoy(envoy):
+    """Every thread of the running Envoy onto ENVOY_CPU (threads it starts later inherit it)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(ENVOY_CPU), str(envoy.proc.pid)],
+                   check=True, capture_output=True)
+
+
+def status(envoy, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return http(envoy.url + REQUEST_PATH, headers=headers).status
+
+
+def check_envoy(name, envoy, token):
+    """The benchmark request is allowed; without a token only the unfiltered Envoy lets it
+    through; the two that check tokens refuse what playbook-guard refuses."""
     for _ in range(5):
         resp = http(envoy.url + REQUEST_PATH, headers={"Authorization": f"Bearer {token}"})
-        assert resp.status == 200 and resp.body == DIRECT_BODY, (resp.status, resp.body, envoy.log())
-    anonymous = http(envoy.url + REQUEST_PATH).status
-    expected = 401 if envoy.filtered else 200
-    assert anonymous == expected, f"no token: {anonymous}, expected {expected} (filtered={envoy.filtered})"
+        assert resp.status == 200 and resp.body == DIRECT_BODY, (name, resp.status, resp.body, envoy.log())
+    anonymous = status(envoy)
+    if name == NONE:
+        assert anonymous == 200, f"{name}, no token: {anonymous}, expected 200"
+    else:
+        assert anonymous in (401, 403), f"{name}, no token: {anonymous}, expected 401 or 403: not in the chain?"
+    if name in (NATIVE, GUARD):
+        refused = {"another secret": mint_token(secret=SECRET + "x"), "another issuer": mint_token(iss="https://x"),
+                   "another audience": mint_token(aud="x"), "expired": mint_token(exp=int(time.time()) - 3600)}
+        for what, bad in refused.items():
+            got = status(envoy, bad)
+            # jwt_authn answers a wrong audience 403, playbook-guard 401: refused either way.
+            assert got in (401, 403), f"{name}, token with {what}: {got}, expected 401 or 403"
+    if name == NATIVE:
+        # The policy half: the role and the playbook path both count.
+        assert status(envoy, mint_token(roles=["viewer"])) == 403, f"{name}: a viewer must get 403"
+        system = http(envoy.url + "/api/catalog/system/reset/ui_schema", headers={"Authorization": f"Bearer {token}"})
+        assert system.status == 403, f"{name}: a system/ playbook must get 403, got {system.status}"
+
+
+def median_of(rounds):
+    return {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50", "p99")}
+
+
+def print_table(rounds, med):
+    none, floor = med[NONE], med[FLOOR]
+    print(f"\n{'median of ' + str(rounds):<16}{'req/s':>10}{'vs none':>9}{'vs floor':>10}"
+          f"{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}")
+    for name in CONFIGS:
+        m = med[name]
+        added = ("", "") if name == NONE else (f"{m['p50'] - none['p50']:+.3f}", f"{m['p99'] - none['p99']:+.3f}")
+        print(f"{name:<16}{m['rps']:>10.0f}{m['rps'] / none['rps']:>9.3f}{m['rps'] / floor['rps']:>10.3f}"
+              f"{m['p50']:>9.3f}{m['p99']:>9.3f}{added[0]:>9}{added[1]:>9}")
+    print()
+    print(f"playbook-guard / floor: {med[GUARD]['rps'] / floor['rps']:.3f}")
+    print(f"playbook-guard / jwt_authn+rbac: {med[GUARD]['rps'] / med[NATIVE]['rps']:.3f}")
+
+
+def report(args, pinned, results, med):
+    """What build/bench.json holds: the set-up, then per configuration its medians and rounds."""
+    def figures(r):
+        return {"rps": r["rps"], "p50_ms": r["p50"], "p99_ms": r["p99"],
+                **({"requests": r["requests"]} if "requests" in r else {})}
+
+    return {
+        "setup": {"duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
+                  "pinned": pinned, "path": REQUEST_PATH, "envoy_concurrency": 1, "wrk_threads": 1},
+        "configurations": [{"name": name, "median": figures(med[name]), "rounds": [figures(r) for r in results[name]]}
+                           for name in CONFIGS],
+        "ratios": {"guard_over_floor": med[GUARD]["rps"] / med[FLOOR]["rps"],
+                   "guard_over_native": med[GUARD]["rps"] / med[NATIVE]["rps"],
+                   "guard_over_none": med[GUARD]["rps"] / med[NONE]["rps"]},
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
-    parser.add_argument("--rounds", type=int, default=2, help="filter/no-filter pairs (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every configuration (default 3)")
+    parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench.json",
+                        help="where the figures go (default build/bench.json)")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -126,71 +268,69 @@ def main():
               "    apt-get install -y wrk      (sudo if not root; apt-get update first if needed)",
               file=sys.stderr)
         return 2
-    for path in (conftest.WASM, conftest.CLI, conftest.VALIDATION_SERVICE, conftest.ENVOY):
+    for path in (conftest.WASM, FLOOR_WASM, conftest.CLI, conftest.VALIDATION_SERVICE, conftest.ENVOY):
         if not Path(path).exists():
-            print(f"bench_envoy: {path} is missing; run `make build venv` first", file=sys.stderr)
+            print(f"bench_envoy: {path} is missing; run `make build` and `make {FLOOR_WASM.relative_to(ROOT)}` "
+                  "(or `make bench`) first", file=sys.stderr)
             return 2
+    pinned = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
+    if not pinned:
+        print("bench_envoy: fewer than two CPUs (or no taskset): Envoy and wrk are not pinned, and share a core",
+              file=sys.stderr)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-envoy-"))
     sessions = tmp / "sessions.yaml"
     sessions.write_text(yaml.safe_dump({SID: {"user_id": 1, "roles": ["analyst"]}}))
-    plugin = plugin_config(hold_headers_for_body=True)
-    plugin["validation"] = {"cluster": "noetl_validation"}
 
     service = None
-    envoys = []
+    envoys = {}
     try:
         service = ValidationService(sessions)
-        filtered = bench_envoy(tmp, plugin, clusters={"noetl_validation": service.port})
-        envoys.append(filtered)
-        plain = bench_envoy(tmp, None, clusters={"noetl_validation": service.port})
-        envoys.append(plain)
-        filtered.wait_ready()
-        plain.wait_ready()
+        start_envoys(tmp, service.port, envoys)
+        for envoy in envoys.values():
+            envoy.wait_ready()
+            if pinned:
+                pin_envoy(envoy)
 
         token = mint_token()
-        check_envoy(filtered, token)  # also warms the session cache: one callout
-        check_envoy(plain, token)
+        for name, envoy in envoys.items():
+            check_envoy(name, envoy, token)  # playbook-guard's also warms the session cache: one callout
         assert service.calls(SID) == 1, f"warm-up: {service.calls(SID)} callouts for {SID}, expected 1"
-        # A short unmeasured wrk burst on each, so the first measured run is not a cold one.
-        for envoy in (filtered, plain):
-            run_wrk(envoy.url + REQUEST_PATH, token, 1, args.connections)
+        # A short unmeasured burst on each, so no measured run is a cold one.
+        for envoy in envoys.values():
+            run_wrk(envoy.url + REQUEST_PATH, token, 1, args.connections, pinned)
 
-        allowed_before = filtered.counter("allowed")
-        hits_before = filtered.counter("cache_hits")
-        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, Envoy --concurrency 1 (both), "
-              f"GET {REQUEST_PATH} (direct_response 200), {args.rounds} rounds\n")
-        results = {"filter": [], "no filter": []}
+        guard = envoys[GUARD]
+        allowed_before = guard.counter("allowed")
+        hits_before = guard.counter("cache_hits")
+        pinning = f"Envoy on CPU {ENVOY_CPU}, wrk on CPU {WRK_CPU}" if pinned else "not pinned"
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, Envoy --concurrency 1, {pinning}; "
+              f"GET {REQUEST_PATH} (direct_response 200); {args.rounds} rounds, configurations in turn\n")
+        results = {name: [] for name in CONFIGS}
         for rnd in range(1, args.rounds + 1):
-            for name, envoy in (("filter", filtered), ("no filter", plain)):
-                r = run_wrk(envoy.url + REQUEST_PATH, token, args.duration, args.connections)
+            for name in CONFIGS:
+                r = run_wrk(envoys[name].url + REQUEST_PATH, token, args.duration, args.connections, pinned)
                 results[name].append(r)
-                print(f"  round {rnd} {name:<9}  {r['rps']:>10.0f} req/s   p50 {r['p50']:7.3f} ms   "
+                print(f"  round {rnd} {name:<15} {r['rps']:>9.0f} req/s   p50 {r['p50']:7.3f} ms   "
                       f"p99 {r['p99']:7.3f} ms   ({r['requests']} requests)", flush=True)
 
         callouts = service.calls(SID)
-        measured = sum(r["requests"] for r in results["filter"])
-        allowed = filtered.counter("allowed") - allowed_before
-        hits = filtered.counter("cache_hits") - hits_before
+        measured = sum(r["requests"] for r in results[GUARD])
+        allowed = guard.counter("allowed") - allowed_before
+        hits = guard.counter("cache_hits") - hits_before
         assert callouts == 1, f"{callouts} callouts for {SID} after the load, expected 1"
-        assert allowed >= measured, f"filter allowed {allowed} < {measured} requests wrk completed"
+        assert allowed >= measured, f"playbook-guard allowed {allowed} < {measured} requests wrk completed"
 
-        med = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
-               for name, rs in results.items()}
-        f, p = med["filter"], med["no filter"]
-        print()
-        print(f"{'median of ' + str(args.rounds):<14}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-        print(f"{'filter':<14}{f['rps']:>12.0f}{f['p50']:>10.3f}{f['p99']:>10.3f}")
-        print(f"{'no filter':<14}{p['rps']:>12.0f}{p['p50']:>10.3f}{p['p99']:>10.3f}")
-        print()
-        print(f"ratio filter / no filter: {f['rps'] / p['rps']:.3f} "
-              f"({(1 - f['rps'] / p['rps']) * 100:.1f}% fewer requests/s with the filter)")
-        print(f"latency added by the filter: p50 {f['p50'] - p['p50']:+.3f} ms, p99 {f['p99'] - p['p99']:+.3f} ms")
-        print(f"filter counters during the measured runs: allowed {allowed}, cache_hits {hits}; "
+        med = {name: median_of(rs) for name, rs in results.items()}
+        print_table(args.rounds, med)
+        print(f"playbook-guard counters during the measured runs: allowed {allowed}, cache_hits {hits}; "
               f"callouts per session during the run: {callouts} (for {SID}, all of it the warm-up)")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report(args, pinned, results, med), indent=2) + "\n")
+        print(f"wrote {args.output}")
         return 0
     finally:
-        for envoy in envoys:
+        for envoy in envoys.values():
             envoy.stop()
         if service is not None:
             service.stop()

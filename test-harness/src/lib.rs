@@ -51,6 +51,6 @@ pub use host::{Host, HostOptions};
 pub use http_call::{HttpCall, HttpCallResponse};
 pub use logs::LogLine;
 pub use stream::{HeaderMap, HttpStream, LocalResponse, RequestOutcome};
-pub use vm::{Exchange, Request, Vm};
+pub use vm::{Exchange, ExportFuel, Request, Vm};
 pub use wasi::ProcExit;
-pub use workspace::{playbook_guard_filter, playbook_guard_wasm};
+pub use workspace::{floor_filter, floor_wasm, playbook_guard_filter, playbook_guard_wasm};

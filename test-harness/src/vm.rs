@@ -130,6 +130,22 @@ pub struct Exchange {
     pub outcome: RequestOutcome,
 }
 
+/// How often one export was called and the fuel those calls used, summed ([`Vm::fuel_by_export`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportFuel {
+    /// Calls into the export.
+    pub calls: u64,
+    /// Fuel (≈ wasm instructions) they used.
+    pub fuel: u64,
+}
+
+impl ExportFuel {
+    fn add(&mut self, other: ExportFuel) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.fuel = self.fuel.saturating_add(other.fuel);
+    }
+}
+
 /// One worker's instance of the filter.
 pub struct Vm {
     store: Store<VmState>,
@@ -138,6 +154,8 @@ pub struct Vm {
     next_context_id: u32,
     fuel_total: u64,
     last_call_fuel: u64,
+    /// Calls and fuel by export name: what each callback of a request costs.
+    fuel_by_export: BTreeMap<String, ExportFuel>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -207,7 +225,15 @@ impl Vm {
         store.data_mut().memory = memory;
         store.data_mut().alloc = alloc;
 
-        let mut vm = Vm { store, instance, failed: None, next_context_id: 2, fuel_total: 0, last_call_fuel: 0 };
+        let mut vm = Vm {
+            store,
+            instance,
+            failed: None,
+            next_context_id: 2,
+            fuel_total: 0,
+            last_call_fuel: 0,
+            fuel_by_export: BTreeMap::new(),
+        };
         let root = vm.root_context_id();
         // The SDK's `main!` exports `_initialize` (a reactor); a command module has `_start`.
         if vm.has_export("_initialize") {
@@ -265,6 +291,13 @@ impl Vm {
         let left = self.store.get_fuel().unwrap_or(0);
         self.last_call_fuel = budget.saturating_sub(left);
         self.fuel_total = self.fuel_total.saturating_add(self.last_call_fuel);
+        let used = ExportFuel { calls: 1, fuel: self.last_call_fuel };
+        match self.fuel_by_export.get_mut(name) {
+            Some(sum) => sum.add(used),
+            None => {
+                self.fuel_by_export.insert(name.to_owned(), used);
+            }
+        }
         result.map(Some).map_err(|error| self.trap(name, &error))
     }
 
@@ -752,6 +785,41 @@ impl Vm {
         let before = self.fuel_total;
         let value = f(self)?;
         Ok((value, self.fuel_total.saturating_sub(before)))
+    }
+
+    /// Calls and fuel by export so far (`proxy_on_request_headers`, `proxy_on_log`, ...): where a
+    /// request's cost goes, callback by callback.
+    #[must_use]
+    pub fn fuel_by_export(&self) -> &BTreeMap<String, ExportFuel> {
+        &self.fuel_by_export
+    }
+
+    /// As [`Vm::fuel_used`], split by export: the calls and fuel of each export `f` made the VM
+    /// run. Exports `f` did not call are absent.
+    ///
+    /// # Errors
+    /// Whatever `f` returns.
+    pub fn fuel_by_export_used<T>(
+        &mut self,
+        f: impl FnOnce(&mut Vm) -> Result<T, HarnessError>,
+    ) -> Result<(T, BTreeMap<String, ExportFuel>), HarnessError> {
+        let before = self.fuel_by_export.clone();
+        let value = f(self)?;
+        let used = self
+            .fuel_by_export
+            .iter()
+            .filter_map(|(name, now)| {
+                let earlier = before.get(name).copied().unwrap_or_default();
+                (now.calls > earlier.calls).then(|| {
+                    let delta = ExportFuel {
+                        calls: now.calls.saturating_sub(earlier.calls),
+                        fuel: now.fuel.saturating_sub(earlier.fuel),
+                    };
+                    (name.clone(), delta)
+                })
+            })
+            .collect();
+        Ok((value, used))
     }
 
     /// Whether the VM trapped (and so refuses further calls).

@@ -1,4 +1,5 @@
-//! Finding (and if needed building) the real playbook-guard `.wasm` in this workspace.
+//! Finding (and if needed building) the real playbook-guard `.wasm` in this workspace, and the
+//! Wasm floor `make bench` compares it with (`bench/floor`).
 //!
 //! Tests call [`playbook_guard_filter`] so that `cargo test -p playbook-guard-test-harness` works
 //! on a fresh checkout: the filter is built once per test binary, and rebuilt when a source under
@@ -15,6 +16,30 @@ use crate::filter::Filter;
 /// Environment variable naming a prebuilt filter to use instead (never rebuilt).
 pub const WASM_ENV: &str = "PLAYBOOK_GUARD_WASM";
 
+/// Environment variable naming a prebuilt floor filter to use instead (never rebuilt).
+pub const FLOOR_WASM_ENV: &str = "PLAYBOOK_GUARD_FLOOR_WASM";
+
+/// A module this workspace builds with `cargo build -p <package> --target wasm32-wasip1 --release`.
+struct WorkspaceModule {
+    package: &'static str,
+    /// The file cargo writes under `wasm32-wasip1/release`.
+    file: &'static str,
+    /// Names a prebuilt module to use instead.
+    env: &'static str,
+    /// What the module is built from, relative to the workspace root (the manifests are added).
+    sources: &'static [&'static str],
+}
+
+const GUARD: WorkspaceModule =
+    WorkspaceModule { package: "playbook-guard", file: "playbook_guard.wasm", env: WASM_ENV, sources: &["filter"] };
+
+const FLOOR: WorkspaceModule = WorkspaceModule {
+    package: "playbook-guard-floor",
+    file: "playbook_guard_floor.wasm",
+    env: FLOOR_WASM_ENV,
+    sources: &["bench/floor"],
+};
+
 /// The workspace root (the harness crate's parent directory).
 #[must_use]
 pub fn workspace_root() -> PathBuf {
@@ -26,8 +51,12 @@ pub fn workspace_root() -> PathBuf {
 /// (honouring `CARGO_TARGET_DIR`).
 #[must_use]
 pub fn default_wasm_path() -> PathBuf {
+    release_path(GUARD.file)
+}
+
+fn release_path(file: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    target.join("wasm32-wasip1").join("release").join("playbook_guard.wasm")
+    target.join("wasm32-wasip1").join("release").join(file)
 }
 
 /// The filter's `.wasm`: `$PLAYBOOK_GUARD_WASM` if set, else the workspace build, built (once per
@@ -37,15 +66,32 @@ pub fn default_wasm_path() -> PathBuf {
 /// # Errors
 /// [`HarnessError::Build`] when the override names a missing file or the build fails.
 pub fn playbook_guard_wasm() -> Result<PathBuf, HarnessError> {
-    if let Some(path) = std::env::var_os(WASM_ENV) {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    module_wasm(&GUARD, &BUILT)
+}
+
+/// The Wasm floor's `.wasm` (`bench/floor`), as [`playbook_guard_wasm`] finds the filter's:
+/// `$PLAYBOOK_GUARD_FLOOR_WASM` if set, else the workspace's release build, built when stale.
+///
+/// # Errors
+/// As [`playbook_guard_wasm`].
+pub fn floor_wasm() -> Result<PathBuf, HarnessError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    module_wasm(&FLOOR, &BUILT)
+}
+
+fn module_wasm(module: &WorkspaceModule, built: &OnceLock<Result<PathBuf, String>>) -> Result<PathBuf, HarnessError> {
+    if let Some(path) = std::env::var_os(module.env) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(HarnessError::Build(format!("{WASM_ENV}={} does not name a file", path.display())));
+            return Err(HarnessError::Build(format!("{}={} does not name a file", module.env, path.display())));
         }
         return Ok(path);
     }
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(|| resolve(&default_wasm_path(), needs_build, build)).clone().map_err(HarnessError::Build)
+    built
+        .get_or_init(|| resolve(&release_path(module.file), |wasm| needs_build(module, wasm), || build(module)))
+        .clone()
+        .map_err(HarnessError::Build)
 }
 
 /// The decision behind [`playbook_guard_wasm`], apart from cargo and the clock so it can be tested.
@@ -72,10 +118,26 @@ fn resolve(
 /// As [`playbook_guard_wasm`] and [`Filter::from_file`].
 pub fn playbook_guard_filter() -> Result<Filter, HarnessError> {
     static FILTER: OnceLock<Result<Filter, String>> = OnceLock::new();
-    FILTER
+    compile_once(&FILTER, playbook_guard_wasm)
+}
+
+/// The Wasm floor (`bench/floor`), compiled once per process: what any proxy-wasm filter costs.
+///
+/// # Errors
+/// As [`floor_wasm`] and [`Filter::from_file`].
+pub fn floor_filter() -> Result<Filter, HarnessError> {
+    static FILTER: OnceLock<Result<Filter, String>> = OnceLock::new();
+    compile_once(&FILTER, floor_wasm)
+}
+
+fn compile_once(
+    compiled: &OnceLock<Result<Filter, String>>,
+    wasm: fn() -> Result<PathBuf, HarnessError>,
+) -> Result<Filter, HarnessError> {
+    compiled
         .get_or_init(|| {
             // Kept as the bare message: it is wrapped in HarnessError::Build again below.
-            let path = playbook_guard_wasm().map_err(|e| match e {
+            let path = wasm().map_err(|e| match e {
                 HarnessError::Build(message) => message,
                 other => other.to_string(),
             })?;
@@ -85,13 +147,13 @@ pub fn playbook_guard_filter() -> Result<Filter, HarnessError> {
         .map_err(HarnessError::Build)
 }
 
-fn needs_build(wasm: &Path) -> bool {
+fn needs_build(module: &WorkspaceModule, wasm: &Path) -> bool {
     let Some(built) = modified(wasm) else {
         return true;
     };
     let root = workspace_root();
-    let sources = [root.join("filter"), root.join("Cargo.toml"), root.join("Cargo.lock")];
-    sources.iter().any(|source| newest(source).is_some_and(|t| t > built))
+    let manifests = ["Cargo.toml", "Cargo.lock"];
+    module.sources.iter().chain(&manifests).any(|source| newest(&root.join(source)).is_some_and(|t| t > built))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -107,19 +169,20 @@ fn newest(path: &Path) -> Option<SystemTime> {
     std::fs::read_dir(path).ok()?.filter_map(Result::ok).filter_map(|entry| newest(&entry.path())).max()
 }
 
-fn build() -> Result<(), String> {
-    const COMMAND: &str = "cargo build -p playbook-guard --target wasm32-wasip1 --release";
+fn build(module: &WorkspaceModule) -> Result<(), String> {
+    let args = ["build", "-p", module.package, "--target", "wasm32-wasip1", "--release"];
+    let command = format!("cargo {}", args.join(" "));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["build", "-p", "playbook-guard", "--target", "wasm32-wasip1", "--release"])
+        .args(args)
         .current_dir(workspace_root())
         .output()
-        .map_err(|e| format!("cannot run `{COMMAND}`: {e}"))?;
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`{COMMAND}` failed ({}):\n{}{}",
+            "`{command}` failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

@@ -24,8 +24,8 @@
 //! environment in, so every decision can be replayed in a test.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use crate::config::{parse_json, FailureMode, HeaderNames, Mode, PluginConfig, TokenRoles};
 use crate::error::ConfigError;
@@ -287,7 +287,20 @@ pub struct Guard {
     terse: bool,
     /// Policy decisions this configuration made, in terse mode: the memo belongs to the
     /// configuration, so a new policy starts with none.
-    decisions: RefCell<Memo<Box<str>, bool>>,
+    decisions: DecisionMemo,
+}
+
+/// The decision memo: a lock so a guard may be shared by threads (as the fuzz targets share
+/// one), taken with `try_lock` so that nobody ever waits for it (a contended question is
+/// answered by the policy itself). A clone starts empty.
+#[derive(Debug)]
+struct DecisionMemo(Mutex<Memo<Box<str>, bool>>);
+
+impl Clone for DecisionMemo {
+    fn clone(&self) -> Self {
+        let capacity = self.0.try_lock().map_or(0, |m| m.capacity());
+        DecisionMemo(Mutex::new(Memo::new(capacity)))
+    }
 }
 
 impl Guard {
@@ -381,7 +394,9 @@ impl Guard {
             jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
             restricted_roles: compile_restricted_roles(&cfg.restricted_roles)?,
             terse: false,
-            decisions: RefCell::new(Memo::new(usize::try_from(cfg.decision_cache_size).unwrap_or(usize::MAX))),
+            decisions: DecisionMemo(Mutex::new(Memo::new(
+                usize::try_from(cfg.decision_cache_size).unwrap_or(usize::MAX),
+            ))),
         })
     }
 
@@ -1004,7 +1019,7 @@ impl Guard {
             key.push_str(part);
         }
         let _ = write!(key, "{}", roles.len());
-        let Ok(mut memo) = self.decisions.try_borrow_mut() else {
+        let Ok(mut memo) = self.decisions.0.try_lock() else {
             return self.policy.decide(roles, permission, playbook).allowed;
         };
         if let Some(allowed) = memo.get(key.as_str()) {

@@ -947,5 +947,5 @@ fn terse_allows_carry_no_detail_and_the_memo_is_bounded() {
         let v = crate::testing::send(&g, "GET", &format!("/api/catalog/data/p{n}/ui_schema"), &headers, "");
         assert!(matches!(&v, Verdict::Allow { detail, .. } if detail.is_empty()), "{v:?}");
     }
-    assert_eq!(g.decisions.borrow().len(), 2);
+    assert_eq!(g.decisions.0.lock().unwrap().len(), 2);
 }

@@ -3,7 +3,9 @@
 //! header, sets one) driven through the same callbacks, with the ratio guard / floor per phase.
 //!
 //! Fuel counts instructions executed, so these figures do not move with machine load; compare
-//! them across commits. Run with `make bench` (or `cargo bench -p playbook-guard-test-harness`).
+//! them across commits. The host answers `proxy_get_log_level` with info, Envoy's default: at
+//! debug the filter writes each decision's detail to the log, which is work Envoy's default
+//! level never asks for. Run with `make bench` (or `cargo bench -p playbook-guard-test-harness`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -11,12 +13,18 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use playbook_guard_core::testing::{self, ROLES_CLAIM, SECRET, SECRET_ENV};
 use playbook_guard_test_harness::workspace::workspace_root;
 use playbook_guard_test_harness::{
-    floor_filter, playbook_guard_filter, ExportFuel, HarnessError, Host, HostOptions, HttpCallResponse, Request, Vm,
+    floor_filter, playbook_guard_filter, ExportFuel, HarnessError, Host, HostOptions, HttpCallResponse, LogLevel,
+    Request, Vm,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
 
 const SAMPLES: usize = 201;
+
+/// The host as Envoy runs by default: info is the level it reports.
+fn options() -> HostOptions {
+    HostOptions::default().env(SECRET_ENV, SECRET).log_level(LogLevel::Info)
+}
 
 fn config(validation: bool) -> Vec<u8> {
     let root = workspace_root();
@@ -135,12 +143,12 @@ fn print_phases(guard: &(BTreeMap<String, u64>, u64), floor: &(BTreeMap<String, 
 
 fn main() {
     let filter = playbook_guard_filter().unwrap();
-    let host = Host::with_options(&filter, HostOptions::default().env(SECRET_ENV, SECRET));
+    let host = Host::with_options(&filter, options());
     let mut plain = host.configured_vm(&config(false)).unwrap();
     let hs = token(&host, Algorithm::HS256);
     let rs = token(&host, Algorithm::RS256);
 
-    let validating_host = Host::with_options(&filter, HostOptions::default().env(SECRET_ENV, SECRET));
+    let validating_host = Host::with_options(&filter, options());
     let mut cached = validating_host.configured_vm(&config(true)).unwrap();
     let hs_cached = token(&validating_host, Algorithm::HS256);
     let first = cached.send_request(&Request::get("/api/catalog/data/x").bearer(&hs_cached)).unwrap();
@@ -174,7 +182,7 @@ fn main() {
 
     let hit = Request::get("/api/catalog/data/x").bearer(&hs_cached);
     let guard = median_phases(&mut cached, &hit);
-    let floor_host = Host::new(&floor_filter().unwrap());
+    let floor_host = Host::with_options(&floor_filter().unwrap(), options());
     let mut floor = floor_host.configured_vm(b"").unwrap();
     let floor = median_phases(&mut floor, &hit);
     print_phases(&guard, &floor);

@@ -158,3 +158,27 @@ fn a_new_configuration_starts_the_memos_afresh() {
     let asked = vm.send_request(&catalog(&t, "data/x")).unwrap();
     assert_eq!(asked.outcome, RequestOutcome::Paused, "a new table: the remembered entry does not answer");
 }
+
+#[test]
+fn a_remembered_allow_answers_only_the_same_request() {
+    let host = host();
+    let mut vm = host.configured_vm(&with_validation(json!({}))).unwrap();
+    let t = token(&host, "s-1", 3600);
+    let first = catalog(&t, "data/x").header("x-request-id", "r-1");
+    assert_eq!(prime(&mut vm, &first, &["analyst"]), Some(200));
+    let (decided, full) = vm.fuel_used(|vm| vm.send_request(&first)).unwrap();
+    assert_eq!(decided.outcome.status(), Some(200));
+    // The same request under another request id: answered from the memo, at a fraction of a
+    // decision's instructions.
+    let again = catalog(&t, "data/x").header("x-request-id", "r-2");
+    let (remembered, hit) = vm.fuel_used(|vm| vm.send_request(&again)).unwrap();
+    assert_eq!(remembered.outcome.status(), Some(200));
+    assert!(hit * 2 < full, "remembered: {hit} instructions, decided: {full}");
+    // A second, different token beside it is two readings: refused, never the remembered allow.
+    let other = token(&host, "s-2", 3600);
+    let two = catalog(&t, "data/x").header("x-request-id", "r-3").header("cookie", &format!("session_token={other}"));
+    assert_eq!(status(&mut vm, &two), Some(400));
+    // Another playbook under the same token is decided afresh.
+    assert_eq!(status(&mut vm, &catalog(&t, "system/x").header("x-request-id", "r-4")), Some(403));
+    assert!(vm.http_calls().is_empty());
+}

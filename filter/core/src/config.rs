@@ -126,6 +126,10 @@ pub struct PluginConfig {
     /// policy, so a question is matched against the globs once; 0 disables it.
     #[serde(default = "default_decision_cache_size")]
     pub decision_cache_size: u64,
+    /// Requests each worker remembers whole once allowed from its caches alone, so the same
+    /// request again is allowed without being read again; 0 disables it.
+    #[serde(default = "default_hit_cache_size")]
+    pub hit_cache_size: u64,
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,
@@ -166,6 +170,10 @@ fn default_identity_header_prefix() -> String {
 
 fn default_playbook_path_chars() -> String {
     crate::path::PlaybookAlphabet::DEFAULT.into()
+}
+
+fn default_hit_cache_size() -> u64 {
+    1000
 }
 
 fn default_decision_cache_size() -> u64 {

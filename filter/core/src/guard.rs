@@ -278,6 +278,8 @@ pub struct Guard {
     headers: HeaderNames,
     /// `identity_header_prefix` as [`header_key`] spells it.
     identity_prefix: String,
+    /// The identity headers' names as [`header_key`] spells them.
+    identity_keys: [String; 4],
     playbook_alphabet: PlaybookAlphabet,
     allow_cors_preflight: bool,
     hold_headers_for_body: bool,
@@ -288,6 +290,11 @@ pub struct Guard {
     /// Policy decisions this configuration made, in terse mode: the memo belongs to the
     /// configuration, so a new policy starts with none.
     decisions: DecisionMemo,
+    /// `hit_cache_size`.
+    hit_cache_size: usize,
+    /// The per-request headers (see [`crate::protocol::hits::PER_REQUEST`]) the configuration
+    /// mentions anywhere: the guard may read those, so a remembered allow is keyed by them.
+    mentioned: Vec<&'static str>,
 }
 
 /// The decision memo: a lock so a guard may be shared by threads (as the fuzz targets share
@@ -372,6 +379,8 @@ impl Guard {
         for name in [&mut headers.user_id, &mut headers.email, &mut headers.display_name, &mut headers.roles] {
             *name = name.to_ascii_lowercase();
         }
+        let identity_keys =
+            [&headers.user_id, &headers.email, &headers.display_name, &headers.roles].map(|n| header_key(n));
         let opaque = match cfg.opaque_tokens {
             true => Some(OpaqueShape::compile(&cfg.opaque_token_shape).map_err(|e| e.within("opaque_token_shape"))?),
             false => None,
@@ -388,12 +397,15 @@ impl Guard {
             policy: Policy::compile(&cfg.policy).map_err(|e| e.within("policy"))?,
             headers,
             identity_prefix,
+            identity_keys,
             playbook_alphabet,
             allow_cors_preflight: cfg.allow_cors_preflight,
             hold_headers_for_body: cfg.hold_headers_for_body,
             jwt_cache_size: usize::try_from(cfg.jwt_cache_size).unwrap_or(usize::MAX),
             restricted_roles: compile_restricted_roles(&cfg.restricted_roles)?,
             terse: false,
+            hit_cache_size: usize::try_from(cfg.hit_cache_size).unwrap_or(usize::MAX),
+            mentioned: mentioned_per_request_headers(cfg),
             decisions: DecisionMemo(Mutex::new(Memo::new(
                 usize::try_from(cfg.decision_cache_size).unwrap_or(usize::MAX),
             ))),
@@ -499,13 +511,15 @@ impl Guard {
     /// with `_` read as `-` (WSGI and CGI servers merge `x_noetl_user_roles` into
     /// `X-Noetl-User-Roles`).
     pub fn identity_headers_to_remove<'h>(&self, names: impl IntoIterator<Item = &'h str>) -> Vec<&'h str> {
-        let h = &self.headers;
-        let own = [&h.user_id, &h.email, &h.display_name, &h.roles].map(|n| header_key(n));
+        // Runs on every request: the names are compared as `header_key` spells them without
+        // building that spelling (the configured names already are).
+        let own = &self.identity_keys;
         names
             .into_iter()
             .filter(|name| {
-                let key = header_key(name);
-                key.starts_with(&self.identity_prefix) || own.contains(&key)
+                let prefix = self.identity_prefix.as_bytes();
+                let starts = name.len() >= prefix.len() && same_header_key(name.as_bytes().get(..prefix.len()), prefix);
+                starts || own.iter().any(|o| same_header_key(Some(name.as_bytes()), o.as_bytes()))
             })
             .collect()
     }
@@ -965,6 +979,17 @@ impl Guard {
         self.settle(pending)
     }
 
+    /// `hit_cache_size`: how many allowed requests each worker remembers whole.
+    pub fn hit_cache_size(&self) -> usize {
+        self.hit_cache_size
+    }
+
+    /// Whether the configuration mentions header `name` (one of
+    /// [`crate::protocol::hits::PER_REQUEST`]) anywhere, as any part of any string.
+    pub fn mentions(&self, name: &str) -> bool {
+        self.mentioned.iter().any(|m| m.eq_ignore_ascii_case(name))
+    }
+
     /// In terse mode (the filter's), an allowed request's verdict carries no detail: the detail
     /// only feeds a debug log, and writing it is most of an allow's cost. Unless the log level
     /// is debug, requests that are simply allowed (a session, or every demand granted on named
@@ -1206,6 +1231,17 @@ fn jsonrpc_need(
     })
 }
 
+/// Which per-request headers `cfg` mentions. Any string of the configuration counts (a route's
+/// header source, a forwarded header list, a token source, anything), in any case, even inside a
+/// longer string: a header the configuration could read is never left out of a remembered
+/// allow's key, and a false alarm only makes the key longer.
+fn mentioned_per_request_headers(cfg: &PluginConfig) -> Vec<&'static str> {
+    let text = serde_json::to_string(cfg).unwrap_or_default().to_ascii_lowercase();
+    let all = crate::protocol::hits::PER_REQUEST;
+    // An unserialisable configuration (none is) mentions them all.
+    all.iter().copied().filter(|name| text.is_empty() || text.contains(name)).collect()
+}
+
 fn compile_restricted_roles(roles: &[String]) -> Result<Vec<String>, ConfigError> {
     roles
         .iter()
@@ -1218,6 +1254,12 @@ fn compile_restricted_roles(roles: &[String]) -> Result<Vec<String>, ConfigError
 }
 
 /// A header name as the upstreams that read it least strictly do: lowercase, `_` as `-`.
+/// Whether `name` spells `key` once [`header_key`] is applied to it (`key` already is).
+fn same_header_key(name: Option<&[u8]>, key: &[u8]) -> bool {
+    let fold = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    name.is_some_and(|name| name.len() == key.len() && name.iter().zip(key).all(|(&a, &b)| fold(a) == b))
+}
+
 fn header_key(name: &str) -> String {
     name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
 }

@@ -17,6 +17,7 @@
 //! request the callback is for is let go by the callback's return value ([`Flow`]), every other
 //! one by [`Action::Resume`].
 
+pub(crate) mod hits;
 mod keys;
 mod lookups;
 mod sessions;
@@ -35,6 +36,7 @@ use crate::session::{SessionCache, SessionMemo};
 use crate::shared::{inflight, SharedStore};
 use crate::validation::{CalloutRequest, TokenBucket, Validator};
 use crate::verdict::Verdict;
+use hits::{HitMemo, Recording};
 
 pub use stat::Stat;
 
@@ -276,6 +278,10 @@ pub struct Worker {
     keys: VerifierState,
     /// Session entries this worker decoded (current configuration).
     session_memo: SessionMemo,
+    /// Requests this worker allowed from its caches alone (current configuration).
+    hits: HitMemo,
+    /// What the request being decided in [`Worker::head`] may be remembered by.
+    recording: Option<(RequestId, Recording)>,
     /// This worker's allowance of callouts about sessions the cache has never seen (current
     /// configuration; `None` without a validation service).
     cold_callouts: Option<TokenBucket>,
@@ -322,6 +328,7 @@ impl Worker {
             inflight::prepare(store);
         }
         self.session_memo = SessionMemo::default();
+        self.hits = HitMemo::new(guard.hit_cache_size(), &|name| guard.mentions(name));
         if let Some(v) = guard.validator() {
             SessionCache::new(&v.cache).prepare(store);
             self.session_memo = SessionMemo::new(usize::try_from(v.cache.memo_entries).unwrap_or(usize::MAX));
@@ -384,14 +391,45 @@ impl Worker {
         self.requests
             .entry(req)
             .or_insert_with(|| Request { body_done: end_of_stream.then_some(0), ..Request::default() });
+        let hash = self.hits.hash(head, end_of_stream);
+        if let Some(hash) = hash {
+            if let Some(hit) = self.hits.answer(hash, head, &*store, now_ms) {
+                let (headers, counts) = (hit.set.to_vec(), hit.counts.to_vec());
+                for stat in counts {
+                    self.count(stat, 1);
+                }
+                self.apply(req, Verdict::Allow { headers, detail: String::new(), audited: None, logout: None });
+                return;
+            }
+            // Whatever it remembered no longer answers: it is about to be decided again.
+            self.hits.forget(hash);
+        }
+        self.recording = hash.map(|h| (req, Recording::new(h)));
         let step = guard.on_request_headers_cached(head, now_ms / 1000, &mut self.keys);
         let tally = self.keys.tokens.take();
         self.count(Stat::TokensJwt, u64::from(tally.jwt));
         self.count(Stat::TokensOpaque, u64::from(tally.opaque));
         self.count(Stat::TokensUnrecognised, u64::from(tally.unrecognised));
+        if let (Some((_, rec)), Some(until)) = (&mut self.recording, self.keys.verified.take_answered_until()) {
+            rec.until_ms = rec.until_ms.min(until.saturating_mul(1000));
+        }
         let dropped = self.keys.verified.take_roles_dropped();
+        if dropped > 0 {
+            // Counted once, when the token is verified: a remembered allow must not count it again.
+            self.spoil_recording();
+        }
         self.count(Stat::RolesDropped, dropped);
         self.advance(&mut Ctx { guard, store, now_ms }, req, step);
+        if let Some((_, recording)) = self.recording.take() {
+            self.hits.remember(head, recording);
+        }
+    }
+
+    /// The request being decided takes a path the hit memo does not cover.
+    fn spoil_recording(&mut self) {
+        if let Some((_, rec)) = &mut self.recording {
+            rec.spoiled = true;
+        }
     }
 
     /// `size` bytes of request `req`'s body have arrived (all of it with `end_of_stream`).
@@ -593,6 +631,10 @@ impl Worker {
     fn count(&mut self, stat: Stat, n: u64) {
         if n > 0 {
             self.actions.push_back(Action::Count(stat, n));
+            // What a remembered allow counts again when it answers (`allowed` is its own).
+            if let Some((_, rec)) = self.recording.as_mut().filter(|_| stat != Stat::Allowed) {
+                rec.counts.extend(std::iter::repeat_n(stat, usize::try_from(n).unwrap_or(0)));
+            }
         }
     }
 
@@ -635,6 +677,9 @@ impl Worker {
         if !self.requests.contains_key(&req) {
             return;
         }
+        if !matches!(step, Step::Verdict(_) | Step::Session(_)) {
+            self.spoil_recording();
+        }
         match step {
             Step::Verdict(verdict) => self.apply(req, verdict),
             Step::Session(pending) => self.session(ctx, req, pending),
@@ -672,6 +717,13 @@ impl Worker {
         r.wait = Wait::Open;
         match verdict {
             Verdict::Allow { headers, detail, audited, logout } => {
+                if let Some((_, rec)) = self.recording.as_mut().filter(|(r, _)| *r == req) {
+                    if audited.is_none() && logout.is_none() && !r.headers_forwarded {
+                        rec.allowed = Some(headers.clone());
+                    } else {
+                        rec.spoiled = true;
+                    }
+                }
                 r.logout = logout;
                 let headers = if r.headers_forwarded { Vec::new() } else { headers };
                 self.count(Stat::Allowed, 1);
@@ -686,6 +738,7 @@ impl Worker {
                 self.release(req);
             }
             Verdict::Deny(denial) => {
+                self.spoil_recording();
                 self.count(Stat::of_denial(denial.kind), 1);
                 info!("deny {}: {}", denial.status, denial.detail);
                 self.actions.push_back(Action::Decide { req, verdict: Verdict::Deny(denial) });

@@ -146,6 +146,11 @@ impl SessionMemo {
         SessionMemo(Memo::new(capacity))
     }
 
+    /// The bucket session `key` was last read from and that bucket's version then, if known.
+    pub fn version(&self, key: &str) -> Option<(String, u32)> {
+        self.0.get(key).and_then(|m| Some((m.bucket.clone(), m.cas?)))
+    }
+
     /// How many sessions are remembered.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -59,12 +59,14 @@ pub struct VerifiedTokens {
     memo: Memo<Rc<str>, VerifiedToken>,
     /// Role names dropped from the tokens verified since the host last took the count.
     roles_dropped: u64,
+    /// Until when (seconds, the clock skew included) the token last answered for stays valid.
+    answered_until: Option<u64>,
 }
 
 impl VerifiedTokens {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        VerifiedTokens { memo: Memo::new(capacity), roles_dropped: 0 }
+        VerifiedTokens { memo: Memo::new(capacity), roles_dropped: 0, answered_until: None }
     }
 
     /// How many role names the tokens verified since the last call carried that were not role
@@ -72,6 +74,12 @@ impl VerifiedTokens {
     /// each time the cache answers for it.
     pub fn take_roles_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.roles_dropped)
+    }
+
+    /// The second the token [`Verifier::verify_cached`] last verified stops verifying (its
+    /// `exp` plus the clock skew), taken once.
+    pub fn take_answered_until(&mut self) -> Option<u64> {
+        self.answered_until.take()
     }
 
     /// How many tokens are remembered.
@@ -99,14 +107,18 @@ impl Verifier {
         let remembers = cache.memo.capacity() > 0;
         let long = (remembers && token.len() > MAX_TOKEN_KEY_BYTES).then(|| long_token_key(token));
         if let Some(hit) = cache.memo.get(long.as_deref().unwrap_or(token)) {
-            if now < hit.expires_at.saturating_add(self.clock_skew) {
-                return Ok(Verification::Verified(hit.clone()));
+            let until = hit.expires_at.saturating_add(self.clock_skew);
+            if now < until {
+                let hit = hit.clone();
+                cache.answered_until = Some(until);
+                return Ok(Verification::Verified(hit));
             }
         }
         let Verification::Verified(verified) = self.verify_with(token, now, Some(remote))? else {
             return Ok(Verification::AwaitingKeys);
         };
         cache.roles_dropped = cache.roles_dropped.saturating_add(u64::from(verified.roles_dropped));
+        cache.answered_until = Some(verified.expires_at.saturating_add(self.clock_skew));
         if remembers {
             cache.memo.insert(long.unwrap_or_else(|| token.into()), verified.clone());
         }

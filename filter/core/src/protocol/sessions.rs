@@ -17,13 +17,26 @@ impl Worker {
     /// Goes on from the session's cache entry, or refreshes it.
     pub(super) fn session<S: SharedStore + ?Sized>(&mut self, ctx: &mut Ctx<'_, S>, req: RequestId, pending: Pending) {
         let memo = &mut self.session_memo;
-        let cached = ctx.sessions().and_then(|(_, cache)| cache.get_memoized(&*ctx.store, pending.session_key(), memo));
+        let key = pending.session_key().to_owned();
+        let cached = ctx.sessions().and_then(|(_, cache)| cache.get_memoized(&*ctx.store, &key, memo));
         match ctx.guard.on_session(pending, cached.as_deref(), ctx.now_ms) {
             SessionStep::Hit(step) => {
+                // A remembered allow rests on this entry: while it is fresh, and while its
+                // bucket is the version read now.
+                let version = self.session_memo.version(&key);
+                let fresh_until = ctx.sessions().zip(cached.as_deref()).map(|((v, _), e)| e.fresh_until_ms(&v.cache));
+                match (&mut self.recording, version, fresh_until) {
+                    (Some((_, rec)), Some(version), Some(until)) => {
+                        rec.session = Some(version);
+                        rec.until_ms = rec.until_ms.min(until);
+                    }
+                    _ => self.spoil_recording(),
+                }
                 self.count(Stat::CacheHits, 1);
                 self.advance(ctx, req, step);
             }
             SessionStep::Miss(pending) => {
+                self.spoil_recording();
                 self.count(Stat::CacheMisses, 1);
                 self.refresh(ctx, req, pending, cached.as_deref().cloned());
             }

@@ -14,7 +14,9 @@
 //!   every hit;
 //! - the configuration and its policy: a new one starts an empty memo.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
+
+use rustc_hash::FxHasher;
 
 use crate::guard::RequestHead;
 use crate::memo::Memo;
@@ -54,6 +56,9 @@ pub(super) struct HitMemo {
     hits: Memo<u64, Hit>,
     /// The names of [`PER_REQUEST`] this configuration never mentions.
     ignored: Vec<&'static str>,
+    /// Bit `n` is set when some ignored name is `n` bytes long: most headers are told apart by
+    /// their length alone.
+    ignored_lengths: u64,
 }
 
 /// A remembered allow.
@@ -97,14 +102,16 @@ impl HitMemo {
     /// A memo of at most `capacity` requests, for a configuration that mentions `mentioned`
     /// header names (any string of the configuration may be one).
     pub(super) fn new(capacity: usize, mentioned: &dyn Fn(&str) -> bool) -> Self {
-        let ignored = PER_REQUEST.iter().copied().filter(|name| !mentioned(name)).collect();
-        HitMemo { hits: Memo::new(capacity), ignored }
+        let ignored: Vec<&'static str> = PER_REQUEST.iter().copied().filter(|name| !mentioned(name)).collect();
+        let ignored_lengths = ignored.iter().fold(0, |mask, name| mask | 1_u64.checked_shl(len_u32(name)).unwrap_or(0));
+        HitMemo { hits: Memo::new(capacity), ignored, ignored_lengths }
     }
 
     /// Exact names: Envoy hands header names over lowercased, and a name spelled otherwise is
     /// only kept in the key (never wrongly left out).
     fn is_ignored(&self, name: &str) -> bool {
-        self.ignored.contains(&name)
+        let length_matches = 1_u64.checked_shl(len_u32(name)).is_some_and(|bit| self.ignored_lengths & bit != 0);
+        length_matches && self.ignored.contains(&name)
     }
 
     fn kept<'h>(&'h self, head: &'h RequestHead<'_>) -> impl Iterator<Item = &'h (String, String)> + 'h {
@@ -117,7 +124,9 @@ impl HitMemo {
             return None;
         }
         let mut size = head.method.len() + head.path.len();
-        let mut h = DefaultHasher::new();
+        // Only picks the slot: a hit compares the whole request, so a collision (even one a
+        // client contrives) costs a decision, never a wrong answer.
+        let mut h = FxHasher::default();
         (head.method, head.path).hash(&mut h);
         for (name, value) in self.kept(head) {
             size += name.len() + value.len();
@@ -176,6 +185,10 @@ impl HitMemo {
     pub(super) fn len(&self) -> usize {
         self.hits.len()
     }
+}
+
+fn len_u32(name: &str) -> u32 {
+    u32::try_from(name.len()).unwrap_or(u32::MAX)
 }
 
 impl Recording {

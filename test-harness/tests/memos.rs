@@ -55,6 +55,15 @@ fn token(host: &Host, sid: &str, secs: u64) -> String {
     token_with(host, &[], json!({"sid": sid, "exp": host.clock().now_secs() + secs}))
 }
 
+/// A worker on `host` with the validation service, and a token for session `s-1` that the
+/// service has answered for as an analyst's.
+fn analyst_session(host: &Host) -> (Vm, String) {
+    let mut vm = host.configured_vm(&with_validation(json!({}))).unwrap();
+    let t = token(host, "s-1", 3600);
+    assert_eq!(prime(&mut vm, &catalog(&t, "data/x"), &["analyst"]), Some(200));
+    (vm, t)
+}
+
 #[test]
 fn a_remembered_token_is_refused_once_it_expires() {
     let host = host();
@@ -75,9 +84,7 @@ fn a_session_entry_another_worker_rewrote_is_read_again() {
     // on another host, is then written into this host's shared data (as another worker's
     // answer would be) while worker 0's entry is still fresh.
     let host = host();
-    let mut vm = host.configured_vm(&with_validation(json!({}))).unwrap();
-    let t = token(&host, "s-1", 3600);
-    assert_eq!(prime(&mut vm, &catalog(&t, "data/x"), &["analyst"]), Some(200));
+    let (mut vm, t) = analyst_session(&host);
     assert_eq!(status(&mut vm, &catalog(&t, "system/x")), Some(403), "analyst: memoized");
 
     let elsewhere = common::host();
@@ -118,9 +125,7 @@ fn a_logout_on_another_worker_ends_the_remembered_session() {
 #[test]
 fn a_new_policy_version_decides_afresh() {
     let host = host();
-    let mut vm = host.configured_vm(&with_validation(json!({}))).unwrap();
-    let t = token(&host, "s-1", 3600);
-    assert_eq!(prime(&mut vm, &catalog(&t, "data/x"), &["analyst"]), Some(200));
+    let (mut vm, t) = analyst_session(&host);
     assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "decided, and remembered");
     let mut stricter = policy();
     stricter["version"] = json!("stricter");
@@ -134,9 +139,7 @@ fn a_new_policy_version_decides_afresh() {
 #[test]
 fn a_new_configuration_starts_the_memos_afresh() {
     let host = host();
-    let mut vm = host.configured_vm(&with_validation(json!({}))).unwrap();
-    let t = token(&host, "s-1", 3600);
-    assert_eq!(prime(&mut vm, &catalog(&t, "data/x"), &["analyst"]), Some(200));
+    let (mut vm, t) = analyst_session(&host);
     assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "remembered");
     // Another secret: the remembered token no longer verifies.
     let other_secret = json!({"providers": [{"name": "noetl", "issuer": playbook_guard_core::testing::ISSUER,

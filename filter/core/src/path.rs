@@ -112,6 +112,11 @@ pub fn normalize_request_path(raw: &str) -> Result<String, PathError> {
     if is_normal(raw) {
         return Ok(raw.to_owned());
     }
+    normalize_in_full(raw)
+}
+
+/// [`normalize_request_path`] without the shortcut for paths already normal.
+fn normalize_in_full(raw: &str) -> Result<String, PathError> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8().map_err(|_| PathError::NotUtf8)?;
     let joined = join_segments(&decoded)?;
@@ -193,17 +198,6 @@ mod tests {
     /// up to six long over an alphabet of the characters that matter.
     #[test]
     fn normal_paths_take_the_shortcut_to_the_same_answer() {
-        let slow = |raw: &str| -> Result<String, PathError> {
-            let path = raw.split(['?', '#']).next().unwrap_or_default();
-            let decoded = percent_encoding::percent_decode_str(path).decode_utf8().map_err(|_| PathError::NotUtf8)?;
-            let joined = join_segments(&decoded)?;
-            if decoded.contains('%') {
-                let again = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy();
-                join_segments(&again)?;
-            }
-            let trailing = if decoded.ends_with('/') && !joined.is_empty() { "/" } else { "" };
-            Ok(format!("/{joined}{trailing}"))
-        };
         let alphabet = ["/", ".", "a", "%2e", "?", "\\", " ", "\u{e9}"];
         let mut paths = vec![String::new()];
         let mut level = vec![String::new()];
@@ -214,7 +208,7 @@ mod tests {
         let mut shortcuts = 0;
         for p in &paths {
             shortcuts += usize::from(is_normal(p));
-            assert_eq!(normalize_request_path(p), slow(p), "{p:?}");
+            assert_eq!(normalize_request_path(p), normalize_in_full(p), "{p:?}");
         }
         assert!(shortcuts > 100, "the shortcut was taken {shortcuts} times");
     }

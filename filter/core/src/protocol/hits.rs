@@ -56,9 +56,10 @@ pub(super) struct HitMemo {
     hits: Memo<u64, Hit>,
     /// The names of [`PER_REQUEST`] this configuration never mentions.
     ignored: Vec<&'static str>,
-    /// Bit `n` is set when some ignored name is `n` bytes long: most headers are told apart by
-    /// their length alone.
+    /// Bit `n` is set when some ignored name is `n` bytes long, and bit `b` of the other when
+    /// one starts with byte `b`: most headers are told apart by those two alone.
     ignored_lengths: u64,
+    ignored_firsts: u128,
 }
 
 /// A remembered allow.
@@ -104,14 +105,15 @@ impl HitMemo {
     pub(super) fn new(capacity: usize, mentioned: &dyn Fn(&str) -> bool) -> Self {
         let ignored: Vec<&'static str> = PER_REQUEST.iter().copied().filter(|name| !mentioned(name)).collect();
         let ignored_lengths = ignored.iter().fold(0, |mask, name| mask | 1_u64.checked_shl(len_u32(name)).unwrap_or(0));
-        HitMemo { hits: Memo::new(capacity), ignored, ignored_lengths }
+        let ignored_firsts = ignored.iter().fold(0, |mask, name| mask | first_bit(name));
+        HitMemo { hits: Memo::new(capacity), ignored, ignored_lengths, ignored_firsts }
     }
 
     /// Exact names: Envoy hands header names over lowercased, and a name spelled otherwise is
     /// only kept in the key (never wrongly left out).
     fn is_ignored(&self, name: &str) -> bool {
         let length_matches = 1_u64.checked_shl(len_u32(name)).is_some_and(|bit| self.ignored_lengths & bit != 0);
-        length_matches && self.ignored.contains(&name)
+        length_matches && self.ignored_firsts & first_bit(name) != 0 && self.ignored.contains(&name)
     }
 
     fn kept<'h>(&'h self, head: &'h RequestHead<'_>) -> impl Iterator<Item = &'h (String, String)> + 'h {
@@ -187,6 +189,11 @@ impl HitMemo {
     }
 }
 
+/// The bit of `name`'s first byte (none for an empty name or a byte past ASCII).
+fn first_bit(name: &str) -> u128 {
+    name.as_bytes().first().and_then(|&b| 1_u128.checked_shl(u32::from(b))).unwrap_or(0)
+}
+
 fn len_u32(name: &str) -> u32 {
     u32::try_from(name.len()).unwrap_or(u32::MAX)
 }
@@ -249,6 +256,17 @@ mod tests {
         assert!(!ask(&strict, "GET", "/api/me", &same));
         let first = [("authorization", "Bearer a"), ("x-request-id", "1"), ("cookie", "c=1")];
         assert!(ask(&strict, "GET", "/api/me", &first));
+    }
+
+    #[test]
+    fn every_per_request_name_is_ignored_and_nothing_else() {
+        let memo = HitMemo::new(8, &|_| false);
+        for name in PER_REQUEST {
+            assert!(memo.is_ignored(name), "{name}");
+        }
+        for name in ["x-request-ids", "x-request-iD", "authorization", "cookie", ":path", "b", "b4", "", "\u{e9}"] {
+            assert!(!memo.is_ignored(name), "{name}");
+        }
     }
 
     #[test]

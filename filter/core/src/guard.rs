@@ -301,7 +301,7 @@ pub struct Guard {
 /// one), taken with `try_lock` so that nobody ever waits for it (a contended question is
 /// answered by the policy itself). A clone starts empty.
 #[derive(Debug)]
-struct DecisionMemo(Mutex<Memo<Box<str>, bool>>);
+struct DecisionMemo(Mutex<Memo<Box<[u8]>, bool>>);
 
 impl Clone for DecisionMemo {
     fn clone(&self) -> Self {
@@ -518,8 +518,8 @@ impl Guard {
             .into_iter()
             .filter(|name| {
                 let prefix = self.identity_prefix.as_bytes();
-                let starts = name.len() >= prefix.len() && same_header_key(name.as_bytes().get(..prefix.len()), prefix);
-                starts || own.iter().any(|o| same_header_key(Some(name.as_bytes()), o.as_bytes()))
+                let starts = name.as_bytes().get(..prefix.len()).is_some_and(|start| same_header_key(start, prefix));
+                starts || own.iter().any(|o| same_header_key(name.as_bytes(), o.as_bytes()))
             })
             .collect()
     }
@@ -1037,17 +1037,19 @@ impl Guard {
     /// asked before.
     fn memoized_decision(&self, roles: &[String], permission: &str, playbook: &PlaybookPath) -> bool {
         // Each part is written with its length first, so no two questions share a key whatever
-        // their text (a role named "a,b" is not the roles a and b).
-        let mut key = String::with_capacity(64);
+        // their text (a role named "a,b" is not the roles a and b). Lengths as bytes, not
+        // digits: the formatter would cost more than the policy question in wasm.
+        let mut key = Vec::with_capacity(64);
+        let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
         for part in roles.iter().map(String::as_str).chain([permission, playbook.as_str()]) {
-            let _ = write!(key, "{}:", part.len());
-            key.push_str(part);
+            key.extend(length(part.len()));
+            key.extend(part.as_bytes());
         }
-        let _ = write!(key, "{}", roles.len());
+        key.extend(length(roles.len()));
         let Ok(mut memo) = self.decisions.0.try_lock() else {
             return self.policy.decide(roles, permission, playbook).allowed;
         };
-        if let Some(allowed) = memo.get(key.as_str()) {
+        if let Some(allowed) = memo.get(key.as_slice()) {
             return *allowed;
         }
         let allowed = self.policy.decide(roles, permission, playbook).allowed;
@@ -1255,9 +1257,9 @@ fn compile_restricted_roles(roles: &[String]) -> Result<Vec<String>, ConfigError
 
 /// A header name as the upstreams that read it least strictly do: lowercase, `_` as `-`.
 /// Whether `name` spells `key` once [`header_key`] is applied to it (`key` already is).
-fn same_header_key(name: Option<&[u8]>, key: &[u8]) -> bool {
+fn same_header_key(name: &[u8], key: &[u8]) -> bool {
     let fold = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
-    name.is_some_and(|name| name.len() == key.len() && name.iter().zip(key).all(|(&a, &b)| fold(a) == b))
+    name.len() == key.len() && name.iter().zip(key).all(|(&a, &b)| fold(a) == b)
 }
 
 fn header_key(name: &str) -> String {

@@ -23,14 +23,17 @@ impl Worker {
             SessionStep::Hit(step) => {
                 // A remembered allow rests on this entry: while it is fresh, and while its
                 // bucket is the version read now.
-                let version = self.session_memo.version(&key);
-                let fresh_until = ctx.sessions().zip(cached.as_deref()).map(|((v, _), e)| e.fresh_until_ms(&v.cache));
-                match (&mut self.recording, version, fresh_until) {
-                    (Some((_, rec)), Some(version), Some(until)) => {
-                        rec.session = Some(version);
-                        rec.until_ms = rec.until_ms.min(until);
+                if let Some((_, rec)) = &mut self.recording {
+                    let version = self.session_memo.version(&key);
+                    let fresh_until =
+                        ctx.sessions().zip(cached.as_deref()).map(|((v, _), e)| e.fresh_until_ms(&v.cache));
+                    match (version, fresh_until) {
+                        (Some(version), Some(until)) => {
+                            rec.session = Some(version);
+                            rec.until_ms = rec.until_ms.min(until);
+                        }
+                        _ => rec.spoiled = true,
                     }
-                    _ => self.spoil_recording(),
                 }
                 self.count(Stat::CacheHits, 1);
                 self.advance(ctx, req, step);

@@ -10,9 +10,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, MapType};
 
-use crate::core::protocol::{Action, Flow, RequestId, Worker};
+use crate::core::header_map::HeaderMap;
+use crate::core::protocol::{Action, Body, Flow, Grant, Recall, RequestId, Stat, Worker};
 use crate::core::{Guard, RequestHead, Verdict};
 use crate::metrics::Metrics;
+use crate::raw_headers::with_request_headers;
 use crate::store::HostStore;
 
 fn now_ms() -> u64 {
@@ -113,7 +115,12 @@ impl Host<'_> {
                 };
                 self.run(|w, g, s, now| w.body(g, s, now, req, body.as_deref().unwrap_or_default()));
             }
-            Action::Redecide { req } => self.decide_head(req, false),
+            Action::Redecide { req } => {
+                if let Err(why) = with_request_headers(|map| self.decide_head(req, map, Body::Follows)) {
+                    refuse_unavailable(&why);
+                    self.effective.set(None);
+                }
+            }
             Action::ForwardHead { headers, .. } | Action::Decide { verdict: Verdict::Allow { headers, .. }, .. } => {
                 set_headers(&headers);
             }
@@ -146,18 +153,12 @@ impl Host<'_> {
     }
 
     /// Feeds the worker request `req`'s head, without the identity headers a client sent:
-    /// those are ours alone, on every route, before anything reads the request.
-    fn decide_head(&self, req: RequestId, end_of_stream: bool) {
-        let mut headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| {
-                // Valid UTF-8 (nearly every value) keeps its buffer; anything else is read lossily.
-                let value =
-                    String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                (name, value)
-            })
-            .collect();
+    /// those are ours alone, on every route, before anything reads the request. A request with
+    /// no body comes with what [`Worker::recall`] gave for it.
+    fn decide_head(&self, req: RequestId, map: &HeaderMap<'_>, body: Body<'_>) {
+        // Valid UTF-8 (nearly every name and value) is copied as it is; anything else lossily.
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let mut headers: Vec<(String, String)> = map.pairs().map(|(n, v)| (text(n), text(v))).collect();
         let spoofed: Vec<String> = self
             .guard
             .identity_headers_to_remove(headers.iter().map(|(n, _)| n.as_str()))
@@ -168,19 +169,30 @@ impl Host<'_> {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
         }
         headers.retain(|(name, _)| !spoofed.contains(name));
+        // What the request is remembered by is what the client sent, identity headers and all:
+        // a request that carried some is not remembered.
+        let body = match body {
+            Body::Absent(Some(_)) if !spoofed.is_empty() => Body::Absent(None),
+            body => body,
+        };
         let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
         let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let decided = self.cell.with(|w| w.head(self.guard, &mut HostStore, self.now_ms, req, &head, end_of_stream));
+        let decided = self.cell.with(|w| w.head(self.guard, &mut HostStore, self.now_ms, req, &head, body));
         if decided.is_none() {
             // Never left waiting for a decision that will not come (see `WorkerCell`).
-            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+            refuse_unavailable("the worker is busy");
         }
         self.drain();
     }
 }
 
-/// The answer when no decision can be made at all.
-const UNAVAILABLE: &[u8] = br#"{"error":"unavailable"}"#;
+/// Answers the current request with 503: no decision can be made for it, for the reason `why`
+/// (logged).
+fn refuse_unavailable(why: &str) {
+    error!("{why}; refusing the request");
+    let body = br#"{"error":"unavailable"}"#;
+    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(body));
+}
 
 fn set_headers(headers: &[(String, String)]) {
     for (name, value) in headers {
@@ -282,6 +294,7 @@ impl RootContext for GuardRoot {
             guard: self.guard.clone(),
             metrics: self.metrics.clone(),
             worker: Rc::clone(&self.worker),
+            recalled: Cell::new(false),
         }))
     }
 
@@ -297,19 +310,27 @@ struct GuardHttp {
     guard: Option<Rc<Guard>>,
     metrics: Metrics,
     worker: Rc<WorkerCell>,
+    /// Allowed by [`Worker::recall`]: the worker never held this request, and nothing about
+    /// it is left to tell it.
+    recalled: Cell<bool>,
 }
 
 impl GuardHttp {
     fn host<'a>(&'a self, guard: &'a Guard) -> Host<'a> {
-        let now_ms = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Host { guard, metrics: &self.metrics, cell: &self.worker, now_ms, effective: Cell::new(Some(self.id)) }
+        Host {
+            guard,
+            metrics: &self.metrics,
+            cell: &self.worker,
+            now_ms: now_ms(),
+            effective: Cell::new(Some(self.id)),
+        }
     }
 
     /// Runs one of this request's callbacks: other requests let go in it are resumed, this one
     /// by the return value.
-    fn callback(&self, guard: &Guard, f: impl FnOnce(&Host<'_>) -> Flow) -> HostAction {
+    fn callback(&self, host: &Host<'_>, f: impl FnOnce(&Host<'_>) -> Flow) -> HostAction {
         let outer = self.worker.with(|w| w.begin(self.id)).flatten();
-        let flow = f(&self.host(guard));
+        let flow = f(host);
         let released = self.worker.with(|w| w.end(outer)).unwrap_or(Flow::Pause);
         match (flow, released) {
             (Flow::Continue, _) | (_, Flow::Continue) => HostAction::Continue,
@@ -317,9 +338,20 @@ impl GuardHttp {
         }
     }
 
+    /// Lets the request go as the worker allowed it before (see [`Worker::recall`]).
+    fn allow_as_before(&self, grant: &Grant) -> HostAction {
+        self.recalled.set(true);
+        set_headers(&grant.headers);
+        self.metrics.add(Stat::Allowed, 1);
+        for stat in &grant.counts {
+            self.metrics.add(*stat, 1);
+        }
+        HostAction::Continue
+    }
+
     fn body(&self, size: usize, end_of_stream: bool) -> HostAction {
         let Some(guard) = self.guard.clone() else { return HostAction::Continue };
-        self.callback(&guard, |host| {
+        self.callback(&self.host(&guard), |host| {
             let flow = host.cell.with(|w| w.body_data(host.guard, self.id, size, end_of_stream));
             host.drain();
             flow.unwrap_or(Flow::Pause)
@@ -338,13 +370,28 @@ impl Context for GuardHttp {
 impl HttpContext for GuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
         let Some(guard) = self.guard.clone() else {
-            error!("request before any accepted configuration; refusing it");
-            self.send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+            refuse_unavailable("a request before any accepted configuration");
             return HostAction::Pause;
         };
-        self.callback(&guard, |host| {
-            host.decide_head(self.id, end_of_stream);
-            Flow::Pause
+        let host = self.host(&guard);
+        let decided = with_request_headers(|map| {
+            let body = if end_of_stream {
+                match self.worker.with(|w| w.recall(&HostStore, host.now_ms, map)) {
+                    Some(Recall::Allow(grant)) => return self.allow_as_before(&grant),
+                    Some(Recall::Decide(key)) => Body::Absent(key),
+                    None => Body::Absent(None),
+                }
+            } else {
+                Body::Follows
+            };
+            self.callback(&host, |host| {
+                host.decide_head(self.id, map, body);
+                Flow::Pause
+            })
+        });
+        decided.unwrap_or_else(|why| {
+            refuse_unavailable(&why);
+            HostAction::Pause
         })
     }
 
@@ -360,7 +407,7 @@ impl HttpContext for GuardHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> HostAction {
         // Only a logout's answer matters; the others' status is not even read.
-        if self.worker.with(|w| w.awaits_response(self.id)) != Some(true) {
+        if self.recalled.get() || self.worker.with(|w| w.awaits_response(self.id)) != Some(true) {
             return HostAction::Continue;
         }
         if let Some(guard) = self.guard.clone() {
@@ -374,7 +421,9 @@ impl HttpContext for GuardHttp {
 impl Drop for GuardHttp {
     fn drop(&mut self) {
         // A request that ends (or whose client goes away) while waiting must leave no trace.
-        self.worker.with(|w| w.dropped(&mut HostStore, now_ms, self.id));
+        if !self.recalled.get() {
+            self.worker.with(|w| w.dropped(&mut HostStore, now_ms, self.id));
+        }
     }
 }
 

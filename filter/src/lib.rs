@@ -11,6 +11,7 @@ pub use playbook_guard_core as core;
 
 pub mod host;
 pub mod metrics;
+mod raw_headers;
 mod store;
 
 // The SDK's entry point (`_initialize`); the macro cannot carry a doc comment.

@@ -185,3 +185,18 @@ fn a_remembered_allow_answers_only_the_same_request() {
     assert_eq!(status(&mut vm, &catalog(&t, "system/x").header("x-request-id", "r-4")), Some(403));
     assert!(vm.http_calls().is_empty());
 }
+
+#[test]
+fn a_request_that_carries_identity_headers_is_never_answered_from_memory() {
+    let host = host();
+    let (mut vm, t) = analyst_session(&host);
+    // A name of the identity family the filter never sets itself: only its removal takes it out.
+    let spoofed = catalog(&t, "data/x").header("x-noetl-user-is-admin", "true");
+    let plain = catalog(&t, "data/x");
+    for (n, request) in [&spoofed, &spoofed, &plain, &plain, &spoofed].into_iter().enumerate() {
+        let exchange = vm.send_request(request).unwrap();
+        let headers = exchange.outcome.forwarded_headers().unwrap_or_else(|| panic!("request {n} not forwarded"));
+        assert_eq!(headers.get("x-noetl-user-is-admin"), None, "request {n}");
+        assert_eq!(headers.get_all("x-noetl-user-roles"), vec!["analyst"], "request {n}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod graphql;
 pub mod guard;
+pub mod header_map;
 pub mod json;
 pub mod jwt;
 pub mod like;

@@ -6,7 +6,8 @@
 //! reached only through a [`SharedStore`].
 //!
 //! The host feeds it events, each with the time in milliseconds since the epoch:
-//! a request's head ([`Worker::head`]), body ([`Worker::body_data`], [`Worker::body`]),
+//! a request's head ([`Worker::recall`] first when it has no body, then [`Worker::head`]
+//! unless that answered it), body ([`Worker::body_data`], [`Worker::body`]),
 //! response ([`Worker::response`]) and end ([`Worker::dropped`]); a callout's answer
 //! ([`Worker::answer`]); a tick ([`Worker::tick`]); a new configuration
 //! ([`Worker::configure`]). It then carries out every [`Action`] that [`Worker::poll_action`]
@@ -26,16 +27,19 @@ mod stat;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 
 use log::{debug, info};
 
 use crate::guard::{Guard, Pending, RequestHead, Step};
+use crate::header_map::HeaderMap;
 use crate::jwt::VerifierState;
 use crate::lookup::{LookupCache, LookupKey, Resolver};
 use crate::session::{SessionCache, SessionMemo};
 use crate::shared::{inflight, SharedStore};
 use crate::validation::{CalloutRequest, TokenBucket, Validator};
 use crate::verdict::Verdict;
+pub use hits::{Grant, HitKey};
 use hits::{HitMemo, Recording};
 
 pub use stat::Stat;
@@ -226,6 +230,24 @@ enum Call {
     Keys { provider: usize },
 }
 
+/// What [`Worker::recall`] answers.
+#[derive(Debug)]
+pub enum Recall<'a> {
+    /// The request is allowed as it was before: what to set and count.
+    Allow(Rc<Grant>),
+    /// It must be decided: [`Worker::head`] with this key in [`Body::Absent`].
+    Decide(Option<HitKey<'a>>),
+}
+
+/// Whether a request's body follows its head, for [`Worker::head`].
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// A body (or trailers) follows.
+    Follows,
+    /// The head is the whole request; the key [`Worker::recall`] gave, if it may be remembered.
+    Absent(Option<HitKey<'a>>),
+}
+
 /// A map that iterates in the same order in every run (SipHash with fixed keys), so a simulated
 /// schedule replays exactly from its seed. Its keys are request ids, callout tokens and session
 /// keys of verified tokens: nothing an unauthenticated client chooses.
@@ -238,7 +260,7 @@ type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 /// A request without a token, decided in its own callback:
 ///
 /// ```
-/// use playbook_guard_core::protocol::{Action, Flow, Worker};
+/// use playbook_guard_core::protocol::{Action, Body, Flow, Worker};
 /// use playbook_guard_core::shared::MemoryStore;
 /// use playbook_guard_core::{Guard, RequestHead, Verdict};
 ///
@@ -255,7 +277,7 @@ type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 ///
 /// let outer = worker.begin(7);
 /// let head = RequestHead { method: "GET", path: "/api/me", headers: &[] };
-/// worker.head(&guard, &mut store, now_ms, 7, &head, true);
+/// worker.head(&guard, &mut store, now_ms, 7, &head, Body::Absent(None));
 /// let actions: Vec<Action> = std::iter::from_fn(|| worker.poll_action()).collect();
 /// assert!(actions.iter().any(|a| matches!(a, Action::Decide { req: 7, verdict: Verdict::Deny(d) } if d.status == 401)));
 /// assert_eq!(worker.end(outer), Flow::Pause, "answered locally, not let go");
@@ -328,7 +350,9 @@ impl Worker {
             inflight::prepare(store);
         }
         self.session_memo = SessionMemo::default();
-        self.hits = HitMemo::new(guard.hit_cache_size(), &|name| guard.mentions(name));
+        self.hits = HitMemo::new(guard.hit_cache_size(), &|name| {
+            guard.mentions(name) || !guard.identity_headers_to_remove([name]).is_empty()
+        });
         if let Some(v) = guard.validator() {
             SessionCache::new(&v.cache).prepare(store);
             self.session_memo = SessionMemo::new(usize::try_from(v.cache.memo_entries).unwrap_or(usize::MAX));
@@ -378,7 +402,27 @@ impl Worker {
         std::mem::replace(&mut self.current, outer).map_or(Flow::Pause, |c| c.flow)
     }
 
-    /// Request `req`'s head (`end_of_stream`: it has no body), its identity headers removed.
+    /// A request with no body whose headers the host handed over as `map` (nothing removed
+    /// yet), answered from memory if this worker allowed the very same request from its caches
+    /// and what that rested on still holds (see [`hits`]). A remembered allow is the host's
+    /// to carry out: set the grant's identity headers, count `allowed` and the grant's stats,
+    /// let the request go. The worker keeps nothing of such a request; it needs no other event.
+    pub fn recall<'a, S: SharedStore + ?Sized>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        map: &'a HeaderMap<'a>,
+    ) -> Recall<'a> {
+        let Some(key) = self.hits.key(map) else { return Recall::Decide(None) };
+        match self.hits.answer(&key, store, now_ms) {
+            Some(grant) => Recall::Allow(grant),
+            None => Recall::Decide(Some(key)),
+        }
+    }
+
+    /// Request `req`'s head, its identity headers removed; with [`Body::Absent`], the key
+    /// [`Worker::recall`] gave, if the request may be remembered (none if the host removed
+    /// identity headers from it).
     pub fn head<S: SharedStore + ?Sized>(
         &mut self,
         guard: &Guard,
@@ -386,25 +430,16 @@ impl Worker {
         now_ms: u64,
         req: RequestId,
         head: &RequestHead<'_>,
-        end_of_stream: bool,
+        body: Body<'_>,
     ) {
+        let (end_of_stream, key) = match body {
+            Body::Follows => (false, None),
+            Body::Absent(key) => (true, key),
+        };
         self.requests
             .entry(req)
             .or_insert_with(|| Request { body_done: end_of_stream.then_some(0), ..Request::default() });
-        let hash = self.hits.hash(head, end_of_stream);
-        if let Some(hash) = hash {
-            if let Some(hit) = self.hits.answer(hash, head, &*store, now_ms) {
-                let (headers, counts) = (hit.set.to_vec(), hit.counts.to_vec());
-                for stat in counts {
-                    self.count(stat, 1);
-                }
-                self.apply(req, Verdict::Allow { headers, detail: String::new(), audited: None, logout: None });
-                return;
-            }
-            // Whatever it remembered no longer answers: it is about to be decided again.
-            self.hits.forget(hash);
-        }
-        self.recording = hash.map(|h| (req, Recording::new(h)));
+        self.recording = key.map(|_| (req, Recording::default()));
         let step = guard.on_request_headers_cached(head, now_ms / 1000, &mut self.keys);
         let tally = self.keys.tokens.take();
         self.count(Stat::TokensJwt, u64::from(tally.jwt));
@@ -420,8 +455,8 @@ impl Worker {
         }
         self.count(Stat::RolesDropped, dropped);
         self.advance(&mut Ctx { guard, store, now_ms }, req, step);
-        if let Some((_, recording)) = self.recording.take() {
-            self.hits.remember(head, recording);
+        if let (Some((_, recording)), Some(key)) = (self.recording.take(), key) {
+            self.hits.remember(&key, recording);
         }
     }
 

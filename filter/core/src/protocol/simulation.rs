@@ -9,6 +9,7 @@
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,8 +17,9 @@ use serde_json::{json, Value};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use super::{Action, Flow, RequestId, Worker, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS, TICK_MS};
+use super::{Action, Body, Flow, Grant, Recall, RequestId, Worker, CLAIM_GRACE_MS, FAILURE_BACKOFF_MS, TICK_MS};
 use crate::guard::{Guard, RequestHead};
+use crate::header_map::{serialize, HeaderMap};
 use crate::session::SessionCache;
 use crate::shared::{MemoryStore, SetError, SharedStore};
 use crate::testing;
@@ -235,12 +237,24 @@ impl<'g> Sim<'g> {
         };
         let headers = vec![("authorization".to_owned(), format!("Bearer {}", self.tokens[sid]))];
         let (method, path) = if logout { ("POST", "/api/auth/logout") } else { ("GET", "/api/me") };
-        let head = RequestHead { method, path, headers: &headers };
         let now = self.now();
         let outer = mut_of(&self.workers[w]).begin(id);
-        mut_of(&self.workers[w]).head(self.guard, &mut SimStore { sim: self, worker: w }, now, id, &head, true);
+        let recalled = head_alone(
+            &mut mut_of(&self.workers[w]),
+            self.guard,
+            &mut SimStore { sim: self, worker: w },
+            now,
+            id,
+            method,
+            path,
+            &headers,
+        );
+        if recalled.is_some() {
+            self.decided(id, true);
+        }
         self.drain(w);
         let flow = mut_of(&self.workers[w]).end(outer);
+        let flow = if recalled.is_some() { Flow::Continue } else { flow };
         if flow == Flow::Continue && mut_of(&self.world).requests.get(&id).is_some_and(|r| r.decided != Some(true)) {
             self.violation(format!("request {id} went on without an allow"));
         }
@@ -343,6 +357,23 @@ impl<'g> Sim<'g> {
     }
 
     /// Carries out worker `w`'s actions, checking what they may not do.
+    /// Request `req` is allowed or denied.
+    fn decided(&self, req: RequestId, allowed: bool) {
+        let mut world = mut_of(&self.world);
+        let Some(r) = world.requests.get_mut(&req) else { return };
+        r.decided = Some(allowed);
+        let (sid, started, logout) = (r.sid, r.started_ms, r.logout);
+        if allowed && logout {
+            world.logouts_pending.push(req);
+        }
+        if let (true, Some(at)) = (allowed, world.logged_out.get(sid)) {
+            if started > *at {
+                let what = format!("request {req} for {sid}, begun after its logout, was allowed");
+                world.violations.push(what);
+            }
+        }
+    }
+
     fn drain(&self, w: usize) {
         loop {
             let Some(action) = mut_of(&self.workers[w]).poll_action() else { return };
@@ -376,22 +407,7 @@ impl<'g> Sim<'g> {
                     drop(world);
                     mut_of(&self.workers[w]).sent(call, token);
                 }
-                Action::Decide { req, verdict } => {
-                    let allowed = matches!(verdict, Verdict::Allow { .. });
-                    let mut world = mut_of(&self.world);
-                    let Some(r) = world.requests.get_mut(&req) else { continue };
-                    r.decided = Some(allowed);
-                    let (sid, started, logout) = (r.sid, r.started_ms, r.logout);
-                    if allowed && logout {
-                        world.logouts_pending.push(req);
-                    }
-                    if let (true, Some(at)) = (allowed, world.logged_out.get(sid)) {
-                        if started > *at {
-                            let what = format!("request {req} for {sid}, begun after its logout, was allowed");
-                            world.violations.push(what);
-                        }
-                    }
-                }
+                Action::Decide { req, verdict } => self.decided(req, matches!(verdict, Verdict::Allow { .. })),
                 Action::Resume { req } => {
                     if mut_of(&self.world).requests.get(&req).is_some_and(|r| r.decided != Some(true)) {
                         self.violation(format!("request {req} resumed without an allow"));
@@ -543,4 +559,28 @@ fn the_protocol_keeps_its_invariants_across_workers_under_any_schedule() {
         }
     }
     assert!(callouts > 0, "the simulation made callouts");
+}
+
+/// A request with no body, handed to `worker` as the host does: recalled if the worker can
+/// ([`Worker::recall`]), else decided ([`Worker::head`]). The grant when it was recalled.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head_alone<S: SharedStore + ?Sized>(
+    worker: &mut Worker,
+    guard: &Guard,
+    store: &mut S,
+    now_ms: u64,
+    req: RequestId,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Option<Rc<Grant>> {
+    let pseudo = [(":method".to_owned(), method.to_owned()), (":path".to_owned(), path.to_owned())];
+    let bytes = serialize(&[&pseudo[..], headers].concat());
+    let map = HeaderMap::parse(&bytes).expect("serialized just now");
+    let key = match worker.recall(&*store, now_ms, &map) {
+        Recall::Allow(grant) => return Some(grant),
+        Recall::Decide(key) => key,
+    };
+    worker.head(guard, store, now_ms, req, &RequestHead { method, path, headers }, Body::Absent(key));
+    None
 }

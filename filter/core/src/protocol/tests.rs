@@ -3,7 +3,7 @@
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use super::simulation::{guard, token, START_MS};
+use super::simulation::{guard, head_alone, token, START_MS};
 use super::*;
 use crate::shared::MemoryStore;
 use serde_json::{json, Value};
@@ -30,11 +30,19 @@ impl One {
     fn request(&mut self, req: RequestId, sid: &str, path: &str) -> (Vec<Action>, Flow) {
         let headers = vec![("authorization".to_owned(), format!("Bearer {}", token(sid)))];
         let method = if path.ends_with("logout") { "POST" } else { "GET" };
-        let head = RequestHead { method, path, headers: &headers };
         let outer = self.worker.begin(req);
-        self.worker.head(&self.guard, &mut self.store, START_MS, req, &head, true);
-        let actions = self.actions();
-        (actions, self.worker.end(outer))
+        let recalled =
+            head_alone(&mut self.worker, &self.guard, &mut self.store, START_MS, req, method, path, &headers);
+        let mut actions = self.actions();
+        let mut flow = self.worker.end(outer);
+        if let Some(grant) = recalled {
+            // What the host does with it, as the worker would have asked.
+            let verdict =
+                Verdict::Allow { headers: grant.headers.clone(), detail: String::new(), audited: None, logout: None };
+            actions.push(Action::Decide { req, verdict });
+            flow = Flow::Continue;
+        }
+        (actions, flow)
     }
 
     /// Sends every callout asked for, numbering them from `first`.

@@ -11,8 +11,10 @@ use std::fmt;
 /// A serialized header map whose every length was checked against its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderMap<'a> {
-    bytes: &'a [u8],
-    count: usize,
+    /// Each pair's name and value lengths, 8 bytes a pair.
+    table: &'a [u8],
+    /// The names and values, each followed by its NUL.
+    data: &'a [u8],
 }
 
 /// Why bytes are not a serialized header map.
@@ -43,6 +45,11 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(*word)).ok()
 }
 
+/// A table entry's name and value lengths.
+fn lengths(&[n0, n1, n2, n3, v0, v1, v2, v3]: &[u8; 8]) -> (usize, usize) {
+    (u32::from_le_bytes([n0, n1, n2, n3]) as usize, u32::from_le_bytes([v0, v1, v2, v3]) as usize)
+}
+
 impl<'a> HeaderMap<'a> {
     /// Checks `bytes` once, so that reading the pairs never fails. No bytes at all is the empty
     /// map (a host that has no pairs to give may hand over nothing).
@@ -52,43 +59,42 @@ impl<'a> HeaderMap<'a> {
     /// something else is not read one way or another.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, MalformedMap> {
         if bytes.is_empty() {
-            return Ok(HeaderMap { bytes, count: 0 });
+            return Ok(HeaderMap { table: &[], data: &[] });
         }
         let count = u32_at(bytes, 0).ok_or(MalformedMap::Truncated)?;
-        let mut data = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(MalformedMap::Truncated)?;
-        if data > bytes.len() {
-            return Err(MalformedMap::Truncated);
-        }
-        for n in 0..count {
-            for field in 0..2 {
-                let len = u32_at(bytes, 4 + n * 8 + field * 4).ok_or(MalformedMap::Truncated)?;
-                let end = data.checked_add(len).ok_or(MalformedMap::Truncated)?;
-                match bytes.get(end) {
-                    Some(0) => data = end + 1,
-                    Some(_) => return Err(MalformedMap::Unterminated),
-                    None => return Err(MalformedMap::Truncated),
+        let table_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(MalformedMap::Truncated)?;
+        let (table, data) =
+            bytes.get(4..).unwrap_or_default().split_at_checked(table_end - 4).ok_or(MalformedMap::Truncated)?;
+        let mut rest = data;
+        for entry in table.chunks_exact(8) {
+            let (name_len, value_len) = entry.first_chunk::<8>().map(lengths).unwrap_or_default();
+            for len in [name_len, value_len] {
+                match rest.split_at_checked(len).map(|(_, after)| after.split_first()) {
+                    Some(Some((0, after))) => rest = after,
+                    Some(Some(_)) => return Err(MalformedMap::Unterminated),
+                    Some(None) | None => return Err(MalformedMap::Truncated),
                 }
             }
         }
-        if data != bytes.len() {
+        if !rest.is_empty() {
             return Err(MalformedMap::TrailingBytes);
         }
-        Ok(HeaderMap { bytes, count })
+        Ok(HeaderMap { table, data })
     }
 
     /// The number of pairs.
     pub fn len(&self) -> usize {
-        self.count
+        self.table.len() / 8
     }
 
     /// Whether it has no pairs.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.table.is_empty()
     }
 
     /// The pairs, in the host's order.
     pub fn pairs(&self) -> Pairs<'a> {
-        Pairs { bytes: self.bytes, next: 0, count: self.count, data: 4 + self.count * 8 }
+        Pairs { table: self.table, data: self.data }
     }
 
     /// The map's bytes in runs of consecutive pairs `keep` says yes to (given each name): for
@@ -97,7 +103,7 @@ impl<'a> HeaderMap<'a> {
     /// concatenation of the data; reading whole stretches at a time is much cheaper than
     /// reading field by field.
     pub fn runs<F: Fn(&[u8]) -> bool>(&self, keep: F) -> Runs<'a, F> {
-        Runs { pairs: self.pairs(), keep }
+        Runs { map: *self, pairs: self.pairs(), keep }
     }
 
     /// The value of the first pair named `name` (exactly).
@@ -109,42 +115,30 @@ impl<'a> HeaderMap<'a> {
 /// The pairs of a [`HeaderMap`]: (name, value), as bytes.
 #[derive(Debug, Clone)]
 pub struct Pairs<'a> {
-    bytes: &'a [u8],
-    next: usize,
-    count: usize,
-    data: usize,
-}
-
-impl<'a> Pairs<'a> {
-    /// The next name or value, `len` bytes at the data cursor (in bounds: the map was parsed).
-    fn field(&mut self, len: usize) -> &'a [u8] {
-        let field = self.bytes.get(self.data..self.data + len).unwrap_or_default();
-        self.data += len + 1;
-        field
-    }
+    table: &'a [u8],
+    data: &'a [u8],
 }
 
 impl<'a> Iterator for Pairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
-            return None;
-        }
-        let lengths = 4 + self.next * 8;
-        self.next += 1;
-        let (name_len, value_len) = (u32_at(self.bytes, lengths)?, u32_at(self.bytes, lengths + 4)?);
-        Some((self.field(name_len), self.field(value_len)))
+        let (entry, table) = self.table.split_first_chunk::<8>()?;
+        let (name_len, value_len) = lengths(entry);
+        // In bounds and NUL-terminated: the map was parsed.
+        let (name, rest) = self.data.split_at_checked(name_len)?;
+        let (value, rest) = rest.get(1..)?.split_at_checked(value_len)?;
+        (self.table, self.data) = (table, rest.get(1..)?);
+        Some((name, value))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.count - self.next;
-        (left, Some(left))
+        (self.table.len() / 8, Some(self.table.len() / 8))
     }
 }
 
 /// A run of consecutive kept pairs of a [`HeaderMap`] (see [`HeaderMap::runs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Run<'a> {
     /// Their name and value lengths, as the map's table holds them.
     pub table: &'a [u8],
@@ -155,32 +149,39 @@ pub struct Run<'a> {
 /// The runs of [`HeaderMap::runs`].
 #[derive(Debug, Clone)]
 pub struct Runs<'a, F> {
+    map: HeaderMap<'a>,
     pairs: Pairs<'a>,
     keep: F,
+}
+
+impl<'a, F: Fn(&[u8]) -> bool> Runs<'a, F> {
+    /// Where the pairs still to read begin: in the table, and in the data.
+    fn at(&self) -> (usize, usize) {
+        (self.map.table.len() - self.pairs.table.len(), self.map.data.len() - self.pairs.data.len())
+    }
 }
 
 impl<'a, F: Fn(&[u8]) -> bool> Iterator for Runs<'a, F> {
     type Item = Run<'a>;
 
     fn next(&mut self) -> Option<Run<'a>> {
-        let pairs = &mut self.pairs;
         let (first, start) = loop {
-            let at = (pairs.next, pairs.data);
-            let (name, _) = pairs.next()?;
+            let at = self.at();
+            let (name, _) = self.pairs.next()?;
             if (self.keep)(name) {
                 break at;
             }
         };
-        let mut end = (pairs.next, pairs.data);
+        let mut end = self.at();
         // The pair that ends the run is not kept: it is passed over with it.
-        while let Some((name, _)) = pairs.next() {
+        while let Some((name, _)) = self.pairs.next() {
             if !(self.keep)(name) {
                 break;
             }
-            end = (pairs.next, pairs.data);
+            end = self.at();
         }
-        let table = pairs.bytes.get(4 + first * 8..4 + end.0 * 8).unwrap_or_default();
-        Some(Run { table, data: pairs.bytes.get(start..end.1).unwrap_or_default() })
+        let table = self.map.table.get(first..end.0).unwrap_or_default();
+        Some(Run { table, data: self.map.data.get(start..end.1).unwrap_or_default() })
     }
 }
 

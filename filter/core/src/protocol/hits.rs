@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHasher;
 
-use crate::header_map::{HeaderMap, Run, Runs};
+use crate::header_map::{HeaderMap, Run};
 use crate::memo::Memo;
 use crate::shared::SharedStore;
 
@@ -62,15 +62,21 @@ pub struct Grant {
 }
 
 /// The memo of one worker, for one configuration.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct HitMemo {
     hits: Memo<u64, Hit>,
     /// The names of [`PER_REQUEST`] this configuration never mentions.
     ignored: Vec<&'static str>,
-    /// Bit `n` is set when some ignored name is `n` bytes long, and bit `b` of the other when
+    /// Bit `n` is set when some ignored name is `n` bytes long, and entry `b` of the other when
     /// one starts with byte `b`: most headers are told apart by those two alone.
     ignored_lengths: u64,
-    ignored_firsts: u128,
+    ignored_firsts: [bool; 256],
+}
+
+impl Default for HitMemo {
+    fn default() -> Self {
+        HitMemo::new(0, &|_| true)
+    }
 }
 
 /// A remembered allow.
@@ -85,11 +91,23 @@ struct Hit {
     grant: Rc<Grant>,
 }
 
-/// A request the memo may remember: its headers as the host handed them over, and their hash.
+/// Requests whose kept pairs fall in more runs than this (more than seven stretches of
+/// per-request headers between them) are not remembered.
+const MAX_RUNS: usize = 8;
+
+/// A request the memo may remember: its kept pairs, as runs of the header map the host handed
+/// over, and their hash.
 #[derive(Debug, Clone, Copy)]
 pub struct HitKey<'a> {
-    map: &'a HeaderMap<'a>,
+    runs: [Run<'a>; MAX_RUNS],
+    count: usize,
     hash: u64,
+}
+
+impl<'a> HitKey<'a> {
+    fn runs(&self) -> &[Run<'a>] {
+        self.runs.get(..self.count).unwrap_or_default()
+    }
 }
 
 /// What the worker gathers while it decides a request it may remember.
@@ -111,7 +129,12 @@ impl HitMemo {
         let ignored: Vec<&'static str> = PER_REQUEST.iter().copied().filter(|name| !read(name)).collect();
         let ignored_lengths =
             ignored.iter().fold(0, |mask, name| mask | 1_u64.checked_shl(len_u32(name.as_bytes())).unwrap_or(0));
-        let ignored_firsts = ignored.iter().fold(0, |mask, name| mask | first_bit(name.as_bytes()));
+        let mut ignored_firsts = [false; 256];
+        for first in ignored.iter().filter_map(|name| name.bytes().next()) {
+            if let Some(slot) = ignored_firsts.get_mut(usize::from(first)) {
+                *slot = true;
+            }
+        }
         HitMemo { hits: Memo::new(capacity), ignored, ignored_lengths, ignored_firsts }
     }
 
@@ -119,31 +142,30 @@ impl HitMemo {
     /// only kept in the key (never wrongly left out).
     fn is_ignored(&self, name: &[u8]) -> bool {
         let length_matches = 1_u64.checked_shl(len_u32(name)).is_some_and(|bit| self.ignored_lengths & bit != 0);
-        length_matches
-            && self.ignored_firsts & first_bit(name) != 0
-            && self.ignored.iter().any(|i| i.as_bytes() == name)
-    }
-
-    fn kept<'h>(&'h self, map: &HeaderMap<'h>) -> Runs<'h, impl Fn(&[u8]) -> bool + Clone + 'h> {
-        map.runs(|name| !self.is_ignored(name))
+        let first_matches = name.first().and_then(|&b| self.ignored_firsts.get(usize::from(b))) == Some(&true);
+        length_matches && first_matches && self.ignored.iter().any(|i| i.as_bytes() == name)
     }
 
     /// The key of a request with no body whose headers are `map`, if it may be remembered.
-    pub(super) fn key<'a>(&self, map: &'a HeaderMap<'a>) -> Option<HitKey<'a>> {
+    pub(super) fn key<'a>(&self, map: &HeaderMap<'a>) -> Option<HitKey<'a>> {
         if self.hits.capacity() == 0 {
             return None;
         }
+        let mut key = HitKey { runs: [Run::default(); MAX_RUNS], count: 0, hash: 0 };
         let (mut size, mut table) = (0, 0);
         // Only picks the slot: a hit compares the whole request, so a collision (even one a
         // client contrives) costs a decision, never a wrong answer.
         let mut h = FxHasher::default();
-        for run in self.kept(map) {
+        for run in map.runs(|name| !self.is_ignored(name)) {
+            *key.runs.get_mut(key.count)? = run;
+            key.count += 1;
             (size, table) = (size + run.data.len(), table + run.table.len());
             h.write(run.table);
             h.write(run.data);
         }
         h.write_usize(table);
-        (size <= MAX_KEY_BYTES).then(|| HitKey { map, hash: h.finish() })
+        key.hash = h.finish();
+        (size <= MAX_KEY_BYTES).then_some(key)
     }
 
     /// The grant of the remembered allow of `key`, if it still answers. One that no longer does
@@ -156,7 +178,7 @@ impl HitMemo {
     ) -> Option<Rc<Grant>> {
         let hit = self.hits.get(&key.hash)?;
         let answers = now_ms < hit.until_ms
-            && self.same_request(&hit.request, key.map)
+            && same_request(&hit.request, key.runs())
             && hit.session.as_ref().is_none_or(|(bucket, cas)| store.get(bucket).1 == Some(*cas));
         if answers {
             Some(Rc::clone(&hit.grant))
@@ -166,30 +188,12 @@ impl HitMemo {
         }
     }
 
-    /// Whether `map`, its ignored pairs aside, is the request [`encode`] wrote as `stored`.
-    fn same_request(&self, stored: &[u8], map: &HeaderMap<'_>) -> bool {
-        let Some((table_len, stored)) = stored.split_first_chunk::<4>() else { return false };
-        let Some((mut table, mut data)) = stored.split_at_checked(u32::from_le_bytes(*table_len) as usize) else {
-            return false;
-        };
-        let next = |stored: &mut &[u8], part: &[u8]| match stored.split_at_checked(part.len()) {
-            Some((bytes, rest)) if same_bytes(bytes, part) => {
-                *stored = rest;
-                true
-            }
-            _ => false,
-        };
-        self.kept(map).all(|run| next(&mut table, run.table) && next(&mut data, run.data))
-            && table.is_empty()
-            && data.is_empty()
-    }
-
     /// Remembers the allow `recording` gathered for the request of `key`.
     pub(super) fn remember(&mut self, key: &HitKey<'_>, recording: Recording) {
         let Recording { spoiled: false, session, until_ms, counts, allowed: Some(headers) } = recording else {
             return;
         };
-        let request = encode(self.kept(key.map));
+        let request = encode(key.runs());
         let grant = Rc::new(Grant { headers, counts });
         self.hits.insert(key.hash, Hit { request, session, until_ms, grant });
     }
@@ -201,13 +205,35 @@ impl HitMemo {
     }
 }
 
+/// Whether `runs` are the request [`encode`] wrote as `stored`.
+fn same_request(stored: &[u8], runs: &[Run<'_>]) -> bool {
+    let Some((table_len, stored)) = stored.split_first_chunk::<4>() else { return false };
+    let Some((mut table, mut data)) = stored.split_at_checked(u32::from_le_bytes(*table_len) as usize) else {
+        return false;
+    };
+    let next = |stored: &mut &[u8], part: &[u8]| match stored.split_at_checked(part.len()) {
+        Some((bytes, rest)) if same_bytes(bytes, part) => {
+            *stored = rest;
+            true
+        }
+        _ => false,
+    };
+    runs.iter().all(|run| next(&mut table, run.table) && next(&mut data, run.data))
+        && table.is_empty()
+        && data.is_empty()
+}
+
 /// The runs' tables end to end, then their data, behind the tables' length (`u32`, little
 /// endian): the kept pairs, each told from the next by the lengths.
-fn encode<'h>(runs: impl Iterator<Item = Run<'h>> + Clone) -> Box<[u8]> {
-    let table: usize = runs.clone().map(|r| r.table.len()).sum();
+fn encode(runs: &[Run<'_>]) -> Box<[u8]> {
+    let table: usize = runs.iter().map(|r| r.table.len()).sum();
     let mut out = u32::try_from(table).unwrap_or(u32::MAX).to_le_bytes().to_vec();
-    out.extend(runs.clone().flat_map(|r| r.table.iter().copied()));
-    out.extend(runs.flat_map(|r| r.data.iter().copied()));
+    for run in runs {
+        out.extend_from_slice(run.table);
+    }
+    for run in runs {
+        out.extend_from_slice(run.data);
+    }
     out.into_boxed_slice()
 }
 
@@ -224,11 +250,6 @@ fn same_bytes(mut a: &[u8], mut b: &[u8]) -> bool {
         (a, b) = (a_rest, b_rest);
     }
     a == b
-}
-
-/// The bit of `name`'s first byte (none for an empty name or a byte past ASCII).
-fn first_bit(name: &[u8]) -> u128 {
-    name.first().and_then(|&b| 1_u128.checked_shl(u32::from(b))).unwrap_or(0)
 }
 
 fn len_u32(bytes: &[u8]) -> u32 {
@@ -347,6 +368,11 @@ mod tests {
         let mut memo = HitMemo::new(8, &|_| false);
         let big = serialize(&[("cookie", "c".repeat(MAX_KEY_BYTES))]);
         assert!(memo.key(&HeaderMap::parse(&big).unwrap()).is_none());
+        // Kept pairs in more runs than MAX_RUNS: each split from the next by a request id.
+        let split: Vec<(String, &str)> =
+            (0..=MAX_RUNS).flat_map(|n| [(format!("h{n}"), "v"), ("x-request-id".into(), "1")]).collect();
+        assert!(memo.key(&HeaderMap::parse(&serialize(&split)).unwrap()).is_none());
+        assert!(memo.key(&HeaderMap::parse(&serialize(&split[..2 * MAX_RUNS])).unwrap()).is_some());
         let bytes = serialize(SENT);
         let map = HeaderMap::parse(&bytes).unwrap();
         assert!(HitMemo::new(0, &|_| false).key(&map).is_none(), "disabled");

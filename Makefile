@@ -208,7 +208,7 @@ bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 # No sanitizer: the core forbids unsafe code, so the oracle is panics and the targets' asserts.
 FUZZ_DIR     := filter/core/fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := request token path body validation_answer lookup_answer catalog_yaml
+FUZZ_TARGETS := request token path body validation_answer lookup_answer catalog_yaml header_map
 fuzz: fuzz-tools
 	PLAYBOOK_GUARD_FUZZ_ITERS=$${PLAYBOOK_GUARD_FUZZ_ITERS:-1000000} \
 	    cargo test --release -p playbook-guard-core --test robustness -- --nocapture

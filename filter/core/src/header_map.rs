@@ -62,9 +62,9 @@ impl<'a> HeaderMap<'a> {
             return Ok(HeaderMap { table: &[], data: &[] });
         }
         let count = u32_at(bytes, 0).ok_or(MalformedMap::Truncated)?;
-        let table_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(MalformedMap::Truncated)?;
+        let table_len = count.checked_mul(8).ok_or(MalformedMap::Truncated)?;
         let (table, data) =
-            bytes.get(4..).unwrap_or_default().split_at_checked(table_end - 4).ok_or(MalformedMap::Truncated)?;
+            bytes.get(4..).unwrap_or_default().split_at_checked(table_len).ok_or(MalformedMap::Truncated)?;
         let mut rest = data;
         for entry in table.chunks_exact(8) {
             let (name_len, value_len) = entry.first_chunk::<8>().map(lengths).unwrap_or_default();

@@ -105,11 +105,6 @@ impl<'a> HeaderMap<'a> {
     pub fn runs<F: Fn(&[u8]) -> bool>(&self, keep: F) -> Runs<'a, F> {
         Runs { map: *self, pairs: self.pairs(), keep }
     }
-
-    /// The value of the first pair named `name` (exactly).
-    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.pairs().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
-    }
 }
 
 /// The pairs of a [`HeaderMap`]: (name, value), as bytes.
@@ -223,8 +218,6 @@ mod tests {
         let map = HeaderMap::parse(&bytes).unwrap();
         assert_eq!(map.len(), 5);
         assert_eq!(map.pairs().collect::<Vec<_>>(), sent);
-        assert_eq!(map.get("cookie"), Some(&b""[..]), "the first of two");
-        assert_eq!(map.get("Cookie"), None, "names are exact");
         assert!(HeaderMap::parse(&[]).unwrap().is_empty());
         assert!(HeaderMap::parse(&serialize::<&str, &str>(&[])).unwrap().is_empty());
     }

@@ -152,18 +152,17 @@ impl HitMemo {
             return None;
         }
         let mut key = HitKey { runs: [Run::default(); MAX_RUNS], count: 0, hash: 0 };
-        let (mut size, mut table) = (0, 0);
+        let mut size = 0;
         // Only picks the slot: a hit compares the whole request, so a collision (even one a
         // client contrives) costs a decision, never a wrong answer.
         let mut h = FxHasher::default();
         for run in map.runs(|name| !self.is_ignored(name)) {
             *key.runs.get_mut(key.count)? = run;
             key.count += 1;
-            (size, table) = (size + run.data.len(), table + run.table.len());
+            size += run.data.len();
             h.write(run.table);
             h.write(run.data);
         }
-        h.write_usize(table);
         key.hash = h.finish();
         (size <= MAX_KEY_BYTES).then_some(key)
     }

@@ -341,7 +341,12 @@ impl GuardHttp {
     /// Lets the request go as the worker allowed it before (see [`Worker::recall`]).
     fn allow_as_before(&self, grant: &Grant) -> HostAction {
         self.recalled.set(true);
-        set_headers(&grant.headers);
+        // Added, not replaced: a remembered request carried no identity header (the memo never
+        // remembers one that did, nor ignores their names), and adding skips Envoy's search
+        // for the old value.
+        for (name, value) in &grant.headers {
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        }
         self.metrics.add(Stat::Allowed, 1);
         for stat in &grant.counts {
             self.metrics.add(*stat, 1);

@@ -91,7 +91,8 @@ fn a_session_entry_another_worker_rewrote_is_read_again() {
     let mut other = elsewhere.configured_vm(&with_validation(json!({}))).unwrap();
     let t2 = token(&elsewhere, "s-1", 3600);
     assert_eq!(prime(&mut other, &catalog(&t2, "system/x"), &["admin"]), Some(200));
-    // Its bucket, and the eviction-ring slot that names it.
+    // Its bucket, and the eviction-ring slot that names it; then the bucket's stamp, which
+    // every writer writes after the bucket.
     let mut rewritten = Vec::new();
     for key in elsewhere.shared_data_keys() {
         let (value, _) = elsewhere.shared_data(&key).unwrap();
@@ -101,6 +102,11 @@ fn a_session_entry_another_worker_rewrote_is_read_again() {
         }
     }
     assert_eq!(rewritten.len(), 2, "{rewritten:?}");
+    assert_eq!(status(&mut vm, &catalog(&t, "system/x")), Some(403), "a bucket written but not stamped is not read");
+    let stamps: Vec<String> =
+        rewritten.iter().map(|k| format!("{k}/stamp")).filter(|k| elsewhere.shared_data(k).is_some()).collect();
+    assert_eq!(stamps.len(), 1, "the bucket's: {stamps:?}");
+    host.set_shared_data(&stamps[0], b"").unwrap();
     assert_eq!(status(&mut vm, &catalog(&t, "system/x")), Some(200), "the new entry (admin) decides");
     assert!(vm.http_calls().is_empty(), "and it was fresh: no callout");
 }

@@ -513,13 +513,13 @@ fn junk(n: usize) -> Request {
     Request::get("/api/catalog/data/x").header("x-session-token", &format!("{n:032x}"))
 }
 
-/// How many sessions the shared cache holds: the records in its buckets (`pg1/s/<n>`, each a
+/// How many sessions the shared cache holds: the records in its buckets (`pg2/s/<n>`, each a
 /// JSON array of records).
 fn sessions_stored(host: &Host) -> usize {
     let buckets = host
         .shared_data_keys()
         .into_iter()
-        .filter(|k| k.strip_prefix("pg1/s/").is_some_and(|n| n.parse::<u64>().is_ok()));
+        .filter(|k| k.strip_prefix("pg2/s/").is_some_and(|n| n.parse::<u64>().is_ok()));
     buckets
         .filter_map(|k| host.shared_data(&k))
         .map(|(value, _)| serde_json::from_slice::<Vec<serde_json::Value>>(&value).map_or(0, |rows| rows.len()))

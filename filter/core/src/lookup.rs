@@ -252,7 +252,7 @@ impl LookupCache {
     /// The cache of `resolver`'s answers.
     pub fn new(resolver: &Resolver) -> Self {
         let ring = table::Ring { id: 0, prefix: "pg1/lslot", capacity: resolver.max_entries };
-        LookupCache { table: Table::new("pg1/l", ring.capacity), ring }
+        LookupCache { table: Table::new("pg2/l", ring.capacity), ring }
     }
 
     /// Creates what must exist before any worker writes (see [`Table::prepare`]).

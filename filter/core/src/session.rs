@@ -146,9 +146,10 @@ impl SessionMemo {
         SessionMemo(Memo::new(capacity))
     }
 
-    /// The bucket session `key` was last read from and that bucket's version then, if known.
+    /// The stamp of the bucket session `key` was last read from and the stamp's token then, if
+    /// known: the entry read then holds while the stamp's token is unchanged.
     pub fn version(&self, key: &str) -> Option<(String, u32)> {
-        self.0.get(key).and_then(|m| Some((m.bucket.clone(), m.cas?)))
+        self.0.get(key).and_then(|m| Some((m.stamp.clone(), m.cas?)))
     }
 
     /// How many sessions are remembered.
@@ -165,9 +166,10 @@ impl SessionMemo {
 /// One session as a worker last read it.
 #[derive(Debug)]
 struct Memoized {
-    /// Its bucket's shared-data key (worked out once).
-    bucket: String,
-    /// The bucket's compare-and-swap token when read (`None`: no bucket, nothing to trust).
+    /// Its bucket's stamp's shared-data key (worked out once; see [`crate::shared::table`]).
+    stamp: String,
+    /// The stamp's compare-and-swap token, read before the bucket (`None`: no stamp yet,
+    /// nothing to trust).
     cas: Option<u32>,
     /// The entry read then (`None`: none, or logged out).
     entry: Option<Rc<SessionEntry>>,
@@ -195,7 +197,7 @@ impl SessionCache {
     pub fn new(settings: &CacheSettings) -> Self {
         let ring = |ring: Ring, id, prefix| table::Ring { id, prefix, capacity: ring.capacity(settings) };
         let (valid, invalid) = (ring(Ring::Valid, 0, "pg1/slot"), ring(Ring::Invalid, 1, "pg1/nslot"));
-        SessionCache { table: Table::new("pg1/s", valid.capacity.saturating_add(invalid.capacity)), valid, invalid }
+        SessionCache { table: Table::new("pg2/s", valid.capacity.saturating_add(invalid.capacity)), valid, invalid }
     }
 
     /// Creates what must exist before any worker writes (see [`Table::prepare`]).
@@ -215,11 +217,11 @@ impl SessionCache {
         }
     }
 
-    /// [`SessionCache::get`], decoded again only if the session's bucket changed since `memo`
-    /// last read it: the bucket's compare-and-swap token changes with every write to it (the
-    /// host counts them for all keys together), so an unchanged token means unchanged bytes.
-    /// The bucket is still read each time, so another worker's answer or logout is seen at
-    /// once.
+    /// [`SessionCache::get`], read and decoded again only if the session's bucket changed since
+    /// `memo` last read it. Every write to the bucket is followed by one to its stamp, whose
+    /// compare-and-swap token then changes (the host counts writes for all keys together), so
+    /// an unchanged token means unchanged bytes. The stamp is still read each time, so another
+    /// worker's answer or logout is seen at once.
     pub fn get_memoized<S: SharedStore + ?Sized>(
         &self,
         store: &S,
@@ -227,13 +229,14 @@ impl SessionCache {
         memo: &mut SessionMemo,
     ) -> Option<Rc<SessionEntry>> {
         let known = memo.0.get(key);
-        let bucket = known.map_or_else(|| self.table.bucket(key), |m| m.bucket.clone());
-        let (bytes, cas) = store.get(&bucket);
+        let stamp = known.map_or_else(|| self.table.stamp(key), |m| m.stamp.clone());
+        let (_, cas) = store.get(&stamp);
         if let Some(m) = known.filter(|m| m.cas.is_some() && m.cas == cas) {
             return m.entry.clone();
         }
-        let entry = Self::entry(Table::find(bytes.as_deref(), cas, key)).map(Rc::new);
-        memo.0.insert(key.into(), Memoized { bucket, cas, entry: entry.clone() });
+        let (bytes, bucket_cas) = store.get(&self.table.bucket(key));
+        let entry = Self::entry(Table::find(bytes.as_deref(), bucket_cas, key)).map(Rc::new);
+        memo.0.insert(key.into(), Memoized { stamp, cas, entry: entry.clone() });
         entry
     }
 

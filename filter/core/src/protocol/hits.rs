@@ -9,9 +9,9 @@
 //!   the per-request ids and trace context of [`PER_REQUEST`] when the configuration names
 //!   none of them (Envoy gives each request its own `x-request-id`);
 //! - the token: until its `exp` (plus the clock skew);
-//! - the session: while the entry is fresh, and only while its bucket in shared data is the
-//!   version it was read at (another worker's answer or a logout changes it), read again on
-//!   every hit;
+//! - the session: while the entry is fresh, and only while its bucket's stamp in shared data
+//!   is the version it was read at (another worker's answer or a logout changes it), read
+//!   again on every hit (an empty value: the host copies nothing into the VM);
 //! - the configuration and its policy: a new one starts an empty memo.
 
 use std::hash::Hasher;
@@ -84,7 +84,7 @@ impl Default for HitMemo {
 struct Hit {
     /// The request's pairs but the ignored ones, as [`encode`] writes them.
     request: Box<[u8]>,
-    /// The session's bucket and the version it was read at.
+    /// The stamp of the session's bucket and the version it was read at.
     session: Option<(String, u32)>,
     /// The first millisecond it no longer answers (the token's expiry, the entry's freshness).
     until_ms: u64,
@@ -178,7 +178,7 @@ impl HitMemo {
         let hit = self.hits.get(&key.hash)?;
         let answers = now_ms < hit.until_ms
             && same_request(&hit.request, key.runs())
-            && hit.session.as_ref().is_none_or(|(bucket, cas)| store.get(bucket).1 == Some(*cas));
+            && hit.session.as_ref().is_none_or(|(stamp, cas)| store.get(stamp).1 == Some(*cas));
         if answers {
             Some(Rc::clone(&hit.grant))
         } else {
@@ -348,9 +348,9 @@ mod tests {
     }
 
     #[test]
-    fn an_allow_answers_until_its_time_and_while_its_session_bucket_is_unchanged() {
+    fn an_allow_answers_until_its_time_and_while_its_session_stamp_is_unchanged() {
         let (mut memo, mut store) = (HitMemo::new(8, &|_| false), MemoryStore::default());
-        store.set("b/1", Some(b"[]"), None).unwrap();
+        store.set("b/1", None, None).unwrap();
         let cas = store.get("b/1").1.unwrap();
         let bytes = serialize(SENT);
         remember(&mut memo, &bytes, Some(("b/1".into(), cas)), 1000);
@@ -358,8 +358,8 @@ mod tests {
         assert!(!answers(&mut memo, &bytes, &store, 1000), "its time is up");
         assert_eq!(memo.len(), 0, "and it is forgotten");
         remember(&mut memo, &bytes, Some(("b/1".into(), cas)), 1000);
-        store.set("b/1", Some(b"[]"), None).unwrap();
-        assert!(!answers(&mut memo, &bytes, &store, 10), "the bucket was written: the same bytes, another version");
+        store.set("b/1", None, None).unwrap();
+        assert!(!answers(&mut memo, &bytes, &store, 10), "the stamp was written: the same bytes, another version");
     }
 
     #[test]

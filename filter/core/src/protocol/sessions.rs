@@ -22,7 +22,7 @@ impl Worker {
         match ctx.guard.on_session(pending, cached.as_deref(), ctx.now_ms) {
             SessionStep::Hit(step) => {
                 // A remembered allow rests on this entry: while it is fresh, and while its
-                // bucket is the version read now.
+                // bucket's stamp is the version read now.
                 if let Some((_, rec)) = &mut self.recording {
                     let version = self.session_memo.version(&key);
                     let fresh_until =

@@ -8,6 +8,13 @@
 //! stored): taking a slot evicts whichever record held it. So a table holds at most its rings'
 //! capacity of records, and never more keys than buckets and slots, however many distinct
 //! sessions or ids pass through it.
+//!
+//! Each bucket has a stamp, `<bucket>/stamp`: an empty value written after every change to the
+//! bucket, so that its compare-and-swap token changes whenever the bucket has. A worker that
+//! remembers what it read checks the stamp instead of reading the bucket again: the host
+//! copies a value into the VM through an allocation, a round trip into the VM that costs more
+//! than the whole check, and an empty value needs none. The stamp is read before the bucket
+//! and written after it, so a stamp unchanged since a read means no write has completed since.
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +110,11 @@ impl Table {
         format!("{}/{}", self.prefix, fnv1a(key) % self.buckets)
     }
 
+    /// The shared-data key of the stamp of the bucket `key`'s record lives in.
+    pub fn stamp(&self, key: &str) -> String {
+        stamp_of(&self.bucket(key))
+    }
+
     /// Creates the buckets and ring counters that are missing, once per size: shared data has
     /// no create-if-absent, so two workers creating one bucket at once could each drop the
     /// record the other wrote. Envoy configures a plugin on its main thread before any worker
@@ -148,7 +160,7 @@ impl Table {
         now_ms: u64,
     ) -> Result<Put, Unwritten> {
         let bucket = self.bucket(key);
-        let in_place = update(store, &bucket, |bytes| {
+        let in_place = write_bucket(store, &bucket, false, |bytes| {
             let mut rows = decode(bytes);
             rows.retain(|r| !r.expired(now_ms));
             match rows.iter_mut().find(|r| r.key == key) {
@@ -164,7 +176,7 @@ impl Table {
             return Ok(done);
         }
         let slot = next_slot(store, ring)?;
-        let kept = update(store, &bucket, |bytes| {
+        let kept = write_bucket(store, &bucket, false, |bytes| {
             let mut rows = decode(bytes);
             rows.retain(|r| !r.expired(now_ms));
             if rows.iter().any(|r| r.key == key && keep(&r.value)) {
@@ -214,7 +226,7 @@ impl Table {
         until_ms: u64,
         now_ms: u64,
     ) -> Result<(), Unwritten> {
-        update_or_force(store, &self.bucket(key), |bytes| {
+        write_bucket(store, &self.bucket(key), true, |bytes| {
             let mut rows = decode(bytes);
             rows.retain(|r| r.key != key && !r.expired(now_ms));
             let row = Row {
@@ -240,7 +252,7 @@ impl Table {
         key: &str,
         which: impl Fn(&Row) -> bool,
     ) -> Result<bool, Unwritten> {
-        update(store, &self.bucket(key), |bytes| {
+        write_bucket(store, &self.bucket(key), false, |bytes| {
             let mut rows = decode(bytes);
             let before = rows.len();
             rows.retain(|r| !(r.key == key && which(r)));
@@ -255,8 +267,39 @@ impl Table {
     /// How many records the buckets hold, for the simulation's bound on memory.
     pub fn count(&self, store: &super::MemoryStore) -> usize {
         let prefix = format!("{}/", self.prefix);
-        store.scan(&prefix).filter(|(k, _)| !k.ends_with("/ready")).map(|(_, v)| decode(Some(v)).len()).sum()
+        store
+            .scan(&prefix)
+            .filter(|(k, _)| !k.ends_with("/ready") && !k.ends_with("/stamp"))
+            .map(|(_, v)| decode(Some(v)).len())
+            .sum()
     }
+}
+
+fn stamp_of(bucket: &str) -> String {
+    format!("{bucket}/stamp")
+}
+
+/// Applies `change` to `bucket` ([`update`], or [`update_or_force`] with `force`), then
+/// stamps the bucket if it was written.
+fn write_bucket<S: SharedStore + ?Sized, T>(
+    store: &mut S,
+    bucket: &str,
+    force: bool,
+    mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<T, Unwritten> {
+    // The last call of `change` is the one whose write landed (or that wrote nothing).
+    let mut wrote = false;
+    let mut tracked = |bytes: Option<&[u8]>| {
+        let (write, out) = change(bytes);
+        wrote = write.is_some();
+        (write, out)
+    };
+    let out = if force { update_or_force(store, bucket, &mut tracked)? } else { update(store, bucket, &mut tracked)? };
+    if wrote {
+        // A bucket changed but not stamped would let every worker go on trusting what it read.
+        store.set(&stamp_of(bucket), None, None).map_err(|_| Unwritten::Refused)?;
+    }
+    Ok(out)
 }
 
 /// Takes the next slot of `ring`.
@@ -350,7 +393,8 @@ mod tests {
                 t.remove(&mut store, &format!("session-{}", i / 2)).unwrap();
             }
         }
-        assert!(store.keys() <= keys + (RING.capacity + OTHER.capacity) as usize, "{} keys", store.keys());
+        let (slots, stamps) = (RING.capacity + OTHER.capacity, t.buckets);
+        assert!(store.keys() <= keys + (slots + stamps) as usize, "{} keys", store.keys());
         assert!(t.count(&store) <= 5);
     }
 
@@ -363,7 +407,45 @@ mod tests {
         assert_eq!(value(&store, &t, "a"), Some(1));
         let bigger = Table::new("t/r", 100);
         bigger.prepare(&mut store, &[RING, OTHER]);
-        assert_eq!(store.scan("t/r/").count(), 25 + 1, "25 buckets and the ready mark");
+        let unstamped = store.scan("t/r/").filter(|(k, _)| !k.ends_with("/stamp"));
+        assert_eq!(unstamped.count(), 25 + 1, "25 buckets and the ready mark");
+    }
+
+    #[test]
+    fn every_change_to_a_bucket_changes_its_stamp_and_nothing_else_does() {
+        let mut store = MemoryStore::default();
+        let t = table(&mut store);
+        let stamp = |store: &MemoryStore| store.get(&t.stamp("a"));
+        assert_eq!(stamp(&store), (None, None), "no stamp before the first write");
+        let mut last = None;
+        let mut changed = |store: &MemoryStore| {
+            let (value, cas) = stamp(store);
+            assert_eq!(value, None, "a stamp is empty: reading it copies nothing");
+            let changed = cas.is_some() && cas != last;
+            last = cas;
+            changed
+        };
+        t.put(&mut store, "a", "1", RING, &never, 0).unwrap();
+        assert!(changed(&store), "stored");
+        t.put(&mut store, "a", "2", RING, &never, 0).unwrap();
+        assert!(changed(&store), "stored in place");
+        assert_eq!(t.put(&mut store, "a", "3", RING, &|_| true, 0), Ok(Put::Kept));
+        assert!(!changed(&store), "kept: the bucket is as it was");
+        t.pin(&mut store, "a", "4", 10, 0).unwrap();
+        assert!(changed(&store), "pinned");
+        assert_eq!(t.remove(&mut store, "b"), Ok(false));
+        assert!(!changed(&store), "nothing to remove");
+        assert_eq!(t.remove(&mut store, "a"), Ok(true));
+        assert!(changed(&store), "removed");
+        // A record evicted from this bucket by a put into another.
+        t.put(&mut store, "a", "5", RING, &never, 0).unwrap();
+        changed(&store);
+        let others = (0..).map(|n| format!("k{n}")).filter(|k| t.bucket(k) != t.bucket("a"));
+        for key in others.take(RING.capacity as usize) {
+            t.put(&mut store, &key, "6", RING, &never, 0).unwrap();
+        }
+        assert_eq!(t.get(&store, "a"), None, "evicted");
+        assert!(changed(&store), "evicted");
     }
 
     #[test]

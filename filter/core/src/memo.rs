@@ -3,28 +3,32 @@
 //! or checks it).
 
 use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 /// At most `capacity` entries (0: none are kept); when full, the oldest inserted goes first.
 /// Every value it holds was inserted by its user: it never answers a key it was not given.
+///
+/// Keys are hashed with `S`: the standard library's keyed hash unless the keys are already
+/// hashes of their own.
 #[derive(Debug, Clone)]
-pub struct Memo<K, V> {
-    map: HashMap<K, V>,
+pub struct Memo<K, V, S = RandomState> {
+    map: HashMap<K, V, S>,
     order: VecDeque<K>,
     capacity: usize,
 }
 
-impl<K, V> Default for Memo<K, V> {
+impl<K, V, S: Default> Default for Memo<K, V, S> {
     fn default() -> Self {
-        Memo { map: HashMap::new(), order: VecDeque::new(), capacity: 0 }
+        Memo { map: HashMap::default(), order: VecDeque::new(), capacity: 0 }
     }
 }
 
-impl<K: Eq + Hash + Clone, V> Memo<K, V> {
+impl<K: Eq + Hash + Clone, V, S: BuildHasher + Default> Memo<K, V, S> {
     /// A memo of at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        Memo { map: HashMap::new(), order: VecDeque::new(), capacity }
+        Memo { map: HashMap::default(), order: VecDeque::new(), capacity }
     }
 
     /// The value remembered for `key`.

@@ -14,7 +14,7 @@
 //!   again on every hit (an empty value: the host copies nothing into the VM);
 //! - the configuration and its policy: a new one starts an empty memo.
 
-use std::hash::Hasher;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use rustc_hash::FxHasher;
@@ -64,7 +64,9 @@ pub struct Grant {
 /// The memo of one worker, for one configuration.
 #[derive(Debug)]
 pub(super) struct HitMemo {
-    hits: Memo<u64, Hit>,
+    /// Keyed by [`HitKey::hash`], a hash already: hashing it again with the standard keyed
+    /// hash would cost a hit more than the rest of its lookup.
+    hits: Memo<u64, Hit, BuildHasherDefault<FxHasher>>,
     /// The names of [`PER_REQUEST`] this configuration never mentions.
     ignored: Vec<&'static str>,
     /// Bit `n` is set when some ignored name is `n` bytes long, and entry `b` of the other when

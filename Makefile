@@ -173,8 +173,11 @@ e2e: build $(FLOOR) venv postgres
 # requests/s and latency through real Envoy in four configurations in one run: no filter, Envoy's
 # jwt_authn + rbac, the floor, the filter on the session-cache-hit path (test-harness/e2e/
 # bench_envoy.py; load from wrk; Envoy and wrk pinned to a core each with taskset), written to
-# build/bench.json and drawn as build/bench.svg (bench-plot). Never sudo: a missing wrk is
-# installed with apt-get only when running as root; otherwise the Envoy part is skipped, saying so.
+# build/bench.json and drawn as build/bench.svg (bench-plot); then the same four configurations'
+# instructions per request through real Envoy under Valgrind's callgrind (deterministic where
+# req/s is not; test-harness/e2e/bench_envoy_instructions.py, build/bench-instructions.json).
+# Never sudo: a missing wrk or valgrind is installed with apt-get only when running as root;
+# otherwise that part is skipped, saying so.
 #
 # First, the core's decision alone, natively and in V8 (filter/core/tests/decision_time.rs, release
 # builds, microseconds per request): what the engine costs, apart from Envoy and the ABI.
@@ -198,6 +201,16 @@ bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	    && cargo run --quiet -p playbook-guard-bench-plot -- --input build/bench.json --output build/bench.svg; \
 	else echo "skipping requests/s through Envoy: wrk is not installed (it is Debian's package wrk;" \
 	    "make bench installs it only when run as root)"; fi
+	@if ! command -v valgrind >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing valgrind (apt-get)"; \
+	    apt-get install -y valgrind >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y valgrind >/dev/null; } \
+	        || echo "apt-get could not install valgrind"; fi
+	@if command -v valgrind >/dev/null; then \
+	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
+	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
+	    $(PY) test-harness/e2e/bench_envoy_instructions.py --output build/bench-instructions.json; \
+	else echo "skipping instructions per request through Envoy: valgrind is not installed (Debian's" \
+	    "package valgrind; make bench installs it only when run as root)"; fi
 
 # A long randomised run of the core: nothing panics, and a token that is not byte-for-byte the
 # signed one never gets through (filter/core/tests/robustness.rs; `make test` runs 3000 cases).

@@ -115,17 +115,22 @@ def with_floor(bootstrap):
     wasm["name"] = wasm["root_id"] = wasm["vm_config"]["vm_id"] = "floor"
 
 
-def start_envoys(tmp, service_port, envoys):
-    """One Envoy per configuration into `envoys` (so the caller stops those started if one
-    fails), each with one worker, answering directly."""
-    clusters = {"noetl_validation": service_port}
+def start_envoy(name, tmp, service_port, launcher=()):
+    """The Envoy of configuration `name`, with one worker, answering directly (`launcher`: what
+    runs Envoy, e.g. Valgrind)."""
     guard = plugin_config(hold_headers_for_body=True)
     guard["validation"] = {"cluster": "noetl_validation"}
-    plans = {NONE: (None, answer_directly), NATIVE: (None, with_native_filters),
-             FLOOR: ({}, with_floor), GUARD: (guard, answer_directly)}
-    for name, (plugin, customize) in plans.items():
-        envoys[name] = Envoy(tmp, plugin, upstream_port=free_port(), concurrency=1, clusters=clusters,
-                             customize=customize)
+    plugin, customize = {NONE: (None, answer_directly), NATIVE: (None, with_native_filters),
+                         FLOOR: ({}, with_floor), GUARD: (guard, answer_directly)}[name]
+    return Envoy(tmp, plugin, upstream_port=free_port(), concurrency=1,
+                 clusters={"noetl_validation": service_port}, customize=customize, launcher=launcher)
+
+
+def start_envoys(tmp, service_port, envoys):
+    """One Envoy per configuration into `envoys` (so the caller stops those started if one
+    fails)."""
+    for name in CONFIGS:
+        envoys[name] = start_envoy(name, tmp, service_port)
 
 
 def mint_token(secret=SECRET, **changes):

@@ -77,10 +77,11 @@ def wait_envoy_ready(proc, admin, log, timeout=60):
 class Envoy:
     """One Envoy process from envoy/envoy.yaml on free loopback ports. `plugin` is the filter's
     configuration (a dict or JSON text), or None to run the same Envoy without the filter;
-    `customize(bootstrap)` may change the bootstrap before Envoy starts."""
+    `customize(bootstrap)` may change the bootstrap before Envoy starts; `launcher` is a command
+    Envoy's is appended to (e.g. Valgrind's)."""
 
     def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True, clusters=None,
-                 customize=None):
+                 customize=None, launcher=()):
         self.port, self.admin_port = free_port(), free_port()
         bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
@@ -112,7 +113,8 @@ class Envoy:
         self.log_path = Path(tmp) / f"envoy-{self.port}.log"
         env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)
         self.proc = subprocess.Popen(
-            [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency), "--use-dynamic-base-id",
+            [*launcher, str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
+             "--use-dynamic-base-id",
              "--log-level", "warn", "--component-log-level", "wasm:info"],
             env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
         )

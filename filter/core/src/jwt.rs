@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ProviderConfig;
@@ -72,6 +72,12 @@ pub enum AuthError {
     /// The validation service says the session is not active.
     #[error("the session is not active")]
     SessionInvalid,
+    /// A scope in the provider's `required_scopes` is not granted.
+    #[error("scope {0:?} not granted")]
+    InsufficientScope(String),
+    /// `scope` and `scp` both present and granting different scopes: two readings.
+    #[error("the scope and scp claims disagree")]
+    ConflictingScopes,
 }
 
 impl AuthError {
@@ -92,6 +98,8 @@ impl AuthError {
             AuthError::InvalidAudience => "invalid_audience",
             AuthError::ClaimRejected(_) => "claim_rejected",
             AuthError::SessionInvalid => "invalid_session",
+            AuthError::InsufficientScope(_) => "insufficient_scope",
+            AuthError::ConflictingScopes => "conflicting_scopes",
         }
     }
 }
@@ -105,7 +113,9 @@ struct Provider {
     algorithms: Vec<Algorithm>,
     keys: Vec<Key>,
     remote: Option<RemoteJwks>,
-    roles_claim: Option<String>,
+    roles: Option<RoleRules>,
+    required_scopes: Vec<String>,
+    authorized_parties: Vec<String>,
     required_claims: Vec<(String, Option<Value>)>,
     email_domains: Vec<String>,
     organization: Option<String>,
@@ -142,10 +152,22 @@ pub struct VerifiedToken {
     pub email: Option<String>,
     /// `name`, if any.
     pub name: Option<String>,
-    /// Roles from the provider's `roles_claim` (empty without one).
+    /// Roles from the provider's `roles_claim`, through its `role_map` (empty without one).
     pub roles: Vec<String>,
-    /// How many items of the roles claim were not role names and were dropped.
+    /// How many items of the roles claims were not role names and were dropped (names a
+    /// `role_map` drops as unmapped are not counted).
     pub roles_dropped: u32,
+}
+
+/// [`Verifier::explain`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenExplanation {
+    /// The provider whose `issuer` is the token's `iss`, if any.
+    pub provider: Option<String>,
+    /// What verifying the token came to.
+    pub outcome: Result<VerifiedToken, AuthError>,
+    /// Once verified: each roles claim of the provider, what it held, what became of it.
+    pub claims: Vec<ClaimRoles>,
 }
 
 /// What verifying a token came to, when it is not refused.
@@ -269,7 +291,7 @@ impl Verifier {
             _ => return Err(AuthError::Malformed("header has no alg")),
         };
         // RFC 7515 section 4.1.11: extensions we do not understand must not be ignored.
-        if header.contains_key("crit") {
+        if header.get("crit").is_some() {
             return Err(AuthError::Malformed("critical header extensions are not supported"));
         }
         let kid = match header.get("kid") {
@@ -277,7 +299,10 @@ impl Verifier {
             Some(Value::String(kid)) => Some(kid.as_str()),
             Some(_) => return Err(AuthError::Malformed("kid is not a string")),
         };
-        let claims = decode_object(payload_b64).ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
+        let payload = decode_object(payload_b64).ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
+        let Some(claims) = payload.as_object() else {
+            return Err(AuthError::Malformed("payload is not base64url JSON"));
+        };
         let issuer = match claims.get("iss") {
             Some(Value::String(iss)) => iss.as_str(),
             _ => return Err(AuthError::MissingClaim("iss".into())),
@@ -324,16 +349,33 @@ impl Verifier {
         }
         outcome?;
 
-        self.check_claims(provider, &claims, token, now).map(Verification::Verified)
+        self.check_claims(provider, &payload, token, now).map(Verification::Verified)
+    }
+
+    /// What [`Verifier::verify`] makes of `token`, and why: for `explain --token`. Not on the
+    /// filter's path.
+    pub fn explain(&self, token: &str, now: u64) -> TokenExplanation {
+        let payload = token.split('.').nth(1).and_then(decode_object);
+        let issuer = payload.as_ref().and_then(|p| p.get("iss")).and_then(Value::as_str);
+        let provider = self.providers.iter().find(|p| Some(p.issuer.as_str()) == issuer);
+        let outcome = self.verify(token, now);
+        let claims = match (&outcome, provider.and_then(|p| p.roles.as_ref()), &payload) {
+            (Ok(_), Some(rules), Some(payload)) => rules.explain(payload),
+            _ => Vec::new(),
+        };
+        TokenExplanation { provider: provider.map(|p| p.name.clone()), outcome, claims }
     }
 
     fn check_claims(
         &self,
         provider: &Provider,
-        claims: &Map<String, Value>,
+        payload: &Value,
         token: &str,
         now: u64,
     ) -> Result<VerifiedToken, AuthError> {
+        let Some(claims) = payload.as_object() else {
+            return Err(AuthError::Malformed("payload is not base64url JSON"));
+        };
         let skew = self.clock_skew;
         let exp = numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
         if now >= exp.saturating_add(skew) {
@@ -376,9 +418,22 @@ impl Verifier {
                 return Err(AuthError::ClaimRejected("org_id".into()));
             }
         }
-        let (roles, roles_dropped) = match &provider.roles_claim {
+        if !provider.required_scopes.is_empty() {
+            let granted = granted_scopes(claims)?;
+            if let Some(missing) = provider.required_scopes.iter().find(|s| !granted.contains(s.as_str())) {
+                return Err(AuthError::InsufficientScope(missing.clone()));
+            }
+        }
+        if !provider.authorized_parties.is_empty() {
+            match claims.get("azp") {
+                Some(Value::String(azp)) if provider.authorized_parties.contains(azp) => {}
+                Some(Value::String(_)) => return Err(AuthError::ClaimRejected("azp".into())),
+                _ => return Err(AuthError::MissingClaim("azp".into())),
+            }
+        }
+        let (roles, roles_dropped) = match &provider.roles {
             None => (Vec::new(), 0),
-            Some(claim) => roles_from(claims.get(claim)),
+            Some(rules) => rules.roles(payload),
         };
         let session_key =
             string_claim(claims, "sid").or_else(|| string_claim(claims, "jti")).unwrap_or_else(|| token_digest(token));
@@ -399,13 +454,17 @@ mod cache;
 mod claims;
 mod keys;
 mod remote;
+mod roles;
 
 pub use cache::{TokenTally, VerifiedTokens, VerifierState, MAX_TOKEN_KEY_BYTES};
 pub use claims::{is_role_name, roles_from, MAX_ROLE_BYTES};
 pub use remote::{RemoteJwks, RemoteKeys, JWKS_REFETCH_SECS};
 
-use claims::{decode_object, numeric_date, string_claim};
+pub use roles::{ClaimRoles, RoleFate};
+
+use claims::{decode_object, granted_scopes, numeric_date, string_claim};
 use keys::{compile_provider, Key};
+use roles::RoleRules;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 //! Reading claims: role names, strings, NumericDates (RFC 7519 section 2).
 
+use std::collections::BTreeSet;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -60,10 +62,31 @@ pub(super) fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Op
     }
 }
 
-pub(super) fn decode_object(part: &str) -> Option<Map<String, Value>> {
+/// A base64url JSON part that holds an object, as a `Value` (so JSON pointers can read it).
+pub(super) fn decode_object(part: &str) -> Option<Value> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        Value::Object(map) => Some(map),
-        _ => None,
+    serde_json::from_slice(&bytes).ok().filter(Value::is_object)
+}
+
+/// The scopes granted: `scope` (space-separated, RFC 8693 section 4.2) or `scp` (an array, as
+/// Entra ID and Okta send it, or a string). Both present and granting different sets is two
+/// readings of one token, refused; neither present, or a value of another shape, is a missing
+/// claim.
+pub(super) fn granted_scopes(claims: &Map<String, Value>) -> Result<BTreeSet<&str>, AuthError> {
+    let read = |name: &str| -> Result<Option<BTreeSet<&str>>, AuthError> {
+        let invalid = || AuthError::MissingClaim(name.into());
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.split(' ').filter(|s| !s.is_empty()).collect())),
+            Some(Value::Array(items)) if name == "scp" => {
+                items.iter().map(|v| v.as_str().ok_or_else(invalid)).collect::<Result<_, _>>().map(Some)
+            }
+            Some(_) => Err(invalid()),
+        }
+    };
+    match (read("scope")?, read("scp")?) {
+        (Some(scope), Some(scp)) if scope != scp => Err(AuthError::ConflictingScopes),
+        (Some(scopes), _) | (None, Some(scopes)) => Ok(scopes),
+        (None, None) => Err(AuthError::MissingClaim("scope".into())),
     }
 }

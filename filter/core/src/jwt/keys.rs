@@ -7,7 +7,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
-use super::{Provider, RemoteJwks, MIN_HMAC_SECRET_BYTES};
+use super::{Provider, RemoteJwks, RoleRules, MIN_HMAC_SECRET_BYTES};
 use crate::config::{ProviderConfig, RequiredClaims};
 use crate::error::ConfigError;
 
@@ -135,6 +135,12 @@ pub(super) fn compile_provider(
             map.iter().map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.clone()))).collect()
         }
     };
+    for (i, scope) in cfg.required_scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(' ') {
+            return Err(ConfigError::new(format!("required_scopes[{i}]"), "a scope is one non-empty word"));
+        }
+    }
+    let required_scopes = cfg.required_scopes.clone();
     Ok(Provider {
         name: cfg.name.clone(),
         issuer: cfg.issuer.clone(),
@@ -142,7 +148,9 @@ pub(super) fn compile_provider(
         algorithms,
         keys,
         remote,
-        roles_claim: cfg.roles_claim.clone().filter(|c| !c.is_empty()),
+        roles: RoleRules::compile(cfg)?,
+        required_scopes,
+        authorized_parties: cfg.authorized_parties.clone(),
         required_claims,
         email_domains: cfg
             .allowed_email_domains

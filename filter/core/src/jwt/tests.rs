@@ -576,3 +576,185 @@ fn a_long_token_is_remembered_by_its_digest_and_a_changed_byte_is_checked_again(
     let forged = String::from_utf8(forged).unwrap();
     assert_eq!(v.verify_cached(&forged, NOW, &mut cache, &mut RemoteKeys::default()), Err(AuthError::BadSignature));
 }
+
+// ---- roles from several claims, role_map, scopes, azp ----
+
+/// The HS256 provider with `extra` fields set (replacing its `roles_claim` if given).
+fn hs_provider(extra: Value) -> Value {
+    let mut provider = json!({"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+                              "algorithms": ["HS256"], "secret_env": SECRET_ENV});
+    for (k, v) in extra.as_object().unwrap() {
+        provider[k] = v.clone();
+    }
+    json!([provider])
+}
+
+/// What an HS256 token with `extra` claims verifies to under a provider with `provider` fields.
+fn verified(provider: Value, extra: Value) -> Result<VerifiedToken, AuthError> {
+    let mut c = claims(ISSUER);
+    c.as_object_mut().unwrap().remove("roles");
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    verifier(hs_provider(provider)).verify(&sign(Algorithm::HS256, "", None, &c), NOW)
+}
+
+fn roles_of(provider: Value, extra: Value) -> (Vec<String>, u32) {
+    let v = verified(provider, extra).unwrap();
+    (v.roles, v.roles_dropped)
+}
+
+fn owned(roles: &[&str]) -> Vec<String> {
+    roles.iter().map(|r| (*r).to_owned()).collect()
+}
+
+#[test]
+fn keycloak_realm_and_client_roles_are_read_by_pointer_and_merged() {
+    let provider = json!({"roles_claim": ["/realm_access/roles", "/resource_access/noetl/roles"]});
+    let token = json!({"realm_access": {"roles": ["offline_access", "analyst"]},
+                       "resource_access": {"noetl": {"roles": ["developer", "analyst"]},
+                                           "account": {"roles": ["manage-account"]}}});
+    assert_eq!(roles_of(provider.clone(), token), (owned(&["offline_access", "analyst", "developer"]), 0));
+    // A claim the token lacks adds nothing; the other still counts.
+    assert_eq!(roles_of(provider, json!({"realm_access": {"roles": ["viewer"]}})), (owned(&["viewer"]), 0));
+}
+
+#[test]
+fn entra_roles_and_group_guids_are_mapped_and_unmapped_groups_dropped_uncounted() {
+    let provider = json!({"roles_claim": ["roles", "groups"],
+                          "role_map": {"NoETL.Admin": ["admin"], "5f1c0b9e-0000-4c1a-9d7e-2b1f00000001": ["analyst", "viewer"],
+                                       "Task.Read": ["viewer"]}});
+    let token = json!({"roles": ["NoETL.Admin", "Task.Read"],
+                       "groups": ["5f1c0b9e-0000-4c1a-9d7e-2b1f00000001", "a0a0a0a0-0000-0000-0000-000000000000"]});
+    // Deduplicated in first-occurrence order; the unmapped GUID is dropped and not counted.
+    assert_eq!(roles_of(provider, token), (owned(&["admin", "viewer", "analyst"]), 0));
+}
+
+#[test]
+fn cognito_groups_okta_groups_and_auth0_namespaced_claims_yield_roles() {
+    let cognito =
+        roles_of(json!({"roles_claim": "cognito:groups"}), json!({"cognito:groups": ["analyst", "developer"]}));
+    assert_eq!(cognito, (owned(&["analyst", "developer"]), 0));
+    // Okta's group names hold spaces: mapped, they are never read as role names.
+    let okta = roles_of(
+        json!({"roles_claim": "groups", "role_map": {"NoETL Admins": ["admin", "developer"], "Everyone": ["viewer"]},
+               "required_scopes": ["noetl.run"]}),
+        json!({"groups": ["Everyone", "NoETL Admins", "Sales"], "scp": ["openid", "noetl.run"]}),
+    );
+    assert_eq!(okta, (owned(&["viewer", "admin", "developer"]), 0));
+    let auth0 = json!({"https://noetl.io/roles": ["analyst"], "roles": ["admin"]});
+    assert_eq!(roles_of(json!({"roles_claim": "https://noetl.io/roles"}), auth0.clone()), (owned(&["analyst"]), 0));
+    assert_eq!(roles_of(json!({"roles_claim": ["https://noetl.io/roles"]}), auth0), (owned(&["analyst"]), 0));
+}
+
+#[test]
+fn pointers_unescape_and_never_read_a_top_level_name_with_a_slash() {
+    let token = json!({"a/b": {"c~d": ["admin"]}, "x": ["analyst"], "/x": ["viewer"]});
+    assert_eq!(roles_of(json!({"roles_claim": "/a~1b/c~0d"}), token.clone()), (owned(&["admin"]), 0));
+    // `/x` is a pointer to `x`, never the claim named "/x".
+    assert_eq!(roles_of(json!({"roles_claim": "/x"}), token.clone()), (owned(&["analyst"]), 0));
+    assert_eq!(roles_of(json!({"roles_claim": "/a~1b/missing"}), token), (vec![], 0));
+}
+
+#[test]
+fn unmapped_roles_keep_keeps_role_names_and_counts_the_rest() {
+    let provider = json!({"roles_claim": "groups", "role_map": {"Admins": ["admin"]}, "unmapped_roles": "keep"});
+    let token = json!({"groups": ["Admins", "analyst", "Sales Team", 7, "admin"]});
+    assert_eq!(roles_of(provider.clone(), token.clone()), (owned(&["admin", "analyst"]), 2));
+    let mut drop = provider;
+    drop["unmapped_roles"] = json!("drop");
+    // Dropped as unmapped: only the non-string is counted.
+    assert_eq!(roles_of(drop, token.clone()), (owned(&["admin"]), 1));
+    // Without a role_map every role name is kept, as before, and the rest counted.
+    assert_eq!(roles_of(json!({"roles_claim": "groups"}), token), (owned(&["Admins", "analyst", "admin"]), 2));
+}
+
+#[test]
+fn bad_pointers_mapped_roles_and_scopes_are_configuration_errors_naming_the_field() {
+    let err = |provider: Value| {
+        let providers: Vec<ProviderConfig> = serde_json::from_value(hs_provider(provider)).unwrap();
+        Verifier::compile(&providers, 60, &env).unwrap_err()
+    };
+    assert_eq!(err(json!({"roles_claim": "/realm_access/ro~2les"})).path, "[0].roles_claim");
+    assert_eq!(err(json!({"roles_claim": ["roles", "/a~"]})).path, "[0].roles_claim[1]");
+    assert_eq!(err(json!({"roles_claim": ["roles", ""]})).path, "[0].roles_claim[1]");
+    let bad_role = err(json!({"roles_claim": "groups", "role_map": {"Admins": ["admin", "data,admin"]}}));
+    assert_eq!(bad_role.path, "[0].role_map.Admins[1]");
+    assert!(bad_role.message.contains("data,admin"), "{bad_role}");
+    assert_eq!(err(json!({"role_map": {"Admins": ["admin"]}})).path, "[0].role_map");
+    assert_eq!(err(json!({"roles_claim": "roles", "unmapped_roles": "keep"})).path, "[0].unmapped_roles");
+    assert_eq!(err(json!({"required_scopes": ["noetl.run", "a b"]})).path, "[0].required_scopes[1]");
+    // Valid escapes and an empty single name (no roles, as before) compile.
+    verifier(hs_provider(json!({"roles_claim": "/a~0~1b"})));
+    verifier(hs_provider(json!({"roles_claim": ""})));
+}
+
+#[test]
+fn required_scopes_are_read_from_scope_or_scp_and_two_readings_refused() {
+    let provider = json!({"required_scopes": ["noetl.run", "noetl.read"]});
+    let ok = |token: Value| verified(provider.clone(), token).map(|_| ());
+    assert_eq!(ok(json!({"scope": "openid noetl.read  noetl.run"})), Ok(()));
+    assert_eq!(ok(json!({"scp": ["noetl.run", "noetl.read"]})), Ok(()));
+    assert_eq!(ok(json!({"scp": "noetl.run noetl.read"})), Ok(()));
+    assert_eq!(ok(json!({"scope": "noetl.read noetl.run", "scp": ["noetl.run", "noetl.read"]})), Ok(()));
+    assert_eq!(ok(json!({"scope": "noetl.read"})), Err(AuthError::InsufficientScope("noetl.run".into())));
+    assert_eq!(
+        ok(json!({"scope": "noetl.read", "scp": ["noetl.run", "noetl.read"]})),
+        Err(AuthError::ConflictingScopes)
+    );
+    assert_eq!(ok(json!({})), Err(AuthError::MissingClaim("scope".into())));
+    assert_eq!(ok(json!({"scp": ["noetl.run", 1]})), Err(AuthError::MissingClaim("scp".into())));
+    assert_eq!(ok(json!({"scope": ["noetl.run", "noetl.read"]})), Err(AuthError::MissingClaim("scope".into())));
+    assert_eq!(AuthError::InsufficientScope("x".into()).reason(), "insufficient_scope");
+    assert_eq!(AuthError::ConflictingScopes.reason(), "conflicting_scopes");
+    // Without required_scopes nothing about scopes is read.
+    assert_eq!(verified(json!({}), json!({"scope": "a", "scp": 3})).map(|_| ()), Ok(()));
+}
+
+#[test]
+fn authorized_parties_check_azp() {
+    let provider = json!({"authorized_parties": ["noetl-ui", "noetl-cli"]});
+    let ok = |token: Value| verified(provider.clone(), token).map(|_| ());
+    assert_eq!(ok(json!({"azp": "noetl-cli"})), Ok(()));
+    assert_eq!(ok(json!({"azp": "someone-else"})), Err(AuthError::ClaimRejected("azp".into())));
+    assert_eq!(ok(json!({})), Err(AuthError::MissingClaim("azp".into())));
+    assert_eq!(ok(json!({"azp": ["noetl-cli"]})), Err(AuthError::MissingClaim("azp".into())));
+    assert_eq!(verified(json!({}), json!({"azp": "anyone"})).map(|_| ()), Ok(()));
+}
+
+#[test]
+fn explain_says_what_each_claim_held_and_what_became_of_it() {
+    let provider = json!({"roles_claim": ["roles", "/groups"], "role_map": {"Admins": ["admin", "developer"], "analyst": ["analyst"]}});
+    let v = verifier(hs_provider(provider));
+    let mut c = claims(ISSUER);
+    c["roles"] = json!("analyst x,y");
+    c["groups"] = json!(["Admins", "Sales", 3]);
+    let token = sign(Algorithm::HS256, "", None, &c);
+    let explained = v.explain(&token, NOW);
+    assert_eq!(explained.provider.as_deref(), Some("idp"));
+    let verified = explained.outcome.unwrap();
+    assert_eq!((verified.roles, verified.roles_dropped), (owned(&["analyst", "admin", "developer"]), 1));
+    let fates: Vec<(&str, Vec<(&str, RoleFate)>)> = explained
+        .claims
+        .iter()
+        .map(|c| (c.claim.as_str(), c.items.iter().map(|(i, f)| (i.as_str(), f.clone())).collect()))
+        .collect();
+    assert_eq!(
+        fates,
+        [
+            ("roles", vec![("analyst", RoleFate::Mapped(owned(&["analyst"]))), ("x,y", RoleFate::Unmapped)]),
+            (
+                "/groups",
+                vec![
+                    ("Admins", RoleFate::Mapped(owned(&["admin", "developer"]))),
+                    ("Sales", RoleFate::Unmapped),
+                    ("3", RoleFate::NotString)
+                ]
+            ),
+        ]
+    );
+    assert_eq!(explained.claims[1].found, Some(json!(["Admins", "Sales", 3])));
+    // Refused: the reason, the provider its issuer names, no roles.
+    let late = v.explain(&token, NOW + 3600);
+    assert_eq!((late.provider.as_deref(), late.outcome, late.claims), (Some("idp"), Err(AuthError::Expired), vec![]));
+}

@@ -7,6 +7,7 @@
 
 mod check;
 mod explain_request;
+mod explain_token;
 mod lint;
 mod locate;
 mod noetl;
@@ -38,13 +39,14 @@ enum Command {
     Check(check::CheckArgs),
     /// Explain a decision: allow or deny, and the rule that decided (exit 0 allow, 1 deny).
     /// Either a permission on a playbook (`--playbook`, `--permission`), or a request
-    /// (`--method`, `--path`, `--body`) decided through the route profile.
+    /// (`--method`, `--path`, `--body`) decided through the route profile; or, with `--token`,
+    /// which provider accepts a JWT and the roles it yields, and why (exit 0 accepted, 1 refused).
     Explain {
         /// The policy file.
         #[arg(long, default_value = "policies/noetl-default.yaml")]
         policy: PathBuf,
         /// The user's roles (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "token")]
         roles: Vec<String>,
         /// The playbook path.
         #[arg(long, requires = "permission", conflicts_with = "path")]
@@ -53,7 +55,7 @@ enum Command {
         #[arg(long, requires = "playbook")]
         permission: Option<String>,
         /// The request path (query string allowed): decide a request through the routes.
-        #[arg(long, required_unless_present = "playbook")]
+        #[arg(long, required_unless_present_any = ["playbook", "token"])]
         path: Option<String>,
         /// The request method.
         #[arg(long, default_value = "GET", requires = "path")]
@@ -64,9 +66,13 @@ enum Command {
         /// The request's Content-Type (absent by default, which NoETL reads as JSON).
         #[arg(long, requires = "path")]
         content_type: Option<String>,
-        /// The filter configuration whose routes decide the request.
+        /// The filter configuration whose routes decide the request (or whose providers verify
+        /// the token).
         #[arg(long, default_value = "envoy/filter-config.yaml")]
         config: PathBuf,
+        /// A JWT: say which provider accepts it and the roles it yields, claim by claim.
+        #[arg(long, conflicts_with_all = ["roles", "playbook", "path"])]
+        token: Option<String>,
     },
     /// Render Envoy configuration for a filter configuration plus a policy.
     Render(render::RenderArgs),
@@ -98,10 +104,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
-        Command::Explain { policy, roles, playbook, permission, path, method, body, content_type, config } => {
-            match (playbook, permission, path) {
-                (Some(playbook), Some(permission), _) => explain(&policy, &roles, &playbook, &permission),
-                (_, _, Some(path)) => {
+        Command::Explain { policy, roles, playbook, permission, path, method, body, content_type, config, token } => {
+            match (token, playbook, permission, path) {
+                (Some(token), ..) => explain_token::run(&config, &token),
+                (None, Some(playbook), Some(permission), _) => explain(&policy, &roles, &playbook, &permission),
+                (None, _, _, Some(path)) => {
                     let request = explain_request::Request { method, path, body, content_type };
                     explain_request::run(&config, &policy, &roles, &request)
                 }

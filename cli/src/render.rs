@@ -169,11 +169,7 @@ pub fn plugin_config_with(
     policy_name: &str,
     for_envoy: bool,
 ) -> Result<PluginConfig, Failure> {
-    let text = read(&args.config)?;
-    let mut config: Value = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
-        Some(at) => Failure(format!("{}:{}:{}: {e}", args.config.display(), at.line(), at.column())),
-        None => Failure(format!("{}: {e}", args.config.display())),
-    })?;
+    let mut config = read_filter_config(&args.config)?;
     let Value::Object(map) = &mut config else {
         return Err(Failure(format!(
             "{}: the filter configuration must be a mapping (mode, providers, routes, ...)",
@@ -192,6 +188,15 @@ pub fn plugin_config_with(
         eprintln!("{}: warning: {EARLY_HEAD_WARNING}", args.config.display());
     }
     Ok(PluginConfig { config, version: doc.version.clone() })
+}
+
+/// A filter configuration file (YAML or JSON) as JSON; errors say `file:line:column: cause`.
+pub fn read_filter_config(path: &Path) -> Result<Value, Failure> {
+    let text = read(path)?;
+    serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+        Some(at) => Failure(format!("{}:{}:{}: {e}", path.display(), at.line(), at.column())),
+        None => Failure(format!("{}: {e}", path.display())),
+    })
 }
 
 fn read(path: &Path) -> Result<String, Failure> {

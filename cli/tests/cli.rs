@@ -407,3 +407,49 @@ fn token_explains_what_is_missing() {
     assert!(stderr(&run(&["token", "--alg", "none"])).contains("unsupported algorithm \"none\""));
     assert!(stderr(&run(&["token", "--claims", "[1]"])).contains("--claims must be a JSON object"));
 }
+
+// ---- explain --token ----
+
+#[test]
+fn explain_token_names_the_provider_and_what_became_of_each_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = policy(
+        &dir,
+        "filter.yaml",
+        &format!(
+            "providers:\n  - name: keycloak\n    issuer: {ISSUER}\n    algorithms: [HS256]\n    secret_env: {SECRET_ENV}\n    \
+             roles_claim: [/realm_access/roles, groups]\n    role_map: {{NoETL Admins: [admin, developer], analyst: [analyst]}}\n"
+        ),
+    );
+    let claims = r#"{"realm_access": {"roles": ["analyst", "offline_access"]}, "groups": ["NoETL Admins", 7]}"#;
+    let token = stdout(&run(&["token", "--claims", claims]));
+    let out = run(&["explain", "--token", token.trim(), "--config", &config]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "accepted by provider keycloak\n\
+         claim /realm_access/roles: [\"analyst\",\"offline_access\"]\n  \
+         analyst: mapped to analyst\n  \
+         offline_access: dropped, not in role_map (unmapped_roles: drop)\n\
+         claim groups: [\"NoETL Admins\",7]\n  \
+         NoETL Admins: mapped to admin, developer\n  \
+         7: dropped, not a string (counted in roles_dropped)\n\
+         roles: [analyst, admin, developer]\n"
+    );
+
+    // Refused: which provider and why, exit 1.
+    let expired = stdout(&run(&["token", "--ttl", "-600"]));
+    let out = run(&["explain", "--token", expired.trim(), "--config", &config]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "refused by provider keycloak: 401 expired: token expired\n");
+    let other = stdout(&run(&["token", "--issuer", "https://elsewhere/"]));
+    let out = run(&["explain", "--token", other.trim(), "--config", &config]);
+    assert_eq!(stdout(&out), "refused: 401 unknown_issuer: unknown issuer \"https://elsewhere/\"\n");
+
+    // A bad pointer is a configuration error naming the field.
+    let bad =
+        policy(&dir, "bad.yaml", &std::fs::read_to_string(&config).unwrap().replace("/realm_access/roles", "/a~2"));
+    let out = run(&["explain", "--token", token.trim(), "--config", &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("providers[0].roles_claim[0]: \"/a~2\" is not a JSON pointer"), "{}", stderr(&out));
+}

@@ -282,7 +282,7 @@ impl Verifier {
         let (Some(header_b64), Some(payload_b64), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Malformed("not three dot-separated parts"));
         };
-        let header = decode_object(header_b64).ok_or(AuthError::Malformed("header is not base64url JSON"))?;
+        let header = decode_object(header_b64, Part::Header)?;
         let alg = match header.get("alg") {
             Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => return Err(AuthError::AlgNone),
             Some(Value::String(alg)) => {
@@ -299,7 +299,7 @@ impl Verifier {
             Some(Value::String(kid)) => Some(kid.as_str()),
             Some(_) => return Err(AuthError::Malformed("kid is not a string")),
         };
-        let payload = decode_object(payload_b64).ok_or(AuthError::Malformed("payload is not base64url JSON"))?;
+        let payload = decode_object(payload_b64, Part::Payload)?;
         let Some(claims) = payload.as_object() else {
             return Err(AuthError::Malformed("payload is not base64url JSON"));
         };
@@ -355,7 +355,7 @@ impl Verifier {
     /// What [`Verifier::verify`] makes of `token`, and why: for `explain --token`. Not on the
     /// filter's path.
     pub fn explain(&self, token: &str, now: u64) -> TokenExplanation {
-        let payload = token.split('.').nth(1).and_then(decode_object);
+        let payload = token.split('.').nth(1).and_then(|p| decode_object(p, Part::Payload).ok());
         let issuer = payload.as_ref().and_then(|p| p.get("iss")).and_then(Value::as_str);
         let provider = self.providers.iter().find(|p| Some(p.issuer.as_str()) == issuer);
         let outcome = self.verify(token, now);
@@ -462,7 +462,7 @@ pub use remote::{RemoteJwks, RemoteKeys, JWKS_REFETCH_SECS};
 
 pub use roles::{ClaimRoles, RoleFate};
 
-use claims::{decode_object, granted_scopes, numeric_date, string_claim};
+use claims::{decode_object, granted_scopes, numeric_date, string_claim, Part};
 use keys::{compile_provider, Key};
 use roles::RoleRules;
 

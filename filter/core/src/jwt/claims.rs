@@ -7,6 +7,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::AuthError;
+use crate::json::{parse_strict, JsonError};
 
 /// The longest role name kept, in bytes.
 pub const MAX_ROLE_BYTES: usize = 128;
@@ -62,10 +63,27 @@ pub(super) fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Op
     }
 }
 
+/// Which part of a token [`decode_object`] reads, for the refusal's reason.
+#[derive(Clone, Copy)]
+pub(super) enum Part {
+    Header,
+    Payload,
+}
+
 /// A base64url JSON part that holds an object, as a `Value` (so JSON pointers can read it).
-pub(super) fn decode_object(part: &str) -> Option<Value> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    serde_json::from_slice(&bytes).ok().filter(Value::is_object)
+/// A duplicate key is refused, as in request bodies: `{"roles": ["viewer"], "roles": ["admin"]}`
+/// is one token to a reader that keeps the first and another to one that keeps the last.
+pub(super) fn decode_object(part: &str, which: Part) -> Result<Value, AuthError> {
+    let (not_json, duplicate) = match which {
+        Part::Header => ("header is not base64url JSON", "header has a duplicate key"),
+        Part::Payload => ("payload is not base64url JSON", "payload has a duplicate key"),
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Malformed(not_json))?;
+    match parse_strict(&bytes) {
+        Ok(value) if value.is_object() => Ok(value),
+        Err(JsonError::DuplicateKey(_)) => Err(AuthError::Malformed(duplicate)),
+        _ => Err(AuthError::Malformed(not_json)),
+    }
 }
 
 /// The scopes granted: `scope` (space-separated, RFC 8693 section 4.2) or `scp` (an array, as

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::{is_role_name, MAX_ROLE_BYTES};
-use crate::config::{ProviderConfig, UnmappedRoles};
+use crate::config::{ProviderConfig, RolesClaim, UnmappedRoles};
 use crate::error::ConfigError;
 
 /// Where roles are read from: a top-level claim, or a JSON pointer into the claims.
@@ -77,10 +77,11 @@ fn is_pointer(pointer: &str) -> bool {
 }
 
 impl RoleRules {
-    /// `None` without a `roles_claim` (an empty one included, as before lists).
+    /// `None` without a `roles_claim`. A lone empty name means none, as it always has; an empty
+    /// name in a list is a configuration error.
     pub(super) fn compile(cfg: &ProviderConfig) -> Result<Option<Self>, ConfigError> {
         let listed = cfg.roles_claim.as_ref().map(|c| c.as_slice()).unwrap_or_default();
-        let many = matches!(cfg.roles_claim, Some(crate::config::RolesClaim::Many(_)));
+        let many = matches!(cfg.roles_claim, Some(RolesClaim::Many(_)));
         let mut claims = Vec::with_capacity(listed.len());
         for (i, claim) in listed.iter().enumerate() {
             let at = || if many { format!("roles_claim[{i}]") } else { "roles_claim".to_owned() };

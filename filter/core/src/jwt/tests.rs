@@ -394,6 +394,31 @@ fn malformed_tokens_are_errors_never_panics() {
     }
 }
 
+/// A token whose header or payload names a key twice, correctly signed: one reader keeps the
+/// first value, another the last, so it is refused before any claim is read.
+#[test]
+fn a_duplicate_key_in_a_signed_token_is_refused() {
+    let v = hs();
+    let b = |s: &str| URL_SAFE_NO_PAD.encode(s);
+    let signed = |header: &str, payload: &str| {
+        let message = format!("{}.{}", b(header), b(payload));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &enc_key(Algorithm::HS256, ""), Algorithm::HS256);
+        format!("{message}.{}", signature.unwrap())
+    };
+    let exp = NOW + 600;
+    let payload = format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{exp},"sid":"s-1","roles":["viewer"]}}"#);
+    assert_eq!(v.verify(&signed(r#"{"alg":"HS256"}"#, &payload), NOW).unwrap().roles, ["viewer"]);
+    let twice = payload.replace(r#""roles":["viewer"]"#, r#""roles":["viewer"],"roles":["admin"]"#);
+    let err = v.verify(&signed(r#"{"alg":"HS256"}"#, &twice), NOW).unwrap_err();
+    assert_eq!((err.reason(), err.to_string().contains("payload has a duplicate key")), ("malformed", true), "{err}");
+    // Escaped, the key is still the same key.
+    let escaped = payload.replace(r#""roles":["viewer"]"#, r#""roles":["viewer"],"r\u006fles":["admin"]"#);
+    assert_eq!(v.verify(&signed(r#"{"alg":"HS256"}"#, &escaped), NOW).unwrap_err().reason(), "malformed");
+    let err = v.verify(&signed(r#"{"alg":"HS256","alg":"none"}"#, &payload), NOW).unwrap_err();
+    assert!(err.to_string().contains("header has a duplicate key"), "{err}");
+}
+
 #[test]
 fn configuration_errors_name_the_field() {
     let cases = [

@@ -233,6 +233,9 @@ pub struct ProviderConfig {
     /// A JWK Set fetched through an Envoy cluster.
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
+    /// A JWK Set found through the issuer's OpenID Connect discovery document.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// Where the user's roles are (each an array, or a space-separated string): a top-level
     /// claim name, a JSON pointer (RFC 6901, starting with `/`), or a list of either, merged.
     #[serde(default)]
@@ -318,6 +321,27 @@ pub struct RemoteJwksConfig {
     /// The fetch timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// Where a provider's keys come from through OpenID Connect Discovery 1.0: the document at
+/// `<issuer>/.well-known/openid-configuration`, then the JWK Set at its `jwks_uri`.
+///
+/// # Defaults
+/// `cache_secs: 600`, `timeout_ms: 2000`, `jwks_cluster`: `cluster`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The Envoy cluster the discovery document is fetched through.
+    pub cluster: String,
+    /// Each fetch's timeout (the document's, then the set's).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long the fetched set (and the document that named it) is trusted.
+    #[serde(default = "default_jwks_cache_secs")]
+    pub cache_secs: u64,
+    /// The Envoy cluster the JWK Set is fetched through, when its host is not `cluster`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_cluster: Option<String>,
 }
 
 fn default_jwks_cache_secs() -> u64 {

@@ -458,7 +458,7 @@ mod roles;
 
 pub use cache::{TokenTally, VerifiedTokens, VerifierState, MAX_TOKEN_KEY_BYTES};
 pub use claims::{is_role_name, roles_from, MAX_ROLE_BYTES};
-pub use remote::{RemoteJwks, RemoteKeys, JWKS_REFETCH_SECS};
+pub use remote::{Discovery, DiscoveryError, Fetch, FetchKind, RemoteJwks, RemoteKeys, JWKS_REFETCH_SECS};
 
 pub use roles::{ClaimRoles, RoleFate};
 

@@ -228,6 +228,8 @@ enum Call {
     Lookup { key: LookupKey, owner: RequestId },
     /// The JWK Set of `providers[provider]`.
     Keys { provider: usize },
+    /// The discovery document of `providers[provider]`.
+    Discovery { provider: usize },
 }
 
 /// What [`Worker::recall`] answers.
@@ -345,7 +347,7 @@ impl Worker {
     /// what the shared cache needs, and asks for the remote JWK Sets.
     pub fn configure<S: SharedStore + ?Sized>(&mut self, guard: &Guard, store: &mut S, now_ms: u64) {
         self.keys = guard.verifier_state();
-        self.calls.retain(|_, c| !matches!(c, Call::Keys { .. }));
+        self.calls.retain(|_, c| !matches!(c, Call::Keys { .. } | Call::Discovery { .. }));
         self.tokens.retain(|_, id| self.calls.contains_key(id));
         self.cold_callouts = guard.validator().map(Validator::cold_callouts);
         self.lookup_allowance = guard.resolver().map(Resolver::allowance);
@@ -611,6 +613,7 @@ impl Worker {
             Call::Session { key, owner, .. } => self.session_not_sent(ctx, &key, owner, why),
             Call::Lookup { key, owner } => self.lookup_not_sent(ctx, key, owner, why),
             Call::Keys { provider } => self.keys_not_sent(ctx, provider, &why),
+            Call::Discovery { provider } => self.discovery_not_sent(ctx, provider, &why),
         }
     }
 
@@ -634,6 +637,7 @@ impl Worker {
             }
             Call::Lookup { key, owner } => self.lookup_answer(ctx, key, owner, status, body),
             Call::Keys { provider } => self.keys_answer(ctx, provider, status, body),
+            Call::Discovery { provider } => self.discovery_answer(ctx, provider, status, body),
         }
     }
 

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
-use super::{Provider, RemoteJwks, RoleRules, MIN_HMAC_SECRET_BYTES};
-use crate::config::{ProviderConfig, RequiredClaims};
+use super::{Discovery, Provider, RemoteJwks, RoleRules, MIN_HMAC_SECRET_BYTES};
+use crate::config::{DiscoveryConfig, ProviderConfig, RequiredClaims};
 use crate::error::ConfigError;
 
 /// A verification key with the constraints its JWK put on it.
@@ -58,9 +58,9 @@ pub(super) fn compile_provider(
         algorithms.push(alg);
     }
 
-    let sources = [cfg.secret_env.is_some(), cfg.jwks.is_some(), cfg.remote_jwks.is_some()];
+    let sources = [cfg.secret_env.is_some(), cfg.jwks.is_some(), cfg.remote_jwks.is_some(), cfg.discovery.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(ConfigError::new("", "give exactly one of `secret_env`, `jwks`, `remote_jwks`"));
+        return Err(ConfigError::new("", "give exactly one of `secret_env`, `jwks`, `remote_jwks`, `discovery`"));
     }
     let mut keys = Vec::new();
     if let Some(var) = &cfg.secret_env {
@@ -98,25 +98,13 @@ pub(super) fn compile_provider(
             return Err(ConfigError::new("jwks", "symmetric (oct) keys cannot be mixed with asymmetric algorithms"));
         }
     }
-    let remote = match &cfg.remote_jwks {
-        None => None,
-        Some(remote) => {
+    let remote = match (&cfg.remote_jwks, &cfg.discovery) {
+        (Some(remote), _) => {
             if remote.cluster.is_empty() {
                 return Err(ConfigError::new("remote_jwks.cluster", "must not be empty"));
             }
-            let rest = remote
-                .uri
-                .strip_prefix("https://")
-                .or_else(|| remote.uri.strip_prefix("http://"))
-                .ok_or_else(|| ConfigError::new("remote_jwks.uri", "must be an http(s) URL"))?;
-            let (authority, path) = match rest.find(['/', '?']) {
-                Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or("/")),
-                None => (rest, "/"),
-            };
-            if authority.is_empty() {
-                return Err(ConfigError::new("remote_jwks.uri", "has no host"));
-            }
-            let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+            let (_, authority, path) =
+                split_http_uri(&remote.uri).map_err(|why| ConfigError::new("remote_jwks.uri", why))?;
             Some(RemoteJwks {
                 provider: 0,
                 cluster: remote.cluster.clone(),
@@ -124,10 +112,12 @@ pub(super) fn compile_provider(
                 path,
                 cache_secs: remote.cache_secs,
                 timeout_ms: remote.timeout_ms,
+                discovery: None,
             })
         }
+        (None, Some(discovery)) => Some(compile_discovery(cfg, discovery)?),
+        (None, None) => None,
     };
-
     let required_claims = match &cfg.required_claims {
         None => Vec::new(),
         Some(RequiredClaims::Names(names)) => names.iter().map(|n| (n.clone(), None)).collect(),
@@ -159,6 +149,64 @@ pub(super) fn compile_provider(
             .collect(),
         organization: cfg.organization.clone(),
     })
+}
+
+/// Where `discovery` finds the document: `<issuer>/.well-known/openid-configuration` (OpenID
+/// Connect Discovery 1.0, section 4), the issuer's trailing `/` dropped.
+fn compile_discovery(cfg: &ProviderConfig, discovery: &DiscoveryConfig) -> Result<RemoteJwks, ConfigError> {
+    if discovery.cluster.is_empty() {
+        return Err(ConfigError::new("discovery.cluster", "must not be empty"));
+    }
+    if discovery.jwks_cluster.as_ref().is_some_and(String::is_empty) {
+        return Err(ConfigError::new("discovery.jwks_cluster", "must not be empty (leave it out to use `cluster`)"));
+    }
+    let (_, authority, path) = split_http_uri(&cfg.issuer)
+        .map_err(|why| ConfigError::new("issuer", format!("with `discovery`, the issuer {why}")))?;
+    if path.contains('?') {
+        // Section 4.1: the issuer has no query for the well-known path to go after.
+        return Err(ConfigError::new("issuer", "with `discovery`, the issuer must have no query"));
+    }
+    Ok(RemoteJwks {
+        provider: 0,
+        cluster: discovery.cluster.clone(),
+        authority: authority.to_owned(),
+        path: format!("{}/.well-known/openid-configuration", path.trim_end_matches('/')),
+        cache_secs: discovery.cache_secs,
+        timeout_ms: discovery.timeout_ms,
+        discovery: Some(Discovery {
+            issuer: cfg.issuer.clone(),
+            jwks_cluster: discovery.jwks_cluster.clone().unwrap_or_else(|| discovery.cluster.clone()),
+        }),
+    })
+}
+
+/// An absolute `http(s)` URI as a request through a cluster: whether it is `https`, the
+/// `:authority`, and the `:path` (path and query; `/` when it has none). A fragment, userinfo,
+/// or a space or control character anywhere has no place in such a request and is refused.
+pub(super) fn split_http_uri(uri: &str) -> Result<(bool, &str, String), &'static str> {
+    let (https, rest) = match (uri.strip_prefix("https://"), uri.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err("must be an http(s) URL"),
+    };
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not hold spaces or control characters");
+    }
+    if uri.contains('#') {
+        return Err("must have no fragment");
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') {
+        return Err("must have no userinfo");
+    }
+    let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+    Ok((https, authority, path))
 }
 
 /// Compiles a JWK Set. Keys meant for encryption (`use: enc`) are skipped; any other key that

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::keys::{compile_jwks, Key};
+use super::keys::{compile_jwks, split_http_uri, Key};
 use super::Verifier;
 use crate::error::ConfigError;
+use crate::json::JsonError;
 
-/// Where a provider's remote JWK Set comes from, as an HTTP request through an Envoy cluster.
+/// Where a provider's remote JWK Set comes from, as an HTTP request through an Envoy cluster:
+/// the set itself (`remote_jwks`), or the discovery document that names it (`discovery`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwks {
     /// The provider's index in `providers`.
@@ -21,8 +23,89 @@ pub struct RemoteJwks {
     pub path: String,
     /// How long a fetched set is trusted.
     pub cache_secs: u64,
+    /// The fetch timeout (each fetch's, with discovery).
+    pub timeout_ms: u64,
+    /// With `discovery`: the location above is the discovery document's, and the set's is the
+    /// `jwks_uri` it names.
+    pub discovery: Option<Discovery>,
+}
+
+/// What a discovery document is checked against, and where the set it names is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// The configured issuer, which the document's `issuer` must equal exactly (OpenID
+    /// Connect Discovery 1.0, section 4.3).
+    pub issuer: String,
+    /// The Envoy cluster the set is fetched through.
+    pub jwks_cluster: String,
+}
+
+impl RemoteJwks {
+    /// The longest a fetch of this set takes before it has failed: with discovery, the
+    /// document's timeout and then the set's.
+    pub fn fetch_ms(&self) -> u64 {
+        match self.discovery {
+            None => self.timeout_ms,
+            Some(_) => self.timeout_ms.saturating_mul(2),
+        }
+    }
+}
+
+/// What a fetch brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// A discovery document: [`RemoteKeys::load_discovery`], then the set it names.
+    Discovery,
+    /// A JWK Set: [`RemoteKeys::load`].
+    KeySet,
+}
+
+/// One `GET` to send through an Envoy cluster for `providers[provider]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// The provider's index in `providers`.
+    pub provider: usize,
+    /// What the answer is.
+    pub kind: FetchKind,
+    /// The Envoy cluster.
+    pub cluster: String,
+    /// The `:authority`.
+    pub authority: String,
+    /// The `:path`.
+    pub path: String,
     /// The fetch timeout.
     pub timeout_ms: u64,
+}
+
+/// Why a discovery document gave no JWK Set to fetch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// Not JSON, or a key given twice (two readings of one document).
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// `issuer` or `jwks_uri` missing, or not a string.
+    #[error("{0:?} is missing or not a string")]
+    Field(&'static str),
+    /// The document's `issuer` is not the configured one.
+    #[error("its issuer {document:?} is not the configured issuer {configured:?}")]
+    IssuerMismatch {
+        /// The configured issuer.
+        configured: String,
+        /// The document's.
+        document: String,
+    },
+    /// `jwks_uri` is not an absolute URI of an accepted scheme.
+    #[error("its jwks_uri {uri:?} is refused: {why}")]
+    JwksUri {
+        /// The document's `jwks_uri`.
+        uri: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The provider has no `discovery` (a configuration changed under the fetch).
+    #[error("the provider has no discovery")]
+    NoDiscovery,
 }
 
 /// The least time between two fetches of one JWK Set, however many unknown `kid`s arrive: a
@@ -44,7 +127,9 @@ pub struct RemoteKeys {
 impl RemoteKeys {
     /// The sets to fetch now: never fetched, expired, or wanted for an unknown `kid`; each at
     /// most once per [`JWKS_REFETCH_SECS`]. Marks them attempted.
-    pub fn due(&mut self, verifier: &Verifier, now: u64) -> Vec<RemoteJwks> {
+    /// With discovery, the fetch is the document's, and the deadline of the requests that wait
+    /// spans it and the set's fetch after it.
+    pub fn due(&mut self, verifier: &Verifier, now: u64) -> Vec<Fetch> {
         let wanted = std::mem::take(&mut self.wanted);
         let mut due = Vec::new();
         for source in verifier.remote_sources() {
@@ -54,9 +139,16 @@ impl RemoteKeys {
                 self.attempted.get(&source.provider).is_some_and(|at| now < at.saturating_add(JWKS_REFETCH_SECS));
             if (stale || wanted.contains(&source.provider)) && !recently {
                 self.attempted.insert(source.provider, now);
-                let answer_by = now.saturating_add(source.timeout_ms.div_ceil(1000)).saturating_add(1);
+                let answer_by = now.saturating_add(source.fetch_ms().div_ceil(1000)).saturating_add(1);
                 self.in_flight.insert(source.provider, answer_by);
-                due.push(source.clone());
+                due.push(Fetch {
+                    provider: source.provider,
+                    kind: if source.discovery.is_some() { FetchKind::Discovery } else { FetchKind::KeySet },
+                    cluster: source.cluster.clone(),
+                    authority: source.authority.clone(),
+                    path: source.path.clone(),
+                    timeout_ms: source.timeout_ms,
+                });
             }
         }
         due
@@ -99,6 +191,53 @@ impl RemoteKeys {
         self.wanted.retain(|p| *p != provider);
         Ok(count)
     }
+
+    /// Reads `provider`'s discovery document (the body of a 2xx answer) and returns the fetch
+    /// of the JWK Set it names, which the requests waiting for the set go on waiting for (the
+    /// deadline [`RemoteKeys::due`] set spans it). A refused document ends the fetch: the keys
+    /// fetched before stay in use.
+    pub fn load_discovery(
+        &mut self,
+        verifier: &Verifier,
+        provider: usize,
+        body: &[u8],
+    ) -> Result<Fetch, DiscoveryError> {
+        let read = read_discovery(verifier, provider, body);
+        if read.is_err() {
+            self.failed(provider);
+        }
+        read
+    }
+}
+
+fn read_discovery(verifier: &Verifier, provider: usize, body: &[u8]) -> Result<Fetch, DiscoveryError> {
+    let source = verifier.remote_sources().find(|s| s.provider == provider).ok_or(DiscoveryError::NoDiscovery)?;
+    let discovery = source.discovery.as_ref().ok_or(DiscoveryError::NoDiscovery)?;
+    let doc = crate::json::parse_strict(body)?;
+    let field = |name: &'static str| doc.get(name).and_then(Value::as_str).ok_or(DiscoveryError::Field(name));
+    let issuer = field("issuer")?;
+    if issuer != discovery.issuer {
+        return Err(DiscoveryError::IssuerMismatch {
+            configured: discovery.issuer.clone(),
+            document: issuer.to_owned(),
+        });
+    }
+    let uri = field("jwks_uri")?;
+    let refused = |why| DiscoveryError::JwksUri { uri: uri.to_owned(), why };
+    let (https, authority, path) = split_http_uri(uri).map_err(refused)?;
+    // An `http` issuer is a test or a private network already; anywhere else, a document
+    // must not downgrade the keys' transport.
+    if !https && discovery.issuer.starts_with("https://") {
+        return Err(refused("not https, and the issuer is"));
+    }
+    Ok(Fetch {
+        provider,
+        kind: FetchKind::KeySet,
+        cluster: discovery.jwks_cluster.clone(),
+        authority: authority.to_owned(),
+        path,
+        timeout_ms: source.timeout_ms,
+    })
 }
 
 impl Verifier {

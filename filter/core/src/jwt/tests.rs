@@ -530,6 +530,258 @@ fn remote_jwks_are_fetched_when_due_and_waited_for_while_they_can_bring_the_key(
     assert_eq!(remote.due(&v, NOW + 600).len(), 1, "expired after cache_secs");
 }
 
+const KEYCLOAK: &str = "https://sso.example/realms/noetl";
+
+fn discovering(extra: Value) -> Verifier {
+    let mut discovery = json!({"cluster": "sso", "timeout_ms": 2000, "cache_secs": 600});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        discovery[k] = v.clone();
+    }
+    verifier(json!([{"name": "keycloak", "issuer": KEYCLOAK, "algorithms": ["RS256"], "discovery": discovery}]))
+}
+
+fn document(issuer: &str, jwks_uri: &str) -> Vec<u8> {
+    json!({"issuer": issuer, "jwks_uri": jwks_uri, "authorization_endpoint": format!("{issuer}/auth")})
+        .to_string()
+        .into_bytes()
+}
+
+fn rsa_set(keys: &[(&str, &str)]) -> Vec<u8> {
+    json!({"keys": keys.iter().map(|(pem, kid)| public_jwk(Algorithm::RS256, pem, kid)).collect::<Vec<_>>()})
+        .to_string()
+        .into_bytes()
+}
+
+#[test]
+fn discovery_fetches_the_document_then_the_set_it_names() {
+    let v = discovering(json!({"jwks_cluster": "sso-keys"}));
+    let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
+
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    let due = remote.due(&v, NOW);
+    let expected = Fetch {
+        provider: 0,
+        kind: FetchKind::Discovery,
+        cluster: "sso".into(),
+        authority: "sso.example".into(),
+        path: "/realms/noetl/.well-known/openid-configuration".into(),
+        timeout_ms: 2000,
+    };
+    assert_eq!(due, vec![expected]);
+
+    let uri = format!("{KEYCLOAK}/protocol/openid-connect/certs");
+    let next = remote.load_discovery(&v, 0, &document(KEYCLOAK, &uri)).unwrap();
+    let expected = Fetch {
+        provider: 0,
+        kind: FetchKind::KeySet,
+        cluster: "sso-keys".into(),
+        authority: "sso.example".into(),
+        path: "/realms/noetl/protocol/openid-connect/certs".into(),
+        timeout_ms: 2000,
+    };
+    assert_eq!(next, expected);
+    assert!(remote.fetching(NOW), "the set's fetch is still to come");
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    assert!(remote.due(&v, NOW + 1).is_empty(), "one fetch at a time");
+
+    assert_eq!(remote.load(0, &rsa_set(&[(RSA, "k1")]), NOW + 1), Ok(1));
+    assert!(v.verify_with(&token, NOW + 1, Some(&mut remote)).is_ok());
+}
+
+#[test]
+fn discovery_of_an_issuer_with_a_trailing_slash_and_no_path_and_jwks_cluster_defaulting_to_cluster() {
+    let v = verifier(json!([{"name": "auth0", "issuer": "https://tenant.auth0.com/", "algorithms": ["RS256"],
+        "discovery": {"cluster": "auth0"}}]));
+    let mut remote = RemoteKeys::default();
+    let due = remote.due(&v, NOW);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].path, "/.well-known/openid-configuration");
+    assert_eq!(due[0].authority, "tenant.auth0.com");
+    assert_eq!(due[0].timeout_ms, 2000, "the default");
+    let doc = document("https://tenant.auth0.com/", "https://tenant.auth0.com/.well-known/jwks.json");
+    let next = remote.load_discovery(&v, 0, &doc).unwrap();
+    assert_eq!((next.cluster.as_str(), next.path.as_str()), ("auth0", "/.well-known/jwks.json"));
+}
+
+#[test]
+fn a_document_for_another_issuer_is_refused_and_no_set_is_fetched() {
+    let v = discovering(json!({}));
+    let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    assert_eq!(remote.due(&v, NOW).len(), 1);
+
+    // Exactly equal (section 4.3): a trailing slash is another issuer.
+    for other in [format!("{KEYCLOAK}/"), "https://evil.example/realms/noetl".to_owned()] {
+        let err = remote.load_discovery(&v, 0, &document(&other, "https://evil.example/certs")).unwrap_err();
+        assert_eq!(err, DiscoveryError::IssuerMismatch { configured: KEYCLOAK.into(), document: other.clone() });
+        let logged = err.to_string();
+        assert!(logged.contains(KEYCLOAK) && logged.contains(&other), "both values in the log line: {logged}");
+    }
+    assert!(!remote.fetching(NOW), "the fetch has ended");
+    assert_eq!(v.verify_with(&token, NOW + 1, Some(&mut remote)), Err(AuthError::KeysUnavailable));
+}
+
+#[test]
+fn a_document_whose_jwks_uri_is_unusable_or_that_reads_two_ways_is_refused() {
+    let https = discovering(json!({}));
+    let uri_refused = |doc: &[u8]| {
+        let mut remote = RemoteKeys::default();
+        let _ = remote.due(&https, NOW);
+        let err = remote.load_discovery(&https, 0, doc).unwrap_err();
+        assert!(!remote.fetching(NOW));
+        err
+    };
+    for bad in [
+        "/protocol/openid-connect/certs",
+        "certs",
+        "ftp://sso.example/certs",
+        "http://sso.example/certs",
+        "https:///certs",
+        "https://user@evil.example/certs",
+        "https://sso.example/certs#k",
+        "https://sso.example/c erts",
+        "HTTPS://sso.example/certs",
+    ] {
+        let err = uri_refused(&document(KEYCLOAK, bad));
+        assert!(matches!(&err, DiscoveryError::JwksUri { uri, .. } if uri == bad), "{bad}: {err}");
+    }
+    let cases: [(&[u8], DiscoveryError); 6] = [
+        (br#"{"issuer": "https://sso.example/realms/noetl", "jwks_uri": 42}"#, DiscoveryError::Field("jwks_uri")),
+        (br#"{"issuer": "https://sso.example/realms/noetl"}"#, DiscoveryError::Field("jwks_uri")),
+        (br#"{"issuer": ["https://sso.example/realms/noetl"], "jwks_uri": "https://sso.example/certs"}"#, DiscoveryError::Field("issuer")),
+        (br#"["https://sso.example/realms/noetl"]"#, DiscoveryError::Field("issuer")),
+        (
+            br#"{"issuer": "https://sso.example/realms/noetl", "jwks_uri": "https://sso.example/certs", "jwks_uri": "https://evil.example/certs"}"#,
+            DiscoveryError::Json(crate::json::JsonError::DuplicateKey("jwks_uri".into())),
+        ),
+        (
+            br#"{"issuer": "https://evil.example", "issuer": "https://sso.example/realms/noetl", "jwks_uri": "https://sso.example/certs"}"#,
+            DiscoveryError::Json(crate::json::JsonError::DuplicateKey("issuer".into())),
+        ),
+    ];
+    for (doc, expected) in cases {
+        assert_eq!(uri_refused(doc), expected, "{}", String::from_utf8_lossy(doc));
+    }
+    assert!(matches!(uri_refused(b"not json"), DiscoveryError::Json(_)));
+
+    // An http issuer (a test, a private network) may name an http set; an https one may not.
+    let v = verifier(json!([{"name": "local", "issuer": "http://127.0.0.1:8080", "algorithms": ["RS256"],
+        "discovery": {"cluster": "local"}}]));
+    let mut remote = RemoteKeys::default();
+    let due = remote.due(&v, NOW);
+    assert_eq!(
+        (due[0].authority.as_str(), due[0].path.as_str()),
+        ("127.0.0.1:8080", "/.well-known/openid-configuration")
+    );
+    let next =
+        remote.load_discovery(&v, 0, &document("http://127.0.0.1:8080", "http://127.0.0.1:8080/jwks?v=2")).unwrap();
+    assert_eq!((next.authority.as_str(), next.path.as_str()), ("127.0.0.1:8080", "/jwks?v=2"));
+}
+
+#[test]
+fn discovery_is_refreshed_with_the_set_and_a_changed_jwks_uri_is_followed() {
+    let v = discovering(json!({}));
+    let mut remote = RemoteKeys::default();
+    let _ = remote.due(&v, NOW);
+    let first = remote.load_discovery(&v, 0, &document(KEYCLOAK, "https://sso.example/certs-v1")).unwrap();
+    assert_eq!(first.path, "/certs-v1");
+    remote.load(0, &rsa_set(&[(RSA, "k1")]), NOW).unwrap();
+    assert!(remote.due(&v, NOW + 599).is_empty(), "fresh for cache_secs");
+
+    // At cache_secs: the document first, and the set from where it now says.
+    let due = remote.due(&v, NOW + 600);
+    assert_eq!(due.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![FetchKind::Discovery]);
+    let moved = remote.load_discovery(&v, 0, &document(KEYCLOAK, "https://keys.sso.example/v2/certs")).unwrap();
+    assert_eq!((moved.authority.as_str(), moved.path.as_str()), ("keys.sso.example", "/v2/certs"));
+    remote.load(0, &rsa_set(&[(RSA_OTHER, "k2")]), NOW + 600).unwrap();
+    let rotated = sign(Algorithm::RS256, RSA_OTHER, Some("k2"), &claims(KEYCLOAK));
+    assert!(v.verify_with(&rotated, NOW + 600, Some(&mut remote)).is_ok());
+
+    // An unknown kid (past the refetch limit) also starts with the document.
+    let next = sign(Algorithm::RS256, RSA, Some("k3"), &claims(KEYCLOAK));
+    assert_eq!(v.verify_with(&next, NOW + 611, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    assert_eq!(remote.due(&v, NOW + 611).iter().map(|f| f.kind).collect::<Vec<_>>(), vec![FetchKind::Discovery]);
+}
+
+#[test]
+fn a_failed_or_refused_discovery_keeps_the_keys_fetched_before() {
+    let v = discovering(json!({}));
+    let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
+    let _ = remote.due(&v, NOW);
+    remote.load_discovery(&v, 0, &document(KEYCLOAK, "https://sso.example/certs")).unwrap();
+    remote.load(0, &rsa_set(&[(RSA, "k1")]), NOW).unwrap();
+
+    // The refresh's document fails (a timeout, a 503): the host says so.
+    assert_eq!(remote.due(&v, NOW + 600).len(), 1);
+    remote.failed(0);
+    assert!(v.verify_with(&token, NOW + 601, Some(&mut remote)).is_ok(), "old keys still in use");
+
+    // The next one is refused (another issuer): still the old keys.
+    assert_eq!(remote.due(&v, NOW + 611).len(), 1);
+    assert!(remote.load_discovery(&v, 0, &document("https://evil.example", "https://evil.example/certs")).is_err());
+    assert!(v.verify_with(&token, NOW + 612, Some(&mut remote)).is_ok(), "old keys still in use");
+}
+
+#[test]
+fn requests_wait_for_the_document_and_the_set_after_it_then_no_longer() {
+    // timeout_ms 2000: 2 s for the document, 2 s for the set, and a second of slack.
+    let v = discovering(json!({}));
+    let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    let _ = remote.due(&v, NOW);
+    assert_eq!(v.remote_sources().map(RemoteJwks::fetch_ms).max(), Some(4000));
+    // The document arrives late in its timeout: the set's fetch still has its own.
+    let _ = remote.load_discovery(&v, 0, &document(KEYCLOAK, "https://sso.example/certs")).unwrap();
+    assert!(remote.fetching(NOW + 4));
+    assert_eq!(v.verify_with(&token, NOW + 4, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    // The set's answer never comes.
+    assert!(!remote.fetching(NOW + 5));
+    assert_eq!(v.verify_with(&token, NOW + 5, Some(&mut remote)), Err(AuthError::KeysUnavailable));
+}
+
+#[test]
+fn discovery_configuration_errors_name_the_field() {
+    let provider = |issuer: &str, sources: Value| {
+        let mut p = json!({"name": "n", "issuer": issuer, "algorithms": ["RS256"]});
+        for (k, v) in sources.as_object().into_iter().flatten() {
+            p[k] = v.clone();
+        }
+        json!([p])
+    };
+    let cases = [
+        (provider(KEYCLOAK, json!({"discovery": {"cluster": ""}})), "[0].discovery.cluster", "empty"),
+        (
+            provider(KEYCLOAK, json!({"discovery": {"cluster": "c", "jwks_cluster": ""}})),
+            "[0].discovery.jwks_cluster",
+            "empty",
+        ),
+        (provider("noetl", json!({"discovery": {"cluster": "c"}})), "[0].issuer", "http(s) URL"),
+        (provider("https://", json!({"discovery": {"cluster": "c"}})), "[0].issuer", "no host"),
+        (provider("https://sso.example/?realm=x", json!({"discovery": {"cluster": "c"}})), "[0].issuer", "no query"),
+        (provider("https://sso.example/#x", json!({"discovery": {"cluster": "c"}})), "[0].issuer", "fragment"),
+        (
+            provider(
+                KEYCLOAK,
+                json!({"discovery": {"cluster": "c"}, "remote_jwks": {"cluster": "c", "uri": "https://x/k"}}),
+            ),
+            "[0]",
+            "`discovery`",
+        ),
+    ];
+    for (providers, path, message) in cases {
+        let err = compile_err(providers.clone());
+        assert_eq!(err.path, path, "{providers}: {err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+    let unknown =
+        json!([{"name": "n", "issuer": KEYCLOAK, "algorithms": ["RS256"], "discovery": {"cluster": "c", "uri": "x"}}]);
+    assert!(serde_json::from_value::<Vec<ProviderConfig>>(unknown).is_err(), "unknown fields are refused");
+}
+
 #[test]
 fn remote_jwks_without_keys_is_unavailable_not_a_crash() {
     let v = verifier(json!([{"name": "okta", "issuer": "https://example.okta.com", "algorithms": ["RS256"],

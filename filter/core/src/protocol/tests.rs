@@ -156,3 +156,71 @@ fn a_key_fetch_sent_under_an_old_configuration_is_not_awaited_under_the_new_one(
     worker.configure(&new, &mut store, START_MS + 1);
     assert!(!worker.awaits(0) && !worker.awaits(1), "the old fetches are forgotten");
 }
+
+#[test]
+fn a_discovery_document_is_fetched_from_the_root_then_the_set_it_names_and_each_end_is_counted() {
+    let guard = crate::testing::guard_with(json!({"providers": [{
+        "name": "sso", "issuer": "https://sso.example/realms/noetl", "algorithms": ["RS256"],
+        "discovery": {"cluster": "sso", "jwks_cluster": "sso-keys", "timeout_ms": 1000}}]}));
+    let mut store = MemoryStore::default();
+    let all = |worker: &mut Worker| std::iter::from_fn(|| worker.poll_action()).collect::<Vec<_>>();
+    let sent = |actions: &[Action]| -> Vec<(CallId, String, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { call, from: None, request } => {
+                    let path = request.headers.iter().find(|(n, _)| n == ":path").map(|(_, v)| v.clone());
+                    Some((*call, request.cluster.clone(), path.unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let counts = |actions: &[Action]| -> Vec<Stat> {
+        actions.iter().filter_map(|a| if let Action::Count(s, _) = a { Some(*s) } else { None }).collect()
+    };
+    let configured = |worker: &mut Worker, store: &mut MemoryStore| {
+        *worker = Worker::default();
+        worker.configure(&guard, store, START_MS);
+        let actions = all(worker);
+        let fetches = sent(&actions);
+        assert_eq!(fetches.len(), 1, "{actions:?}");
+        let (call, cluster, path) = fetches.into_iter().next().unwrap();
+        assert_eq!((cluster.as_str(), path.as_str()), ("sso", "/realms/noetl/.well-known/openid-configuration"));
+        worker.sent(call, 7);
+    };
+    let document = |issuer: &str| {
+        json!({"issuer": issuer, "jwks_uri": "https://sso.example/realms/noetl/certs"}).to_string().into_bytes()
+    };
+    let mut worker = Worker::default();
+
+    configured(&mut worker, &mut store);
+    worker.answer(&guard, &mut store, START_MS + 10, 7, Some(200), &document("https://sso.example/realms/noetl"));
+    let actions = all(&mut worker);
+    assert_eq!(counts(&actions), [Stat::DiscoveryFetchSuccess]);
+    let fetches = sent(&actions);
+    assert_eq!(
+        fetches.iter().map(|(_, c, p)| (c.as_str(), p.as_str())).collect::<Vec<_>>(),
+        [("sso-keys", "/realms/noetl/certs")]
+    );
+    worker.sent(fetches[0].0, 8);
+    worker.answer(&guard, &mut store, START_MS + 20, 8, Some(200), br#"{"keys": []}"#);
+    assert_eq!(counts(&all(&mut worker)), [Stat::JwksFetchSuccess]);
+
+    // Another issuer's document: refused, and no set is fetched.
+    configured(&mut worker, &mut store);
+    worker.answer(&guard, &mut store, START_MS + 10, 7, Some(200), &document("https://evil.example/realms/noetl"));
+    let actions = all(&mut worker);
+    assert_eq!(counts(&actions), [Stat::DiscoveryFetchRefused, Stat::JwksFetchFailed]);
+    assert_eq!(sent(&actions), []);
+
+    // No usable answer, or none sent: failed.
+    configured(&mut worker, &mut store);
+    worker.answer(&guard, &mut store, START_MS + 10, 7, Some(503), b"busy");
+    assert_eq!(counts(&all(&mut worker)), [Stat::DiscoveryFetchFailed, Stat::JwksFetchFailed]);
+    worker = Worker::default();
+    worker.configure(&guard, &mut store, START_MS);
+    let call = sent(&all(&mut worker))[0].0;
+    worker.not_sent(&guard, &mut store, START_MS, call, "no such cluster".into());
+    assert_eq!(counts(&all(&mut worker)), [Stat::DiscoveryFetchFailed, Stat::JwksFetchFailed]);
+}

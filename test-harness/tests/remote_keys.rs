@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{config, filter, SECRET, SECRET_ENV};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use playbook_guard_test_harness::{Host, HostOptions, HttpCallResponse, Request, RequestOutcome, Vm};
+use playbook_guard_test_harness::{Host, HostOptions, HttpCallResponse, LogLevel, Request, RequestOutcome, Vm};
 use serde_json::{json, Value};
 
 const RSA: &str = include_str!("../../filter/core/testdata/rsa.pem");
@@ -210,4 +210,118 @@ fn a_fetch_sent_under_the_previous_configuration_is_not_loaded_into_the_new_one(
     let exchange = vm.send_request(&catalog(&forged)).unwrap();
     let verified = exchange.outcome.forwarded_headers().is_some();
     assert!(!verified, "idp's key verified a token that claims to be `other`'s");
+}
+
+/// The issuer of [`token`], its keys found through OIDC discovery.
+fn discovery_config(discovery: Value) -> Vec<u8> {
+    config(json!({"providers": [{
+        "name": "idp", "issuer": "https://idp.example/", "audiences": ["noetl"], "algorithms": ["RS256"],
+        "roles_claim": "roles", "discovery": discovery}]}))
+}
+
+fn discovery_document(issuer: &str) -> HttpCallResponse {
+    HttpCallResponse::json(
+        200,
+        &json!({"issuer": issuer, "jwks_uri": "https://keys.idp.example/v1/certs",
+                "authorization_endpoint": "https://idp.example/authorize"}),
+    )
+}
+
+/// The one fetch the worker has sent, checked to be the one expected; its token and context.
+fn the_fetch(vm: &Vm, upstream: &str, authority: &str, path: &str) -> (u32, u32) {
+    let calls = vm.http_calls();
+    assert_eq!(calls.len(), 1, "one fetch: {calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.upstream, upstream);
+    assert_eq!(call.headers.get(":method").as_deref(), Some("GET"));
+    assert_eq!(call.headers.get(":authority").as_deref(), Some(authority));
+    assert_eq!(call.headers.get(":path").as_deref(), Some(path));
+    (call.token, call.context_id)
+}
+
+fn document_fetch(vm: &Vm) -> (u32, u32) {
+    the_fetch(vm, "idp", "idp.example", "/.well-known/openid-configuration")
+}
+
+#[test]
+fn discovery_at_configuration_then_the_set_it_names_then_a_token_verified() {
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&discovery_config(json!({"cluster": "idp", "jwks_cluster": "idp_keys"}))).unwrap();
+    let (document, root) = document_fetch(&vm);
+    vm.respond_http_call(document, discovery_document("https://idp.example/")).unwrap();
+    let (set, from) = the_fetch(&vm, "idp_keys", "keys.idp.example", "/v1/certs");
+    assert_eq!(from, root, "the set is fetched from the root context too");
+    vm.respond_http_call(set, keys(&[(RSA, "k1")])).unwrap();
+
+    let outcome = vm.send_request(&catalog(&token(&host, RSA, "k1"))).unwrap().outcome;
+    assert_eq!(outcome.forwarded_headers().unwrap().get("x-noetl-user-id").as_deref(), Some("idp|1"));
+    assert_eq!(host.metric("playbook_guard.discovery_fetch_success"), Some(1));
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_success"), Some(1));
+    assert_eq!(host.metric("playbook_guard.jwks_waits"), Some(0), "the keys were there");
+}
+
+#[test]
+fn a_discovery_document_for_another_issuer_is_refused_and_its_keys_never_fetched() {
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&discovery_config(json!({"cluster": "idp"}))).unwrap();
+    let t = token(&host, RSA, "k1");
+    let waiter = vm.send_request(&catalog(&t)).unwrap();
+    assert_eq!(waiter.outcome, RequestOutcome::Paused);
+
+    let (document, _) = document_fetch(&vm);
+    // Section 4.3: exactly equal; without its trailing slash it is another issuer.
+    vm.respond_http_call(document, discovery_document("https://idp.example")).unwrap();
+    assert!(vm.http_calls().is_empty(), "no set fetched from a refused document");
+    assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+    assert_eq!(reason(&vm.send_request(&catalog(&t)).unwrap().outcome), "keys_unavailable");
+    assert_eq!(host.metric("playbook_guard.discovery_fetch_refused"), Some(1));
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_failed"), Some(1));
+    assert_eq!(host.metric("playbook_guard.discovery_fetch_success"), Some(0));
+    let both = r#"its issuer "https://idp.example" is not the configured issuer "https://idp.example/""#;
+    assert!(vm.logged(LogLevel::Warn, both), "logged with both values: {:?}", vm.logs());
+}
+
+#[test]
+fn requests_before_the_document_wait_for_it_and_for_the_set_after_it() {
+    let host = host_with(HostOptions::default());
+    let mut vm = host.configured_vm(&discovery_config(json!({"cluster": "idp", "timeout_ms": 1000}))).unwrap();
+    let t = token(&host, RSA, "k1");
+    let waiting: Vec<u32> = (0..3).map(|_| vm.send_request(&catalog(&t)).unwrap().context_id).collect();
+    let (document, _) = document_fetch(&vm);
+    vm.respond_http_call(document, discovery_document("https://idp.example/")).unwrap();
+    for ctx in &waiting {
+        assert_eq!(vm.outcome(*ctx), Some(RequestOutcome::Paused), "the set is still to come");
+    }
+    let (set, _) = the_fetch(&vm, "idp", "keys.idp.example", "/v1/certs");
+    vm.respond_http_call(set, keys(&[(RSA, "k1")])).unwrap();
+    for ctx in waiting {
+        assert_eq!(vm.outcome(ctx).unwrap().status(), Some(200));
+    }
+    assert_eq!(host.metric("playbook_guard.jwks_waits"), Some(3));
+
+    // The wait spans both fetches: 1 s for the document, 1 s for the set, 2 s of grace.
+    let mut vm = host.configured_vm(&discovery_config(json!({"cluster": "idp", "timeout_ms": 1000}))).unwrap();
+    let waiter = vm.send_request(&catalog(&t)).unwrap().context_id;
+    let (document, _) = document_fetch(&vm);
+    host.clock().advance(Duration::from_millis(900));
+    vm.respond_http_call(document, discovery_document("https://idp.example/")).unwrap();
+    host.clock().advance(Duration::from_millis(2900));
+    vm.run_due_ticks().unwrap();
+    assert_eq!(vm.outcome(waiter), Some(RequestOutcome::Paused), "within both timeouts and the grace");
+    host.clock().advance(Duration::from_millis(300));
+    vm.run_due_ticks().unwrap();
+    assert_eq!(reason(&vm.outcome(waiter).unwrap()), "keys_unavailable", "the set's answer never came");
+}
+
+#[test]
+fn a_discovery_that_fails_is_answered_as_a_failed_jwks_fetch_and_counted() {
+    let host = host_with(HostOptions::default());
+    let t = token(&host, RSA, "k1");
+    let mut vm = host.configured_vm(&discovery_config(json!({"cluster": "idp"}))).unwrap();
+    let waiter = vm.send_request(&catalog(&t)).unwrap();
+    vm.respond_http_call(document_fetch(&vm).0, HttpCallResponse::new(503, "busy")).unwrap();
+    assert!(vm.http_calls().is_empty());
+    assert_eq!(reason(&vm.outcome(waiter.context_id).unwrap()), "keys_unavailable");
+    assert_eq!(host.metric("playbook_guard.discovery_fetch_failed"), Some(1));
+    assert_eq!(host.metric("playbook_guard.jwks_fetch_failed"), Some(1));
 }

@@ -52,6 +52,15 @@ fn compile_err(providers: Value) -> ConfigError {
     Verifier::compile(&providers, 60, &env).unwrap_err()
 }
 
+/// Each configuration fails to compile with an error at `path` whose message holds `message`.
+fn assert_compile_errors<'a>(cases: impl IntoIterator<Item = (Value, &'a str, &'a str)>) {
+    for (providers, path, message) in cases {
+        let err = compile_err(providers.clone());
+        assert_eq!(err.path, path, "{providers}: {err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+}
+
 fn hs() -> Verifier {
     verifier(json!([{"name": "noetl", "issuer": ISSUER, "audiences": [AUDIENCE],
                      "algorithms": ["HS256", "HS384", "HS512"], "secret_env": SECRET_ENV, "roles_claim": "roles"}]))
@@ -471,11 +480,7 @@ fn configuration_errors_name_the_field() {
             "providers[0]",
         ),
     ];
-    for (providers, path, message) in cases {
-        let err = compile_err(providers.clone());
-        assert_eq!(err.path, path, "{providers}: {err}");
-        assert!(err.message.contains(message), "{err}");
-    }
+    assert_compile_errors(cases);
     let short = |name: &str| (name == "SHORT").then(|| "too-short".to_owned());
     let providers: Vec<ProviderConfig> =
         serde_json::from_value(json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]))
@@ -552,6 +557,16 @@ fn rsa_set(keys: &[(&str, &str)]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A token of [`KEYCLOAK`] waiting for the discovery document, whose fetch was just sent.
+fn awaiting_the_document() -> (Verifier, RemoteKeys, String) {
+    let v = discovering(json!({}));
+    let mut remote = RemoteKeys::default();
+    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
+    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
+    assert_eq!(remote.due(&v, NOW).len(), 1);
+    (v, remote, token)
+}
+
 #[test]
 fn discovery_fetches_the_document_then_the_set_it_names() {
     let v = discovering(json!({"jwks_cluster": "sso-keys"}));
@@ -606,11 +621,7 @@ fn discovery_of_an_issuer_with_a_trailing_slash_and_no_path_and_jwks_cluster_def
 
 #[test]
 fn a_document_for_another_issuer_is_refused_and_no_set_is_fetched() {
-    let v = discovering(json!({}));
-    let mut remote = RemoteKeys::default();
-    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
-    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
-    assert_eq!(remote.due(&v, NOW).len(), 1);
+    let (v, mut remote, token) = awaiting_the_document();
 
     // Exactly equal (section 4.3): a trailing slash is another issuer.
     for other in [format!("{KEYCLOAK}/"), "https://evil.example/realms/noetl".to_owned()] {
@@ -728,11 +739,7 @@ fn a_failed_or_refused_discovery_keeps_the_keys_fetched_before() {
 #[test]
 fn requests_wait_for_the_document_and_the_set_after_it_then_no_longer() {
     // timeout_ms 2000: 2 s for the document, 2 s for the set, and a second of slack.
-    let v = discovering(json!({}));
-    let mut remote = RemoteKeys::default();
-    let token = sign(Algorithm::RS256, RSA, Some("k1"), &claims(KEYCLOAK));
-    assert_eq!(v.verify_with(&token, NOW, Some(&mut remote)), Ok(Verification::AwaitingKeys));
-    let _ = remote.due(&v, NOW);
+    let (v, mut remote, token) = awaiting_the_document();
     assert_eq!(v.remote_sources().map(RemoteJwks::fetch_ms).max(), Some(4000));
     // The document arrives late in its timeout: the set's fetch still has its own.
     let _ = remote.load_discovery(&v, 0, &document(KEYCLOAK, "https://sso.example/certs")).unwrap();
@@ -772,11 +779,7 @@ fn discovery_configuration_errors_name_the_field() {
             "`discovery`",
         ),
     ];
-    for (providers, path, message) in cases {
-        let err = compile_err(providers.clone());
-        assert_eq!(err.path, path, "{providers}: {err}");
-        assert!(err.message.contains(message), "{err}");
-    }
+    assert_compile_errors(cases);
     let unknown =
         json!([{"name": "n", "issuer": KEYCLOAK, "algorithms": ["RS256"], "discovery": {"cluster": "c", "uri": "x"}}]);
     assert!(serde_json::from_value::<Vec<ProviderConfig>>(unknown).is_err(), "unknown fields are refused");

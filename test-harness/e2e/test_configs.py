@@ -38,6 +38,8 @@ KNOWN = {
     "k8s/noetl-sync/filter-config.configmap.yaml": "configmap with the filter configuration",
     "istio/envoyfilter.yaml": "envoyfilter",
     "istio/pod.yaml": "kubernetes",
+    **{f"providers/{idp}.yaml": "a provider example (compiled and run in test_providers.py)"
+       for idp in ("auth0", "okta", "entra", "cognito", "keycloak")},
 }
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
 

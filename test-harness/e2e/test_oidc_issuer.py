@@ -5,14 +5,16 @@ deciding a playbook."""
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import jwt
 import pytest
+import yaml
 
-from conftest import E2E, http
-from oidc_issuer import SHAPES, OidcIssuer
+from conftest import E2E, ROOT, http, plugin_config
+from oidc_issuer import ENTRA_TENANT, SHAPES, OidcIssuer
 
 
 def verify(issuer, token, **options):
@@ -129,3 +131,97 @@ def test_as_a_script_with_admin_endpoints():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ── Real Envoy: remote_jwks from the stand-in ─────────────────────────────────────────────────
+
+ENTRA_ANALYSTS = "5f1c0b8e-3d2a-4c6f-9b7e-1a2d3c4e5f60"  # mapped to analyst in envoy/providers/entra.yaml
+
+
+def example_provider(idp, issuer, cluster):
+    """envoy/providers/<idp>.yaml with the stand-in as its issuer and key source."""
+    provider = yaml.safe_load((ROOT / "envoy" / "providers" / f"{idp}.yaml").read_text())
+    provider.update(issuer=issuer.issuer, remote_jwks={"cluster": cluster, "uri": issuer.jwks_uri})
+    return provider
+
+
+@pytest.fixture(scope="module")
+def idps(start_envoy):
+    """Envoy (two workers, the default policy, roles from the token) with the Keycloak and Entra ID
+    examples, each issued by a stand-in of its own; and when it became ready."""
+    with OidcIssuer(path="/realms/noetl") as keycloak, OidcIssuer(path=f"/{ENTRA_TENANT}/v2.0") as entra:
+        config = plugin_config()
+        config["providers"] += [example_provider("keycloak", keycloak, "keycloak_jwks"),
+                                example_provider("entra", entra, "entra_jwks")]
+        envoy = start_envoy(config, clusters={"keycloak_jwks": keycloak.port, "entra_jwks": entra.port})
+        yield envoy, time.monotonic(), keycloak, entra
+
+
+def execute(envoy, token, playbook):
+    resp = http(envoy.url + "/api/execute", method="POST", body=json.dumps({"path": playbook}),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    return resp.status, resp
+
+
+def test_nested_keycloak_roles_decide_a_playbook(idps):
+    envoy, _, keycloak, _ = idps
+    # analyst only as a realm role, viewer only as a role of the `noetl` client: each reaches the
+    # policy from its own pointer, and the realm's defaults are dropped on the way.
+    token = keycloak.mint("keycloak", sub="kc-ada", roles=["analyst"], client_roles=["viewer"])
+    status, resp = execute(envoy, token, "data/daily_load")
+    assert status == 200, (resp.body, envoy.log())
+    assert resp.json()["headers"]["x-noetl-user-roles"] == "analyst,viewer"
+    assert resp.json()["headers"]["x-noetl-user-id"] == "kc-ada"
+    assert execute(envoy, token, "system/reset")[0] == 403  # analyst runs data/** only
+    # view on system/ comes from the client role alone (viewer: view on every playbook).
+    assert http(envoy.url + "/api/catalog/system/reset/ui_schema", headers={"Authorization": f"Bearer {token}"}).status == 200
+    viewer = keycloak.mint("keycloak", client_roles=["viewer"])
+    assert execute(envoy, viewer, "data/daily_load")[0] == 403
+
+
+def test_a_mapped_entra_group_decides_a_playbook(idps):
+    envoy, _, _, entra = idps
+    # No app role: the only grant is a security group's GUID, which role_map makes analyst.
+    token = entra.mint("entra", sub="entra-ada", groups=[ENTRA_ANALYSTS, "11111111-2222-3333-4444-555555555555"])
+    status, resp = execute(envoy, token, "data/daily_load")
+    assert status == 200, (resp.body, envoy.log())
+    assert resp.json()["headers"]["x-noetl-user-roles"] == "analyst"
+    status, resp = execute(envoy, token, "system/reset")
+    assert status == 403 and resp.json()["playbook_path"] == "system/reset"
+    unmapped = entra.mint("entra", groups=["11111111-2222-3333-4444-555555555555"])
+    assert execute(envoy, unmapped, "data/daily_load")[0] == 403
+
+
+def test_a_key_rotated_in_fails_no_request(idps):
+    envoy, ready_at, keycloak, _ = idps
+    url = envoy.url + "/api/catalog/data/daily_load/ui_schema"
+    fetches = keycloak.hits(keycloak.jwks_path)
+    statuses, stop = [], threading.Event()
+
+    def old_key_traffic(token):
+        while not stop.is_set():
+            statuses.append(("old", http(url, headers={"Authorization": f"Bearer {token}"}).status))
+
+    old = keycloak.mint("keycloak", roles=["analyst"])
+    thread = threading.Thread(target=old_key_traffic, args=(old,))
+    thread.start()
+    try:
+        # Each worker fetched the set as it was configured, and fetches again at most once per
+        # 10 s: rotate once that window has passed, as an issuer's keys live for far longer.
+        time.sleep(max(0.0, ready_at + 11 - time.monotonic()))
+        assert keycloak.hits(keycloak.jwks_path) == fetches, "nothing refetched the set meanwhile"
+        keycloak.rotate()
+        new = keycloak.mint("keycloak", roles=["analyst"])
+        assert jwt.get_unverified_header(new)["kid"] != jwt.get_unverified_header(old)["kid"]
+        for _ in range(12):  # whichever worker takes each: every one waits for its own refetch
+            statuses.append(("new", http(url, headers={"Authorization": f"Bearer {new}"}).status))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    refetches = keycloak.hits(keycloak.jwks_path) - fetches
+    olds = sum(1 for kind, _ in statuses if kind == "old")
+    print(f"key rotation: {olds} old-key and 12 new-key requests, {refetches} JWK Set refetches")
+    assert olds > 50
+    assert [s for s in statuses if s[1] != 200] == [], envoy.log()
+    assert 1 <= refetches <= 2, "one refetch per worker at most"

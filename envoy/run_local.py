@@ -1,11 +1,13 @@
 """`make run`: Envoy with playbook-guard in front of a NoETL stand-in, on loopback.
 
 Starts the NoETL API stand-in (test-harness/e2e/noetl_upstream.py), the validation-service
-stand-in (NoETL's session-validation API, answering from envoy/demo-sessions.yaml) and Envoy
-(envoy/envoy.yaml, which loads build/playbook_guard.wasm; with PLAYBOOK_GUARD_DATABASE_URL set,
-the same bootstrap with a policy imported from that NoETL database); mints development tokens with the
-CLI, shows allowed and denied requests, and prints the curl lines to try more. Ctrl-C stops
-everything.
+stand-in (NoETL's session-validation API, answering from envoy/demo-sessions.yaml), a local OIDC
+issuer (test-harness/e2e/oidc_issuer.py, a Keycloak-like realm) and Envoy (envoy/envoy.yaml, which
+loads build/playbook_guard.wasm; with PLAYBOOK_GUARD_DATABASE_URL set, the same bootstrap with a
+policy imported from that NoETL database), run as build/envoy-run.yaml: that bootstrap plus the
+Keycloak example provider (envoy/providers/keycloak.yaml) taking its keys from the issuer. Mints
+development tokens with the CLI and the issuer, shows allowed and denied requests, and prints the
+curl lines to try more. Ctrl-C stops everything.
 """
 
 import json
@@ -20,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CLI = ROOT / "target" / "debug" / "playbook-guard"
@@ -27,6 +31,9 @@ STANDIN = ROOT / "target" / "debug" / "validation-service"
 LISTEN = "http://127.0.0.1:10000"
 ADMIN = "http://127.0.0.1:9901"
 STANDIN_URL = "http://127.0.0.1:18081"
+ISSUER_PORT = 18082
+ISSUER_URL = f"http://127.0.0.1:{ISSUER_PORT}"
+ISSUER = ISSUER_URL + "/realms/noetl"
 
 
 def wait_for(url, what, proc, timeout=30):
@@ -99,6 +106,36 @@ def envoy_config():
     return str(config.relative_to(ROOT))
 
 
+def with_keycloak(bootstrap):
+    """`bootstrap` (a path under ROOT) plus the Keycloak example provider, its issuer and keys the
+    local OIDC issuer's, written to build/envoy-run.yaml. The validation service knows the
+    Keycloak user's session (demo-keycloak) but holds no roles for it, so `token_roles: fallback`
+    lets the token's roles decide; every other demo session has roles, which still win."""
+    doc = yaml.safe_load((ROOT / bootstrap).read_text())
+    static = doc["static_resources"]
+    static["clusters"].append({
+        "name": "oidc_issuer", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "oidc_issuer", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ISSUER_PORT}}}}]}]}})
+    hcm = static["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    configuration = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]
+    plugin = json.loads(configuration["value"])
+    provider = yaml.safe_load((ROOT / "envoy" / "providers" / "keycloak.yaml").read_text())
+    provider.update(issuer=ISSUER, remote_jwks={"cluster": "oidc_issuer", "uri": ISSUER + "/keys"})
+    plugin["providers"].append(provider)
+    plugin["validation"]["token_roles"] = "fallback"
+    configuration["value"] = json.dumps(plugin)
+    out = ROOT / "build" / "envoy-run.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(out.relative_to(ROOT))
+
+
+def issuer_mint(query, claims):
+    req = urllib.request.Request(f"{ISSUER_URL}/admin/mint?{query}", data=json.dumps(claims).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read().decode()
+
+
 def main():
     env = dict(os.environ)
     # A fresh secret per run unless one is given: the filter refuses secrets under 32 bytes.
@@ -119,7 +156,15 @@ def main():
         procs.append(standin)
         if not standin.stdout.readline().startswith("listening on"):
             sys.exit("the validation-service stand-in did not start (is port 18081 free?)")
-        config = envoy_config()
+        issuer = subprocess.Popen(
+            [sys.executable, str(ROOT / "test-harness" / "e2e" / "oidc_issuer.py"), "--port", str(ISSUER_PORT),
+             "--path", "/realms/noetl"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        procs.append(issuer)
+        if not issuer.stdout.readline().startswith("oidc issuer"):
+            sys.exit(f"the OIDC issuer stand-in did not start (is port {ISSUER_PORT} free?)")
+        config = with_keycloak(envoy_config())
         log = open(ROOT / "build" / "envoy.log", "w")
         envoy = subprocess.Popen(
             [str(VENV_BIN / "envoy"), "-c", config, "--concurrency", "2",
@@ -136,7 +181,8 @@ def main():
         allowed = f"{LISTEN}/api/catalog/data/daily_load/ui_schema"
         denied = f"{LISTEN}/api/catalog/system/reset/ui_schema"
         print("playbook-guard is running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), NoETL stand-in on :18080,")
-        print("validation-service stand-in on :18081 (sessions from envoy/demo-sessions.yaml)")
+        print("validation-service stand-in on :18081 (sessions from envoy/demo-sessions.yaml),")
+        print(f"OIDC issuer stand-in on :{ISSUER_PORT} ({ISSUER}; Envoy runs {config})")
         print(f"Envoy's log: build/envoy.log   stats: curl -s {ADMIN}/stats | grep playbook_guard\n")
         print("A token for user 42 with role analyst (execute/view data/**); allowed (200):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + analyst)} {allowed}")
@@ -163,6 +209,17 @@ def main():
         stats = json.loads(urllib.request.urlopen(STANDIN_URL + "/_stats", timeout=5).read())
         print(f"Validation callouts for that session so far: {stats['sessions'].get('demo-analyst', 0)}"
               " (then answered from the cache for 300 s)\n")
+        # A Keycloak access token: its role sits at realm_access.roles only, which the provider
+        # reads through a JSON pointer; its keys come from the issuer's JWK Set (remote_jwks).
+        keycloak = issuer_mint("shape=keycloak&sub=ada&roles=analyst&lifetime=3600", {"sid": "demo-keycloak"})
+        print("A Keycloak-shaped token from the OIDC issuer stand-in (envoy/providers/keycloak.yaml, keys from")
+        print("its JWK Set), role analyst at realm_access.roles; allowed (200), and on system/ denied (403):")
+        print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + keycloak)} {allowed}")
+        print(f"  -> {status_of('/api/catalog/data/daily_load/ui_schema', keycloak)}")
+        print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + keycloak)} {denied}")
+        print(f"  -> {status_of('/api/catalog/system/reset/ui_schema', keycloak)}")
+        print(f"  more: curl -s -X POST '{ISSUER_URL}/admin/mint?shape=keycloak&sub=ada&client_roles=viewer'"
+              " -d '{\"sid\": \"demo-keycloak\"}'\n")
         print("More tokens (sessions: demo-developer, demo-viewer, demo-admin, demo-revoked):")
         print("  PLAYBOOK_GUARD_HS256_SECRET=" + shlex.quote(env["PLAYBOOK_GUARD_HS256_SECRET"])
               + f" {CLI.relative_to(ROOT)} token --sid demo-developer")

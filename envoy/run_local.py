@@ -121,7 +121,7 @@ def with_keycloak(bootstrap):
     configuration = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]
     plugin = json.loads(configuration["value"])
     provider = yaml.safe_load((ROOT / "envoy" / "providers" / "keycloak.yaml").read_text())
-    provider.update(issuer=ISSUER, remote_jwks={"cluster": "oidc_issuer", "uri": ISSUER + "/keys"})
+    provider.update(issuer=ISSUER, discovery={"cluster": "oidc_issuer"})
     plugin["providers"].append(provider)
     plugin["validation"]["token_roles"] = "fallback"
     configuration["value"] = json.dumps(plugin)
@@ -210,10 +210,10 @@ def main():
         print(f"Validation callouts for that session so far: {stats['sessions'].get('demo-analyst', 0)}"
               " (then answered from the cache for 300 s)\n")
         # A Keycloak access token: its role sits at realm_access.roles only, which the provider
-        # reads through a JSON pointer; its keys come from the issuer's JWK Set (remote_jwks).
+        # reads through a JSON pointer; its keys come through the issuer's discovery document.
         keycloak = issuer_mint("shape=keycloak&sub=ada&roles=analyst&lifetime=3600", {"sid": "demo-keycloak"})
         print("A Keycloak-shaped token from the OIDC issuer stand-in (envoy/providers/keycloak.yaml, keys from")
-        print("its JWK Set), role analyst at realm_access.roles; allowed (200), and on system/ denied (403):")
+        print("its discovery document), role analyst at realm_access.roles; allowed (200), and on system/ denied (403):")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + keycloak)} {allowed}")
         print(f"  -> {status_of('/api/catalog/data/daily_load/ui_schema', keycloak)}")
         print(f"  curl -i -H {shlex.quote('Authorization: Bearer ' + keycloak)} {denied}")

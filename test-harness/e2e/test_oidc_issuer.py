@@ -141,6 +141,9 @@ ENTRA_ANALYSTS = "5f1c0b8e-3d2a-4c6f-9b7e-1a2d3c4e5f60"  # mapped to analyst in 
 def example_provider(idp, issuer, cluster):
     """envoy/providers/<idp>.yaml with the stand-in as its issuer and key source."""
     provider = yaml.safe_load((ROOT / "envoy" / "providers" / f"{idp}.yaml").read_text())
+    # The examples find their keys through discovery; here the set's own address is given
+    # (test_oidc_discovery.py covers discovery).
+    del provider["discovery"]
     provider.update(issuer=issuer.issuer, remote_jwks={"cluster": cluster, "uri": issuer.jwks_uri})
     return provider
 

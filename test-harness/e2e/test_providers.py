@@ -59,7 +59,7 @@ def with_local_keys(tmp_path, idp, issuer):
     """The example with the issuer's `iss` and its public keys inline (the CLI reads no remote
     sets), as a filter configuration file."""
     provider = example(idp)
-    del provider["remote_jwks"]
+    del provider["discovery"]
     provider.update(issuer=issuer.issuer, jwks=issuer.jwks())
     path = tmp_path / f"{idp}.json"
     path.write_text(json.dumps({"providers": [provider]}))

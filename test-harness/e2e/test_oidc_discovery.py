@@ -4,10 +4,11 @@ issuer's discovery document, served by the local OIDC issuer stand-in (oidc_issu
 import time
 
 import pytest
+import yaml
 
-from conftest import http, plugin_config
+from conftest import ROOT, http, plugin_config
 from oidc_issuer import KEYCLOAK_AUDIENCE, KEYCLOAK_CLIENT_ID, OidcIssuer
-from test_envoy import bearer
+from test_envoy import bearer, hs_token
 
 ALLOWED = "/api/catalog/data/x/ui_schema"
 DENIED = "/api/catalog/system/x/ui_schema"
@@ -90,3 +91,27 @@ def test_a_key_rotated_in_is_found_through_discovery_with_no_failed_request(star
         assert resp.status == 200, (resp.status, resp.body, envoy.log())
     assert http(envoy.url + ALLOWED, headers=bearer(old)).status == 200
     assert issuer.hits(issuer.discovery_path) > documents
+
+
+def test_an_idp_whose_sessions_noetl_does_not_hold_is_decided_by_its_token(start_envoy, issuer, validation_service):
+    """Beside NoETL's own sessions (validated), an IdP's tokens with `validate_sessions: false`:
+    no callout, the token's identity and roles decide."""
+    config = plugin_config(with_validation=True)
+    config["validation"]["cluster"] = "noetl_validation"
+    provider = yaml.safe_load((ROOT / "envoy" / "providers" / "keycloak.yaml").read_text())
+    provider.update(issuer=issuer.issuer, discovery={"cluster": "idp"}, validate_sessions=False)
+    config["providers"].append(provider)
+    envoy = start_envoy(config, clusters={"idp": issuer.port, "noetl_validation": validation_service.port})
+    token = issuer.mint("keycloak", sub="kc-2", client_roles=["analyst"], sid="kc-session-2")
+    resp = http(envoy.url + ALLOWED, headers=bearer(token))
+    assert resp.status == 200, (resp.status, resp.body, envoy.log())
+    assert resp.json()["headers"]["x-noetl-user-id"] == "kc-2"
+    assert resp.json()["headers"]["x-noetl-user-roles"] == "analyst"
+    assert http(envoy.url + DENIED, headers=bearer(token)).status == 403
+    assert envoy.counter("callouts") == 0 and envoy.counter("cache_misses") == 0
+    assert validation_service.calls("kc-session-2") == 0
+    # NoETL's own tokens, in the same Envoy, still go to the service, which decides their roles.
+    noetl = hs_token(["admin"], sid="s-analyst")
+    assert http(envoy.url + ALLOWED, headers=bearer(noetl)).status == 200
+    assert http(envoy.url + DENIED, headers=bearer(noetl)).status == 403
+    assert envoy.counter("callouts") >= 1

@@ -261,6 +261,11 @@ pub struct ProviderConfig {
     /// If set, the Auth0 `org_id` claim must equal it.
     #[serde(default)]
     pub organization: Option<String>,
+    /// Whether this provider's tokens are sessions the validation service vouches for (when
+    /// one is configured). `false`: the token alone says who the user is and which roles they
+    /// hold, as with no validation service: for an IdP whose tokens NoETL has no session for.
+    #[serde(default = "default_true")]
+    pub validate_sessions: bool,
 }
 
 /// `roles_claim`: one claim name or JSON pointer, or a list of them.

@@ -563,7 +563,7 @@ impl Guard {
             Ok(need) => need,
             Err(verdict) => return Step::Verdict(*verdict),
         };
-        let (token, from_token, session_key) = match self.authenticate(head, now, state) {
+        let (token, from_token, session_key, validate) = match self.authenticate(head, now, state) {
             Ok(found) => found,
             Err(Unauthenticated::AwaitingKeys) => return Step::AwaitKeys,
             Err(Unauthenticated::Auth(e)) => return Step::Verdict(self.finish(Err(Denial::unauthenticated(&e)), None)),
@@ -585,7 +585,7 @@ impl Guard {
             max_body_bytes: route.max_body_bytes,
             upstream_headers: Vec::new(),
         };
-        if self.validator.is_some() {
+        if self.validator.is_some() && validate {
             return Step::Session(pending);
         }
         let identity = pending.from_token.clone();
@@ -900,8 +900,9 @@ impl Guard {
         self.finish(Err(Denial::too_large(pending.max_body_bytes)), pending.identity.as_ref())
     }
 
-    /// Finds and checks the token: the token, what a JWT says (`None` for an opaque token) and
-    /// the session key.
+    /// Finds and checks the token: the token, what a JWT says (`None` for an opaque token), the
+    /// session key, and whether a validation service must vouch for the session (always for an
+    /// opaque token; for a JWT, as its provider's `validate_sessions` says).
     ///
     /// A token with the shape of a compact JWS is a JWT, whatever happens to it next: it never
     /// falls back to being an opaque token. Any other token must have the configured opaque
@@ -911,7 +912,7 @@ impl Guard {
         head: &RequestHead<'h>,
         now: u64,
         state: &mut VerifierState,
-    ) -> Result<(&'h str, Option<Identity>, String), Unauthenticated> {
+    ) -> Result<(&'h str, Option<Identity>, String, bool), Unauthenticated> {
         let (token, _) = self.tokens.find(head.headers)?.ok_or(AuthError::Missing)?;
         let tally = &mut state.tokens;
         match (token_kind(token), &self.opaque) {
@@ -922,11 +923,12 @@ impl Guard {
                     return Err(Unauthenticated::AwaitingKeys);
                 };
                 let key = format!("{}/{}", verified.provider, verified.session_key);
-                Ok((token, Some(Identity::from(verified)), key))
+                let validate = verified.validate_session;
+                Ok((token, Some(Identity::from(verified)), key, validate))
             }
             (TokenKind::Opaque, Some(shape)) if shape.matches(token) => {
                 tally.opaque = tally.opaque.saturating_add(1);
-                Ok((token, None, format!("opaque/{}", token_digest(token))))
+                Ok((token, None, format!("opaque/{}", token_digest(token)), true))
             }
             (TokenKind::Opaque, shape) => {
                 tally.unrecognised = tally.unrecognised.saturating_add(1);

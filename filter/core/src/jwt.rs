@@ -119,6 +119,7 @@ struct Provider {
     required_claims: Vec<(String, Option<Value>)>,
     email_domains: Vec<String>,
     organization: Option<String>,
+    validate_sessions: bool,
 }
 
 /// The compiled providers and clock skew; verifies tokens.
@@ -157,6 +158,9 @@ pub struct VerifiedToken {
     /// How many items of the roles claims were not role names and were dropped (names a
     /// `role_map` drops as unmapped are not counted).
     pub roles_dropped: u32,
+    /// Whether the validation service (if any) must vouch for the session: the provider's
+    /// `validate_sessions`.
+    pub validate_session: bool,
 }
 
 /// [`Verifier::explain`]'s answer.
@@ -446,6 +450,7 @@ impl Verifier {
             name: string_claim(claims, "name"),
             roles,
             roles_dropped,
+            validate_session: provider.validate_sessions,
         })
     }
 }

@@ -644,6 +644,29 @@ mod with_validation {
         assert_eq!(roles_of("union", &["analyst", "viewer"]), "analyst,viewer");
     }
 
+    #[test]
+    fn a_provider_whose_sessions_are_not_validated_is_decided_by_its_token_alone() {
+        let mut provider = crate::testing::provider();
+        provider["validate_sessions"] = json!(false);
+        let g = guard_with(json!({"validation": {"cluster": "noetl"}, "providers": [provider]}));
+        let t = bearer(&token(&["analyst"], json!({})));
+        // No session step and no callout: the token's identity and roles decide.
+        let v = verdict(&g, "GET", "/api/catalog/data/x", &t);
+        assert_eq!(status(&v), 200);
+        assert_eq!(header(&v, "x-noetl-user-id"), Some("42"));
+        assert_eq!(header(&v, "x-noetl-user-roles"), Some("analyst"));
+        assert_eq!(status(&verdict(&g, "GET", "/api/catalog/system/x", &t)), 403);
+        // An opaque token still goes to the service; so does a JWT of a provider left as it is.
+        let opaque = guard_with(json!({"validation": {"cluster": "noetl"}, "providers": [], "opaque_tokens": true}));
+        let headers = vec![("x-session-token".to_string(), NOETL_SESSION.to_string())];
+        assert!(matches!(
+            opaque.on_request_headers(&head("GET", "/api/catalog/data/x", &headers), NOW),
+            Step::Session(_)
+        ));
+        let g = vguard(json!({"cluster": "noetl"}));
+        assert_eq!(pending(&g, "GET", "/api/catalog/data/x", &t).session_key(), "noetl/s-42");
+    }
+
     /// A NoETL session token: `md5(random()::text || clock_timestamp()::text)`.
     const NOETL_SESSION: &str = "9e107d9d372bb6826bd81d3542a419d6";
 

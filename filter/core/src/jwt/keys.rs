@@ -148,6 +148,7 @@ pub(super) fn compile_provider(
             .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
             .collect(),
         organization: cfg.organization.clone(),
+        validate_sessions: cfg.validate_sessions,
     })
 }
 

@@ -29,17 +29,24 @@ pub fn is_role_name(name: &str) -> bool {
 pub fn roles_from(value: Option<&Value>) -> (Vec<String>, u32) {
     let mut roles = Vec::new();
     let mut dropped = 0u32;
-    let mut keep = |name: Option<&str>| match name {
-        Some(name) if is_role_name(name) => roles.push(name.to_owned()),
+    for_each_role_item(value, |item| match item {
+        Ok(name) if is_role_name(name) => roles.push(name.to_owned()),
         _ => dropped = dropped.saturating_add(1),
-    };
+    });
+    (roles, dropped)
+}
+
+/// The items of a roles value, read one way for the validation service's answer and every
+/// claim a provider reads roles from: an array's items (`Err` for one that is not a string),
+/// the words of a string (runs of spaces only separate), or the value itself as one `Err` when
+/// it is of another type. Absent and `null` have none.
+pub(super) fn for_each_role_item<'a>(value: Option<&'a Value>, mut item: impl FnMut(Result<&'a str, &'a Value>)) {
     match value {
         None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => items.iter().for_each(|item| keep(item.as_str())),
-        Some(Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).for_each(|name| keep(Some(name))),
-        Some(_) => keep(None),
+        Some(Value::Array(items)) => items.iter().for_each(|v| item(v.as_str().ok_or(v))),
+        Some(Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).for_each(|name| item(Ok(name))),
+        Some(other) => item(Err(other)),
     }
-    (roles, dropped)
 }
 
 /// A string claim; numbers are accepted too (`sub: 42`), as some issuers send ids that way.

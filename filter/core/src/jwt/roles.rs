@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::claims::for_each_role_item;
 use super::{is_role_name, MAX_ROLE_BYTES};
 use crate::config::{ProviderConfig, RolesClaim, UnmappedRoles};
 use crate::error::ConfigError;
@@ -195,17 +196,7 @@ impl RoleRules {
                 }
                 note(Step::Item(item, fate));
             };
-            match found {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(items)) => items.iter().for_each(|v| match v {
-                    Value::String(name) => item(Item::Name(name)),
-                    other => item(Item::Other(other)),
-                }),
-                Some(Value::String(s)) => {
-                    s.split(' ').filter(|r| !r.is_empty()).for_each(|name| item(Item::Name(name)))
-                }
-                Some(other) => item(Item::Other(other)),
-            }
+            for_each_role_item(found, |found| item(found.map_or_else(Item::Other, Item::Name)));
         }
         (roles, dropped)
     }

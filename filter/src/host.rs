@@ -17,6 +17,13 @@ use crate::metrics::Metrics;
 use crate::raw_headers::with_request_headers;
 use crate::store::HostStore;
 
+/// How long the stats of remembered allows may wait to be counted together
+/// ([`Worker::count_in_windows`]): a counter increment costs a host call, about as much as a
+/// third of what a remembered allow costs above the Wasm floor, and under load a window holds
+/// tens of them. Short enough that anything that reads `/stats` after its own requests were
+/// answered almost always finds them counted.
+const COUNT_WINDOW_MS: u64 = 2;
+
 fn now_ms() -> u64 {
     let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -76,6 +83,11 @@ impl Host<'_> {
             self.carry_out(action);
         }
         self.cell.draining.set(false);
+        self.sync_tick();
+    }
+
+    /// Asks the host for the tick period the worker needs now (a host call only on a change).
+    fn sync_tick(&self) {
         let period = self.cell.with(|w| w.tick_period_ms()).flatten();
         if self.cell.tick_ms.replace(period) != period {
             let _ = hostcalls::set_tick_period(Duration::from_millis(period.unwrap_or(0)));
@@ -248,6 +260,7 @@ impl RootContext for GuardRoot {
             proxy_wasm::set_log_level(level);
         }
         self.metrics = Metrics::define();
+        self.worker.with(|w| w.count_in_windows(COUNT_WINDOW_MS));
         true
     }
 
@@ -338,8 +351,9 @@ impl GuardHttp {
         }
     }
 
-    /// Lets the request go as the worker allowed it before (see [`Worker::recall`]).
-    fn allow_as_before(&self, grant: &Grant) -> HostAction {
+    /// Lets the request go as the worker allowed it before (see [`Worker::recall`]), counting
+    /// its stats now or leaving them to the tick that ends the counting window.
+    fn allow_as_before(&self, host: &Host<'_>, grant: &Grant, count_now: bool) -> HostAction {
         self.recalled.set(true);
         // Added, not replaced: a remembered request carried no identity header (the memo never
         // remembers one that did, nor ignores their names), and adding skips Envoy's search
@@ -347,9 +361,13 @@ impl GuardHttp {
         for (name, value) in &grant.headers {
             let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
         }
-        self.metrics.add(Stat::Allowed, 1);
-        for stat in &grant.counts {
-            self.metrics.add(*stat, 1);
+        if count_now {
+            self.metrics.add(Stat::Allowed, 1);
+            for stat in &grant.counts {
+                self.metrics.add(*stat, 1);
+            }
+        } else {
+            host.sync_tick();
         }
         HostAction::Continue
     }
@@ -382,7 +400,7 @@ impl HttpContext for GuardHttp {
         let decided = with_request_headers(|map| {
             let body = if end_of_stream {
                 match self.worker.with(|w| w.recall(&HostStore, host.now_ms, map)) {
-                    Some(Recall::Allow(grant)) => return self.allow_as_before(&grant),
+                    Some(Recall::Allow { grant, count_now }) => return self.allow_as_before(&host, &grant, count_now),
                     Some(Recall::Decide(key)) => Body::Absent(key),
                     None => Body::Absent(None),
                 }

@@ -6,6 +6,7 @@ also check that the filter accepts what other issuers produce.
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -175,6 +176,27 @@ def test_stats_count_decisions(envoy):
     assert {k: after[k] - before[k] for k in before} == {"allowed": 1, "denied": 1, "unauthenticated": 1}
     prometheus = http(envoy.admin + "/stats/prometheus").body
     assert "playbook_guard" in prometheus
+
+
+def test_stats_of_remembered_allows_counted_in_windows_all_arrive(envoy):
+    """Remembered allows after the first in a 2 ms window are counted together by the tick at the
+    window's end: under concurrent load every one of them still reaches /stats."""
+    url = envoy.url + "/api/catalog/data/burst/ui_schema"
+    headers = bearer(hs_token(["analyst"], sid="e2e-burst"))
+    assert http(url, headers=headers).status == 200, "decided in full, then remembered"
+    names = ("allowed", "tokens_jwt")
+    before = {name: envoy.counter(name) for name in names}
+    n = 400
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: http(url, headers=headers).status, range(n)))
+    assert statuses == [200] * n
+    deadline = time.monotonic() + 2
+    while True:
+        counted = {name: envoy.counter(name) - before[name] for name in names}
+        if counted == {name: n for name in names} or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert counted == {name: n for name in names}
 
 
 def test_denials_are_logged_with_the_deciding_rule(envoy):

@@ -23,6 +23,7 @@ mod keys;
 mod lookups;
 mod sessions;
 mod stat;
+mod tally;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,7 @@ use crate::validation::{CalloutRequest, TokenBucket, Validator};
 use crate::verdict::Verdict;
 pub use hits::{Grant, HitKey};
 use hits::{HitMemo, Recording};
+use tally::Tally;
 
 pub use stat::Stat;
 
@@ -238,8 +240,15 @@ enum Call {
 // to `head`: boxing it would allocate on every request the memo does not answer.
 #[allow(clippy::large_enum_variant)]
 pub enum Recall<'a> {
-    /// The request is allowed as it was before: what to set and count.
-    Allow(Rc<Grant>),
+    /// The request is allowed as it was before: what to set and count. The host counts
+    /// `allowed` and the grant's stats only with `count_now`; otherwise the worker counts them
+    /// later (see [`Worker::count_in_windows`]).
+    Allow {
+        /// The identity headers to set and the stats the allow counts.
+        grant: Rc<Grant>,
+        /// Whether the host counts them now.
+        count_now: bool,
+    },
     /// It must be decided: [`Worker::head`] with this key in [`Body::Absent`].
     Decide(Option<HitKey<'a>>),
 }
@@ -308,6 +317,8 @@ pub struct Worker {
     session_memo: SessionMemo,
     /// Requests this worker allowed from its caches alone (current configuration).
     hits: HitMemo,
+    /// The stats of remembered allows that wait for their window's end.
+    tally: Tally,
     /// What the request being decided in [`Worker::head`] may be remembered by.
     recording: Option<(RequestId, Recording)>,
     /// This worker's allowance of callouts about sessions the cache has never seen (current
@@ -346,6 +357,7 @@ impl Worker {
     /// are matched to a provider by its index, which may now be another provider's). Creates
     /// what the shared cache needs, and asks for the remote JWK Sets.
     pub fn configure<S: SharedStore + ?Sized>(&mut self, guard: &Guard, store: &mut S, now_ms: u64) {
+        self.count_tally();
         self.keys = guard.verifier_state();
         self.calls.retain(|_, c| !matches!(c, Call::Keys { .. } | Call::Discovery { .. }));
         self.tokens.retain(|_, id| self.calls.contains_key(id));
@@ -377,13 +389,35 @@ impl Worker {
     /// When the host should call [`Worker::tick`] next (milliseconds since the epoch); `None`
     /// when nothing waits.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.tick_period_ms().map(|p| self.last_tick_ms.saturating_add(p))
+        let waits = self.waits_period_ms().map(|p| self.last_tick_ms.saturating_add(p));
+        match (waits, self.tally.due_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counts the stats of remembered allows a window of `window_ms` at a time (0, the
+    /// default: each when it is answered), for a host where every increment is costly: see
+    /// [`Recall::Allow`] and the `tally` module. The host must then keep ticking at
+    /// [`Worker::tick_period_ms`], which asks for a tick at each window's end.
+    pub fn count_in_windows(&mut self, window_ms: u64) {
+        self.count_tally();
+        self.tally = Tally::new(window_ms);
     }
 
     /// The tick period the worker needs now: fast while requests wait for another worker's
     /// callout or for a JWK Set fetch (whose deadlines the tick checks), slow while remote JWK
-    /// Sets need refreshing, none otherwise.
+    /// Sets need refreshing, a counting window while remembered allows wait to be counted, none
+    /// otherwise.
     pub fn tick_period_ms(&self) -> Option<u64> {
+        let window = self.tally.due_ms().map(|_| self.tally.window_ms());
+        match (self.waits_period_ms(), window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn waits_period_ms(&self) -> Option<u64> {
         if self.fetch_now {
             Some(FETCH_NOW_MS)
         } else if !self.waiting.is_empty() || !self.lookup_waiting.is_empty() || !self.awaiting_keys.is_empty() {
@@ -421,7 +455,7 @@ impl Worker {
     ) -> Recall<'a> {
         let Some(key) = self.hits.key(map) else { return Recall::Decide(None) };
         match self.hits.answer(&key, store, now_ms) {
-            Some(grant) => Recall::Allow(grant),
+            Some(grant) => Recall::Allow { count_now: self.tally.admit(now_ms, &grant), grant },
             None => Recall::Decide(Some(key)),
         }
     }
@@ -646,10 +680,12 @@ impl Worker {
         self.tokens.contains_key(&token)
     }
 
-    /// Sends the JWK Set fetches that are due, decides again the requests that waited for keys
-    /// past their deadline, looks for answers to callouts other workers own, and takes over
-    /// from owners that did not answer in time.
+    /// Counts the remembered allows waiting for it, sends the JWK Set fetches that are
+    /// due, decides again the requests that waited for keys past their deadline, looks for
+    /// answers to callouts other workers own, and takes over from owners that did not answer in
+    /// time.
     pub fn tick<S: SharedStore + ?Sized>(&mut self, guard: &Guard, store: &mut S, now_ms: u64) {
+        self.count_tally();
         self.last_tick_ms = now_ms;
         self.fetch_now = false;
         // First, while the root context is still the one the host acts from: the fetches'
@@ -659,6 +695,10 @@ impl Worker {
         self.recheck_keys(false, now_ms);
         self.tick_lookups(ctx);
         self.tick_sessions(ctx);
+    }
+
+    fn count_tally(&mut self) {
+        self.actions.extend(self.tally.take().map(|(stat, n)| Action::Count(stat, n)));
     }
 
     /// How many requests and callouts the worker holds, for the simulation's bound on memory.

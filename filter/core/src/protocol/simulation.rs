@@ -100,6 +100,9 @@ struct World {
     contention: f64,
     violations: Vec<String>,
     callouts: u64,
+    /// Requests allowed, and `allowed` counted for them (by the host or by the worker).
+    allows: u64,
+    allows_counted: u64,
 }
 
 struct Sim<'g> {
@@ -164,6 +167,8 @@ impl<'g> Sim<'g> {
                 contention,
                 violations: Vec::new(),
                 callouts: 0,
+                allows: 0,
+                allows_counted: 0,
             }),
             workers: (0..workers).map(|_| RefCell::new(Worker::default())).collect(),
         };
@@ -171,6 +176,8 @@ impl<'g> Sim<'g> {
         // worker serves a request: nothing runs in between.
         mut_of(&sim.world).depth += 1;
         for w in 0..workers {
+            // Half the workers count remembered allows a window at a time, as the Wasm host does.
+            mut_of(&sim.workers[w]).count_in_windows(if w % 2 == 0 { 2 } else { 0 });
             sim.with_worker(w, |worker, store, now| worker.configure(sim.guard, store, now));
         }
         mut_of(&sim.world).depth -= 1;
@@ -249,7 +256,8 @@ impl<'g> Sim<'g> {
             path,
             &headers,
         );
-        if recalled.is_some() {
+        if let Some((_, count_now)) = recalled {
+            mut_of(&self.world).allows_counted += u64::from(count_now);
             self.decided(id, true);
         }
         self.drain(w);
@@ -363,6 +371,7 @@ impl<'g> Sim<'g> {
         let Some(r) = world.requests.get_mut(&req) else { return };
         r.decided = Some(allowed);
         let (sid, started, logout) = (r.sid, r.started_ms, r.logout);
+        world.allows += u64::from(allowed);
         if allowed && logout {
             world.logouts_pending.push(req);
         }
@@ -413,6 +422,7 @@ impl<'g> Sim<'g> {
                         self.violation(format!("request {req} resumed without an allow"));
                     }
                 }
+                Action::Count(super::Stat::Allowed, n) => mut_of(&self.world).allows_counted += n,
                 Action::Count(..) => {}
                 other => self.violation(format!("unexpected action {other:?}")),
             }
@@ -531,6 +541,9 @@ impl<'g> Sim<'g> {
         self.advance(MAX_WAIT_MS + 1);
         self.check(true);
         let world = mut_of(&self.world);
+        if world.allows != world.allows_counted {
+            return Err(format!("{} allows, {} counted", world.allows, world.allows_counted));
+        }
         world.violations.first().map_or(Ok(world.callouts), |v| Err(format!("at the end: {v}")))
     }
 }
@@ -562,7 +575,8 @@ fn the_protocol_keeps_its_invariants_across_workers_under_any_schedule() {
 }
 
 /// A request with no body, handed to `worker` as the host does: recalled if the worker can
-/// ([`Worker::recall`]), else decided ([`Worker::head`]). The grant when it was recalled.
+/// ([`Worker::recall`]), else decided ([`Worker::head`]). The grant when it was recalled, and
+/// whether the host counts its stats now.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_alone<S: SharedStore + ?Sized>(
     worker: &mut Worker,
@@ -573,12 +587,12 @@ pub(super) fn head_alone<S: SharedStore + ?Sized>(
     method: &str,
     path: &str,
     headers: &[(String, String)],
-) -> Option<Rc<Grant>> {
+) -> Option<(Rc<Grant>, bool)> {
     let pseudo = [(":method".to_owned(), method.to_owned()), (":path".to_owned(), path.to_owned())];
     let bytes = serialize(&[&pseudo[..], headers].concat());
     let map = HeaderMap::parse(&bytes).expect("serialized just now");
     let key = match worker.recall(&*store, now_ms, &map) {
-        Recall::Allow(grant) => return Some(grant),
+        Recall::Allow { grant, count_now } => return Some((grant, count_now)),
         Recall::Decide(key) => key,
     };
     worker.head(guard, store, now_ms, req, &RequestHead { method, path, headers }, Body::Absent(key));

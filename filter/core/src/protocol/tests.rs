@@ -35,7 +35,7 @@ impl One {
             head_alone(&mut self.worker, &self.guard, &mut self.store, START_MS, req, method, path, &headers);
         let mut actions = self.actions();
         let mut flow = self.worker.end(outer);
-        if let Some(grant) = recalled {
+        if let Some((grant, _)) = recalled {
             // What the host does with it, as the worker would have asked.
             let verdict =
                 Verdict::Allow { headers: grant.headers.clone(), detail: String::new(), audited: None, logout: None };

@@ -1,0 +1,267 @@
+//! The module's boundary, driven through its exported hooks against a stand-in of Envoy's
+//! callbacks ([`fake`]), so these tests run without Envoy.
+
+// The stand-in's state is a test's own thread-local, never borrowed twice.
+#![allow(clippy::disallowed_methods)]
+
+use std::ffi::c_void;
+
+use crate::abi::{self, EnvoyBuffer};
+use crate::hooks::{self, boundary, stream_boundary};
+
+/// Envoy's callbacks as the tests see them: what the module asked for, per thread.
+#[allow(clippy::missing_safety_doc, missing_docs)]
+pub mod fake {
+    use std::cell::RefCell;
+
+    use crate::abi::{
+        ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader, SchedulerPtr,
+    };
+
+    #[derive(Debug, Default)]
+    pub struct Envoy {
+        /// Request headers the stream has.
+        pub headers: Vec<(String, String)>,
+        /// Local replies sent (status).
+        pub replies: Vec<u32>,
+        /// Make the next header read panic, as a bug anywhere under a hook would.
+        pub panic_on_headers: bool,
+    }
+
+    thread_local! {
+        pub static ENVOY: RefCell<Envoy> = RefCell::default();
+    }
+
+    fn envoy<T>(f: impl FnOnce(&mut Envoy) -> T) -> T {
+        ENVOY.with(|e| f(&mut e.borrow_mut()))
+    }
+
+    pub unsafe fn envoy_dynamic_module_callback_log(_: u32, _: ModuleBuffer) {}
+    pub unsafe fn envoy_dynamic_module_callback_log_enabled(_: u32) -> bool {
+        false
+    }
+    pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        _: ConfigEnvoyPtr,
+        _: ModuleBuffer,
+        _: *mut ModuleBuffer,
+        _: usize,
+        id: *mut usize,
+    ) -> u32 {
+        unsafe { *id = 1 };
+        0
+    }
+    pub unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        c: ConfigEnvoyPtr,
+        n: ModuleBuffer,
+        l: *mut ModuleBuffer,
+        s: usize,
+        id: *mut usize,
+    ) -> u32 {
+        unsafe { envoy_dynamic_module_callback_http_filter_config_define_counter(c, n, l, s, id) }
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        _: FilterEnvoyPtr,
+        _: usize,
+        _: *mut ModuleBuffer,
+        _: usize,
+        _: u64,
+    ) -> u32 {
+        0
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        _: FilterEnvoyPtr,
+        _: usize,
+        _: *mut ModuleBuffer,
+        _: usize,
+        _: u64,
+    ) -> u32 {
+        0
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_headers_size(_: FilterEnvoyPtr, _: u32) -> usize {
+        envoy(|e| {
+            if std::mem::take(&mut e.panic_on_headers) {
+                panic!("a bug under a hook");
+            }
+            e.headers.len()
+        })
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_headers(
+        _: FilterEnvoyPtr,
+        _: u32,
+        result: *mut EnvoyHeader,
+    ) -> bool {
+        // The strings live in the thread-local, unchanged until the test changes them.
+        envoy(|e| {
+            for (i, (n, v)) in e.headers.iter().enumerate() {
+                unsafe {
+                    *result.add(i) = EnvoyHeader {
+                        key_ptr: n.as_ptr(),
+                        key_length: n.len(),
+                        value_ptr: v.as_ptr(),
+                        value_length: v.len(),
+                    }
+                };
+            }
+        });
+        true
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_header(
+        _: FilterEnvoyPtr,
+        _: u32,
+        _: ModuleBuffer,
+        _: *mut EnvoyBuffer,
+        _: usize,
+        _: *mut usize,
+    ) -> bool {
+        false
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_set_header(
+        _: FilterEnvoyPtr,
+        _: u32,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+    ) -> bool {
+        true
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_add_header(
+        _: FilterEnvoyPtr,
+        _: u32,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+    ) -> bool {
+        true
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_send_response(
+        _: FilterEnvoyPtr,
+        status: u32,
+        _: *mut ModuleHeader,
+        _: usize,
+        _: ModuleBuffer,
+        _: ModuleBuffer,
+    ) {
+        envoy(|e| e.replies.push(status));
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_body_chunks_size(_: FilterEnvoyPtr, _: u32) -> usize {
+        0
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_body_chunks(
+        _: FilterEnvoyPtr,
+        _: u32,
+        _: *mut EnvoyBuffer,
+    ) -> bool {
+        false
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_get_body_size(_: FilterEnvoyPtr, _: u32) -> usize {
+        0
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_received_buffered_request_body(_: FilterEnvoyPtr) -> bool {
+        false
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: FilterEnvoyPtr) {}
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_http_callout(
+        _: FilterEnvoyPtr,
+        _: *mut u64,
+        _: ModuleBuffer,
+        _: *mut ModuleHeader,
+        _: usize,
+        _: ModuleBuffer,
+        _: u64,
+    ) -> u32 {
+        2
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_new(_: FilterEnvoyPtr) -> SchedulerPtr {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: SchedulerPtr, _: u64) {}
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: SchedulerPtr) {}
+}
+
+const CONFIG: &str = r#"{
+  "providers": [{"name": "noetl", "issuer": "https://noetl.local", "algorithms": ["HS256"],
+                 "secret_env": "PLAYBOOK_GUARD_NATIVE_TEST_SECRET", "roles_claim": "roles"}],
+  "routes": [{"match": {"glob": "/api/**"}, "authenticate": true}],
+  "policy": {"version": "1", "roles": {}}
+}"#;
+
+fn replies() -> Vec<u32> {
+    fake::ENVOY.with(|e| std::mem::take(&mut e.borrow_mut().replies))
+}
+
+/// A configuration and a stream of it, through the exported hooks.
+fn stream(headers: &[(&str, &str)]) -> (*const c_void, *const c_void, *mut c_void) {
+    // SAFETY: a test process; no other thread reads the environment.
+    unsafe { std::env::set_var("PLAYBOOK_GUARD_NATIVE_TEST_SECRET", "a secret of at least thirty-two bytes!") };
+    fake::ENVOY
+        .with(|e| e.borrow_mut().headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
+    let json = EnvoyBuffer { ptr: CONFIG.as_ptr(), length: CONFIG.len() };
+    // SAFETY: the buffers live for the call.
+    let config = unsafe {
+        hooks::envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), EnvoyBuffer::EMPTY, json)
+    };
+    assert!(!config.is_null(), "the configuration is taken");
+    let envoy = 0x1000 as *mut c_void; // never dereferenced by the stand-in
+                                       // SAFETY: `config` is live.
+    let filter = unsafe { hooks::envoy_dynamic_module_on_http_filter_new(config, envoy) };
+    assert!(!filter.is_null());
+    (config, filter, envoy)
+}
+
+fn end(config: *const c_void, filter: *const c_void) {
+    // SAFETY: each freed once.
+    unsafe {
+        hooks::envoy_dynamic_module_on_http_filter_destroy(filter);
+        hooks::envoy_dynamic_module_on_http_filter_config_destroy(config);
+    }
+}
+
+#[test]
+fn a_request_is_decided_through_the_hooks() {
+    let (config, filter, envoy) = stream(&[(":method", "GET"), (":path", "/api/me"), (":authority", "x")]);
+    // SAFETY: `filter` is live.
+    let status = unsafe { hooks::envoy_dynamic_module_on_http_filter_request_headers(envoy, filter, true) };
+    assert_eq!(status, abi::HEADERS_STOP_ITERATION, "held: answered locally");
+    assert_eq!(replies(), vec![401], "no token: 401");
+    end(config, filter);
+}
+
+#[test]
+fn a_hook_whose_body_panics_answers_503_and_stops_the_stream() {
+    let (config, filter, envoy) = stream(&[(":method", "GET"), (":path", "/api/me")]);
+    fake::ENVOY.with(|e| e.borrow_mut().panic_on_headers = true);
+    // SAFETY: `filter` is live.
+    let status = unsafe { hooks::envoy_dynamic_module_on_http_filter_request_headers(envoy, filter, true) };
+    assert_eq!(status, abi::HEADERS_STOP_ITERATION);
+    assert_eq!(replies(), vec![503], "a panic under the hook answers 503, and does not unwind into Envoy");
+    // The module goes on serving: the next request is decided as usual.
+    // SAFETY: `filter` is live.
+    let status = unsafe { hooks::envoy_dynamic_module_on_http_filter_request_headers(envoy, filter, true) };
+    assert_eq!((status, replies()), (abi::HEADERS_STOP_ITERATION, vec![401]));
+    end(config, filter);
+}
+
+#[test]
+fn a_panic_in_the_fallback_itself_still_returns_the_last_resort() {
+    let got = boundary("test", || -> u32 { panic!("body") }, || panic!("fallback"), 7);
+    assert_eq!(got, 7);
+    let got = stream_boundary("test", std::ptr::null_mut(), abi::HEADERS_STOP_ITERATION, || panic!("body"));
+    assert_eq!((got, replies()), (abi::HEADERS_STOP_ITERATION, vec![503]));
+}
+
+#[test]
+fn a_bad_configuration_is_refused_not_a_crash() {
+    let json = EnvoyBuffer { ptr: b"{not json".as_ptr(), length: 9 };
+    // SAFETY: the buffers live for the call.
+    let config = unsafe {
+        hooks::envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), EnvoyBuffer::EMPTY, json)
+    };
+    assert!(config.is_null());
+}
+
+#[test]
+fn the_module_reports_the_abi_version_it_was_written_for() {
+    let version = hooks::envoy_dynamic_module_on_program_init();
+    assert!(!version.is_null(), "tests run with panic = unwind");
+    // SAFETY: a NUL-terminated static.
+    let version = unsafe { std::ffi::CStr::from_ptr(version.cast()) };
+    assert_eq!(version.to_str().ok(), Some("v0.2.0"));
+}

@@ -26,25 +26,19 @@ NATIVE = Path(os.environ.get("PLAYBOOK_GUARD_NATIVE", ROOT / "build" / "libplayb
 sys.path.insert(0, str(ROOT / "envoy"))
 from native_bootstrap import native_filter, plugin_text  # noqa: E402
 
-# Every Envoy a test starts through `start_envoy` runs each build in turn ("wasm", "native"),
-# but for the files below, which still run the Wasm build only, each for the reason given.
+# Every test that asks for the `build` fixture (every Envoy started through `start_envoy` does)
+# runs with each build in turn ("wasm", "native"), but in the files below, which still run the
+# Wasm build only, each for the reason given.
 WASM_ONLY = {
     "test_bench_configs.py": "the bench's configurations (the native bench is not written yet)",
     "test_catalog_register.py": "not yet parametrised (catalog registration through NoETL)",
     "test_configs.py": "checks the rendered Wasm configurations; envoy-native.yaml has its own test",
     "test_ecds.py": "ECDS delivers a Wasm extension configuration",
-    "test_gateway_entry.py": "not yet parametrised",
     "test_held_head.py": "allow_on_headers_stop_iteration is a Wasm knob",
-    "test_noetl_routes.py": "not yet parametrised",
-    "test_noetl_sessions.py": "not yet parametrised",
     "test_noetl_sync.py": "not yet parametrised (file-watched ECDS configuration)",
-    "test_noetl_upstream.py": "not yet parametrised",
-    "test_oidc_discovery.py": "discovery and JWK Set fetches from a root context: the native build sends them "
-                              "from a request (README, Native build); not yet run against it",
     "test_oidc_issuer.py": "no Envoy filter under test",
-    "test_providers.py": "not yet parametrised",
-    "test_remote_jwks.py": "as test_oidc_discovery.py",
-    "test_resolver.py": "not yet parametrised (id lookups)",
+    "test_remote_jwks.py": "a worker of the native build fetches its JWK Sets on its first request, not at "
+                           "start: the key-rotation test's first answer then depends on the worker",
 }
 BUILDS = ("wasm", "native")
 VALIDATION_SERVICE = Path(

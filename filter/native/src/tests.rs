@@ -265,3 +265,33 @@ fn the_module_reports_the_abi_version_it_was_written_for() {
     let version = unsafe { std::ffi::CStr::from_ptr(version.cast()) };
     assert_eq!(version.to_str().ok(), Some("v0.2.0"));
 }
+
+#[test]
+fn a_callout_answer_is_read_whatever_envoy_hands_over() {
+    use crate::abi::EnvoyHeader;
+    use crate::envoy::callout_answer;
+
+    let header = |n: &'static str, v: &'static str| EnvoyHeader {
+        key_ptr: n.as_ptr(),
+        key_length: n.len(),
+        value_ptr: v.as_ptr(),
+        value_length: v.len(),
+    };
+    let headers = [header("content-type", "application/json"), header(":status", "200")];
+    let chunks = [EnvoyBuffer { ptr: b"{\"a\"".as_ptr(), length: 4 }, EnvoyBuffer { ptr: b":1}".as_ptr(), length: 3 }];
+    // SAFETY: every array and buffer lives for the calls.
+    unsafe {
+        assert_eq!(callout_answer(0, headers.as_ptr(), 2, chunks.as_ptr(), 2), (Some(200), b"{\"a\":1}".to_vec()));
+        // A reset (or a body over the limit): no answer, whatever came with it.
+        assert_eq!(callout_answer(1, headers.as_ptr(), 2, chunks.as_ptr(), 2), (None, Vec::new()));
+        // Null arrays, as Envoy gives for an empty response.
+        assert_eq!(callout_answer(0, std::ptr::null(), 0, std::ptr::null(), 0), (None, Vec::new()));
+        assert_eq!(callout_answer(0, headers.as_ptr(), 2, std::ptr::null(), 0), (Some(200), Vec::new()));
+        // A `:status` that is not a number is no status.
+        let odd = [header(":status", "2oo"), header(":status", "")];
+        assert_eq!(callout_answer(0, odd.as_ptr(), 2, chunks.as_ptr(), 0).0, None);
+        // Empty buffers with null pointers read as empty.
+        let empty = [EnvoyBuffer::EMPTY, EnvoyBuffer { ptr: std::ptr::null(), length: 5 }];
+        assert_eq!(callout_answer(0, headers.as_ptr(), 2, empty.as_ptr(), 2), (Some(200), Vec::new()));
+    }
+}

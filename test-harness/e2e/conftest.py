@@ -34,7 +34,8 @@ WASM_ONLY = {
     "test_catalog_register.py": "not yet parametrised (catalog registration through NoETL)",
     "test_configs.py": "checks the rendered Wasm configurations; envoy-native.yaml has its own test",
     "test_ecds.py": "ECDS delivers a Wasm extension configuration",
-    "test_held_head.py": "allow_on_headers_stop_iteration is a Wasm knob",
+    "test_held_head.py": "about allow_on_headers_stop_iteration, a Wasm knob; the native build is one of its "
+                         "shipped configurations",
     "test_noetl_sync.py": "not yet parametrised (file-watched ECDS configuration)",
     "test_oidc_issuer.py": "no Envoy filter under test",
     "test_remote_jwks.py": "a worker of the native build fetches its JWK Sets on its first request, not at "

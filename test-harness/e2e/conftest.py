@@ -31,7 +31,6 @@ from native_bootstrap import native_filter, plugin_text  # noqa: E402
 # Wasm build only, each for the reason given.
 WASM_ONLY = {
     "test_bench_configs.py": "the bench's configurations (the native bench is not written yet)",
-    "test_catalog_register.py": "not yet parametrised (catalog registration through NoETL)",
     "test_configs.py": "checks the rendered Wasm configurations; envoy-native.yaml has its own test",
     "test_ecds.py": "ECDS delivers a Wasm extension configuration",
     "test_held_head.py": "about allow_on_headers_stop_iteration, a Wasm knob; the native build is one of its "

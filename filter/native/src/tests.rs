@@ -6,7 +6,9 @@
 
 use std::ffi::c_void;
 
-use crate::abi::{self, EnvoyBuffer};
+use playbook_guard_core::testing;
+
+use crate::abi::{self, EnvoyBuffer, EnvoyHeader};
 use crate::hooks::{self, boundary, stream_boundary};
 
 /// Envoy's callbacks as the tests see them: what the module asked for, per thread.
@@ -26,6 +28,12 @@ pub mod fake {
         pub replies: Vec<u32>,
         /// Make the next header read panic, as a bug anywhere under a hook would.
         pub panic_on_headers: bool,
+        /// Callouts sent.
+        pub callouts: u64,
+        /// Streams resumed (their Envoy pointers).
+        pub continued: Vec<usize>,
+        /// Events posted through streams' schedulers: (the stream's Envoy pointer, event).
+        pub posted: Vec<(usize, u64)>,
     }
 
     thread_local! {
@@ -157,22 +165,31 @@ pub mod fake {
     pub unsafe fn envoy_dynamic_module_callback_http_received_buffered_request_body(_: FilterEnvoyPtr) -> bool {
         false
     }
-    pub unsafe fn envoy_dynamic_module_callback_http_filter_continue_decoding(_: FilterEnvoyPtr) {}
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr) {
+        envoy(|e| e.continued.push(filter as usize));
+    }
     pub unsafe fn envoy_dynamic_module_callback_http_filter_http_callout(
         _: FilterEnvoyPtr,
-        _: *mut u64,
+        id: *mut u64,
         _: ModuleBuffer,
         _: *mut ModuleHeader,
         _: usize,
         _: ModuleBuffer,
         _: u64,
     ) -> u32 {
-        2
+        envoy(|e| {
+            e.callouts += 1;
+            unsafe { *id = e.callouts };
+        });
+        0
     }
-    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_new(_: FilterEnvoyPtr) -> SchedulerPtr {
-        std::ptr::null_mut()
+    /// A stream's scheduler is its Envoy pointer, so a test sees which stream was posted to.
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: FilterEnvoyPtr) -> SchedulerPtr {
+        filter
     }
-    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_commit(_: SchedulerPtr, _: u64) {}
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: SchedulerPtr, event: u64) {
+        envoy(|e| e.posted.push((scheduler as usize, event)));
+    }
     pub unsafe fn envoy_dynamic_module_callback_http_filter_scheduler_delete(_: SchedulerPtr) {}
 }
 
@@ -187,20 +204,38 @@ fn replies() -> Vec<u32> {
     fake::ENVOY.with(|e| std::mem::take(&mut e.borrow_mut().replies))
 }
 
+/// The secrets the test configurations name, in the environment (once, before any test reads it).
+fn secrets() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before any configuration of these tests reads the environment.
+    ONCE.call_once(|| unsafe {
+        std::env::set_var("PLAYBOOK_GUARD_NATIVE_TEST_SECRET", "a secret of at least thirty-two bytes!");
+        std::env::set_var(testing::SECRET_ENV, testing::SECRET);
+    });
+}
+
+/// A configuration from `json`, through the exported hook.
+fn configure(json: &str) -> *const c_void {
+    secrets();
+    let json = EnvoyBuffer { ptr: json.as_ptr(), length: json.len() };
+    // SAFETY: the buffers live for the call.
+    unsafe { hooks::envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), EnvoyBuffer::EMPTY, json) }
+}
+
+/// The request headers every stream of the test has.
+fn set_headers(headers: &[(&str, &str)]) {
+    let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    fake::ENVOY.with(|e| e.borrow_mut().headers = headers);
+}
+
 /// A configuration and a stream of it, through the exported hooks.
 fn stream(headers: &[(&str, &str)]) -> (*const c_void, *const c_void, *mut c_void) {
-    // SAFETY: a test process; no other thread reads the environment.
-    unsafe { std::env::set_var("PLAYBOOK_GUARD_NATIVE_TEST_SECRET", "a secret of at least thirty-two bytes!") };
-    fake::ENVOY
-        .with(|e| e.borrow_mut().headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
-    let json = EnvoyBuffer { ptr: CONFIG.as_ptr(), length: CONFIG.len() };
-    // SAFETY: the buffers live for the call.
-    let config = unsafe {
-        hooks::envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), EnvoyBuffer::EMPTY, json)
-    };
+    set_headers(headers);
+    let config = configure(CONFIG);
     assert!(!config.is_null(), "the configuration is taken");
-    let envoy = 0x1000 as *mut c_void; // never dereferenced by the stand-in
-                                       // SAFETY: `config` is live.
+    // Never dereferenced by the stand-in.
+    let envoy = 0x1000 as *mut c_void;
+    // SAFETY: `config` is live.
     let filter = unsafe { hooks::envoy_dynamic_module_on_http_filter_new(config, envoy) };
     assert!(!filter.is_null());
     (config, filter, envoy)
@@ -293,5 +328,60 @@ fn a_callout_answer_is_read_whatever_envoy_hands_over() {
         // Empty buffers with null pointers read as empty.
         let empty = [EnvoyBuffer::EMPTY, EnvoyBuffer { ptr: std::ptr::null(), length: 5 }];
         assert_eq!(callout_answer(0, headers.as_ptr(), 2, empty.as_ptr(), 2), (Some(200), Vec::new()));
+    }
+}
+
+#[test]
+fn a_waiter_on_the_same_worker_is_released_through_its_own_scheduler() {
+    let cfg = testing::config(serde_json::json!({"validation": {"cluster": "noetl", "timeout_ms": 1000}}));
+    let config = configure(&cfg.to_string());
+    assert!(!config.is_null(), "the configuration is taken");
+    let now = crate::host::now_ms() / 1000;
+    let auth = format!("Bearer {}", testing::token(&["admin"], now));
+    set_headers(&[(":method", "GET"), (":path", "/api/catalog/data/x/ui_schema"), ("authorization", &auth)]);
+    let (a_envoy, b_envoy) = (0xa000 as *mut c_void, 0xb000 as *mut c_void);
+    // SAFETY: `config` is live; each stream is used while live and freed once.
+    unsafe {
+        let a = hooks::envoy_dynamic_module_on_http_filter_new(config, a_envoy);
+        let b = hooks::envoy_dynamic_module_on_http_filter_new(config, b_envoy);
+        // The same session twice: the first asks the validation service, the second waits for it.
+        assert_eq!(
+            hooks::envoy_dynamic_module_on_http_filter_request_headers(a_envoy, a, true),
+            abi::HEADERS_STOP_ITERATION
+        );
+        assert_eq!(
+            hooks::envoy_dynamic_module_on_http_filter_request_headers(b_envoy, b, true),
+            abi::HEADERS_STOP_ITERATION
+        );
+        assert_eq!(fake::ENVOY.with(|e| e.borrow().callouts), 1, "one callout for the session");
+
+        // The answer comes to the first request, in its own hook: it is let go at once, and the
+        // second is posted to, through its own scheduler, not touched from the first's hook.
+        let status =
+            [EnvoyHeader { key_ptr: b":status".as_ptr(), key_length: 7, value_ptr: b"200".as_ptr(), value_length: 3 }];
+        let body = br#"{"valid": true, "user": {"user_id": 7, "roles": ["analyst"]}}"#;
+        let chunks = [EnvoyBuffer { ptr: body.as_ptr(), length: body.len() }];
+        hooks::envoy_dynamic_module_on_http_filter_http_callout_done(
+            a_envoy,
+            a,
+            1,
+            0,
+            status.as_ptr(),
+            1,
+            chunks.as_ptr(),
+            1,
+        );
+        let (continued, posted) = fake::ENVOY.with(|e| (e.borrow().continued.clone(), e.borrow().posted.clone()));
+        assert_eq!(continued, vec![0xa000]);
+        assert_eq!(posted, vec![(0xb000, crate::host::EVENT_DEFERRED)]);
+
+        // Envoy runs the posted event on the second request: it is let go there.
+        hooks::envoy_dynamic_module_on_http_filter_scheduled(b_envoy, b, crate::host::EVENT_DEFERRED);
+        assert_eq!(fake::ENVOY.with(|e| e.borrow().continued.clone()), vec![0xa000, 0xb000]);
+        assert_eq!(replies(), Vec::<u32>::new(), "both allowed");
+
+        hooks::envoy_dynamic_module_on_http_filter_destroy(a);
+        hooks::envoy_dynamic_module_on_http_filter_destroy(b);
+        hooks::envoy_dynamic_module_on_http_filter_config_destroy(config);
     }
 }

@@ -1,7 +1,8 @@
 # playbook-guard: the verbs a user types (`make` alone, or `make help`, prints them).
 #   make run        build, start Envoy with the filter before a demo upstream, print curl lines
 #   make test       every test: core (native, wasmtime, V8), CLI, harness, end-to-end in real Envoy
-#   make build      the filter's .wasm (build/playbook_guard.wasm), the CLI, the validation stand-in
+#   make build      the filter's .wasm (build/playbook_guard.wasm), its native build (an Envoy dynamic
+#                   module, build/libplaybook_guard_native.so), the CLI, the validation stand-in
 #   make bench      the core's decision time (native, V8), instructions per request (and per callback
 #                   beside the Wasm floor), requests/s and latency in Envoy against no filter,
 #                   jwt_authn + rbac and the floor, drawn as build/bench.svg
@@ -26,6 +27,9 @@ RAW_WASM  := target/wasm32-wasip1/release/playbook_guard.wasm
 # The Wasm floor (bench/floor) that `make bench` measures the filter against.
 FLOOR     := build/playbook_guard_floor.wasm
 RAW_FLOOR := target/wasm32-wasip1/release/playbook_guard_floor.wasm
+# The native build (filter/native): an Envoy dynamic module for the pinned Envoy only.
+NATIVE     := build/libplaybook_guard_native.so
+RAW_NATIVE := $(or $(CARGO_TARGET_DIR),target)/release-native/libplaybook_guard_native.so
 CLI       := target/debug/playbook-guard
 STANDIN   := target/debug/validation-service
 WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
@@ -50,7 +54,7 @@ run: build venv
 
 test: build venv lint unit wasm-unit v8-unit e2e
 
-build: toolchain $(WASM) $(CLI) $(STANDIN)
+build: toolchain $(WASM) $(NATIVE) $(CLI) $(STANDIN)
 
 # rust-toolchain.toml names the targets; adding them explicitly covers rustup versions that do
 # not install a pinned toolchain's targets on their own.
@@ -67,6 +71,14 @@ $(RAW_WASM): wasm-cargo ;
 floor-cargo:
 	cargo build -p playbook-guard-floor --target wasm32-wasip1 --release
 $(RAW_FLOOR): floor-cargo ;
+# The release-native profile is the release profile with `panic = "unwind"` (Cargo.toml says why).
+.PHONY: native-cargo
+native-cargo:
+	cargo build -p playbook-guard-native --profile release-native
+$(RAW_NATIVE): native-cargo ;
+$(NATIVE): $(RAW_NATIVE)
+	@mkdir -p build
+	cp $(RAW_NATIVE) $(NATIVE)
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -164,8 +176,8 @@ $(WASM_BINDGEN_RUNNER):
 	    || cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 
 e2e: build $(FLOOR) venv postgres
-	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
-	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
+	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_NATIVE=$(CURDIR)/$(NATIVE) \
+	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
 
 # Performance: wasm instructions per request through the real filter (deterministic), by path and,

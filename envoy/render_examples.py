@@ -1,5 +1,5 @@
 """Re-renders the Envoy configurations derived from envoy/filter-config.yaml and the default
-policy: envoy/envoy-ecds.yaml, the Kubernetes ConfigMaps (the noetl-sync overlay's copy of the
+policy: envoy/envoy-ecds.yaml, envoy/envoy-native.yaml (the native build's), the Kubernetes ConfigMaps (the noetl-sync overlay's copy of the
 filter configuration too), and the Istio EnvoyFilter's
 extension configuration. Run after changing either (test_configs.py fails until then):
 
@@ -45,6 +45,14 @@ def replace_block(path, marker, block):
 
 def main():
     (ROOT / "envoy" / "envoy-ecds.yaml").write_text(render("--output", "bootstrap-ecds"))
+    import yaml  # the e2e requirements' PyYAML (.venv)
+    from native_bootstrap import dump, native
+
+    native_boot = native(yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text()))
+    (ROOT / "envoy" / "envoy-native.yaml").write_text(
+        "# Rendered by envoy/render_examples.py from envoy.yaml (the native build); edit the sources, not this file.\n"
+        "# Run with ENVOY_DYNAMIC_MODULES_SEARCH_PATH=build (make build makes build/libplaybook_guard_native.so).\n"
+        + dump(native_boot))
     k8s = ROOT / "envoy" / "k8s"
     replace_block(k8s / "envoy-bootstrap.configmap.yaml", "  envoy.yaml: |\n",
                   indent(render("--output", "bootstrap-ecds", *K8S_RENDER), 4))

@@ -11,8 +11,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, MapType};
 
 use crate::core::header_map::HeaderMap;
-use crate::core::protocol::{Action, Body, Flow, Grant, Recall, RequestId, Stat, Worker};
-use crate::core::{Guard, RequestHead, Verdict};
+use crate::core::protocol::{Action, Body, Flow, Grant, Head, Recall, RequestId, Worker};
+use crate::core::{Guard, Verdict};
 use crate::metrics::Metrics;
 use crate::raw_headers::with_request_headers;
 use crate::store::HostStore;
@@ -164,32 +164,15 @@ impl Host<'_> {
         true
     }
 
-    /// Feeds the worker request `req`'s head, without the identity headers a client sent:
-    /// those are ours alone, on every route, before anything reads the request. A request with
-    /// no body comes with what [`Worker::recall`] gave for it.
+    /// Feeds the worker request `req`'s head, without the identity headers a client sent (see
+    /// [`Head`]). A request with no body comes with what [`Worker::recall`] gave for it.
     fn decide_head(&self, req: RequestId, map: &HeaderMap<'_>, body: Body<'_>) {
-        // Valid UTF-8 (nearly every name and value) is copied as it is; anything else lossily.
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let mut headers: Vec<(String, String)> = map.pairs().map(|(n, v)| (text(n), text(v))).collect();
-        let spoofed: Vec<String> = self
-            .guard
-            .identity_headers_to_remove(headers.iter().map(|(n, _)| n.as_str()))
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for name in &spoofed {
+        let head = Head::from_map(self.guard, map);
+        for name in &head.removed {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
         }
-        headers.retain(|(name, _)| !spoofed.contains(name));
-        // What the request is remembered by is what the client sent, identity headers and all:
-        // a request that carried some is not remembered.
-        let body = match body {
-            Body::Absent(Some(_)) if !spoofed.is_empty() => Body::Absent(None),
-            body => body,
-        };
-        let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
-        let head = RequestHead { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
-        let decided = self.cell.with(|w| w.head(self.guard, &mut HostStore, self.now_ms, req, &head, body));
+        let body = head.body(body);
+        let decided = self.cell.with(|w| w.head(self.guard, &mut HostStore, self.now_ms, req, &head.request(), body));
         if decided.is_none() {
             // Never left waiting for a decision that will not come (see `WorkerCell`).
             refuse_unavailable("the worker is busy");
@@ -345,9 +328,9 @@ impl GuardHttp {
         let outer = self.worker.with(|w| w.begin(self.id)).flatten();
         let flow = f(host);
         let released = self.worker.with(|w| w.end(outer)).unwrap_or(Flow::Pause);
-        match (flow, released) {
-            (Flow::Continue, _) | (_, Flow::Continue) => HostAction::Continue,
-            (Flow::Pause, Flow::Pause) => HostAction::Pause,
+        match flow.or(released) {
+            Flow::Continue => HostAction::Continue,
+            Flow::Pause => HostAction::Pause,
         }
     }
 
@@ -362,9 +345,8 @@ impl GuardHttp {
             let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
         }
         if count_now {
-            self.metrics.add(Stat::Allowed, 1);
-            for stat in &grant.counts {
-                self.metrics.add(*stat, 1);
+            for stat in grant.stats() {
+                self.metrics.add(stat, 1);
             }
         } else {
             host.sync_tick();

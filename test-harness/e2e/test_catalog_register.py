@@ -17,7 +17,8 @@ from test_envoy import bearer, hs_token
 
 
 @pytest.fixture(scope="module")
-def noetl():
+def noetl(build):
+    # One per build: the tests read what it created.
     proc = subprocess.Popen([sys.executable, str(E2E / "noetl_upstream.py"), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline().rsplit(":", 1)[1])
@@ -27,8 +28,9 @@ def noetl():
 
 
 @pytest.fixture(scope="module")
-def renvoy(tmp_path_factory, noetl):
-    envoy = Envoy(tmp_path_factory.mktemp("register"), plugin_config(hold_headers_for_body=True), noetl[1])
+def renvoy(tmp_path_factory, noetl, build):
+    envoy = Envoy(tmp_path_factory.mktemp("register"), plugin_config(hold_headers_for_body=True), noetl[1],
+                  build=build)
     yield envoy.wait_ready()
     envoy.stop()
 

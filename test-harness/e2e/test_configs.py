@@ -27,6 +27,7 @@ KNOWN = {
     "demo-sessions.yaml": "the validation stand-in's sessions for make run (not an Envoy config)",
     "envoy.yaml": "bootstrap",
     "envoy-ecds.yaml": "bootstrap",
+    "envoy-native.yaml": "bootstrap of the native build (checked in test_native.py)",
     "k8s/envoy-bootstrap.configmap.yaml": "configmap with a bootstrap",
     "k8s/filter.configmap.yaml": "configmap with an ECDS file",
     "k8s/secret.yaml": "secret",

@@ -3,8 +3,8 @@
 The upstream here is the NoETL stand-in with `--answer-early`: it answers 200 as soon as it has a
 request's head, before reading the body, as a server that acts on the head alone would. A route
 that takes the playbook from the body is decided only once the body has arrived; every shipped
-configuration (the rendered bootstrap, and the sidecar filter of the Istio EnvoyFilter) holds
-the head until then, so a denied request never reaches that upstream at all. The opt-in
+configuration (the rendered bootstrap, the sidecar filter of the Istio EnvoyFilter, and the
+native build's bootstrap) holds the head until then, so a denied request never reaches that upstream at all. The opt-in
 `hold_headers_for_body: false` sends the head first: the filter says so in Envoy's log.
 """
 
@@ -71,6 +71,9 @@ SHIPPED = {
     "rendered": lambda: (with_execute(plugin_config()), {}),
     # The sidecar filter the Istio EnvoyFilter installs, as the Istio agent hands it to Envoy.
     "istio-envoyfilter": lambda: ({}, {"customize": istio_sidecar}),
+    # envoy/envoy-native.yaml: the native build (a dynamic module holds the head by returning
+    # StopIteration; it needs no knob).
+    "native": lambda: (with_execute(plugin_config()), {"build": "native"}),
 }
 
 
@@ -104,8 +107,10 @@ def probes_seen(eager):
 
 
 @pytest.mark.parametrize("shipped", sorted(SHIPPED))
-def test_a_denied_body_never_reaches_an_upstream_that_answers_on_the_head(envoys, eager, shipped):
+def test_a_denied_body_never_reaches_an_upstream_that_answers_on_the_head(envoys, eager, shipped, request):
     plugin, kwargs = SHIPPED[shipped]()
+    if kwargs.get("build") == "native":
+        request.getfixturevalue("native_module")
     envoy = envoys(plugin, **kwargs)
     denied, probe = execute_slowly(envoy.url, "system/reset")
     assert denied == 403

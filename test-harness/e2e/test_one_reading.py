@@ -49,7 +49,8 @@ def send(envoy, method, path, headers=(), body=None):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, build):
+    # One per build: the tests count its callouts per session.
     sessions = tmp_path_factory.mktemp("one-reading") / "sessions.yaml"
     sessions.write_text(yaml.safe_dump({
         "one-admin": {"user_id": 1, "roles": ["admin"]},

@@ -21,7 +21,8 @@ DAILY_LOAD, WEEKLY_REPORT, RESET, ROTATE_KEYS, HELLO = 101, 103, 201, 202, 301
 
 
 @pytest.fixture(scope="module")
-def noetl():
+def noetl(build):
+    # One per build: the tests count the lookups it serves.
     proc = subprocess.Popen([sys.executable, str(E2E / "noetl_upstream.py"), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline().rsplit(":", 1)[1])
@@ -43,10 +44,10 @@ def resolving(**resolver):
 
 
 @pytest.fixture(scope="module")
-def envoy(tmp_path_factory, noetl):
+def envoy(tmp_path_factory, noetl, build):
     # Two workers, the upstream and cluster `noetl` both the NoETL stand-in.
     proxy = Envoy(tmp_path_factory.mktemp("resolver"), resolving(), noetl.port, concurrency=2,
-                  clusters={"noetl": noetl.port}).wait_ready()
+                  clusters={"noetl": noetl.port}, build=build).wait_ready()
     yield proxy
     proxy.stop()
 
@@ -132,10 +133,10 @@ def test_one_lookup_per_id_across_workers_then_the_cache(envoy, noetl):
     assert len(ran) == 74 and {r["path"] for r in ran} == {"data/fresh"}
 
 
-def test_a_lookup_that_cannot_be_made_denies(tmp_path_factory, noetl):
+def test_a_lookup_that_cannot_be_made_denies(tmp_path_factory, noetl, build):
     # Cluster `noetl` points at a port nothing listens on.
     proxy = Envoy(tmp_path_factory.mktemp("resolver-down"), resolving(timeout_ms=500), noetl.port,
-                  clusters={"noetl": free_port()}).wait_ready()
+                  clusters={"noetl": free_port()}, build=build).wait_ready()
     try:
         down = post(proxy, "/api/execute", {"catalog_id": DAILY_LOAD}, "admin")
         assert (down.status, down.json()["reason"]) == (503, "lookup_unavailable")

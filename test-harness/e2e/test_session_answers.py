@@ -21,7 +21,8 @@ USER = {"user_id": 50, "email": "svc@example.com", "display_name": "Svc", "roles
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, build):
+    # One per build: the tests count its callouts per session.
     sessions = tmp_path_factory.mktemp("answers") / "sessions.yaml"
     sessions.write_text(yaml.safe_dump({"n-valid": {"user_id": 60, "roles": ["analyst"]}}))
     svc = ValidationService(sessions)

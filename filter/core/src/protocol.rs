@@ -18,6 +18,7 @@
 //! request the callback is for is let go by the callback's return value ([`Flow`]), every other
 //! one by [`Action::Resume`].
 
+mod head;
 pub(crate) mod hits;
 mod keys;
 mod lookups;
@@ -40,6 +41,7 @@ use crate::session::{SessionCache, SessionMemo};
 use crate::shared::{inflight, SharedStore};
 use crate::validation::{CalloutRequest, TokenBucket, Validator};
 use crate::verdict::Verdict;
+pub use head::Head;
 pub use hits::{Grant, HitKey};
 use hits::{HitMemo, Recording};
 use tally::Tally;

@@ -41,7 +41,7 @@ impl Tally {
         if self.pending.is_empty() {
             self.pending = vec![0; Stat::ALL.len()];
         }
-        for stat in std::iter::once(&Stat::Allowed).chain(&grant.counts) {
+        for stat in grant.stats() {
             if let Some(n) = self.pending.get_mut(stat.index()) {
                 *n = n.saturating_add(1);
             }

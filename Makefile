@@ -4,8 +4,8 @@
 #   make build      the filter's .wasm (build/playbook_guard.wasm), its native build (an Envoy dynamic
 #                   module, build/libplaybook_guard_native.so), the CLI, the validation stand-in
 #   make bench      the core's decision time (native, V8), instructions per request (and per callback
-#                   beside the Wasm floor), requests/s and latency in Envoy against no filter,
-#                   jwt_authn + rbac and the floor, drawn as build/bench.svg
+#                   beside the Wasm floor), requests/s and latency in Envoy of both builds against
+#                   no filter, jwt_authn + rbac and each build's floor, drawn as build/bench.svg
 #   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
 #                   of the protocol across workers, then each libFuzzer target
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
@@ -30,6 +30,12 @@ RAW_FLOOR := target/wasm32-wasip1/release/playbook_guard_floor.wasm
 # The native build (filter/native): an Envoy dynamic module for the pinned Envoy only.
 NATIVE     := build/libplaybook_guard_native.so
 RAW_NATIVE := $(or $(CARGO_TARGET_DIR),target)/release-native/libplaybook_guard_native.so
+# The dynamic-module floor (filter/native built with its `floor` feature) that `make bench`
+# measures the native build against: same file name, so a directory (and target directory) of its
+# own, which keeps it from ever replacing the product's module.
+NATIVE_FLOOR     := build/native-floor/libplaybook_guard_native.so
+NATIVE_FLOOR_DIR := $(or $(CARGO_TARGET_DIR),target)/native-floor
+RAW_NATIVE_FLOOR := $(NATIVE_FLOOR_DIR)/release-native/libplaybook_guard_native.so
 CLI       := target/debug/playbook-guard
 STANDIN   := target/debug/validation-service
 WASM_OPT  := build/tools/node_modules/.bin/wasm-opt
@@ -79,6 +85,13 @@ $(RAW_NATIVE): native-cargo ;
 $(NATIVE): $(RAW_NATIVE)
 	@mkdir -p build
 	cp $(RAW_NATIVE) $(NATIVE)
+.PHONY: native-floor-cargo
+native-floor-cargo:
+	cargo build -p playbook-guard-native --profile release-native --features floor --target-dir $(NATIVE_FLOOR_DIR)
+$(RAW_NATIVE_FLOOR): native-floor-cargo ;
+$(NATIVE_FLOOR): $(RAW_NATIVE_FLOOR)
+	@mkdir -p $(dir $(NATIVE_FLOOR))
+	cp $(RAW_NATIVE_FLOOR) $(NATIVE_FLOOR)
 
 $(CLI):
 	cargo build -p playbook-guard-cli
@@ -138,6 +151,7 @@ lint:
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard -p playbook-guard-floor --target wasm32-wasip1 --quiet -- -D warnings
+	cargo clippy -p playbook-guard-native --features floor --quiet -- -D warnings
 	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
 	@# The core's test fixtures are for tests only: the filter must never enable them.
 	@if cargo tree -p playbook-guard --target wasm32-wasip1 -e features -i playbook-guard-core 2>/dev/null \
@@ -204,7 +218,7 @@ define install_if_root
     apt-get install -y $(1) >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y $(1) >/dev/null; } \
         || echo "apt-get could not install $(1)"; fi
 endef
-bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
+bench: build $(FLOOR) $(NATIVE_FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	cargo test --release -p playbook-guard-core --test decision_time -- --include-ignored --nocapture
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$(CURDIR)/$(WASM_BINDGEN_RUNNER)" \
 	    cargo test --release -p playbook-guard-core --target wasm32-unknown-unknown --test decision_time \
@@ -213,6 +227,7 @@ bench: build $(FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	$(call install_if_root,wrk)
 	@if command -v wrk >/dev/null; then \
 	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
+	    PLAYBOOK_GUARD_NATIVE=$(CURDIR)/$(NATIVE) PLAYBOOK_GUARD_NATIVE_FLOOR=$(CURDIR)/$(NATIVE_FLOOR) \
 	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) test-harness/e2e/bench_envoy.py $(BENCH_ARGS) --output build/bench.json \
 	    && cargo run --quiet -p playbook-guard-bench-plot -- --input build/bench.json --output build/bench.svg; \

@@ -30,7 +30,7 @@ from native_bootstrap import native_filter, plugin_text  # noqa: E402
 # runs with each build in turn ("wasm", "native"), but in the files below, which still run the
 # Wasm build only, each for the reason given.
 WASM_ONLY = {
-    "test_bench_configs.py": "the bench's configurations (the native bench is not written yet)",
+    "test_bench_configs.py": "the bench's configurations, which name the build each one runs",
     "test_configs.py": "checks the rendered Wasm configurations; envoy-native.yaml has its own test",
     "test_ecds.py": "ECDS delivers a Wasm extension configuration",
     "test_held_head.py": "about allow_on_headers_stop_iteration, a Wasm knob; the native build is one of its "
@@ -102,7 +102,8 @@ class Envoy:
     Envoy's is appended to (e.g. Valgrind's)."""
 
     def __init__(self, tmp, plugin, upstream_port, concurrency=2, stop_iteration=True, clusters=None,
-                 customize=None, launcher=(), build="wasm", log_levels="wasm:info,dynamic_modules:info"):
+                 customize=None, launcher=(), build="wasm", log_levels="wasm:info,dynamic_modules:info",
+                 module_dir=None):
         self.port, self.admin_port = free_port(), free_port()
         bootstrap = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
@@ -134,7 +135,9 @@ class Envoy:
         self.config_path = Path(tmp) / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(bootstrap))
         self.log_path = Path(tmp) / f"envoy-{self.port}.log"
-        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE.parent))
+        # `module_dir`: where Envoy looks for the native module instead (the bench's floor).
+        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET,
+                   ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(module_dir or NATIVE.parent))
         self.build = build
         self.proc = subprocess.Popen(
             [*launcher, str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),

@@ -1,14 +1,15 @@
-"""The four configurations `make bench` measures (bench_envoy.py) do what the bench says before it
+"""The six configurations `make bench` measures (bench_envoy.py) do what the bench says before it
 times them: each allows the benchmark request and refuses it without a token, and the native
-jwt_authn + rbac and playbook-guard refuse the same bad tokens. And the bench's checks catch a
-native configuration that checks less, and a filter that is not in the chain."""
+jwt_authn + rbac and both playbook-guard builds refuse the same bad tokens. And the bench's checks
+catch a native configuration that checks less, and a filter that is not in the chain. Both floors
+and the native build must have been built (`make bench` builds them)."""
 
 import pytest
 import yaml
 
 import bench_envoy
-from bench_envoy import FLOOR, NATIVE, NONE, SID
-from conftest import Envoy, ValidationService, free_port
+from bench_envoy import FLOOR, GUARDS, MODULE_FLOOR, NATIVE, NONE, SID
+from conftest import Envoy, ValidationService, free_port, http
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +36,24 @@ def test_every_configuration_answers_as_the_bench_requires(bench_envoys):
     token = bench_envoy.mint_token()
     for name, envoy in envoys.items():
         bench_envoy.check_envoy(name, envoy, token)
-    assert service.calls(SID) == 1, "playbook-guard asked about the session once, then hit its cache"
+    assert service.calls(SID) == len(GUARDS), "each playbook-guard build asked about the session once"
+
+
+def test_the_module_floor_is_the_floor_not_the_product(bench_envoys):
+    _, envoys = bench_envoys
+    floor = envoys[MODULE_FLOOR]
+    # The product would refuse this token (another secret); the floor only wants the header.
+    assert bench_envoy.status(floor, bench_envoy.mint_token(secret="another")) == 200
+    assert "playbook_guard" not in http(floor.admin + "/stats?filter=playbook_guard").body, \
+        "the floor defines none of the product's stats"
 
 
 def test_a_configuration_without_its_filter_does_not_pass_as_one(bench_envoys):
     _, envoys = bench_envoys
     with pytest.raises(AssertionError, match="not in the chain"):
         bench_envoy.check_envoy(FLOOR, envoys[NONE], bench_envoy.mint_token())
+    with pytest.raises(AssertionError, match="not in the chain"):
+        bench_envoy.check_envoy(MODULE_FLOOR, envoys[NONE], bench_envoy.mint_token())
 
 
 def test_a_native_configuration_that_checks_no_audience_is_caught(tmp_path):

@@ -44,6 +44,10 @@ struct Configuration {
     name: String,
     median: Figures,
     rounds: Vec<Figures>,
+    /// The configuration this one is labelled against (a playbook-guard build's own floor);
+    /// none: the one named "floor", if any.
+    #[serde(default)]
+    floor: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -85,9 +89,16 @@ fn read_report(path: &Path) -> Result<Report, PlotError> {
     Ok(report)
 }
 
-/// Bar colours, one per configuration in the report's order (no filter, native, floor, guard).
-const COLOURS: [RGBColor; 4] =
-    [RGBColor(150, 150, 150), RGBColor(66, 133, 244), RGBColor(52, 168, 83), RGBColor(234, 120, 20)];
+/// Bar colours, one per configuration in the report's order (no filter, jwt_authn + rbac, the
+/// Wasm floor, playbook-guard, the module floor, playbook-guard native).
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(150, 150, 150),
+    RGBColor(66, 133, 244),
+    RGBColor(52, 168, 83),
+    RGBColor(234, 120, 20),
+    RGBColor(129, 201, 149),
+    RGBColor(165, 60, 10),
+];
 
 fn colour(i: usize) -> RGBColor {
     COLOURS.get(i).copied().unwrap_or(BLACK)
@@ -135,11 +146,12 @@ fn throughput(report: &Report, area: &Area) -> DrawResult {
             .enumerate()
             .flat_map(|(i, c)| c.rounds.iter().map(move |r| Circle::new((SegmentValue::CenterOf(i), r.rps), 3, BLACK))),
     )?;
-    // The ratio the goal is stated in: each configuration against the floor, when there is one.
-    let floor = configs.iter().find(|c| c.name == "floor").map(|c| c.median.rps).filter(|f| *f > 0.0);
+    // The ratio the goal is stated in: each configuration against its floor, when there is one.
+    let rps_of = |name: &str| configs.iter().find(|c| c.name == name).map(|c| c.median.rps).filter(|f| *f > 0.0);
     let label = TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
     chart.draw_series(configs.iter().enumerate().map(|(i, c)| {
-        let ratio = floor.map(|f| format!(" ({:.2} floor)", c.median.rps / f)).unwrap_or_default();
+        let floor = c.floor.as_deref().unwrap_or("floor");
+        let ratio = rps_of(floor).map(|f| format!(" ({:.2} {floor})", c.median.rps / f)).unwrap_or_default();
         // Above the bar and its dots.
         EmptyElement::at((SegmentValue::CenterOf(i), c.median.rps))
             + Text::new(format!("{:.0}{ratio}", c.median.rps), (0, -6), label.clone())
@@ -293,6 +305,19 @@ mod tests {
         assert_eq!(report.configurations[2].median.rps, 3000.0);
         assert_eq!(report.configurations[2].rounds.len(), 2);
         assert!(report.setup.pinned);
+    }
+
+    #[test]
+    fn a_configuration_is_labelled_against_its_own_floor() {
+        let six = [&FOUR[..], &["module floor", "playbook-guard native"]].concat();
+        let mut json: serde_json::Value = serde_json::from_str(&report(&six)).unwrap();
+        json["configurations"][5]["floor"] = "module floor".into();
+        let input = TempFile::new("floors.json", &json.to_string());
+        let output = TempFile::new("floors.svg", "");
+        draw(&read_report(&input.0).unwrap(), &output.0).unwrap();
+        let svg = std::fs::read_to_string(&output.0).unwrap();
+        assert!(svg.contains(" module floor)"), "the native build against the module floor");
+        assert!(svg.contains(" floor)"), "the others against the Wasm floor");
     }
 
     #[test]

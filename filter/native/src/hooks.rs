@@ -18,6 +18,10 @@ use log::error;
 use crate::abi::{self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr};
 use crate::core::protocol::Flow;
 use crate::envoy;
+// The `floor` feature swaps what every hook drives for the bench's floor (crate::floor's doc).
+#[cfg(feature = "floor")]
+use crate::floor::{Config, Filter};
+#[cfg(not(feature = "floor"))]
 use crate::host::{Config, Filter};
 
 /// The module's side of a configuration, as Envoy holds it.

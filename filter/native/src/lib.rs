@@ -12,6 +12,7 @@ pub use playbook_guard_core as core;
 
 pub mod abi;
 mod envoy;
+pub mod floor;
 pub mod hooks;
 pub mod host;
 mod logger;

@@ -34,6 +34,8 @@ pub mod fake {
         pub continued: Vec<usize>,
         /// Events posted through streams' schedulers: (the stream's Envoy pointer, event).
         pub posted: Vec<(usize, u64)>,
+        /// Headers set (name, value; empty when removed).
+        pub set: Vec<(String, String)>,
     }
 
     thread_local! {
@@ -113,22 +115,40 @@ pub mod fake {
         });
         true
     }
+    /// The first request header of that name (the stand-in has no response headers).
     pub unsafe fn envoy_dynamic_module_callback_http_get_header(
         _: FilterEnvoyPtr,
-        _: u32,
-        _: ModuleBuffer,
-        _: *mut EnvoyBuffer,
+        header_type: u32,
+        name: ModuleBuffer,
+        value: *mut EnvoyBuffer,
         _: usize,
         _: *mut usize,
     ) -> bool {
-        false
+        let name = unsafe { std::slice::from_raw_parts(name.ptr, name.length) };
+        // The strings live in the thread-local, unchanged until the test changes them.
+        envoy(|e| {
+            let found =
+                e.headers.iter().find(|(n, _)| header_type == crate::abi::REQUEST_HEADER && n.as_bytes() == name);
+            if let Some((_, v)) = found {
+                unsafe { *value = EnvoyBuffer { ptr: v.as_ptr(), length: v.len() } };
+            }
+            found.is_some()
+        })
     }
     pub unsafe fn envoy_dynamic_module_callback_http_set_header(
         _: FilterEnvoyPtr,
         _: u32,
-        _: ModuleBuffer,
-        _: ModuleBuffer,
+        name: ModuleBuffer,
+        value: ModuleBuffer,
     ) -> bool {
+        let text = |b: ModuleBuffer| {
+            if b.ptr.is_null() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(b.ptr, b.length) }).into_owned()
+            }
+        };
+        envoy(|e| e.set.push((text(name), text(value))));
         true
     }
     pub unsafe fn envoy_dynamic_module_callback_http_add_header(
@@ -462,4 +482,38 @@ fn random_requests_through_the_hooks_never_reach_the_panic_boundary() {
     assert!(answered > 500, "the cases reach decisions ({answered} answered locally)");
     // SAFETY: freed once.
     unsafe { hooks::envoy_dynamic_module_on_http_filter_config_destroy(config) };
+}
+
+/// The floor (`floor` feature), driven directly: the product's hooks drive it only in that build.
+mod floor {
+    use std::sync::Arc;
+
+    use super::{fake, replies, set_headers};
+    use crate::core::protocol::Flow;
+    use crate::floor::{Config, Filter};
+
+    fn set() -> Vec<(String, String)> {
+        fake::ENVOY.with(|e| std::mem::take(&mut e.borrow_mut().set))
+    }
+
+    fn floor() -> Filter {
+        let config = Arc::new(Config::new(std::ptr::null_mut(), b"{}").unwrap_or_else(|e| panic!("{e}")));
+        Filter::new(&config, 0x1000 as *mut std::ffi::c_void).unwrap_or_else(|| panic!("a stream of the floor"))
+    }
+
+    #[test]
+    fn the_floor_reads_authorization_and_sets_one_header() {
+        set_headers(&[(":path", "/x"), ("authorization", "Bearer t")]);
+        assert_eq!(floor().on_request_headers(true), Flow::Continue);
+        assert_eq!(set(), vec![("x-floor".to_string(), "1".to_string())]);
+        assert_eq!(replies(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn the_floor_answers_a_request_without_authorization_401() {
+        set_headers(&[(":path", "/x")]);
+        assert_eq!(floor().on_request_headers(true), Flow::Pause, "held: answered locally");
+        assert_eq!(replies(), vec![401]);
+        assert_eq!(set(), Vec::<(String, String)>::new(), "nothing set on a refused request");
+    }
 }

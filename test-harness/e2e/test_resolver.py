@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import E2E, Envoy, free_port, http, plugin_config
+from conftest import E2E, Envoy, http, plugin_config, refused_port
 from test_envoy import bearer, hs_token
 
 # The stand-in's catalog (noetl_upstream.CATALOG).
@@ -134,15 +134,16 @@ def test_one_lookup_per_id_across_workers_then_the_cache(envoy, noetl):
 
 
 def test_a_lookup_that_cannot_be_made_denies(tmp_path_factory, noetl, build):
-    # Cluster `noetl` points at a port nothing listens on.
-    proxy = Envoy(tmp_path_factory.mktemp("resolver-down"), resolving(timeout_ms=500), noetl.port,
-                  clusters={"noetl": free_port()}, build=build).wait_ready()
-    try:
-        down = post(proxy, "/api/execute", {"catalog_id": DAILY_LOAD}, "admin")
-        assert (down.status, down.json()["reason"]) == (503, "lookup_unavailable")
-        assert down.headers.get("retry-after") == "1"
-        # A request that names its playbook needs no lookup.
-        assert post(proxy, "/api/execute", {"path": "data/daily_load"}, "analyst").status == 200
-        assert proxy.counter("lookup_failures") >= 1
-    finally:
-        proxy.stop()
+    # Cluster `noetl` points at a port that refuses connections.
+    with refused_port() as dead:
+        proxy = Envoy(tmp_path_factory.mktemp("resolver-down"), resolving(timeout_ms=500), noetl.port,
+                      clusters={"noetl": dead}, build=build).wait_ready()
+        try:
+            down = post(proxy, "/api/execute", {"catalog_id": DAILY_LOAD}, "admin")
+            assert (down.status, down.json()["reason"]) == (503, "lookup_unavailable")
+            assert down.headers.get("retry-after") == "1"
+            # A request that names its playbook needs no lookup.
+            assert post(proxy, "/api/execute", {"path": "data/daily_load"}, "analyst").status == 200
+            assert proxy.counter("lookup_failures") >= 1
+        finally:
+            proxy.stop()

@@ -189,8 +189,10 @@ $(WASM_BINDGEN_RUNNER):
 	cargo install --quiet --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT) \
 	    || cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 
-e2e: build $(FLOOR) venv postgres
+# The floors too: test_bench_configs.py checks that every configuration of `make bench` answers.
+e2e: build $(FLOOR) $(NATIVE_FLOOR) venv postgres
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_NATIVE=$(CURDIR)/$(NATIVE) \
+	    PLAYBOOK_GUARD_NATIVE_FLOOR=$(CURDIR)/$(NATIVE_FLOOR) \
 	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
 	    $(PY) -m pytest -q test-harness/e2e
 

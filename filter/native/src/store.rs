@@ -134,6 +134,10 @@ mod tests {
     #[test]
     fn concurrent_read_modify_writes_lose_no_increment() {
         let store = Arc::new(ShardedStore::default());
+        // As the core prepares every key it updates (`prepare`): a write to a key that does not
+        // exist yet ignores its token, in Envoy's shared data and here, so two first writers
+        // would both win.
+        store.set("counter", Some(b"0"), None).unwrap();
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let store = Arc::clone(&store);

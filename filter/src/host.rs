@@ -17,13 +17,6 @@ use crate::metrics::Metrics;
 use crate::raw_headers::with_request_headers;
 use crate::store::HostStore;
 
-/// How long the stats of remembered allows may wait to be counted together
-/// ([`Worker::count_in_windows`]): a counter increment costs a host call, about as much as a
-/// third of what a remembered allow costs above the Wasm floor, and under load a window holds
-/// tens of them. Short enough that anything that reads `/stats` after its own requests were
-/// answered almost always finds them counted.
-const COUNT_WINDOW_MS: u64 = 2;
-
 fn now_ms() -> u64 {
     let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -243,7 +236,6 @@ impl RootContext for GuardRoot {
             proxy_wasm::set_log_level(level);
         }
         self.metrics = Metrics::define();
-        self.worker.with(|w| w.count_in_windows(COUNT_WINDOW_MS));
         true
     }
 

@@ -121,14 +121,7 @@ fn a_thousand_requests_on_a_fresh_session_make_one_callout() {
     }
     assert!(vm.http_calls().is_empty());
     assert_eq!(host.metric("playbook_guard.callouts"), Some(1));
-    // On the virtual clock every request came in the same millisecond: the remembered allows
-    // after the first wait for the tick that ends their counting window, and are all counted then.
-    assert!(host.metric("playbook_guard.cache_hits") < Some(999));
-    assert_eq!(vm.tick_period(), Some(Duration::from_millis(2)));
-    host.clock().advance(Duration::from_millis(2));
-    assert_eq!(vm.run_due_ticks().unwrap(), 1);
     assert_eq!(host.metric("playbook_guard.cache_hits"), Some(999));
-    assert_eq!(vm.tick_period(), None, "nothing left to count, nothing to tick for");
     assert_eq!(host.metric("playbook_guard.cache_misses"), Some(1));
     fuel.sort_unstable();
     println!("instructions per cache-hit request (median of 999, wasm fuel): {}", fuel[fuel.len() / 2]);

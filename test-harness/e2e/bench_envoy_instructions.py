@@ -133,7 +133,7 @@ def main():
         return 0
     floor = counts[FLOOR]
     print(f"\n{'configuration':<16}{'instr/request':>15}{'floor / it':>12}")
-    for name in CONFIGS:
+    for name in counts:
         print(f"{name:<16}{counts[name]:>15.0f}{floor / counts[name]:>12.3f}")
     print(f"\nplaybook-guard / floor, by instructions: {floor / counts[GUARD]:.3f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -355,7 +355,7 @@ fn the_module_reports_the_abi_version_it_was_written_for() {
 #[test]
 fn a_callout_answer_is_read_whatever_envoy_hands_over() {
     use crate::abi::EnvoyHeader;
-    use crate::envoy::callout_answer;
+    use crate::convert::callout_answer;
 
     let header = |n: &'static str, v: &'static str| EnvoyHeader {
         key_ptr: n.as_ptr(),

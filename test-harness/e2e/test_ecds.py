@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import http
-from ecds_support import EcdsEnvoy, Load, hs_token, plugin_holder, policy_file
+from conftest import WASM, http
+from ecds_support import EcdsEnvoy, Load, cli, hs_token, plugin_holder, policy_file
 
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
 # Flips from 403 to 200 when the analyst is granted system/**.
@@ -203,3 +203,17 @@ def test_filter_reports_the_policy_version_in_one_stat(ecds_envoy, tmp_path):
     ecds_envoy.wait_for(lambda: version_stats().get(key) == hashed("2026-11-24.2"), what="the new version's hash")
     # One gauge, whatever the number of updates: nothing accumulates per version.
     assert list(version_stats()) == [key]
+
+
+def test_a_file_for_the_other_build_is_rejected_and_the_last_good_policy_serves(ecds_envoy, tmp_path):
+    """The bootstrap accepts its own build's type only: a file published for the other build
+    (a .wasm where the native module runs, or the reverse) never replaces the filter."""
+    other = {"wasm": "native", "native": "wasm"}[ecds_envoy.build]
+    rejected = ecds_envoy.ecds_count("update_rejected")
+    v2 = policy_file(tmp_path, "v2-other", analyst_globs=("data/**", "system/**"))
+    result = cli("publish", "--policy", v2, "--config", ecds_envoy.filter_config, "--to", ecds_envoy.ecds_path,
+                 "--build", other, "--wasm", WASM, check=False)
+    assert result.returncode == 0, result.stderr
+    ecds_envoy.wait_for(lambda: ecds_envoy.ecds_count("update_rejected") > rejected, what="update_rejected")
+    assert status(ecds_envoy, PROBE) == 403 and status(ecds_envoy, STEADY) == 200
+    assert ecds_envoy.ecds("version_text") == "v1"

@@ -7,7 +7,8 @@
 #                   beside the Wasm floor), requests/s and latency in Envoy of both builds against
 #                   no filter, jwt_authn + rbac and each build's floor, drawn as build/bench.svg
 #   make fuzz       a million randomised requests through the core, 20,000 simulated schedules
-#                   of the protocol across workers, then each libFuzzer target
+#                   of the protocol across workers, then each libFuzzer target (the core's, then
+#                   the native build's binding layer's)
 #   make soak       ten minutes of mixed traffic through Envoy, policy republished, a flaky service
 #   make lint       cargo fmt --check, clippy with warnings as errors (native, wasm, fuzz targets)
 #   make unit       every workspace crate's tests, natively (the harness builds the .wasm itself)
@@ -150,6 +151,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
+	cargo clippy --manifest-path $(NATIVE_FUZZ_DIR)/Cargo.toml --quiet -- -D warnings
 	cargo clippy -p playbook-guard -p playbook-guard-floor --target wasm32-wasip1 --quiet -- -D warnings
 	cargo clippy -p playbook-guard-native --features floor --quiet -- -D warnings
 	cargo clippy -p playbook-guard-core --target wasm32-unknown-unknown --all-targets --quiet -- -D warnings
@@ -253,17 +255,30 @@ bench: build $(FLOOR) $(NATIVE_FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 FUZZ_DIR     := filter/core/fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := request token path body validation_answer lookup_answer catalog_yaml header_map
+# Then the native build's binding layer (filter/native/src/convert.rs): what it makes of the
+# configuration's bytes, Envoy's header arrays and a callout's answer. Its finds go to
+# build/fuzz/native/<target>. The unsafe readers of raw pointers are under test here, but every
+# pointer a target passes is valid by construction, so panics and asserts stay the oracle.
+NATIVE_FUZZ_DIR     := filter/native/fuzz
+NATIVE_FUZZ_TARGETS := config headers callout_answer
 fuzz: fuzz-tools
 	PLAYBOOK_GUARD_FUZZ_ITERS=$${PLAYBOOK_GUARD_FUZZ_ITERS:-1000000} \
 	    cargo test --release -p playbook-guard-core --test robustness -- --nocapture
 	PLAYBOOK_GUARD_SIM_SEEDS=$${PLAYBOOK_GUARD_SIM_SEEDS:-20000} \
 	    cargo test --release -p playbook-guard-core --lib protocol::simulation -- --nocapture
-	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/$$t; \
-	    echo "== $$t ($(FUZZ_SECONDS) s)"; \
-	    cargo fuzz run --fuzz-dir $(FUZZ_DIR) --sanitizer none --debug-assertions $$t \
-	        build/fuzz/$$t $(FUZZ_DIR)/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	@for t in $(FUZZ_TARGETS); do $(call fuzz_one,$(FUZZ_DIR),$$t,build/fuzz/$$t); done
+	@for t in $(NATIVE_FUZZ_TARGETS); do $(call fuzz_one,$(NATIVE_FUZZ_DIR),$$t,build/fuzz/native/$$t); done
+
+# $(call fuzz_one,fuzz crate,target,corpus directory): one target for FUZZ_SECONDS from its seeds;
+# a crash stops make with the input that caused it.
+define fuzz_one
+mkdir -p $(3); \
+	    echo "== $(2) ($(FUZZ_SECONDS) s)"; \
+	    cargo fuzz run --fuzz-dir $(1) --sanitizer none --debug-assertions $(2) \
+	        $(3) $(1)/seeds/$(2) -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        2>&1 | grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|==|thread|panicked|SUMMARY|.*Test unit written)' \
-	        ; test $${PIPESTATUS[0]} -eq 0 || exit 1; done
+	        ; test $${PIPESTATUS[0]} -eq 0 || exit 1
+endef
 
 # cargo-fuzz, pinned, installed with cargo; it drives the pinned stable toolchain (no sanitizer flags).
 fuzz-tools:

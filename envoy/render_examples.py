@@ -1,5 +1,6 @@
 """Re-renders the Envoy configurations derived from envoy/filter-config.yaml and the default
-policy: envoy/envoy-ecds.yaml, envoy/envoy-native.yaml (the native build's), the Kubernetes ConfigMaps (the noetl-sync overlay's copy of the
+policy: envoy/envoy-ecds.yaml, envoy/envoy-native.yaml and envoy/envoy-native-ecds.yaml (the native
+build's), the Kubernetes ConfigMaps (the noetl-sync overlay's copy of the
 filter configuration too), and the Istio EnvoyFilter's
 extension configuration. Run after changing either (test_configs.py fails until then):
 
@@ -53,6 +54,12 @@ def main():
         "# Rendered by envoy/render_examples.py from envoy.yaml (the native build); edit the sources, not this file.\n"
         "# Run with ENVOY_DYNAMIC_MODULES_SEARCH_PATH=build (make build makes build/libplaybook_guard_native.so).\n"
         + dump(native_boot))
+    native_ecds = native(yaml.safe_load((ROOT / "envoy" / "envoy-ecds.yaml").read_text()))
+    (ROOT / "envoy" / "envoy-native-ecds.yaml").write_text(
+        "# Rendered by envoy/render_examples.py from envoy-ecds.yaml (the native build); edit the sources, not this file.\n"
+        "# Run with ENVOY_DYNAMIC_MODULES_SEARCH_PATH=build; `playbook-guard publish --build native` writes the\n"
+        "# watched file build/ecds/playbook-guard.yaml.\n"
+        + dump(native_ecds))
     k8s = ROOT / "envoy" / "k8s"
     replace_block(k8s / "envoy-bootstrap.configmap.yaml", "  envoy.yaml: |\n",
                   indent(render("--output", "bootstrap-ecds", *K8S_RENDER), 4))

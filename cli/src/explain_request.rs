@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use playbook_guard_core::{Guard, RequestHead, Verdict};
 
-use crate::render::{plugin_config, FilterArgs};
+use crate::render::{plugin_config, Build, FilterArgs};
 use crate::Failure;
 
 /// The request to explain.
@@ -25,7 +25,13 @@ pub struct Request {
 
 /// Prints the decision; exit 0 allow, 1 deny.
 pub fn run(config: &Path, policy: &Path, roles: &[String], request: &Request) -> Result<ExitCode, Failure> {
-    let args = FilterArgs { config: config.to_owned(), wasm: String::new(), vm_env: Vec::new(), name: String::new() };
+    let args = FilterArgs {
+        config: config.to_owned(),
+        build: Build::Wasm,
+        wasm: String::new(),
+        vm_env: Vec::new(),
+        name: String::new(),
+    };
     let plugin = plugin_config(&args, policy, false)?;
     let env = |_: &str| Some("x".repeat(64));
     let guard = Guard::from_json(plugin.config.to_string().as_bytes(), &env)?;

@@ -15,15 +15,39 @@ use serde_json::{json, Value};
 
 use crate::{load_policy, Failure};
 
-/// The Wasm filter's type, the only one the ECDS entry accepts.
+/// The Wasm filter's type.
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The native build's type: Envoy's dynamic-module filter.
+const NATIVE_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+/// The native module's name: Envoy loads `lib<name>.so` from `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+const NATIVE_MODULE: &str = "playbook_guard_native";
+
+/// Which build of the filter Envoy loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Build {
+    /// The `.wasm`, in Envoy's V8 (`--wasm` says where).
+    Wasm,
+    /// The native build, an Envoy dynamic module (`libplaybook_guard_native.so`), for the pinned
+    /// Envoy only.
+    Native,
+}
+
+impl Build {
+    /// The type of the filter's configuration: the one type an ECDS entry accepts.
+    fn type_url(self) -> &'static str {
+        match self {
+            Build::Wasm => WASM_TYPE,
+            Build::Native => NATIVE_TYPE,
+        }
+    }
+}
 
 /// What to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// The plugin configuration JSON the filter receives.
     PluginConfig,
-    /// The `http_filters` entry (envoy.filters.http.wasm).
+    /// The `http_filters` entry (the Wasm or the native filter, as `--build` says).
     Filter,
     /// A file of ECDS `resources` (TypedExtensionConfig), for a watched file.
     Ecds,
@@ -41,7 +65,11 @@ pub struct FilterArgs {
     /// The filter configuration (YAML or JSON), without or with a `policy`.
     #[arg(long, default_value = "envoy/filter-config.yaml")]
     pub config: PathBuf,
-    /// The filter's .wasm, as Envoy will find it (relative to Envoy's working directory).
+    /// Which build Envoy loads: the .wasm or the native module.
+    #[arg(long, value_enum, default_value_t = Build::Wasm)]
+    pub build: Build,
+    /// The filter's .wasm, as Envoy will find it (relative to Envoy's working directory); the
+    /// native build ignores it (Envoy finds the module through its search path).
     #[arg(long, default_value = "build/playbook_guard.wasm")]
     pub wasm: String,
     /// Environment variables Envoy passes from its own environment into the VM.
@@ -109,7 +137,7 @@ pub fn run(args: &RenderArgs) -> Result<(), Failure> {
             // The filter's configuration lives in the watched file, but render still checks it
             // so a bootstrap is never rendered next to a configuration Envoy would refuse.
             let plugin = plugin_config(&args.filter, &args.policy.policy, true)?;
-            bootstrap(args, ecds_filter(&args.filter.name, &args.ecds_path), &plugin.config)
+            bootstrap(args, ecds_filter(&args.filter.name, args.filter.build, &args.ecds_path), &plugin.config)
         }
     };
     print!("{}{}", header(output_name(args.output)), to_yaml(args.output, &out)?);
@@ -203,6 +231,30 @@ fn read(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display())))
 }
 
+/// The filter's typed configuration for the build `args` names.
+fn typed_config(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
+    match args.build {
+        Build::Wasm => wasm_config(args, plugin),
+        Build::Native => native_config(args, plugin),
+    }
+}
+
+/// The native build's configuration: the same JSON the Wasm filter takes.
+fn native_config(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
+    Ok(json!({
+        "@type": NATIVE_TYPE,
+        // Never unloaded: the module runs a thread of its own (its ticker) and keeps
+        // process-wide state, which must not outlive its code when an update drops the last
+        // configuration that uses it.
+        "dynamic_module_config": {"name": NATIVE_MODULE, "do_not_close": true},
+        "filter_name": args.name,
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": serde_json::to_string_pretty(plugin)?,
+        },
+    }))
+}
+
 fn wasm_config(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
     Ok(json!({
         "@type": WASM_TYPE,
@@ -230,11 +282,11 @@ fn wasm_config(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
 
 /// The `http_filters` entry with the configuration inline.
 pub fn http_filter(args: &FilterArgs, plugin: &Value) -> Result<Value, Failure> {
-    Ok(json!({"name": args.name, "typed_config": wasm_config(args, plugin)?}))
+    Ok(json!({"name": args.name, "typed_config": typed_config(args, plugin)?}))
 }
 
 /// The `http_filters` entry whose configuration Envoy reads from a watched file (ECDS).
-pub fn ecds_filter(name: &str, ecds_path: &str) -> Value {
+pub fn ecds_filter(name: &str, build: Build, ecds_path: &str) -> Value {
     // Envoy reloads the file when a file is renamed into its directory, so a writer that
     // writes a temporary file and renames it (`publish`) is never seen half-written.
     let dir = match Path::new(ecds_path).parent().map(Path::to_string_lossy) {
@@ -250,7 +302,8 @@ pub fn ecds_filter(name: &str, ecds_path: &str) -> Value {
             },
             // No default: until the first good configuration arrives the listener does not
             // serve, rather than serve unguarded.
-            "type_urls": [WASM_TYPE],
+            // One build's type only: a file of the other build's is rejected, not loaded.
+            "type_urls": [build.type_url()],
         },
     })
 }
@@ -263,7 +316,7 @@ pub fn ecds_resources(args: &FilterArgs, plugin: &PluginConfig) -> Result<Value,
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             "name": args.name,
-            "typed_config": wasm_config(args, &plugin.config)?,
+            "typed_config": typed_config(args, &plugin.config)?,
         }],
     }))
 }

@@ -318,6 +318,29 @@ fn render_bootstrap_ecds_watches_the_files_directory() {
 }
 
 #[test]
+fn render_for_the_native_build_loads_the_dynamic_module_with_the_same_configuration() {
+    const NATIVE: &str = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+    let wasm = yaml(&run(&["render", "--output", "ecds"]));
+    let doc = yaml(&run(&["render", "--output", "ecds", "--build", "native"]));
+    assert_eq!(doc["version_info"], wasm["version_info"]);
+    let typed = &doc["resources"][0]["typed_config"];
+    assert_eq!(typed["@type"], NATIVE);
+    assert_eq!(typed["dynamic_module_config"]["name"], "playbook_guard_native");
+    // The module keeps a thread of its own: it must never be unloaded under it.
+    assert_eq!(typed["dynamic_module_config"]["do_not_close"], true);
+    assert_eq!(typed["filter_name"], "playbook-guard");
+    assert_eq!(
+        typed["filter_config"]["value"], wasm["resources"][0]["typed_config"]["config"]["configuration"]["value"],
+        "the same JSON as the Wasm filter's"
+    );
+    let boot = yaml(&run(&["render", "--output", "bootstrap-ecds", "--build", "native"]));
+    let hcm = &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(hcm["http_filters"][0]["config_discovery"]["type_urls"], serde_json::json!([NATIVE]));
+    let inline = yaml(&run(&["render", "--output", "filter", "--build", "native"]));
+    assert_eq!(inline["typed_config"]["@type"], NATIVE);
+}
+
+#[test]
 fn render_refuses_what_the_filter_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let config = policy(&dir, "c.yaml", "routes:\n  - match: { prefix: api/ }\n    public: true\n");

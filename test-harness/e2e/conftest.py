@@ -33,10 +33,8 @@ from native_bootstrap import native_filter, plugin_text  # noqa: E402
 WASM_ONLY = {
     "test_bench_configs.py": "the bench's configurations, which name the build each one runs",
     "test_configs.py": "checks the rendered Wasm configurations; envoy-native.yaml has its own test",
-    "test_ecds.py": "ECDS delivers a Wasm extension configuration",
     "test_held_head.py": "about allow_on_headers_stop_iteration, a Wasm knob; the native build is one of its "
                          "shipped configurations",
-    "test_noetl_sync.py": "not yet parametrised (file-watched ECDS configuration)",
     "test_oidc_issuer.py": "no Envoy filter under test",
     "test_remote_jwks.py": "a worker of the native build fetches its JWK Sets on its first request, not at "
                            "start: the key-rotation test's first answer then depends on the worker",

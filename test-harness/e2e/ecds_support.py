@@ -1,8 +1,9 @@
 """Envoy with playbook-guard's configuration from ECDS (a watched file), for test_ecds.py.
 
 The bootstrap is `playbook-guard render --output bootstrap-ecds` and every policy reaches Envoy
-through `playbook-guard publish`, exactly as an operator runs them; only the ports, the .wasm
-path and the watched file's place are the test's own.
+through `playbook-guard publish`, exactly as an operator runs them, with `--build` naming the build
+(the .wasm or the native module); only the ports, the .wasm path, the module's directory and the
+watched file's place are the test's own.
 """
 
 import http.client as httpclient
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import jwt
 
-from conftest import CLI, ENVOY, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready, without_validation
+from conftest import CLI, ENVOY, NATIVE, ROOT, SECRET, WASM, free_port, http, wait_envoy_ready, without_validation
 
 FILTER = "playbook-guard"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER}."
@@ -59,10 +60,25 @@ def policy_file(tmp, version, analyst_globs=("data/**",)):
     return path
 
 
-class EcdsEnvoy:
-    """Envoy whose filter configuration is the ECDS file `ecds_path`, replaced by `publish`."""
+# Where each build keeps the filter's JSON configuration inside an ECDS resource's typed_config.
+PLUGIN_FIELD = {"wasm": ("config", "configuration"), "native": ("filter_config",)}
+# The prefix Envoy gives each build's own stats.
+STATS_PREFIX = {"wasm": "wasmcustom.", "native": "dynamicmodulescustom."}
 
-    def __init__(self, tmp, upstream_port, concurrency=2):
+
+def plugin_holder(typed_config, build):
+    """The `StringValue` (a dict with "value") holding the filter's JSON in a resource of `build`."""
+    for key in PLUGIN_FIELD[build]:
+        typed_config = typed_config[key]
+    return typed_config
+
+
+class EcdsEnvoy:
+    """Envoy whose filter configuration is the ECDS file `ecds_path`, replaced by `publish`;
+    `build` is the filter's build ("wasm" or "native") every file is rendered for."""
+
+    def __init__(self, tmp, upstream_port, concurrency=2, build="wasm"):
+        self.build = build
         self.tmp = Path(tmp)
         self.port, self.admin_port = free_port(), free_port()
         self.ecds_path = self.tmp / "ecds" / f"{FILTER}.yaml"
@@ -70,7 +86,7 @@ class EcdsEnvoy:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.filter_config = filter_config(self.tmp)
         bootstrap = cli("render", "--output", "bootstrap-ecds", "--ecds-path", self.ecds_path,
-                        "--config", self.filter_config,
+                        "--config", self.filter_config, "--build", build,
                         "--listen-port", self.port, "--admin-port", self.admin_port,
                         "--upstream-port", upstream_port).stdout
         self.config_path = self.tmp / "envoy-ecds.yaml"
@@ -79,16 +95,32 @@ class EcdsEnvoy:
         self.concurrency = concurrency
         self.proc = None
 
+    @property
+    def build_args(self):
+        """The CLI's arguments that name the build Envoy loads (publish, sync-noetl)."""
+        return ["--build", self.build, "--wasm", str(WASM)]
+
+    @property
+    def module(self):
+        """The file of the build under test (the .wasm or the native module)."""
+        return NATIVE if self.build == "native" else WASM
+
+    def stat_name(self, name):
+        """The filter's own stat `name` under this build's prefix."""
+        return f"{STATS_PREFIX[self.build]}playbook_guard.{name}"
+
     def publish(self, policy):
         """`playbook-guard publish`; returns the completed process (check=False)."""
         return cli("publish", "--policy", policy, "--config", self.filter_config, "--to", self.ecds_path,
-                   "--wasm", WASM, check=False)
+                   *self.build_args, check=False)
 
     def start(self, timeout=60):
-        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET)
+        # The native module is found as lib<name>.so in this directory; the Wasm build ignores it.
+        env = dict(os.environ, PLAYBOOK_GUARD_HS256_SECRET=SECRET, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE.parent))
         self.proc = subprocess.Popen(
             [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-             "--use-dynamic-base-id", "--log-level", "warn", "--component-log-level", "wasm:info,config:info"],
+             "--use-dynamic-base-id", "--log-level", "warn",
+             "--component-log-level", "wasm:info,dynamic_modules:info,config:info"],
             env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, cwd=self.tmp,
         )
         wait_envoy_ready(self.proc, self.admin, self.log, timeout)

@@ -28,6 +28,7 @@ KNOWN = {
     "envoy.yaml": "bootstrap",
     "envoy-ecds.yaml": "bootstrap",
     "envoy-native.yaml": "bootstrap of the native build (checked in test_native.py)",
+    "envoy-native-ecds.yaml": "bootstrap of the native build through ECDS (checked in test_native.py)",
     "k8s/envoy-bootstrap.configmap.yaml": "configmap with a bootstrap",
     "k8s/filter.configmap.yaml": "configmap with an ECDS file",
     "k8s/secret.yaml": "secret",

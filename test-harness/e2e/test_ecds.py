@@ -1,4 +1,5 @@
-"""Policy updates on a running Envoy through ECDS from a watched file (`playbook-guard publish`).
+"""Policy updates on a running Envoy through ECDS from a watched file (`playbook-guard publish`),
+with each build of the filter (the .wasm, and the native module as a DynamicModuleFilter).
 
 Measured numbers are printed (run with `-s` to see them): the time from `publish` to the first
 request decided by the new policy, the failed requests during a reload under load, and Envoy's
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from conftest import WASM, http
-from ecds_support import EcdsEnvoy, Load, hs_token, policy_file
+from ecds_support import EcdsEnvoy, Load, cli, hs_token, plugin_holder, policy_file
 
 ANALYST = {"Authorization": f"Bearer {hs_token(['analyst'])}"}
 # Flips from 403 to 200 when the analyst is granted system/**.
@@ -23,8 +24,8 @@ STEADY = "/api/catalog/data/daily_load/ui_schema"
 
 
 @pytest.fixture
-def ecds_envoy(tmp_path, upstream):
-    envoy = EcdsEnvoy(tmp_path, upstream)
+def ecds_envoy(tmp_path, upstream, build):
+    envoy = EcdsEnvoy(tmp_path, upstream, build=build)
     first = envoy.publish(policy_file(tmp_path, "v1"))
     assert first.returncode == 0, first.stderr
     envoy.start()
@@ -114,7 +115,7 @@ def broken_filter_config(envoy):
     text = envoy.ecds_path.read_text()
     comment, _, body = text.partition("\n")
     doc = json.loads(body)
-    config = doc["resources"][0]["typed_config"]["config"]["configuration"]
+    config = plugin_holder(doc["resources"][0]["typed_config"], envoy.build)
     plugin = json.loads(config["value"])
     plugin["policy"]["version"] = "v-broken"
     plugin["policy"]["roles"]["analyst"]["allow"][0]["playbooks"] = ["/system/**"]
@@ -184,7 +185,7 @@ def test_memory_stays_bounded_across_repeated_reloads(ecds_envoy, tmp_path):
            allocated_end=end_mem["allocated"], allocated_growth_per_reload=grown // measured,
            heap_start=start_mem["heap_size"], heap_end=end_mem["heap_size"],
            rss_start=start_rss, rss_end=end_rss, rss_growth_per_reload=(end_rss - start_rss) // measured,
-           wasm_bytes=WASM.stat().st_size)
+           build=ecds_envoy.build, module_bytes=ecds_envoy.module.stat().st_size)
     # Envoy's heap may keep a little per reload (stats, config dumps), never a copy of the plugin.
     assert grown // measured < 256 * 1024, (start_mem, end_mem)
 
@@ -196,9 +197,23 @@ def test_filter_reports_the_policy_version_in_one_stat(ecds_envoy, tmp_path):
     def hashed(version):
         return int(hashlib.sha256(version.encode()).hexdigest()[:12], 16)
 
-    key = "wasmcustom.playbook_guard.policy_version_hash"
+    key = ecds_envoy.stat_name("policy_version_hash")
     assert version_stats() == {key: hashed("v1")}
     ecds_envoy.publish(policy_file(tmp_path, "2026-11-24.2", analyst_globs=("data/**", "system/**")))
     ecds_envoy.wait_for(lambda: version_stats().get(key) == hashed("2026-11-24.2"), what="the new version's hash")
     # One gauge, whatever the number of updates: nothing accumulates per version.
     assert list(version_stats()) == [key]
+
+
+def test_a_file_for_the_other_build_is_rejected_and_the_last_good_policy_serves(ecds_envoy, tmp_path):
+    """The bootstrap accepts its own build's type only: a file published for the other build
+    (a .wasm where the native module runs, or the reverse) never replaces the filter."""
+    other = {"wasm": "native", "native": "wasm"}[ecds_envoy.build]
+    rejected = ecds_envoy.ecds_count("update_rejected")
+    v2 = policy_file(tmp_path, "v2-other", analyst_globs=("data/**", "system/**"))
+    result = cli("publish", "--policy", v2, "--config", ecds_envoy.filter_config, "--to", ecds_envoy.ecds_path,
+                 "--build", other, "--wasm", WASM, check=False)
+    assert result.returncode == 0, result.stderr
+    ecds_envoy.wait_for(lambda: ecds_envoy.ecds_count("update_rejected") > rejected, what="update_rejected")
+    assert status(ecds_envoy, PROBE) == 403 and status(ecds_envoy, STEADY) == 200
+    assert ecds_envoy.ecds("version_text") == "v1"

@@ -7,6 +7,7 @@ import re
 import yaml
 
 from conftest import NATIVE, ROOT, Envoy, http, plugin_config
+from ecds_support import cli
 from test_configs import validate
 
 
@@ -48,3 +49,27 @@ def test_envoy_native_yaml_is_envoy_yaml_with_the_module(tmp_path, native_module
     assert yaml.safe_load((ROOT / "envoy" / "envoy-native.yaml").read_text()) == native(wasm), (
         "re-render: python3 envoy/render_examples.py")
     validate((ROOT / "envoy" / "envoy-native.yaml").read_text(), tmp_path)
+
+
+def test_envoy_native_ecds_yaml_is_the_ecds_bootstrap_with_the_modules_type(tmp_path, native_module, monkeypatch):
+    """The native build's ECDS example: envoy-ecds.yaml accepting the module's type, as the CLI
+    renders it for `--build native`, valid with a file `publish --build native` wrote."""
+    from native_bootstrap import NATIVE_TYPE, native
+
+    monkeypatch.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", str(NATIVE.parent))
+    text = (ROOT / "envoy" / "envoy-native-ecds.yaml").read_text()
+    shipped = yaml.safe_load(text)
+    wasm = yaml.safe_load((ROOT / "envoy" / "envoy-ecds.yaml").read_text())
+    assert shipped == native(wasm), "re-render: python3 envoy/render_examples.py"
+    assert shipped == yaml.safe_load(cli("render", "--output", "bootstrap-ecds", "--build", "native").stdout)
+    hcm = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["http_filters"][0]["config_discovery"]["type_urls"] == [NATIVE_TYPE]
+    # The bootstrap names build/ecds/playbook-guard.yaml relative to Envoy's working directory.
+    published = cli("publish", "--build", "native", "--to", tmp_path / "build" / "ecds" / "playbook-guard.yaml")
+    assert "published policy version" in published.stdout
+    (resource,) = yaml.safe_load((tmp_path / "build" / "ecds" / "playbook-guard.yaml").read_text())["resources"]
+    typed = resource["typed_config"]
+    assert typed["@type"] == NATIVE_TYPE
+    assert typed["dynamic_module_config"] == {"name": "playbook_guard_native", "do_not_close": True}
+    assert yaml.safe_load(typed["filter_config"]["value"])["hold_headers_for_body"] is True
+    validate(text, tmp_path, cwd=tmp_path, name="envoy-native-ecds.yaml")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import CLI, WASM, http
+from conftest import CLI, http
 from ecds_support import EcdsEnvoy, Load, hs_token
 from postgres_support import NOETL_DDL, Postgres
 
@@ -34,12 +34,12 @@ def noetl_db():
 
 
 @pytest.fixture
-def synced_envoy(tmp_path, upstream, noetl_db):
-    envoy = EcdsEnvoy(tmp_path, upstream)
+def synced_envoy(tmp_path, upstream, noetl_db, build):
+    envoy = EcdsEnvoy(tmp_path, upstream, build=build)
     log = open(tmp_path / "sync.log", "w")
     sync = subprocess.Popen(
         [str(CLI), "sync-noetl", "--database-url", noetl_db.url, "--config", str(envoy.filter_config),
-         "--to", str(envoy.ecds_path), "--wasm", str(WASM), "--every", f"{int(INTERVAL * 1000)}ms"],
+         "--to", str(envoy.ecds_path), *envoy.build_args, "--every", f"{int(INTERVAL * 1000)}ms"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

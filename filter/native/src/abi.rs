@@ -196,6 +196,15 @@ unsafe extern "C" {
         label_names_length: usize,
         id: *mut usize,
     ) -> u32;
+    /// Sets gauge `id` of the filter config to `value`, with no stream at hand (the same
+    /// gauge as [`envoy_dynamic_module_callback_http_filter_set_gauge`] sets through a stream).
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     /// Adds `value` to counter `id`.
     pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoyPtr,

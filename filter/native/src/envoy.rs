@@ -5,6 +5,7 @@
 use log::error;
 
 use crate::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader, SchedulerPtr};
+use crate::convert;
 use crate::core::validation::CalloutRequest;
 
 /// The stream's request (or response) headers, serialised as proxy-wasm serialises a map, so
@@ -18,8 +19,7 @@ pub fn header_bytes(filter: FilterEnvoyPtr, header_type: u32) -> Option<Vec<u8>>
         if size > 0 && !abi::envoy_dynamic_module_callback_http_get_headers(filter, header_type, headers.as_mut_ptr()) {
             return None;
         }
-        let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|h| h.pair()).collect();
-        Some(crate::core::header_map::serialize(&pairs))
+        Some(convert::serialized_headers(&headers))
     }
 }
 
@@ -123,7 +123,7 @@ fn chunks(filter: FilterEnvoyPtr, body_type: u32) -> Vec<u8> {
         if n == 0 || !abi::envoy_dynamic_module_callback_http_get_body_chunks(filter, body_type, chunks.as_mut_ptr()) {
             return Vec::new();
         }
-        chunks.iter().flat_map(|c| c.bytes().iter().copied()).collect()
+        convert::concat(&chunks)
     }
 }
 
@@ -179,39 +179,4 @@ pub fn scheduler_delete(scheduler: SchedulerPtr) {
         // SAFETY: as `scheduler_commit`; it is never used again.
         unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler) }
     }
-}
-
-/// The `:status` and body of a callout's answer (`None` status: no answer, a reset or a
-/// timeout).
-///
-/// # Safety
-/// `headers` and `chunks` must be as Envoy hands them to `on_http_filter_http_callout_done`:
-/// arrays of `n` valid entries (or null), valid until the hook returns.
-pub unsafe fn callout_answer(
-    result: u32,
-    headers: *const EnvoyHeader,
-    headers_size: usize,
-    chunks: *const EnvoyBuffer,
-    chunks_size: usize,
-) -> (Option<u32>, Vec<u8>) {
-    if result != abi::CALLOUT_SUCCESS || headers.is_null() {
-        return (None, Vec::new());
-    }
-    // SAFETY: as the caller promises.
-    let headers = unsafe { std::slice::from_raw_parts(headers, headers_size) };
-    let status = headers
-        .iter()
-        // SAFETY: as the caller promises.
-        .map(|h| unsafe { h.pair() })
-        .find(|(name, _)| *name == b":status")
-        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok());
-    let body = if chunks.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: as the caller promises.
-        let chunks = unsafe { std::slice::from_raw_parts(chunks, chunks_size) };
-        // SAFETY: as the caller promises.
-        chunks.iter().flat_map(|c| unsafe { c.bytes() }.iter().copied()).collect()
-    };
-    (status, body)
 }

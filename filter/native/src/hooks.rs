@@ -260,7 +260,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let body = || {
         // SAFETY: as the caller promises.
         let (status, body) =
-            unsafe { envoy::callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+            unsafe { crate::convert::callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
         // SAFETY: as the caller promises.
         if let Some(f) = unsafe { filter(filter_ptr) } {
             f.on_callout_done(callout_id, status, &body);

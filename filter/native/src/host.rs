@@ -67,8 +67,7 @@ impl Config {
     /// Compiles `json` (the same configuration the Wasm filter takes); `Err` says what to fix.
     pub fn new(envoy_config: ConfigEnvoyPtr, json: &[u8]) -> Result<Config, String> {
         let env = |name: &str| std::env::var(name).ok();
-        let mut guard = Guard::from_json(json, &env).map_err(|e| e.to_string())?;
-        guard.set_terse(true);
+        let guard = crate::convert::compile(json, &env)?;
         let (version, hash) = (guard.policy_version(), guard.policy_version_hash());
         info!("configured; policy version {version:?} (policy_version_hash {hash})");
         if !guard.hold_headers_for_body() {

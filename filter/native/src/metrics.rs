@@ -16,7 +16,8 @@ use crate::core::protocol::Stat;
 pub struct Metrics {
     counters: Vec<Option<usize>>,
     policy_version_hash: Option<usize>,
-    /// The gauge can only be set through a stream: the configuration's first request sets it.
+    /// Whether the gauge holds this configuration's hash: set when it is defined, or else by
+    /// the configuration's first request.
     gauge_set: AtomicBool,
     hash: u64,
 }
@@ -48,7 +49,22 @@ impl Metrics {
             .collect();
         let gauge =
             define(config, abi::envoy_dynamic_module_callback_http_filter_config_define_gauge, "policy_version_hash");
-        Metrics { counters, policy_version_hash: gauge, gauge_set: AtomicBool::new(false), hash }
+        // Set now, as the Wasm build sets it on configure: a configuration delivered through ECDS
+        // reports its policy before any request reaches it. Through a stream only if this fails.
+        let set = gauge.is_some_and(|id| {
+            // SAFETY: as in `define`; no labels.
+            let result = unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    config,
+                    id,
+                    std::ptr::null_mut(),
+                    0,
+                    hash,
+                )
+            };
+            result == abi::METRICS_SUCCESS
+        });
+        Metrics { counters, policy_version_hash: gauge, gauge_set: AtomicBool::new(set), hash }
     }
 
     /// Adds `n` to `stat`, through stream `filter`.

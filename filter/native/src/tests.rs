@@ -36,6 +36,8 @@ pub mod fake {
         pub posted: Vec<(usize, u64)>,
         /// Headers set (name, value; empty when removed).
         pub set: Vec<(String, String)>,
+        /// Gauges set through a configuration, with no stream: (id, value).
+        pub config_gauges: Vec<(usize, u64)>,
     }
 
     thread_local! {
@@ -76,6 +78,16 @@ pub mod fake {
         _: usize,
         _: u64,
     ) -> u32 {
+        0
+    }
+    pub unsafe fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        _: ConfigEnvoyPtr,
+        id: usize,
+        _: *mut ModuleBuffer,
+        _: usize,
+        value: u64,
+    ) -> u32 {
+        envoy(|e| e.config_gauges.push((id, value)));
         0
     }
     pub unsafe fn envoy_dynamic_module_callback_http_filter_set_gauge(
@@ -280,6 +292,25 @@ fn a_request_is_decided_through_the_hooks() {
 }
 
 #[test]
+fn a_configuration_reports_its_policy_version_when_taken_and_a_refused_one_reports_nothing() {
+    let taken = || fake::ENVOY.with(|e| std::mem::take(&mut e.borrow_mut().config_gauges));
+    taken();
+    let config = configure(CONFIG);
+    assert!(!config.is_null());
+    // SAFETY: `config` came from the hook and is live until destroyed below.
+    let hash = unsafe { &*config.cast::<crate::host::Config>() }.guard.policy_version_hash();
+    // Before any stream: ECDS delivers a configuration that may see no request for a while.
+    assert_eq!(taken(), vec![(1, hash)]);
+    assert!(configure(
+        r#"{"policy": {"version": "2", "roles": {"a": {"allow": [{"permissions": ["view"], "playbooks": ["/x"]}]}}}}"#
+    )
+    .is_null());
+    assert_eq!(taken(), vec![], "a refused configuration leaves the live one's hash in place");
+    // SAFETY: freed once.
+    unsafe { hooks::envoy_dynamic_module_on_http_filter_config_destroy(config) };
+}
+
+#[test]
 fn a_hook_whose_body_panics_answers_503_and_stops_the_stream() {
     let (config, filter, envoy) = stream(&[(":method", "GET"), (":path", "/api/me")]);
     fake::ENVOY.with(|e| e.borrow_mut().panic_on_headers = true);
@@ -324,7 +355,7 @@ fn the_module_reports_the_abi_version_it_was_written_for() {
 #[test]
 fn a_callout_answer_is_read_whatever_envoy_hands_over() {
     use crate::abi::EnvoyHeader;
-    use crate::envoy::callout_answer;
+    use crate::convert::callout_answer;
 
     let header = |n: &'static str, v: &'static str| EnvoyHeader {
         key_ptr: n.as_ptr(),

@@ -36,8 +36,6 @@ WASM_ONLY = {
     "test_held_head.py": "about allow_on_headers_stop_iteration, a Wasm knob; the native build is one of its "
                          "shipped configurations",
     "test_oidc_issuer.py": "no Envoy filter under test",
-    "test_remote_jwks.py": "a worker of the native build fetches its JWK Sets on its first request, not at "
-                           "start: the key-rotation test's first answer then depends on the worker",
 }
 BUILDS = ("wasm", "native")
 VALIDATION_SERVICE = Path(

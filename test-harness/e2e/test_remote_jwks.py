@@ -66,6 +66,8 @@ def test_keys_are_waited_for_then_refetched_for_a_rotated_kid(start_envoy, jwks_
     # ABI gives a worker no callout before that; README, "Native build"). With two native
     # workers, the request right after the rotation below could be a worker's first, which
     # fetches the rotated set and is allowed: one worker keeps the test's "at once" exact.
+    # The server outlives the test (module scope): start from one key whichever build ran before.
+    (root / "keys.json").write_text(json.dumps({"keys": [public_jwk("rsa.pem", "k1")]}))
     envoy = envoy_with_idp(start_envoy, port, concurrency=2 if build == "wasm" else 1, cache_secs=600)
     started = time.monotonic()
     url = envoy.url + "/api/catalog/data/x/ui_schema"

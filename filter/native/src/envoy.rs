@@ -7,19 +7,67 @@ use log::error;
 use crate::abi::{self, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer, ModuleHeader, SchedulerPtr};
 use crate::core::validation::CalloutRequest;
 
+/// Headers a request has at most, for the stack array [`header_bytes_into`] reads them into; a
+/// request with more reads them into a vector.
+const STACK_HEADERS: usize = 32;
+
 /// The stream's request (or response) headers, serialised as proxy-wasm serialises a map, so
 /// the core's `HeaderMap` reads them as it does in the Wasm build.
 pub fn header_bytes(filter: FilterEnvoyPtr, header_type: u32) -> Option<Vec<u8>> {
-    // SAFETY: `filter` is live (module doc); Envoy writes `size` headers into `headers`, whose
+    let mut out = Vec::new();
+    header_bytes_into(filter, header_type, &mut out).then_some(out)
+}
+
+/// [`header_bytes`] into `out` (emptied first), so a caller that keeps `out` from one request
+/// to the next allocates nothing once it has grown to a request's size; false (and `out`
+/// empty) if Envoy gave no headers.
+pub fn header_bytes_into(filter: FilterEnvoyPtr, header_type: u32, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    // SAFETY: `filter` is live (module doc); Envoy writes `size` headers into the array, whose
     // buffers stay valid until the end of this hook and are copied before it returns.
     unsafe {
         let size = abi::envoy_dynamic_module_callback_http_get_headers_size(filter, header_type);
-        let mut headers = vec![EnvoyHeader::EMPTY; size];
+        let mut on_stack = [EnvoyHeader::EMPTY; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let headers = match on_stack.get_mut(..size) {
+            Some(headers) => headers,
+            None => {
+                on_heap.resize(size, EnvoyHeader::EMPTY);
+                on_heap.as_mut_slice()
+            }
+        };
         if size > 0 && !abi::envoy_dynamic_module_callback_http_get_headers(filter, header_type, headers.as_mut_ptr()) {
-            return None;
+            return false;
         }
-        let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|h| h.pair()).collect();
-        Some(crate::core::header_map::serialize(&pairs))
+        serialize_into(headers, out);
+    }
+    true
+}
+
+/// `headers` as the core's `header_map::serialize` writes them (a count, each name's and
+/// value's length, then each name and value NUL-terminated), straight from Envoy's array: one
+/// exactly sized write, not a vector of pairs and a buffer grown as it is filled.
+///
+/// # Safety
+/// As [`EnvoyHeader::pair`], for every header.
+unsafe fn serialize_into(headers: &[EnvoyHeader], out: &mut Vec<u8>) {
+    // A length that does not fit in 32 bits is written as u32::MAX, as the core does, so the
+    // core's parse refuses the map rather than misreading it.
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let data: usize = headers.iter().map(|h| h.key_length.saturating_add(h.value_length).saturating_add(2)).sum();
+    out.reserve(headers.len().saturating_mul(8).saturating_add(4).saturating_add(data));
+    out.extend_from_slice(&len32(headers.len()));
+    for h in headers {
+        out.extend_from_slice(&len32(h.key_length));
+        out.extend_from_slice(&len32(h.value_length));
+    }
+    for h in headers {
+        // SAFETY: as the caller promises.
+        let (name, value) = unsafe { h.pair() };
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
     }
 }
 

@@ -1,7 +1,8 @@
-"""Instructions per request through real Envoy, counted by Valgrind's callgrind, for four of the
-configurations of bench_envoy.py (its WASM_CONFIGS: no filter, jwt_authn + rbac, the Wasm floor,
-playbook-guard on the session-cache-hit path; the dynamic module's two are measured in req/s
-only). A script for `make bench`, not a test.
+"""Instructions per request through real Envoy, counted by Valgrind's callgrind, for the
+configurations of bench_envoy.py: by default its WASM_CONFIGS (no filter, jwt_authn + rbac, the
+Wasm floor, playbook-guard on the session-cache-hit path); with `--native` (or `--only`) also the
+dynamic module's two (the module floor, playbook-guard native on the same path). A script for
+`make bench`, not a test.
 
 Requests per second on a shared machine move by a fifth from one run to the next; an instruction
 count does not (two runs of one configuration agree within half a percent), so this is the figure
@@ -15,14 +16,21 @@ configuration), so its ratios are a little wider than those of req/s.
 
 Prints a table with the floor's count over each configuration's (what the configuration would
 reach in req/s if instructions were all there is), and writes it to build/bench-instructions.json.
+With the dynamic module's configurations counted, the table has their rows too (`floor / it`
+there divides the module floor's count), and the native build's two ratios of issue 15's goals
+follow, by instructions: jwt_authn+rbac's count over playbook-guard native's, and no filter's
+over playbook-guard native's.
 
-    .venv/bin/python test-harness/e2e/bench_envoy_instructions.py [--requests 400]
+    .venv/bin/python test-harness/e2e/bench_envoy_instructions.py [--requests 400] [--native]
 
 To see where a configuration's instructions go, keep its counted dump and read it with
-callgrind_annotate (V8's compiled Wasm shows as `???`, Envoy's side of each host call by name):
+callgrind_annotate (V8's compiled Wasm shows as `???`, Envoy's side of each host call by name;
+the dynamic module's functions by name when the .so has its symbols, e.g. built with
+`CARGO_PROFILE_RELEASE_NATIVE_STRIP=false`):
 
     .venv/bin/python test-harness/e2e/bench_envoy_instructions.py --only floor playbook-guard --keep build/cg
     callgrind_annotate --inclusive=yes build/cg/playbook-guard.callgrind | head -60
+    .venv/bin/python test-harness/e2e/bench_envoy_instructions.py --only "module floor" "playbook-guard native" --keep build/cg
 """
 
 import argparse
@@ -38,7 +46,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_envoy import WASM_CONFIGS as CONFIGS, FLOOR, GUARD, REQUEST_PATH, SID, check_envoy, mint_token, start_envoy  # noqa: E402
+from bench_envoy import (  # noqa: E402
+    CONFIGS, FLOOR, GUARD, GUARDS, MODULE_FLOOR, MODULE_GUARD, NATIVE, NONE, REQUEST_PATH, SID, WASM_CONFIGS,
+    check_envoy, mint_token, start_envoy,
+)
 from conftest import ROOT, ValidationService  # noqa: E402
 
 
@@ -105,6 +116,8 @@ def main():
                         help="where the figures go (default build/bench-instructions.json)")
     parser.add_argument("--only", nargs="+", choices=CONFIGS, metavar="CONFIG",
                         help=f"count only these configurations (of: {', '.join(CONFIGS)})")
+    parser.add_argument("--native", action="store_true",
+                        help="count the dynamic module's two configurations too (all six)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each configuration's counted callgrind dump as DIR/<configuration>.callgrind")
     args = parser.parse_args()
@@ -119,28 +132,45 @@ def main():
     try:
         token = mint_token()
         counts = {}
-        for name in args.only or CONFIGS:
+        chosen = args.only or (CONFIGS if args.native else WASM_CONFIGS)
+        for name in [c for c in CONFIGS if c in chosen]:
             counts[name] = count(name, tmp, service.port, token, args.requests, args.keep)
-            print(f"  {name:<16} {counts[name]:>9.0f} instructions per request", flush=True)
-        # One callout, in playbook-guard's check; every counted request was a cache hit.
-        if GUARD in counts:
-            assert service.calls(SID) == 1, f"{service.calls(SID)} callouts for {SID}, expected 1"
+            print(f"  {name:<{21 if name in (MODULE_FLOOR, MODULE_GUARD) else 16}} {counts[name]:>9.0f} "
+                  "instructions per request", flush=True)
+        # One callout per playbook-guard build, in its check; every counted request was a cache hit.
+        guards = sum(g in counts for g in GUARDS)
+        assert service.calls(SID) == guards, f"{service.calls(SID)} callouts for {SID}, expected {guards}"
     finally:
         service.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    if FLOOR not in counts or GUARD not in counts:
+    summary = {"requests": args.requests, "path": REQUEST_PATH, "instructions_per_request": counts}
+    wasm = FLOOR in counts and GUARD in counts
+    module = all(c in counts for c in (NONE, NATIVE, MODULE_FLOOR, MODULE_GUARD))
+    if not (wasm or module):
         return 0
-    floor = counts[FLOOR]
-    print(f"\n{'configuration':<16}{'instr/request':>15}{'floor / it':>12}")
-    for name in counts:
-        print(f"{name:<16}{counts[name]:>15.0f}{floor / counts[name]:>12.3f}")
-    print(f"\nplaybook-guard / floor, by instructions: {floor / counts[GUARD]:.3f}")
+    width = 22 if module else 16
+    print(f"\n{'configuration':<{width}}{'instr/request':>15}{'floor / it':>12}")
+    for name in CONFIGS:
+        # Each dynamic-module configuration against the module floor; the rest against the Wasm floor.
+        floor = counts.get(MODULE_FLOOR if name in (MODULE_FLOOR, MODULE_GUARD) else FLOOR)
+        if name in counts:
+            ratio = f"{floor / counts[name]:>12.3f}" if floor is not None else ""
+            print(f"{name:<{width}}{counts[name]:>15.0f}{ratio}")
+    print()
+    if wasm:
+        summary["guard_over_floor"] = counts[FLOOR] / counts[GUARD]
+        print(f"playbook-guard / floor, by instructions: {summary['guard_over_floor']:.3f}")
+    if module:
+        # Fewer instructions is faster: each ratio is the other's count over the native build's.
+        summary["module_guard_over_module_floor"] = counts[MODULE_FLOOR] / counts[MODULE_GUARD]
+        summary["module_guard_over_native"] = counts[NATIVE] / counts[MODULE_GUARD]
+        summary["module_guard_over_none"] = counts[NONE] / counts[MODULE_GUARD]
+        print(f"playbook-guard native / module floor, by instructions: {summary['module_guard_over_module_floor']:.3f}")
+        print(f"playbook-guard native / jwt_authn+rbac, by instructions: {summary['module_guard_over_native']:.3f}")
+        print(f"playbook-guard native / no filter, by instructions: {summary['module_guard_over_none']:.3f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "requests": args.requests, "path": REQUEST_PATH,
-        "instructions_per_request": counts, "guard_over_floor": floor / counts[GUARD],
-    }, indent=2) + "\n")
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -29,6 +29,10 @@ use crate::ticker::{self, TickSlot, EVENT_TICK};
 /// The event that carries out the actions queued for a request.
 pub const EVENT_DEFERRED: u64 = 2;
 
+/// The most a worker keeps of its buffer for serialised request headers between requests: what
+/// one request with headers far beyond the usual made it grow to is let go.
+const KEPT_HEADER_BYTES: usize = 64 * 1024;
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -114,6 +118,10 @@ pub struct Local {
     next_request: Cell<RequestId>,
     next_token: Cell<CallToken>,
     tick: Arc<TickSlot>,
+    /// The buffer the request headers are serialised into, kept from one request to the next
+    /// (the headers hook takes it, so a hook that runs inside another finds it empty and uses
+    /// a fresh one).
+    header_bytes: RefCell<Vec<u8>>,
 }
 
 thread_local! {
@@ -139,6 +147,7 @@ impl Local {
                     next_request: Cell::new(1),
                     next_token: Cell::new(1),
                     tick: ticker::slot(),
+                    header_bytes: RefCell::default(),
                 });
                 locals.push(Rc::clone(&local));
                 local
@@ -357,14 +366,24 @@ impl Filter {
 
     /// The request's headers arrived (`end_of_stream`: there is no body).
     pub fn on_request_headers(&self, end_of_stream: bool) -> Flow {
+        let mut bytes = with(&self.local.header_bytes, std::mem::take).unwrap_or_default();
+        let flow = self.request_headers(end_of_stream, &mut bytes);
+        if bytes.capacity() <= KEPT_HEADER_BYTES {
+            with(&self.local.header_bytes, |kept| *kept = bytes);
+        }
+        flow
+    }
+
+    /// [`Filter::on_request_headers`], the headers serialised into `bytes`.
+    fn request_headers(&self, end_of_stream: bool, bytes: &mut Vec<u8>) -> Flow {
         self.config.metrics.record_policy_version(self.envoy);
         let host = self.host(false);
         host.prepare();
-        let Some(bytes) = envoy::header_bytes(self.envoy, abi::REQUEST_HEADER) else {
+        if !envoy::header_bytes_into(self.envoy, abi::REQUEST_HEADER, bytes) {
             envoy::refuse_unavailable(self.envoy, "the host gave no request headers");
             return Flow::Pause;
-        };
-        let map = match HeaderMap::parse(&bytes) {
+        }
+        let map = match HeaderMap::parse(bytes) {
             Ok(map) => map,
             Err(err) => {
                 envoy::refuse_unavailable(self.envoy, &err.to_string());
@@ -439,7 +458,8 @@ impl Filter {
 
 impl Drop for Filter {
     fn drop(&mut self) {
-        let slot = with(&self.local.requests, |rs| rs.remove(&self.id)).flatten();
+        // A remembered allow leaves the map empty as a rule: no hash of the id for it then.
+        let slot = with(&self.local.requests, |rs| if rs.is_empty() { None } else { rs.remove(&self.id) }).flatten();
         // A request that ends (or whose client goes away) while waiting must leave no trace. A
         // remembered allow never reached the worker.
         if !self.recalled.get() {

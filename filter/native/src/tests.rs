@@ -548,3 +548,37 @@ mod floor {
         assert_eq!(set(), Vec::<(String, String)>::new(), "nothing set on a refused request");
     }
 }
+
+mod headers {
+    use super::set_headers;
+    use crate::abi::REQUEST_HEADER;
+    use crate::core::header_map::{serialize, HeaderMap};
+    use crate::envoy;
+
+    const ENVOY: *mut std::ffi::c_void = 0x1000 as *mut std::ffi::c_void;
+
+    /// Writes each header count's map (beyond the stack array's 32 too) into a buffer that
+    /// held a larger map before: it must come out as the core serialises it, and parse.
+    #[test]
+    fn the_headers_are_serialised_as_the_core_does_into_a_reused_buffer() {
+        let mut out = serialize(&[("left", "over"); 40]);
+        for n in [0, 1, 8, 32, 33, 70] {
+            let names: Vec<String> = (0..n).map(|i| format!("x-h{i}")).collect();
+            let values: Vec<String> = (0..n).map(|i| "v".repeat(i)).collect();
+            let pairs: Vec<(&str, &str)> =
+                names.iter().map(String::as_str).zip(values.iter().map(String::as_str)).collect();
+            set_headers(&pairs);
+            assert!(envoy::header_bytes_into(ENVOY, REQUEST_HEADER, &mut out));
+            assert_eq!(out, serialize(&pairs), "{n} headers");
+            assert_eq!(HeaderMap::parse(&out).map(|m| m.len()), Ok(n));
+            assert_eq!(envoy::header_bytes(ENVOY, REQUEST_HEADER), Some(serialize(&pairs)));
+        }
+    }
+
+    #[test]
+    fn a_header_is_read_as_text() {
+        set_headers(&[("authorization", "Bearer t\u{e9}")]);
+        assert_eq!(envoy::header(ENVOY, REQUEST_HEADER, "authorization").as_deref(), Some("Bearer t\u{e9}"));
+        assert_eq!(envoy::header(ENVOY, REQUEST_HEADER, "missing"), None);
+    }
+}

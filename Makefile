@@ -240,8 +240,9 @@ bench: build $(FLOOR) $(NATIVE_FLOOR) venv node $(WASM_BINDGEN_RUNNER)
 	$(call install_if_root,valgrind)
 	@if command -v valgrind >/dev/null; then \
 	    PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_FLOOR_WASM=$(CURDIR)/$(FLOOR) \
+	    PLAYBOOK_GUARD_NATIVE=$(CURDIR)/$(NATIVE) PLAYBOOK_GUARD_NATIVE_FLOOR=$(CURDIR)/$(NATIVE_FLOOR) \
 	    PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) \
-	    $(PY) test-harness/e2e/bench_envoy_instructions.py --output build/bench-instructions.json; \
+	    $(PY) test-harness/e2e/bench_envoy_instructions.py --native --output build/bench-instructions.json; \
 	else echo "skipping instructions per request through Envoy: valgrind is not installed (Debian's" \
 	    "package valgrind; make bench installs it only when run as root)"; fi
 

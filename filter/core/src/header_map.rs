@@ -183,19 +183,34 @@ impl<'a, F: Fn(&[u8]) -> bool> Iterator for Runs<'a, F> {
 /// `pairs` serialized as a host hands a map over (what [`HeaderMap::parse`] reads). A name or
 /// value of 4 GiB or more (no header is) gets a wrong length, which [`HeaderMap::parse`] refuses.
 pub fn serialize<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    serialize_into(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())), &mut out);
+    out
+}
+
+/// [`serialize`], appended to `out` in one exactly sized write, from pairs read twice (lengths,
+/// then bytes): a host that keeps `out` from one request to the next allocates nothing once it
+/// has grown to a request's size.
+pub fn serialize_into<'a, I>(pairs: I, out: &mut Vec<u8>)
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
     let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let mut out = len32(pairs.len()).to_vec();
-    for (name, value) in pairs {
-        out.extend(len32(name.as_ref().len()));
-        out.extend(len32(value.as_ref().len()));
+    let (count, data) = pairs.clone().fold((0_usize, 0_usize), |(count, data), (name, value)| {
+        (count + 1, data.saturating_add(name.len()).saturating_add(value.len()).saturating_add(2))
+    });
+    out.reserve(count.saturating_mul(8).saturating_add(4).saturating_add(data));
+    out.extend_from_slice(&len32(count));
+    for (name, value) in pairs.clone() {
+        out.extend_from_slice(&len32(name.len()));
+        out.extend_from_slice(&len32(value.len()));
     }
     for (name, value) in pairs {
-        for field in [name.as_ref(), value.as_ref()] {
+        for field in [name, value] {
             out.extend_from_slice(field);
             out.push(0);
         }
     }
-    out
 }
 
 #[cfg(test)]

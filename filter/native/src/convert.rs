@@ -5,6 +5,7 @@
 //! drive exactly the code the hooks run, without Envoy.
 
 use crate::abi::{self, EnvoyBuffer, EnvoyHeader};
+use crate::core::header_map::serialize_into;
 use crate::core::Guard;
 
 /// The array of `len` entries at `ptr`; empty when `ptr` is null, as Envoy passes an empty
@@ -41,31 +42,14 @@ pub unsafe fn serialized_headers(headers: &[EnvoyHeader]) -> Vec<u8> {
     out
 }
 
-/// `headers` as the core's `header_map::serialize` writes them (a count, each name's and
-/// value's length, then each name and value NUL-terminated), straight from Envoy's array: one
-/// exactly sized write, not a vector of pairs and a buffer grown as it is filled.
+/// `headers` appended to `out` as the core's `header_map::serialize` writes them, straight from
+/// Envoy's array: no vector of pairs on the way.
 ///
 /// # Safety
 /// As [`EnvoyHeader::pair`], for every header.
 pub unsafe fn serialize_headers_into(headers: &[EnvoyHeader], out: &mut Vec<u8>) {
-    // A length that does not fit in 32 bits is written as u32::MAX, as the core does, so the
-    // core's parse refuses the map rather than misreading it.
-    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let data: usize = headers.iter().map(|h| h.key_length.saturating_add(h.value_length).saturating_add(2)).sum();
-    out.reserve(headers.len().saturating_mul(8).saturating_add(4).saturating_add(data));
-    out.extend_from_slice(&len32(headers.len()));
-    for h in headers {
-        out.extend_from_slice(&len32(h.key_length));
-        out.extend_from_slice(&len32(h.value_length));
-    }
-    for h in headers {
-        // SAFETY: as the caller promises.
-        let (name, value) = unsafe { h.pair() };
-        out.extend_from_slice(name);
-        out.push(0);
-        out.extend_from_slice(value);
-        out.push(0);
-    }
+    // SAFETY: as the caller promises.
+    serialize_into(headers.iter().map(|h| unsafe { h.pair() }), out);
 }
 
 /// The buffers' bytes, one after the other.

@@ -4,8 +4,8 @@
 //! [`hooks`] are the functions Envoy calls, each behind a panic boundary; [`host`] is the thin
 //! layer that reads headers and bodies, asks the core, and answers or resumes the stream, as
 //! the Wasm build's `host` does; [`convert`] turns what Envoy hands over into Rust values, with
-//! no host call (the fuzz targets drive it); [`store`] is the process-wide shared data. The module is tied
-//! to the Envoy version its ABI bindings ([`abi`]) were written for.
+//! no host call (the fuzz targets drive it); [`store`] is the process-wide shared data. The
+//! module is tied to the Envoy version its ABI bindings ([`abi`]) were written for.
 
 #![deny(missing_docs)]
 

@@ -226,6 +226,15 @@ impl Context for GuardRoot {
             on_answer(&self.host(guard), token_id, num_headers, body_size);
         }
     }
+
+    fn on_done(&mut self) -> bool {
+        // Envoy is done with this root context (a drain, a new VM): the counts still waiting
+        // for their `stats_window_ms` window to end are counted now, not lost with it.
+        if let Some(guard) = &self.guard {
+            self.host(guard).run(|w, _, _, _| w.count_in_windows(0));
+        }
+        true
+    }
 }
 
 impl RootContext for GuardRoot {
@@ -255,7 +264,10 @@ impl RootContext for GuardRoot {
                 self.metrics.set_policy_version(hash);
                 let guard = Rc::new(guard);
                 self.guard = Some(Rc::clone(&guard));
-                self.host(&guard).run(Worker::configure);
+                self.host(&guard).run(|w, g, s, now| {
+                    w.configure(g, s, now);
+                    w.count_in_windows(g.stats_window_ms());
+                });
                 true
             }
             Err(err) => {

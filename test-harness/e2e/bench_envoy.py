@@ -1,6 +1,7 @@
-"""Requests per second and latency through real Envoy, six configurations in one run: no filter,
+"""Requests per second and latency through real Envoy, seven configurations in one run: no filter,
 Envoy's native jwt_authn + rbac doing the same token checks, the Wasm floor (bench/floor: reads
-one header, sets one), playbook-guard (Wasm) on the session-cache-hit path, the dynamic-module
+one header, sets one), playbook-guard (Wasm) on the session-cache-hit path, the same with
+`stats_window_ms` (its remembered allows' stats counted a window at a time), the dynamic-module
 floor (filter/native built with its `floor` feature: the same read-one, set-one) and playbook-guard's
 native build (the dynamic module) on the same path. A script for `make bench`,
 not a test (pytest does not collect it: the name does not start with test_ and it defines no
@@ -58,12 +59,16 @@ ENVOY_CPU, WRK_CPU = 0, 1
 # The configurations, in the order each round runs them and the table lists them.
 # NATIVE is Envoy's own (C++) filters; the dynamic module's configurations are MODULE_*.
 NONE, NATIVE, FLOOR, GUARD = "no filter", "jwt_authn+rbac", "floor", "playbook-guard"
+# The Wasm build again, counting its remembered allows' stats a window at a time.
+GUARD_WINDOWED, STATS_WINDOW_MS = "playbook-guard windowed", 1000
 MODULE_FLOOR, MODULE_GUARD = "module floor", "playbook-guard native"
-CONFIGS = (NONE, NATIVE, FLOOR, GUARD, MODULE_FLOOR, MODULE_GUARD)
+CONFIGS = (NONE, NATIVE, FLOOR, GUARD, GUARD_WINDOWED, MODULE_FLOOR, MODULE_GUARD)
 # The Wasm configurations and Envoy's own (bench_envoy_instructions.py counts these).
-WASM_CONFIGS = (NONE, NATIVE, FLOOR, GUARD)
-# The playbook-guard builds, and the floor each is measured against.
-GUARDS = {GUARD: FLOOR, MODULE_GUARD: MODULE_FLOOR}
+WASM_CONFIGS = (NONE, NATIVE, FLOOR, GUARD, GUARD_WINDOWED)
+# The playbook-guard configurations, and the floor each is measured against.
+GUARDS = {GUARD: FLOOR, GUARD_WINDOWED: FLOOR, MODULE_GUARD: MODULE_FLOOR}
+# The width of a configuration's name in the tables.
+NAME_WIDTH = max(map(len, CONFIGS))
 
 
 def answer_directly(bootstrap):
@@ -137,6 +142,7 @@ def start_envoy(name, tmp, service_port, launcher=()):
     plugin, customize, build = {
         NONE: (None, answer_directly, "wasm"), NATIVE: (None, with_native_filters, "wasm"),
         FLOOR: ({}, with_floor, "wasm"), GUARD: (guard, answer_directly, "wasm"),
+        GUARD_WINDOWED: ({**guard, "stats_window_ms": STATS_WINDOW_MS}, answer_directly, "wasm"),
         MODULE_FLOOR: ({}, answer_directly, "native"), MODULE_GUARD: (guard, answer_directly, "native"),
     }[name]
     module_dir = NATIVE_FLOOR.parent if name == MODULE_FLOOR else None
@@ -251,6 +257,7 @@ def ratios(med):
     them), by the key build/bench.json gives each."""
     rps = {name: m["rps"] for name, m in med.items()}
     return {"guard_over_floor": rps[GUARD] / rps[FLOOR],
+            "guard_windowed_over_floor": rps[GUARD_WINDOWED] / rps[FLOOR],
             "guard_over_native": rps[GUARD] / rps[NATIVE],
             "guard_over_none": rps[GUARD] / rps[NONE],
             "module_guard_over_module_floor": rps[MODULE_GUARD] / rps[MODULE_FLOOR],
@@ -265,19 +272,20 @@ GOALS = (("module_guard_over_native", 1.3, "playbook-guard native / jwt_authn+rb
 
 def print_table(rounds, med):
     none = med[NONE]
-    print(f"\n{'median of ' + str(rounds):<22}{'req/s':>10}{'vs none':>9}{'vs floor':>10}"
+    print(f"\n{'median of ' + str(rounds):<{NAME_WIDTH + 1}}{'req/s':>10}{'vs none':>9}{'vs floor':>10}"
           f"{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}")
     for name in CONFIGS:
         m = med[name]
         added = ("", "") if name == NONE else (f"{m['p50'] - none['p50']:+.3f}", f"{m['p99'] - none['p99']:+.3f}")
         # Each playbook-guard build against its own floor; the rest against the Wasm floor.
         floor = med[GUARDS.get(name, FLOOR)]
-        print(f"{name:<22}{m['rps']:>10.0f}{m['rps'] / none['rps']:>9.3f}{m['rps'] / floor['rps']:>10.3f}"
+        print(f"{name:<{NAME_WIDTH + 1}}{m['rps']:>10.0f}{m['rps'] / none['rps']:>9.3f}{m['rps'] / floor['rps']:>10.3f}"
               f"{m['p50']:>9.3f}{m['p99']:>9.3f}{added[0]:>9}{added[1]:>9}")
     print()
     r = ratios(med)
     print(f"playbook-guard / floor: {r['guard_over_floor']:.3f}")
     print(f"playbook-guard / jwt_authn+rbac: {r['guard_over_native']:.3f}")
+    print(f"playbook-guard windowed (stats_window_ms {STATS_WINDOW_MS}) / floor: {r['guard_windowed_over_floor']:.3f}")
     print(f"playbook-guard native / module floor: {r['module_guard_over_module_floor']:.3f}")
     for key, goal, what in GOALS:
         verdict = "met" if r[key] >= goal else "NOT met"
@@ -362,7 +370,7 @@ def main():
             for name in CONFIGS[start:] + CONFIGS[:start]:
                 r = run_wrk(envoys[name].url + REQUEST_PATH, token, args.duration, args.connections, pinned)
                 results[name].append(r)
-                print(f"  round {rnd} {name:<21} {r['rps']:>9.0f} req/s   p50 {r['p50']:7.3f} ms   "
+                print(f"  round {rnd} {name:<{NAME_WIDTH}} {r['rps']:>9.0f} req/s   p50 {r['p50']:7.3f} ms   "
                       f"p99 {r['p99']:7.3f} ms   ({r['requests']} requests)", flush=True)
 
         callouts = service.calls(SID)
@@ -370,6 +378,10 @@ def main():
         counted = {}
         for g in GUARDS:
             measured = sum(r["requests"] for r in results[g])
+            # The windowed configuration's last counts arrive with its window's end.
+            deadline = time.monotonic() + 3 * STATS_WINDOW_MS / 1000
+            while envoys[g].counter("allowed") - before[g][0] < measured and time.monotonic() < deadline:
+                time.sleep(0.1)
             allowed = envoys[g].counter("allowed") - before[g][0]
             counted[g] = (allowed, envoys[g].counter("cache_hits") - before[g][1])
             assert allowed >= measured, f"{g} allowed {allowed} < {measured} requests wrk completed"

@@ -1,6 +1,6 @@
 """Instructions per request through real Envoy, counted by Valgrind's callgrind, for the
 configurations of bench_envoy.py: by default its WASM_CONFIGS (no filter, jwt_authn + rbac, the
-Wasm floor, playbook-guard on the session-cache-hit path); with `--native` (or `--only`) also the
+Wasm floor, playbook-guard on the session-cache-hit path, the same with `stats_window_ms`); with `--native` (or `--only`) also the
 dynamic module's two (the module floor, playbook-guard native on the same path). A script for
 `make bench`, not a test.
 
@@ -47,7 +47,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_envoy import (  # noqa: E402
-    CONFIGS, FLOOR, GUARD, GUARDS, MODULE_FLOOR, MODULE_GUARD, NATIVE, NONE, REQUEST_PATH, SID, WASM_CONFIGS,
+    CONFIGS, FLOOR, GUARD, GUARD_WINDOWED, GUARDS, MODULE_FLOOR, MODULE_GUARD, NAME_WIDTH, NATIVE, NONE, REQUEST_PATH,
+    SID, STATS_WINDOW_MS, WASM_CONFIGS,
     check_envoy, mint_token, start_envoy,
 )
 from conftest import ROOT, ValidationService  # noqa: E402
@@ -117,7 +118,7 @@ def main():
     parser.add_argument("--only", nargs="+", choices=CONFIGS, metavar="CONFIG",
                         help=f"count only these configurations (of: {', '.join(CONFIGS)})")
     parser.add_argument("--native", action="store_true",
-                        help="count the dynamic module's two configurations too (all six)")
+                        help="count the dynamic module's two configurations too (all seven)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each configuration's counted callgrind dump as DIR/<configuration>.callgrind")
     args = parser.parse_args()
@@ -135,7 +136,7 @@ def main():
         chosen = args.only or (CONFIGS if args.native else WASM_CONFIGS)
         for name in [c for c in CONFIGS if c in chosen]:
             counts[name] = count(name, tmp, service.port, token, args.requests, args.keep)
-            print(f"  {name:<{21 if name in (MODULE_FLOOR, MODULE_GUARD) else 16}} {counts[name]:>9.0f} "
+            print(f"  {name:<{NAME_WIDTH}} {counts[name]:>9.0f} "
                   "instructions per request", flush=True)
         # One callout per playbook-guard build, in its check; every counted request was a cache hit.
         guards = sum(g in counts for g in GUARDS)
@@ -149,7 +150,7 @@ def main():
     module = all(c in counts for c in (NONE, NATIVE, MODULE_FLOOR, MODULE_GUARD))
     if not (wasm or module):
         return 0
-    width = 22 if module else 16
+    width = NAME_WIDTH + 1
     print(f"\n{'configuration':<{width}}{'instr/request':>15}{'floor / it':>12}")
     for name in CONFIGS:
         # Each dynamic-module configuration against the module floor; the rest against the Wasm floor.
@@ -161,6 +162,10 @@ def main():
     if wasm:
         summary["guard_over_floor"] = counts[FLOOR] / counts[GUARD]
         print(f"playbook-guard / floor, by instructions: {summary['guard_over_floor']:.3f}")
+    if FLOOR in counts and GUARD_WINDOWED in counts:
+        summary["guard_windowed_over_floor"] = counts[FLOOR] / counts[GUARD_WINDOWED]
+        print(f"playbook-guard windowed (stats_window_ms {STATS_WINDOW_MS}) / floor, by instructions: "
+              f"{summary['guard_windowed_over_floor']:.3f}")
     if module:
         # Fewer instructions is faster: each ratio is the other's count over the native build's.
         summary["module_guard_over_module_floor"] = counts[MODULE_FLOOR] / counts[MODULE_GUARD]

@@ -1,6 +1,6 @@
-"""The six configurations `make bench` measures (bench_envoy.py) do what the bench says before it
+"""The seven configurations `make bench` measures (bench_envoy.py) do what the bench says before it
 times them: each allows the benchmark request and refuses it without a token, and the native
-jwt_authn + rbac and both playbook-guard builds refuse the same bad tokens. And the bench's checks
+jwt_authn + rbac and every playbook-guard configuration refuse the same bad tokens. And the bench's checks
 catch a native configuration that checks less, and a filter that is not in the chain. Both floors
 and the native build must have been built (`make bench` builds them)."""
 

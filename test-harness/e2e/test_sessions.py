@@ -141,6 +141,21 @@ def test_serve_stale_rides_out_an_outage(start_envoy, service):
     assert stale.counter("callout_failures") >= 1
 
 
+def test_a_stats_window_loses_no_count(start_envoy, service):
+    # A remembered allow's stats wait up to the window on the Wasm build (the native build counts
+    # each at once); every one of them must reach the stats.
+    config = config_with_validation()
+    config["stats_window_ms"] = 300
+    windowed = start_envoy(config, clusters={"noetl_validation": service.port})
+    url, headers = windowed.url + "/api/catalog/data/x/ui_schema", bearer(token("s-burst-8"))
+    assert burst(url, headers, 300) == [200] * 300
+    assert service.calls("s-burst-8") == 1
+    deadline = time.monotonic() + 5
+    while windowed.counter("allowed") < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [windowed.counter(s) for s in ("allowed", "tokens_jwt")] == [300, 300]
+
+
 def test_an_unknown_cluster_is_a_clear_503(start_envoy, service):
     config = config_with_validation()
     config["validation"]["cluster"] = "no_such_cluster"

@@ -687,6 +687,19 @@ impl Vm {
         self.run_deferred()
     }
 
+    /// Tells the root context Envoy is done with it (`proxy_on_done`), as Envoy does before it
+    /// drops a plugin; returns whether the filter says it is done too (a filter without the
+    /// export is).
+    ///
+    /// # Errors
+    /// A trap.
+    pub fn root_done(&mut self) -> Result<bool, HarnessError> {
+        let root = self.root_context_id();
+        let done: Option<i32> = self.call("proxy_on_done", root, (root as i32,))?;
+        self.run_deferred()?;
+        Ok(done.is_none_or(|d| d != 0))
+    }
+
     /// Fires every tick that is due by the virtual clock (after [`VirtualClock::advance`]);
     /// returns how many fired.
     ///

@@ -206,3 +206,44 @@ fn a_request_that_carries_identity_headers_is_never_answered_from_memory() {
         assert_eq!(headers.get_all("x-noetl-user-roles"), vec!["analyst"], "request {n}");
     }
 }
+
+#[test]
+fn a_stats_window_counts_remembered_allows_when_it_ends_and_loses_none() {
+    let host = host();
+    let mut vm = host.configured_vm(&with_validation(json!({"stats_window_ms": 1000}))).unwrap();
+    let t = token(&host, "s-1", 3600);
+    let counts = || ["allowed", "cache_hits", "tokens_jwt"].map(|s| host.metric(&format!("playbook_guard.{s}")));
+    assert_eq!(prime(&mut vm, &catalog(&t, "data/x"), &["analyst"]), Some(200));
+    assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "decided, and remembered");
+    let decided = counts();
+    assert_eq!(decided[0], Some(2), "decided allows are counted as they are answered");
+    assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "remembered: opens the window");
+    let opened = counts();
+    assert_eq!(opened[0], Some(3), "the first in a window is counted at once");
+    for _ in 0..4 {
+        assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200));
+    }
+    assert_eq!(counts(), opened, "the rest wait for the window's end");
+    assert_eq!(vm.tick_period(), Some(Duration::from_millis(1000)), "and the filter asks for a tick then");
+    host.clock().advance(Duration::from_millis(1000));
+    assert_eq!(vm.run_due_ticks().unwrap(), 1);
+    let closed = counts();
+    assert_eq!(closed[0], Some(7), "every allow counted");
+    for (before, after) in opened.iter().zip(&closed).skip(1) {
+        assert_eq!(after.unwrap() - before.unwrap(), 4, "and each of its stats: {closed:?}");
+    }
+    assert_eq!(vm.tick_period(), None, "nothing waits: no more ticks");
+    // Counts still waiting when a new configuration comes are counted then, not dropped.
+    assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "opens a window");
+    assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200), "waits");
+    assert!(vm.configure(&with_validation(json!({"stats_window_ms": 1000}))).unwrap());
+    assert_eq!(counts()[0], Some(9));
+    assert!(!vm.configure(&with_validation(json!({"stats_window_ms": 60_001}))).unwrap(), "over a minute: refused");
+    // And so are those waiting when Envoy is done with the root context.
+    for _ in 0..3 {
+        assert_eq!(status(&mut vm, &catalog(&t, "data/x")), Some(200));
+    }
+    assert_eq!(counts()[0], Some(11), "decided (a new configuration remembers nothing), the window's first; one waits");
+    assert!(vm.root_done().unwrap());
+    assert_eq!(counts()[0], Some(12));
+}

@@ -130,6 +130,13 @@ pub struct PluginConfig {
     /// request again is allowed without being read again; 0 disables it.
     #[serde(default = "default_hit_cache_size")]
     pub hit_cache_size: u64,
+    /// On the Wasm build, counts the stats of remembered allows (the requests `hit_cache_size`
+    /// answers) a window of this many milliseconds at a time: the first in a window at once,
+    /// the rest by the tick that ends it. 0, the default, counts each when it is answered. Each
+    /// counter increment there is a host call, and a remembered allow counts three. The native
+    /// build counts each at once whatever this says: an increment there is an atomic add.
+    #[serde(default)]
+    pub stats_window_ms: u64,
     /// Names of the identity headers sent upstream.
     #[serde(default)]
     pub headers: HeaderNames,

@@ -292,6 +292,8 @@ pub struct Guard {
     decisions: DecisionMemo,
     /// `hit_cache_size`.
     hit_cache_size: usize,
+    /// `stats_window_ms`.
+    stats_window_ms: u64,
     /// The per-request headers (see [`crate::protocol::hits::PER_REQUEST`]) the configuration
     /// mentions anywhere: the guard may read those, so a remembered allow is keyed by them.
     mentioned: Vec<&'static str>,
@@ -373,6 +375,15 @@ impl Guard {
                 format!("{name:?} is under identity_header_prefix, so it is removed before it could be read"),
             ));
         }
+        if cfg.stats_window_ms > MAX_STATS_WINDOW_MS {
+            return Err(ConfigError::new(
+                "stats_window_ms",
+                format!(
+                    "{} is over {MAX_STATS_WINDOW_MS}: counts would reach the stats too late to watch",
+                    cfg.stats_window_ms
+                ),
+            ));
+        }
         let playbook_alphabet = PlaybookAlphabet::compile(&cfg.playbook_path_chars)
             .map_err(|m| ConfigError::new("playbook_path_chars", m))?;
         let mut headers = cfg.headers.clone();
@@ -405,6 +416,7 @@ impl Guard {
             restricted_roles: compile_restricted_roles(&cfg.restricted_roles)?,
             terse: false,
             hit_cache_size: usize::try_from(cfg.hit_cache_size).unwrap_or(usize::MAX),
+            stats_window_ms: cfg.stats_window_ms,
             mentioned: mentioned_per_request_headers(cfg),
             decisions: DecisionMemo(Mutex::new(Memo::new(
                 usize::try_from(cfg.decision_cache_size).unwrap_or(usize::MAX),
@@ -986,6 +998,12 @@ impl Guard {
         self.hit_cache_size
     }
 
+    /// `stats_window_ms`: how long a remembered allow's stats may wait to be counted (0: not
+    /// at all).
+    pub fn stats_window_ms(&self) -> u64 {
+        self.stats_window_ms
+    }
+
     /// Whether the configuration mentions header `name` (one of
     /// [`crate::protocol::hits::PER_REQUEST`]) anywhere, as any part of any string.
     pub fn mentions(&self, name: &str) -> bool {
@@ -1281,6 +1299,10 @@ struct Reached<'g, 'h> {
     /// Forwarded without the body (the gateway drops it for `GET` and `DELETE`).
     body_dropped: bool,
 }
+
+/// The longest `stats_window_ms`: an operator watching `/stats` waits at most this long for a
+/// count (a minute is also the shortest scrape interval Prometheus is commonly run at).
+pub const MAX_STATS_WINDOW_MS: u64 = 60_000;
 
 /// The 400 reason for a request that can be read more than one way.
 const AMBIGUOUS: &str = "ambiguous_request";

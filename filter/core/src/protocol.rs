@@ -399,9 +399,10 @@ impl Worker {
     }
 
     /// Counts the stats of remembered allows a window of `window_ms` at a time (0, the
-    /// default: each when it is answered), for a host where every increment is costly: see
-    /// [`Recall::Allow`] and the `tally` module. The host must then keep ticking at
-    /// [`Worker::tick_period_ms`], which asks for a tick at each window's end.
+    /// default: each when it is answered), for a host where every increment is costly (the
+    /// Wasm host, with the configuration's `stats_window_ms`): see [`Recall::Allow`] and the
+    /// `tally` module. The host must then keep ticking at [`Worker::tick_period_ms`], which
+    /// asks for a tick at each window's end.
     pub fn count_in_windows(&mut self, window_ms: u64) {
         self.count_tally();
         self.tally = Tally::new(window_ms);

@@ -351,8 +351,9 @@ impl Filter {
     }
 
     /// Lets the request go as the worker allowed it before (see [`Worker::recall`]).
-    /// `count_now` is always true here: this host never asks the worker to count in windows (an
-    /// increment is an atomic add, not a call across a VM boundary).
+    /// `count_now` is always true here: this host never asks the worker to count in windows,
+    /// whatever `stats_window_ms` says (an increment is an atomic add, not a call across a VM
+    /// boundary, and a worker here has no timer to end a window with).
     fn allow_as_before(&self, grant: &Grant, count_now: bool) {
         self.recalled.set(true);
         // Added, not replaced: a remembered request carried no identity header.

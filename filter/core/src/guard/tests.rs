@@ -250,6 +250,16 @@ fn the_identity_header_family_is_removed_in_every_spelling() {
     }
 }
 
+#[test]
+fn a_stats_window_is_taken_up_to_a_minute() {
+    let env = |_: &str| Some(SECRET.to_owned());
+    let window = |ms: u64| Guard::from_json(config(json!({"stats_window_ms": ms})).to_string().as_bytes(), &env);
+    assert_eq!(guard_with(json!({})).stats_window_ms(), 0, "each counted as it is answered by default");
+    assert_eq!(window(MAX_STATS_WINDOW_MS).unwrap().stats_window_ms(), MAX_STATS_WINDOW_MS);
+    let err = window(MAX_STATS_WINDOW_MS + 1).unwrap_err();
+    assert_eq!(err.path, "stats_window_ms", "{err}");
+}
+
 fn ambiguous(v: &Verdict) -> bool {
     status(v) == 400 && body(v) == json!({"error": "bad_request", "reason": "ambiguous_request"})
 }

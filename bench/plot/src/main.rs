@@ -90,12 +90,13 @@ fn read_report(path: &Path) -> Result<Report, PlotError> {
 }
 
 /// Bar colours, one per configuration in the report's order (no filter, jwt_authn + rbac, the
-/// Wasm floor, playbook-guard, the module floor, playbook-guard native).
-const COLOURS: [RGBColor; 6] = [
+/// Wasm floor, playbook-guard, playbook-guard windowed, the module floor, playbook-guard native).
+const COLOURS: [RGBColor; 7] = [
     RGBColor(150, 150, 150),
     RGBColor(66, 133, 244),
     RGBColor(52, 168, 83),
     RGBColor(234, 120, 20),
+    RGBColor(246, 178, 107),
     RGBColor(129, 201, 149),
     RGBColor(165, 60, 10),
 ];

@@ -1,8 +1,8 @@
 """Instructions per request through real Envoy, counted by Valgrind's callgrind, for the
 configurations of bench_envoy.py: by default its WASM_CONFIGS (no filter, jwt_authn + rbac, the
-Wasm floor, playbook-guard on the session-cache-hit path, the same with `stats_window_ms`); with `--native` (or `--only`) also the
-dynamic module's two (the module floor, playbook-guard native on the same path). A script for
-`make bench`, not a test.
+Wasm floor, playbook-guard on the session-cache-hit path, the same with `stats_window_ms`); with
+`--native` (or `--only`) also the dynamic module's two (the module floor, playbook-guard native
+on the same path). A script for `make bench`, not a test.
 
 Requests per second on a shared machine move by a fifth from one run to the next; an instruction
 count does not (two runs of one configuration agree within half a percent), so this is the figure
@@ -136,8 +136,7 @@ def main():
         chosen = args.only or (CONFIGS if args.native else WASM_CONFIGS)
         for name in [c for c in CONFIGS if c in chosen]:
             counts[name] = count(name, tmp, service.port, token, args.requests, args.keep)
-            print(f"  {name:<{NAME_WIDTH}} {counts[name]:>9.0f} "
-                  "instructions per request", flush=True)
+            print(f"  {name:<{NAME_WIDTH}} {counts[name]:>9.0f} instructions per request", flush=True)
         # One callout per playbook-guard build, in its check; every counted request was a cache hit.
         guards = sum(g in counts for g in GUARDS)
         assert service.calls(SID) == guards, f"{service.calls(SID)} callouts for {SID}, expected {guards}"

@@ -176,7 +176,8 @@ impl<'g> Sim<'g> {
         // worker serves a request: nothing runs in between.
         mut_of(&sim.world).depth += 1;
         for w in 0..workers {
-            // Half the workers count remembered allows a window at a time, as the Wasm host does with `stats_window_ms`.
+            // Half the workers count remembered allows a window at a time, as the Wasm host does
+            // with `stats_window_ms`.
             mut_of(&sim.workers[w]).count_in_windows(if w % 2 == 0 { 2 } else { 0 });
             sim.with_worker(w, |worker, store, now| worker.configure(sim.guard, store, now));
         }

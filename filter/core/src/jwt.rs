@@ -249,6 +249,24 @@ impl Verifier {
             if let Some(remote) = &mut provider.remote {
                 remote.provider = i;
             }
+            // A session is cached as `<name>/<session>` and an opaque token as `opaque/<digest>`:
+            // a name that repeats, holds a `/` or is `opaque` would let one issuer's session
+            // answer for another's.
+            if cfg.name.contains('/') || cfg.name == "opaque" {
+                return Err(ConfigError::new(
+                    format!("[{i}].name"),
+                    format!(
+                        "{:?}: a provider's name may not hold '/' nor be \"opaque\" (session cache keys start with it)",
+                        cfg.name
+                    ),
+                ));
+            }
+            if let Some(dup) = providers.iter().take(i).position(|p| p.name == cfg.name) {
+                return Err(ConfigError::new(
+                    format!("[{i}].name"),
+                    format!("name {:?} is already used by providers[{dup}]: sessions are cached by it", cfg.name),
+                ));
+            }
             if let Some(dup) = compiled.iter().position(|p: &Provider| p.issuer == provider.issuer) {
                 return Err(ConfigError::new(
                     format!("[{i}].issuer"),
@@ -328,12 +346,17 @@ impl Verifier {
             None => Err(AuthError::KeysUnavailable),
             Some(keys) => {
                 let mut fitting = keys.iter().filter(|k| k.fits(alg, kid)).peekable();
+                let unknown = || Err(AuthError::UnknownKey(kid.map(str::to_owned)));
                 if fitting.peek().is_none() {
-                    Err(AuthError::UnknownKey(kid.map(str::to_owned)))
+                    unknown()
                 } else if fitting
                     .any(|k| jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, alg).unwrap_or(false))
                 {
                     Ok(())
+                } else if kid.is_some() && !keys.iter().any(|k| k.named(kid)) {
+                    // Only keys without a `kid` were tried: the one the token names may have
+                    // rotated in at the issuer since the set was fetched.
+                    unknown()
                 } else {
                     Err(AuthError::BadSignature)
                 }
@@ -412,6 +435,14 @@ impl Verifier {
             let domain = email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
             if !domain.is_some_and(|d| provider.email_domains.contains(&d)) {
                 return Err(AuthError::ClaimRejected("email".into()));
+            }
+            // An address the issuer says it never verified proves no domain (Cognito sends the
+            // flag as a string). Issuers that leave the flag out (Entra ID) only hand out
+            // addresses they manage.
+            if matches!(claims.get("email_verified"), Some(Value::Bool(false)))
+                || claims.get("email_verified").and_then(Value::as_str) == Some("false")
+            {
+                return Err(AuthError::ClaimRejected("email_verified".into()));
             }
         }
         if let Some(org) = &provider.organization {

@@ -31,6 +31,10 @@ pub enum PathError {
     /// A segment that starts or ends with whitespace, which some readers trim.
     #[error("playbook path has a segment with leading or trailing whitespace")]
     Whitespace,
+    /// A name that starts or ends with `.`, which NoETL strips from a test suite's id
+    /// (`.system/x` is the suite of `system/x` there).
+    #[error("playbook path starts or ends with '.'")]
+    EdgeDot,
     /// A character outside the configured alphabet (`playbook_path_chars`).
     #[error("playbook path holds {0:?}, outside the allowed characters")]
     OutsideAlphabet(char),
@@ -43,8 +47,9 @@ pub struct PlaybookPath(String);
 
 impl PlaybookPath {
     /// Normalises a playbook path as found in a request (already percent-decoded). A name that
-    /// another decoder could read differently is refused: one that still holds `%`, a
-    /// backslash, a control character, or a segment with whitespace at either end.
+    /// another reader could take for another is refused: one that still holds `%`, a
+    /// backslash, a control character, a segment with whitespace at either end, or a `.` at
+    /// either end.
     pub fn parse(raw: &str) -> Result<Self, PathError> {
         let normalised = join_segments(raw)?;
         if normalised.is_empty() {
@@ -56,6 +61,9 @@ impl PlaybookPath {
         let padded = |s: &str| s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace);
         if normalised.split('/').any(padded) {
             return Err(PathError::Whitespace);
+        }
+        if normalised.starts_with('.') || normalised.ends_with('.') {
+            return Err(PathError::EdgeDot);
         }
         Ok(PlaybookPath(normalised))
     }
@@ -251,10 +259,16 @@ mod tests {
             ("data/x\t", PathError::ForbiddenCharacter),
             ("data\\x", PathError::ForbiddenCharacter),
             ("data/\u{85}x", PathError::ForbiddenCharacter),
+            (".system/x", PathError::EdgeDot),
+            ("..system/x", PathError::EdgeDot),
+            ("./..../system/x", PathError::EdgeDot),
+            ("system/x.", PathError::EdgeDot),
+            ("system/x/..x.", PathError::EdgeDot),
         ] {
             assert_eq!(PlaybookPath::parse(raw), Err(want), "{raw:?}");
         }
         assert_eq!(PlaybookPath::parse("data/a b").unwrap().as_str(), "data/a b", "the alphabet refuses inner spaces");
+        assert_eq!(PlaybookPath::parse("data/.x/v1.2").unwrap().as_str(), "data/.x/v1.2", "inner dots are kept");
     }
 
     #[test]

@@ -204,6 +204,13 @@ const CASES: &[Case] = &[
     // Playbook test suites.
     ("GET", "/api/playbook-tests/suites/data/x", None, ALL),
     ("PUT", "/api/playbook-tests/suites/data/x", Some(r#"{}"#), [200, 200, 403, 403]),
+    ("PUT", "/api/playbook-tests/suites/system/x", Some(r#"{}"#), ADMIN),
+    // NoETL strips `.` and `/` from a suite id's ends (`_sanitize_suite_id`): `.system/x` is
+    // the suite of `system/x` there, so an id with a `.` at either end has two readings.
+    ("PUT", "/api/playbook-tests/suites/.system/x", Some(r#"{}"#), BAD),
+    ("DELETE", "/api/playbook-tests/suites/..system/x", None, BAD),
+    ("GET", "/api/playbook-tests/suites/%2E%2E%2E/system/x", None, BAD),
+    ("GET", "/api/playbook-tests/suites/data/x.", None, BAD),
     // Unmapped, the old demo route; trailing-slash and percent-encoded variants are decided as
     // the route they reach in NoETL (Starlette redirects `/x/` to `/x` and decodes the path).
     ("POST", "/api/run/playbook", Some(r#"{"path": "data/x"}"#), BLOCKED),

@@ -93,8 +93,9 @@ pub(super) fn decode_object(part: &str, which: Part) -> Result<Value, AuthError>
     }
 }
 
-/// The scopes granted: `scope` (space-separated, RFC 8693 section 4.2) or `scp` (an array, as
-/// Entra ID and Okta send it, or a string). Both present and granting different sets is two
+/// The scopes granted: `scope` (space-separated, RFC 8693 section 4.2; an array as Duende
+/// IdentityServer and Spring Authorization Server send it) or `scp` (an array, as Entra ID and
+/// Okta send it, or a string). Both present and granting different sets is two
 /// readings of one token, refused; neither present, or a value of another shape, is a missing
 /// claim.
 pub(super) fn granted_scopes(claims: &Map<String, Value>) -> Result<BTreeSet<&str>, AuthError> {
@@ -103,7 +104,7 @@ pub(super) fn granted_scopes(claims: &Map<String, Value>) -> Result<BTreeSet<&st
         match claims.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.split(' ').filter(|s| !s.is_empty()).collect())),
-            Some(Value::Array(items)) if name == "scp" => {
+            Some(Value::Array(items)) => {
                 items.iter().map(|v| v.as_str().ok_or_else(invalid)).collect::<Result<_, _>>().map(Some)
             }
             Some(_) => Err(invalid()),

@@ -21,10 +21,22 @@ pub(super) struct Key {
 }
 
 impl Key {
+    /// Whether the key may verify a token signed with `alg` that names the key `kid`. A `kid`
+    /// is only a hint (RFC 7515, section 4.1.4): a key without one is tried whatever the token
+    /// names, as Envoy's `jwt_authn` does, so a secret verifies tokens whose issuer adds a
+    /// `kid`. The signature decides either way.
     pub(super) fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
         self.key.family() == alg.family()
             && self.alg.is_none_or(|a| a == alg)
-            && kid.is_none_or(|kid| self.kid.as_deref() == Some(kid))
+            && match (kid, self.kid.as_deref()) {
+                (Some(wanted), Some(own)) => wanted == own,
+                _ => true,
+            }
+    }
+
+    /// Whether this is the key the token names.
+    pub(super) fn named(&self, kid: Option<&str>) -> bool {
+        kid.is_some() && self.kid.as_deref() == kid
     }
 }
 
@@ -214,46 +226,68 @@ pub(super) fn split_http_uri(uri: &str) -> Result<(bool, &str, String), &'static
 /// does not parse is an error naming `keys[i].field`, because a silently dropped signing key
 /// shows up only as 401s in production.
 pub(super) fn compile_jwks(jwks: &Value) -> Result<Vec<Key>, ConfigError> {
-    let list = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ConfigError::new("keys", "a JWK Set needs a `keys` array"))?;
-    let mut keys = Vec::with_capacity(list.len());
+    jwk_list(jwks)?.iter().enumerate().filter_map(|(i, raw)| compile_jwk(i, raw).transpose()).collect()
+}
+
+/// The usable keys of a JWK Set fetched from an issuer, and why each other key was skipped. A
+/// configured set with a key the filter cannot use is a mistake to point out; a fetched one is
+/// the issuer's choice (a new algorithm published beside the keys in use), and refusing the
+/// whole set for it would refuse every token of the issuer. As Envoy's `jwt_authn` does, the
+/// keys that can be used are kept; a set with none is refused.
+pub(super) fn compile_fetched_jwks(jwks: &Value) -> Result<(Vec<Key>, Vec<ConfigError>), ConfigError> {
+    let list = jwk_list(jwks)?;
+    let (mut keys, mut skipped) = (Vec::with_capacity(list.len()), Vec::new());
     for (i, raw) in list.iter().enumerate() {
-        let at = |field: &str| format!("keys[{i}]{field}");
-        let obj = raw.as_object().ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
-        if obj.get("use").and_then(Value::as_str) == Some("enc") {
-            continue;
+        match compile_jwk(i, raw) {
+            Ok(Some(key)) => keys.push(key),
+            Ok(None) => {}
+            Err(why) => skipped.push(why),
         }
-        for field in ["n", "e", "x", "y", "k"] {
-            if let Some(v) = obj.get(field) {
-                let ok = v.as_str().is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
-                if !ok {
-                    return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
-                }
+    }
+    match skipped.first() {
+        // No key to use: the first one's reason is the set's.
+        Some(why) if keys.is_empty() => Err(why.clone()),
+        _ => Ok((keys, skipped)),
+    }
+}
+
+fn jwk_list(jwks: &Value) -> Result<&Vec<Value>, ConfigError> {
+    jwks.get("keys").and_then(Value::as_array).ok_or_else(|| ConfigError::new("keys", "a JWK Set needs a `keys` array"))
+}
+
+/// The key `raw`, the set's `i`th; `None` for an encryption key, which never verifies a token.
+fn compile_jwk(i: usize, raw: &Value) -> Result<Option<Key>, ConfigError> {
+    let at = |field: &str| format!("keys[{i}]{field}");
+    let obj = raw.as_object().ok_or_else(|| ConfigError::new(at(""), "a JWK is a JSON object"))?;
+    if obj.get("use").and_then(Value::as_str) == Some("enc") {
+        return Ok(None);
+    }
+    for field in ["n", "e", "x", "y", "k"] {
+        if let Some(v) = obj.get(field) {
+            let ok = v.as_str().is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
+            if !ok {
+                return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
             }
         }
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(raw.clone())
-            .map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;
-        let key =
-            DecodingKey::from_jwk(&jwk).map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
-        let alg = match obj.get("alg").and_then(Value::as_str) {
-            Some(name) => Some(
-                Algorithm::from_str(name)
-                    .map_err(|_| ConfigError::new(at(".alg"), format!("unsupported signing algorithm {name:?}")))?,
-            ),
-            None => match obj.get("crv").and_then(Value::as_str) {
-                Some("P-256") => Some(Algorithm::ES256),
-                Some("P-384") => Some(Algorithm::ES384),
-                Some("Ed25519") => Some(Algorithm::EdDSA),
-                Some(other) if key.family() != AlgorithmFamily::Rsa => {
-                    return Err(ConfigError::new(at(".crv"), format!("unsupported curve {other:?}")));
-                }
-                _ => None,
-            },
-        };
-        let kid = obj.get("kid").and_then(Value::as_str).map(str::to_owned);
-        keys.push(Key { kid, alg, key });
     }
-    Ok(keys)
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(raw.clone()).map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| ConfigError::new(at(""), format!("not a usable key: {e}")))?;
+    let alg = match obj.get("alg").and_then(Value::as_str) {
+        Some(name) => Some(
+            Algorithm::from_str(name)
+                .map_err(|_| ConfigError::new(at(".alg"), format!("unsupported signing algorithm {name:?}")))?,
+        ),
+        None => match obj.get("crv").and_then(Value::as_str) {
+            Some("P-256") => Some(Algorithm::ES256),
+            Some("P-384") => Some(Algorithm::ES384),
+            Some("Ed25519") => Some(Algorithm::EdDSA),
+            Some(other) if key.family() != AlgorithmFamily::Rsa => {
+                return Err(ConfigError::new(at(".crv"), format!("unsupported curve {other:?}")));
+            }
+            _ => None,
+        },
+    };
+    let kid = obj.get("kid").and_then(Value::as_str).map(str::to_owned);
+    Ok(Some(Key { kid, alg, key }))
 }

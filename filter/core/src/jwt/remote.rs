@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::keys::{compile_jwks, split_http_uri, Key};
+use super::keys::{compile_fetched_jwks, split_http_uri, Key};
 use super::Verifier;
 use crate::error::ConfigError;
 use crate::json::JsonError;
@@ -112,6 +112,15 @@ pub enum DiscoveryError {
 /// flood of forged tokens must not become a flood of fetches.
 pub const JWKS_REFETCH_SECS: u64 = 10;
 
+/// What [`RemoteKeys::load`] took of a fetched JWK Set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedKeys {
+    /// How many keys can verify tokens.
+    pub usable: usize,
+    /// Why each other key (encryption keys aside) was left out.
+    pub skipped: Vec<ConfigError>,
+}
+
 /// One worker's remote JWK Sets: what was fetched, when, which sets are wanted, and which
 /// fetches are on their way.
 #[derive(Debug, Default)]
@@ -180,16 +189,17 @@ impl RemoteKeys {
         self.in_flight.remove(&provider);
     }
 
-    /// Stores a fetched JWK Set (the body of a 2xx answer) for `provider`; an unusable one is an
-    /// error and the keys fetched before stay in use. Either way the fetch has ended.
-    pub fn load(&mut self, provider: usize, body: &[u8], now: u64) -> Result<usize, ConfigError> {
+    /// Stores the usable keys of a fetched JWK Set (the body of a 2xx answer) for `provider`,
+    /// and says why each other key was skipped; a set with no usable key is an error and the
+    /// keys fetched before stay in use. Either way the fetch has ended.
+    pub fn load(&mut self, provider: usize, body: &[u8], now: u64) -> Result<LoadedKeys, ConfigError> {
         self.failed(provider);
         let json: Value = serde_json::from_slice(body).map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
-        let keys = compile_jwks(&json)?;
-        let count = keys.len();
+        let (keys, skipped) = compile_fetched_jwks(&json)?;
+        let usable = keys.len();
         self.sets.insert(provider, (keys, now));
         self.wanted.retain(|p| *p != provider);
-        Ok(count)
+        Ok(LoadedKeys { usable, skipped })
     }
 
     /// Reads `provider`'s discovery document (the body of a 2xx answer) and returns the fetch

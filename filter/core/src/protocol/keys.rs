@@ -66,9 +66,12 @@ impl Worker {
     ) {
         if status.is_some_and(|s| (200..300).contains(&s)) {
             match self.keys.remote.load(provider, body, ctx.now_ms / 1000) {
-                Ok(count) => {
+                Ok(loaded) => {
                     self.count(Stat::JwksFetchSuccess, 1);
-                    info!("remote JWKS for providers[{provider}]: {count} keys");
+                    info!("remote JWKS for providers[{provider}]: {} keys", loaded.usable);
+                    for why in &loaded.skipped {
+                        warn!("remote JWKS for providers[{provider}]: skipped {why}");
+                    }
                 }
                 Err(e) => {
                     self.count(Stat::JwksFetchFailed, 1);

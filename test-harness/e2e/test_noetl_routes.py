@@ -148,3 +148,12 @@ def test_session_only_routes_need_a_session_and_no_playbook(envoy):
         assert http(envoy.url + path).status == 401, path
     check = lambda role: post(envoy, "/api/auth/check-playbook-access", {"playbook_path": "system/x"}, role)  # noqa: E731
     assert statuses(check) == expect(200, 200, 200, 200)
+
+
+@pytest.mark.parametrize("suite", [".system/x", "..system/x", "%2Esystem/x", "data/x."])
+def test_a_suite_id_noetl_would_trim_into_another_name_is_refused(envoy, suite):
+    # NoETL strips `.` and `/` from a suite id's ends: `.system/x` is the suite of `system/x`.
+    headers = {**bearer(hs_token(["developer"])), "content-type": "application/json"}
+    put = http(envoy.url + "/api/playbook-tests/suites/" + suite, method="PUT", headers=headers, body="{}")
+    assert (put.status, put.json()["reason"]) == (400, "invalid_playbook_path")
+    assert get(envoy, "/api/playbook-tests/suites/data/x", "developer").status == 200

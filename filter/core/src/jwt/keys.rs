@@ -255,6 +255,9 @@ fn jwk_list(jwks: &Value) -> Result<&Vec<Value>, ConfigError> {
     jwks.get("keys").and_then(Value::as_array).ok_or_else(|| ConfigError::new("keys", "a JWK Set needs a `keys` array"))
 }
 
+/// The largest RSA modulus the verifier takes, in bytes (4096 bits).
+const MAX_RSA_BYTES: usize = 512;
+
 /// The key `raw`, the set's `i`th; `None` for an encryption key, which never verifies a token.
 fn compile_jwk(i: usize, raw: &Value) -> Result<Option<Key>, ConfigError> {
     let at = |field: &str| format!("keys[{i}]{field}");
@@ -269,6 +272,13 @@ fn compile_jwk(i: usize, raw: &Value) -> Result<Option<Key>, ConfigError> {
                 return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
             }
         }
+    }
+    // The RSA verifier (the `rsa` crate) refuses moduli over 4096 bits at each signature: such a
+    // key would load, then answer every token with a bad signature.
+    let modulus =
+        obj.get("n").and_then(Value::as_str).and_then(|n| URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok());
+    if modulus.is_some_and(|n| n.iter().skip_while(|b| **b == 0).count() > MAX_RSA_BYTES) {
+        return Err(ConfigError::new(at(".n"), "an RSA key over 4096 bits, which the verifier cannot use"));
     }
     let jwk: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(raw.clone()).map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;

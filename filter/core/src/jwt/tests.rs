@@ -525,6 +525,14 @@ fn configuration_errors_name_the_field() {
         ),
     ];
     assert_compile_errors(cases);
+    // A modulus over 4096 bits (leading zero bytes aside) is refused where it is configured,
+    // not found out at every token.
+    let rsa = |bytes: Vec<u8>| {
+        json!([{"name": "n", "issuer": "i", "algorithms": ["RS256"],
+                "jwks": {"keys": [{"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(bytes), "e": "AQAB"}]}}])
+    };
+    assert_compile_errors([(rsa(vec![0xc5; 513]), "[0].jwks.keys[0].n", "4096")]);
+    verifier(rsa([vec![0], vec![0xc5; 512]].concat()));
     let short = |name: &str| (name == "SHORT").then(|| "too-short".to_owned());
     let providers: Vec<ProviderConfig> =
         serde_json::from_value(json!([{"name": "n", "issuer": "i", "algorithms": ["HS256"], "secret_env": "SHORT"}]))

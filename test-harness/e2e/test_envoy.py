@@ -113,6 +113,20 @@ def test_rsa_tokens_verify_through_the_inline_jwks(envoy, alg):
     assert denied.status == 403
 
 
+def test_a_secret_verifies_a_token_that_names_a_kid(envoy):
+    # PyJWT, jose and Supabase put a `kid` on HS256 tokens; a secret has none (Envoy's jwt_authn
+    # tries it all the same). A forged signature with the same kid is still refused.
+    now = int(time.time())
+    body = {"iss": "https://noetl.local", "aud": "noetl-gateway", "sub": "42", "sid": "e2e-session",
+            "roles": ["analyst"], "iat": now, "exp": now + 600}
+    signed = jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": "2026-11"})
+    resp = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(signed))
+    assert resp.status == 200, resp.body
+    forged = jwt.encode(body, "another secret of at least thirty-two bytes", algorithm="HS256", headers={"kid": "2026-11"})
+    refused = http(envoy.url + "/api/catalog/data/x/ui_schema", headers=bearer(forged))
+    assert (refused.status, refused.json()["reason"]) == (401, "bad_signature")
+
+
 def test_token_from_session_header_and_cookie(envoy):
     token = hs_token(["viewer"])
     assert http(envoy.url + "/api/catalog/data/x/ui_schema", headers={"X-Session-Token": token}).status == 200

@@ -157,3 +157,19 @@ def test_a_suite_id_noetl_would_trim_into_another_name_is_refused(envoy, suite):
     put = http(envoy.url + "/api/playbook-tests/suites/" + suite, method="PUT", headers=headers, body="{}")
     assert (put.status, put.json()["reason"]) == (400, "invalid_playbook_path")
     assert get(envoy, "/api/playbook-tests/suites/data/x", "developer").status == 200
+
+
+def test_the_gateways_own_token_checks_reach_it_without_a_header(envoy):
+    # NoETL's GUI sends the session token in the body (validate, check-access) or, from an
+    # EventSource, in the query string; the gateway checks it itself. The servers' checks, which
+    # take a caller's `credential`, still want a session.
+    body = json.dumps({"session_token": "0123456789abcdef0123456789abcdef", "playbook_path": "data/x"})
+    json_type = {"content-type": "application/json"}
+    for path in ("/api/auth/validate", "/api/auth/check-access"):
+        resp = http(envoy.url + path, method="POST", headers=json_type, body=body)
+        assert resp.status == 200, (path, resp.body)
+        assert resp.json()["body"] == body
+    events = http(envoy.url + "/events?session_token=0123456789abcdef0123456789abcdef&client_id=c1")
+    assert events.status == 200, events.body
+    refused = http(envoy.url + "/api/auth/check-playbook-access", method="POST", headers=json_type, body=body)
+    assert (refused.status, refused.json()["reason"]) == (401, "missing_token")

@@ -78,9 +78,12 @@ impl TokenSources {
     /// `session_token` cookies) could be one user's to the filter and another's to the
     /// upstream: that is [`AmbiguousToken`]. The same token in several places is one token. A
     /// header whose scheme differs (`Authorization: Basic ...` for a `Bearer ` source) or whose
-    /// token is empty carries none.
+    /// token is empty carries none. A scheme header holding one bare word (`Authorization:
+    /// <token>`) carries no token either, but NoETL's Python server takes that word for one: a
+    /// request with it and another token is ambiguous too.
     pub fn find<'h>(&self, headers: &'h [(String, String)]) -> Result<Option<(&'h str, SourceIndex)>, AmbiguousToken> {
         let mut found: Option<(&'h str, SourceIndex)> = None;
+        let mut bare: Option<&'h str> = None;
         for (i, source) in self.0.iter().enumerate() {
             let mut offer = |token: &'h str| match found {
                 None => {
@@ -96,6 +99,8 @@ impl TokenSources {
                         for credential in credentials(value, prefix.as_ref()) {
                             if let Some(token) = strip_prefix(credential, prefix.as_ref()) {
                                 offer(token)?;
+                            } else if let Some(word) = bare_word(credential, prefix.as_ref()) {
+                                bare = Some(word);
                             }
                         }
                     }
@@ -109,8 +114,18 @@ impl TokenSources {
                 }
             }
         }
-        Ok(found)
+        match (found, bare) {
+            (Some((token, _)), Some(word)) if word != token => Err(AmbiguousToken),
+            _ => Ok(found),
+        }
     }
+}
+
+/// The one word a scheme header holds in place of `scheme token`, other than the scheme itself.
+fn bare_word<'v>(credential: &'v str, prefix: Option<&Prefix>) -> Option<&'v str> {
+    let Some(Prefix::Scheme(scheme)) = prefix else { return None };
+    let word = trim_ows(credential);
+    (!word.is_empty() && !word.contains([' ', '\t']) && !word.eq_ignore_ascii_case(scheme)).then_some(word)
 }
 
 /// The request carries more than one distinct session token.
@@ -219,6 +234,7 @@ mod tests {
         assert_eq!(find(&s, &h(&[("authorization", "Bearer ")])), None);
         assert_eq!(find(&s, &h(&[("authorization", "Bearer")])), None);
         assert_eq!(find(&s, &h(&[("authorization", "Bearerx y")])), None);
+        assert_eq!(find(&s, &h(&[("authorization", "abc123")])), None, "a bare word is no Bearer token");
         let headers = h(&[("authorization", "Basic xx"), ("x-session-token", "b")]);
         assert_eq!(find(&s, &headers), Some(("b", 1)));
     }
@@ -252,6 +268,9 @@ mod tests {
             h(&[("authorization", "Bearer a, bearer b")]),
             h(&[("x-session-token", "a"), ("x-session-token", "b")]),
             h(&[("authorization", "Basic xx"), ("x-session-token", "a"), ("cookie", "session_token=\"b\"")]),
+            // NoETL's Python server reads a bare Authorization value as the token.
+            h(&[("authorization", "a"), ("x-session-token", "b")]),
+            h(&[("authorization", " a "), ("cookie", "session_token=b")]),
         ] {
             assert_eq!(s.find(&headers), Err(AmbiguousToken), "{headers:?}");
         }
@@ -262,6 +281,8 @@ mod tests {
             h(&[("cookie", "session_token=a; session_token=\"a\""), ("x-session-token", "a")]),
             h(&[("authorization", "Basic xx"), ("authorization", "Bearer a")]),
             h(&[("authorization", "Bearer a,Basic xx")]),
+            h(&[("authorization", "a"), ("x-session-token", "a")]),
+            h(&[("authorization", "Bearer"), ("x-session-token", "a")]),
         ] {
             assert_eq!(find(&s, &headers).map(|(token, _)| token), Some("a"), "{headers:?}");
         }

@@ -342,6 +342,15 @@ fn tokens_are_needed_except_on_public_and_blocked_routes() {
     let g = guard();
     assert_eq!(decide(&g, None, "POST", "/api/auth/login", Some("{}"), None), 200);
     assert_eq!(decide(&g, None, "GET", "/health", None, None), 200);
+    // The gateway's own token checks: its GUI sends the token in the body or (EventSource) the
+    // query string, and the gateway checks it with its own credential.
+    let check = r#"{"session_token": "0123456789abcdef0123456789abcdef", "playbook_path": "system/x"}"#;
+    assert_eq!(decide(&g, None, "POST", "/api/auth/validate", Some(check), None), 200);
+    assert_eq!(decide(&g, None, "POST", "/api/auth/check-access", Some(check), None), 200);
+    assert_eq!(decide(&g, None, "GET", "/events?session_token=0123456789abcdef0123456789abcdef", None, None), 200);
+    // The servers' checks take a caller's `credential`: a session first.
+    assert_eq!(decide(&g, None, "POST", "/api/auth/check-playbook-access", Some(check), None), 401);
+    assert_eq!(decide(&g, None, "POST", "/api/auth/session/validate", Some(check), None), 401);
     assert_eq!(decide(&g, None, "POST", "/api/execute", Some(r#"{"path": "data/x"}"#), None), 401);
     assert_eq!(decide(&g, None, "POST", "/api/postgres/execute", Some("{}"), None), 401);
     assert_eq!(decide(&g, None, "POST", "/api/internal/outbox/claim", Some("{}"), None), 403);

@@ -182,17 +182,20 @@ impl Validator {
             .and_then(Value::as_bool)
             .ok_or_else(|| CalloutFailure::Malformed("no boolean `valid`".into()))?;
         let expires_at = match obj.get("expires_at") {
-            None | Some(Value::Null) => None,
+            None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => match parse_expiry(s) {
-                Some(Expiry::Never) => None,
-                Some(Expiry::At(at)) => Some(at),
-                None => return Err(CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp"))),
+                Some(Expiry::Never) => Ok(None),
+                Some(Expiry::At(at)) => Ok(Some(at)),
+                None => Err(CalloutFailure::Malformed(format!("expires_at {s:?} is not a timestamp"))),
             },
-            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
                 CalloutFailure::Malformed(format!("expires_at {n} is not a non-negative whole number of seconds"))
-            })?),
-            Some(other) => return Err(CalloutFailure::Malformed(format!("expires_at {other} is not a timestamp"))),
+            }),
+            Some(other) => Err(CalloutFailure::Malformed(format!("expires_at {other} is not a timestamp"))),
         };
+        // A session the service calls invalid is invalid whatever else the answer holds: read
+        // as a failure, `serve_stale` could serve an earlier valid entry of it.
+        let expires_at = if valid { expires_at? } else { expires_at.unwrap_or(None) };
         let invalid = Answer {
             entry: SessionEntry {
                 valid: false,
@@ -359,6 +362,12 @@ mod tests {
     #[test]
     fn an_invalid_answer_carries_no_identity() {
         let v = validator(r#"{"cluster": "noetl"}"#);
+        // An expiry it cannot read does not make it a failure (which `serve_stale` could answer
+        // with an earlier valid entry).
+        let odd = r#"{"valid": false, "expires_at": "soon"}"#;
+        assert!(!entry(&v, odd, 0).valid);
+        let odd_valid = br#"{"valid": true, "user": {"user_id": 1}, "expires_at": "soon"}"#;
+        assert!(matches!(v.read_answer(Some(200), odd_valid, 0), Err(CalloutFailure::Malformed(_))));
         let e = entry(&v, r#"{"valid": false, "user": {"user_id": 9, "roles": ["admin"]}, "roles": ["admin"]}"#, 0);
         assert_eq!(
             e,
@@ -398,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn anything_else_in_expires_at_is_malformed() {
+    fn anything_else_in_expires_at_of_a_valid_session_is_malformed() {
         let v = validator(r#"{"cluster": "noetl"}"#);
         for text in [
             "1600000000.5",
@@ -417,10 +426,11 @@ mod tests {
             r#"{"at": "2026-01-15 10:00:00+00"}"#,
             "[]",
         ] {
-            for valid in [true, false] {
-                let body = format!(r#"{{"valid": {valid}, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
-                assert!(malformed(&v, &body, 0), "valid {valid}, expires_at {text}");
-            }
+            let body = format!(r#"{{"valid": true, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
+            assert!(malformed(&v, &body, 0), "expires_at {text}");
+            // Of an invalid session it is ignored: the answer is still that it is invalid.
+            let body = format!(r#"{{"valid": false, "user": {{"user_id": 1}}, "expires_at": {text}}}"#);
+            assert!(!entry(&v, &body, 0).valid, "expires_at {text}");
         }
     }
 

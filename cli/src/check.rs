@@ -37,6 +37,9 @@ pub struct Checked {
 pub fn check_file(path: &Path) -> Result<Checked, Failure> {
     let file = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| Failure(format!("{file}: cannot read: {e}")))?;
+    if let Some((at, why)) = crate::locate::yaml_hazard(&text) {
+        return Err(Failure(format!("{file}:{}:{}: {why}", at.line, at.column)));
+    }
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text).map_err(|e| {
         // serde_yaml_ng appends "at line L column C" itself; the prefix says it the usual way.
         let message = e.to_string();

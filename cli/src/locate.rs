@@ -4,7 +4,7 @@
 //! and a column. This walks the file's YAML events once and remembers where each path starts,
 //! spelling paths exactly as the core's `ConfigError` does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, Parser};
 
@@ -97,6 +97,53 @@ impl Locations {
     }
 }
 
+/// The first thing in `text` that YAML readers (or a reader and an editor) take two ways, with
+/// where it is:
+/// - a mapping key written twice (`roles: {analyst: .., analyst: ..}`, `mode` twice): serde
+///   keeps the last one silently, so a role's first block, deny included, would be dropped;
+/// - U+0085, U+2028 or U+2029, which YAML reads as line breaks where editors show none: a
+///   comment holding one can hide live rules.
+pub fn yaml_hazard(text: &str) -> Option<(Position, String)> {
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}')) {
+        let before = text.get(..at).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        return Some((Position { line, column }, format!("{c:?} is a line break to YAML that editors do not show")));
+    }
+    // Per open collection: the keys of a mapping so far, and whether its next node is a key.
+    let mut stack: Vec<Option<(HashSet<String>, bool)>> = Vec::new();
+    let mut parser = Parser::new_from_str(text);
+    while let Ok((event, mark)) = parser.next_token() {
+        if matches!(event, Event::StreamEnd) {
+            break;
+        }
+        if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
+            stack.pop();
+            continue;
+        }
+        if !matches!(event, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(..)) {
+            continue;
+        }
+        if let Some(Some((keys, next_is_key))) = stack.last_mut() {
+            if *next_is_key {
+                if let Event::Scalar(name, ..) = &event {
+                    if !keys.insert(name.clone()) {
+                        let at = Position { line: mark.line(), column: mark.col() + 1 };
+                        return Some((at, format!("{name:?} is a key this mapping already has")));
+                    }
+                }
+            }
+            *next_is_key = !*next_is_key;
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Some((HashSet::new(), true))),
+            Event::SequenceStart(..) => stack.push(None),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
@@ -119,6 +166,21 @@ mod tests {
         assert_eq!(at.find("roles.analyst.allow[0]"), Some(Position { line: 5, column: 9 }));
         assert_eq!(at.find("roles.analyst.allow[0].playbooks[1]"), Some(Position { line: 5, column: 55 }));
         assert_eq!(at.find("roles.analyst.allow[1].playbooks[0]"), Some(Position { line: 8, column: 13 }));
+    }
+
+    #[test]
+    fn finds_duplicate_keys_and_hidden_line_breaks() {
+        let at = |text: &str| yaml_hazard(text).map(|(at, why)| (at.line, at.column, why));
+        assert_eq!(at(POLICY), None);
+        let twice = "roles:\n  analyst:\n    allow: []\n  viewer: {}\n  analyst:\n    allow: []\n";
+        assert_eq!(at(twice).map(|(l, c, _)| (l, c)), Some((5, 3)));
+        assert_eq!(at("mode: enforce\nroutes: []\nmode: audit\n").map(|(l, _, _)| l), Some(3));
+        assert_eq!(at("a: {x: 1, x: 2}").map(|(l, c, _)| (l, c)), Some((1, 11)));
+        // The same key in two mappings, and a value equal to a key, are not duplicates.
+        assert_eq!(at("a: {x: 1}\nb: {x: 1}\nc: [x, x]\nx: x\n"), None);
+        let hidden = "roles:\n  r:\n    allow: [] # x\u{2028}    deny: []\n";
+        assert_eq!(at(hidden).map(|(l, c, _)| (l, c)), Some((3, 18)));
+        assert!(at("a: \u{85}").is_some());
     }
 
     #[test]

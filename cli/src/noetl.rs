@@ -286,8 +286,28 @@ fn list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// `s` as a YAML double-quoted scalar of printable ASCII alone: every other character escaped.
+/// The text comes from the database, and YAML reads U+0085, U+2028 and U+2029 as line breaks
+/// (where JSON's quoting leaves them be): in a comment one would end it and make the rest of a
+/// row's text rules.
 fn quote(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", u32::from(c));
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `schema` as a quoted SQL identifier.
@@ -327,6 +347,17 @@ fn mask_pairs(text: &str, separator: char) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_text_stays_one_scalar_in_a_comment_and_in_a_value() {
+        let hostile = "data/report\u{85}      - permissions: [modify]\u{2028}#\u{2029}\"\\\u{7f}\u{1F600}é";
+        let quoted = quote(hostile);
+        assert!(quoted.chars().all(|c| (' '..='~').contains(&c)), "{quoted}");
+        let doc = format!("# row 2, playbook_path {quoted}\nvalue: {quoted}\n");
+        let read: BTreeMap<String, String> = serde_yaml_ng::from_str(&doc).unwrap();
+        assert_eq!(read.len(), 1, "the comment stayed one line: {doc}");
+        assert_eq!(read["value"], hostile, "and the value reads back as written");
+    }
 
     #[test]
     fn passwords_are_masked_in_every_form() {

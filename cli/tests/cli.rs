@@ -57,6 +57,21 @@ fn check_locates_yaml_syntax_errors() {
 }
 
 #[test]
+fn check_refuses_a_role_written_twice_and_a_hidden_line_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = "roles:\n  analyst:\n    allow: [{ permissions: [view], playbooks: [\"data/**\"] }]\n    deny: [{ permissions: [\"*\"], playbooks: [\"data/secret/**\"] }]\n  analyst:\n    allow: [{ permissions: [view], playbooks: [\"**\"] }]\n";
+    let file = policy(&dir, "twice.yaml", twice);
+    let out = run(&["check", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim(), format!("{file}:5:3: \"analyst\" is a key this mapping already has"));
+    let hidden = "roles:\n  r:\n    allow: [] # x\u{2028}      - { permissions: [view], playbooks: [\"**\"] }\n";
+    let file = policy(&dir, "hidden.yaml", hidden);
+    let out = run(&["check", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with(&format!("{file}:3:18: '\\u{{2028}}'")), "{}", stderr(&out));
+}
+
+#[test]
 fn check_locates_unknown_fields_with_the_expected_ones() {
     let dir = tempfile::tempdir().unwrap();
     let file = policy(&dir, "p.yaml", "version: x\nroles:\n  analyst:\n    alow: []\n");
@@ -291,6 +306,21 @@ fn render_warns_when_the_head_may_go_upstream_before_the_body_is_decided() {
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("warning: hold_headers_for_body is false"), "{output}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn render_refuses_a_configuration_key_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(root().join("envoy/filter-config.yaml")).unwrap();
+    let lines = shipped.lines().count();
+    let file = policy(&dir, "twice.yaml", &format!("{shipped}mode: audit\n"));
+    let out = run(&["render", "--config", &file, "--output", "plugin-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{file}:{}:1: \"mode\" is a key this mapping already has", lines + 1)),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

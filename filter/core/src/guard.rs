@@ -316,6 +316,12 @@ impl Guard {
     /// Parses and compiles the plugin configuration (JSON). `env` reads the VM's environment
     /// variables (HMAC secrets). Errors name the field path: `providers[1].jwks.keys[0].n: ...`.
     pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // serde keeps the last of a key written twice in a map (two roles of one name: the
+        // first one's deny dropped) and may refuse it in a struct: either way a configuration
+        // that reads two ways is refused, by name, before it is read one way.
+        if let Err(crate::json::JsonError::DuplicateKey(key)) = crate::json::parse_strict(json) {
+            return Err(ConfigError::new("", format!("the key {key:?} is written twice in one object")));
+        }
         let cfg: PluginConfig = parse_json(json)?;
         Self::compile(&cfg, env)
     }

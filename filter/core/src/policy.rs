@@ -402,6 +402,18 @@ pub fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
     if pattern.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
         return Err(format!("{pattern:?}: empty, '.' or '..' segments never match a normalised playbook path"));
     }
+    // Two ways a glob can quietly mean less than it says, which in a deny is more allowed.
+    if pattern.split('/').any(|s| s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace)) {
+        return Err(format!(
+            "{pattern:?}: a segment starts or ends with whitespace, which no playbook path has (a stray space?)"
+        ));
+    }
+    if pattern.split('/').any(|s| s != "**" && s.contains("**")) {
+        return Err(format!(
+            "{pattern:?}: '**' spans segments only as a whole segment (`data/**`, `**/x`); elsewhere (`data**`, \
+             `{{a,**}}`, `x/**.yaml`) it would mean '*'. Write one glob per alternative"
+        ));
+    }
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)

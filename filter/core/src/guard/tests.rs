@@ -390,6 +390,17 @@ fn configuration_errors_name_the_field_path() {
         assert_eq!(err.path, path, "{patch}: {err}");
     }
     assert!(Guard::from_json(b"not json", &env).is_err());
+    // A key written twice is refused, not read as its last value: two roles of one name (the
+    // first one's deny would be dropped), or `mode` twice.
+    let good = config(json!({})).to_string();
+    let role = r#""viewer": {"allow": [{"permissions": ["view"], "playbooks": ["data/**"]}], "deny": [{"permissions": ["*"], "playbooks": ["data/secret/**"]}]}"#;
+    let twice = r#""viewer": {"allow": [{"permissions": ["*"], "playbooks": ["**"]}]}"#;
+    let roles = good.replacen(r#""roles":{"#, &format!(r#""roles":{{{role},{twice},"#), 1);
+    assert_ne!(roles, good);
+    let err = Guard::from_json(roles.as_bytes(), &env).unwrap_err();
+    assert!(err.message.contains("\"viewer\" is written twice"), "{err}");
+    let mode = good.replacen('{', r#"{"mode": "enforce", "mode": "audit", "#, 1);
+    assert!(Guard::from_json(mode.as_bytes(), &env).unwrap_err().message.contains("\"mode\""));
 }
 
 #[test]

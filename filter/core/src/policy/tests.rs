@@ -162,6 +162,14 @@ fn bad_policies_are_rejected_with_the_rule_path() {
         ("roles: { a: { deny: [ { permissions: ['vi*'], playbooks: ['**'] } ] } }", "roles.a.deny[0].permissions[0]"),
         ("deny: [ { permissions: [x], playbooks: ['{a'] } ]", "deny[0].playbooks[0]"),
         ("roles: { 'a,b': {} }", "roles.a,b"),
+        // Globs that would match less than they say: a stray space, `**` that is not a segment.
+        ("deny: [ { permissions: [x], playbooks: ['system/** '] } ]", "deny[0].playbooks[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['a', ' secrets/**'] } ]", "deny[0].playbooks[1]"),
+        ("deny: [ { permissions: [x], playbooks: ['ops/{**}'] } ]", "deny[0].playbooks[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['data**'] } ]", "deny[0].playbooks[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['a/***/b'] } ]", "deny[0].playbooks[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['data/**.yaml'] } ]", "deny[0].playbooks[0]"),
+        ("deny: [ { permissions: [x], playbooks: ['{x/**,y}'] } ]", "deny[0].playbooks[0]"),
     ];
     for (yaml, path) in cases {
         let err = policy(yaml).unwrap_err();

@@ -25,6 +25,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
 
     for (k, guard) in doc.deny.iter().enumerate() {
         unmatchable(guard, &format!("deny[{k}]"), &mut out);
+        misspelt_permissions(guard, &format!("deny[{k}]"), &mut out);
         if perms(guard) == Perms::Any && guard.playbooks.iter().any(|g| g == "**") {
             warn(
                 &mut out,
@@ -47,6 +48,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
         for (i, allow) in role.allow.iter().enumerate() {
             let here = format!("{at}.allow[{i}]");
             unmatchable(allow, &here, &mut out);
+            misspelt_permissions(allow, &here, &mut out);
             if let Some(j) = role.deny.iter().position(|d| covers(d, allow)) {
                 warn(
                     &mut out,
@@ -82,6 +84,7 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
         }
         for (j, deny) in role.deny.iter().enumerate() {
             unmatchable(deny, &format!("{at}.deny[{j}]"), &mut out);
+            misspelt_permissions(deny, &format!("{at}.deny[{j}]"), &mut out);
             if role.allow.iter().all(|a| disjoint(deny, a)) {
                 warn(
                     &mut out,
@@ -95,6 +98,30 @@ pub fn lint(doc: &PolicyDocument) -> Vec<Warning> {
         }
     }
     out
+}
+
+/// The permissions NoETL's routes ask for.
+const NOETL_PERMISSIONS: [&str; 3] = ["execute", "view", "modify"];
+
+/// Warns of a permission name that looks like a misspelling of one of NoETL's: names match
+/// exactly, so `Modify` or `exectue` in a deny takes back nothing. Other names (`delete`) may be
+/// a route configuration's own, and are left alone.
+fn misspelt_permissions(rule: &Rule, at: &str, out: &mut Vec<Warning>) {
+    for name in &rule.permissions {
+        if name == "*" || NOETL_PERMISSIONS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(meant) =
+            NOETL_PERMISSIONS.iter().find(|p| p.eq_ignore_ascii_case(name) || strsim::osa_distance(p, name) <= 2)
+        {
+            out.push(Warning {
+                path: format!("{at}.permissions"),
+                message: format!(
+                    "{name:?} is not a permission any NoETL route asks for (names match exactly): {meant:?}?"
+                ),
+            });
+        }
+    }
 }
 
 /// A rule's permissions: every one (`*`) or a list.
@@ -264,5 +291,26 @@ mod tests {
         assert!(covers(&every, &data) && !covers(&data, &every));
         assert!(!covers(&Rule { unless: Some(Unless::default()), ..every }, &data));
         assert!(!disjoint(&rule(&["view"], &["system/**"]), &data), "a LIKE is never claimed disjoint from a glob");
+    }
+
+    #[test]
+    fn permission_names_that_look_misspelt_are_warned_of_and_others_left_alone() {
+        let doc: PolicyDocument = serde_yaml_ng::from_str(
+            r#"roles:
+  developer:
+    allow: [ { permissions: ["*"], playbooks: ["**"] } ]
+    deny: [ { permissions: [exectue, Modify, delete, view], playbooks: ["prod/**"] } ]
+deny: [ { permissions: [veiw], playbooks: ["system/**"] } ]
+"#,
+        )
+        .unwrap();
+        let found: Vec<(String, String)> = lint(&doc).into_iter().map(|w| (w.path, w.message)).collect();
+        let named = |path: &str, meant: &str| {
+            found.iter().filter(|(p, m)| p == path && m.ends_with(&format!("{meant:?}?"))).count()
+        };
+        assert_eq!(named("roles.developer.deny[0].permissions", "execute"), 1, "{found:?}");
+        assert_eq!(named("roles.developer.deny[0].permissions", "modify"), 1, "{found:?}");
+        assert_eq!(named("deny[0].permissions", "view"), 1, "{found:?}");
+        assert!(!found.iter().any(|(_, m)| m.contains("\"delete\"")), "a name of its own: {found:?}");
     }
 }

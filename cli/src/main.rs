@@ -131,9 +131,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads and compiles a policy file; errors say `file:line:column: cause`.
+/// Reads and compiles a policy file; errors say `file:line:column: cause`. `check`'s warnings go
+/// to standard error: a file published or explained is as worth warning about as one checked.
 pub fn load_policy(path: &Path) -> Result<(PolicyDocument, Policy), Failure> {
-    check::check_file(path).map(|checked| (checked.doc, checked.policy))
+    let checked = check::check_file(path)?;
+    for warning in &checked.warnings {
+        eprintln!("{warning}");
+    }
+    Ok((checked.doc, checked.policy))
 }
 
 fn explain(policy: &Path, roles: &[String], playbook: &str, permission: &str) -> Result<ExitCode, Failure> {

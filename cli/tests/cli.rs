@@ -422,6 +422,21 @@ fn publish_refuses_a_broken_policy_and_keeps_the_last_good_file() {
 }
 
 #[test]
+fn publish_says_what_check_would_warn_of_and_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("playbook-guard.yaml").display().to_string();
+    let text = "version: v3\nroles:\n  developer:\n    allow: [ { permissions: [\"*\"], playbooks: [\"**\"] } ]\n    deny: [ { permissions: [Modify], playbooks: [\"prod/**\"] } ]\n";
+    let file = policy(&dir, "typo.yaml", text);
+    let out = run(&["publish", "--to", &target, "--policy", &file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{file}:5:")) && stderr(&out).contains("\"Modify\" is not a permission"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn publish_needs_a_file_to_replace() {
     let out = run(&["publish", "--to", "/"]);
     assert_eq!(out.status.code(), Some(2));

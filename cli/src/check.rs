@@ -37,7 +37,8 @@ pub struct Checked {
 pub fn check_file(path: &Path) -> Result<Checked, Failure> {
     let file = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| Failure(format!("{file}: cannot read: {e}")))?;
-    if let Some((at, why)) = crate::locate::yaml_hazard(&text) {
+    let locations = Locations::of_yaml(&text);
+    if let Some((at, why)) = locations.hazard(&text) {
         return Err(Failure(format!("{file}:{}:{}: {why}", at.line, at.column)));
     }
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text).map_err(|e| {
@@ -49,7 +50,6 @@ pub fn check_file(path: &Path) -> Result<Checked, Failure> {
             None => Failure(format!("{file}: {message}")),
         }
     })?;
-    let locations = Locations::of_yaml(&text);
     let place = |path: &str| match locations.find(path) {
         Some(at) => format!("{file}:{}:{}", at.line, at.column),
         None => format!("{file}"),

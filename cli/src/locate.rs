@@ -2,7 +2,8 @@
 //!
 //! serde reports semantic errors by field path only; an operator editing the file wants a line
 //! and a column. This walks the file's YAML events once and remembers where each path starts,
-//! spelling paths exactly as the core's `ConfigError` does.
+//! spelling paths exactly as the core's `ConfigError` does, and where a key is written twice
+//! (which serde would read as its last value).
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,13 +18,25 @@ pub struct Position {
     pub column: usize,
 }
 
-/// The positions of every field path in one YAML document.
+/// The positions of every field path in one YAML document, and the first mapping key in it
+/// written twice.
 #[derive(Debug, Default)]
-pub struct Locations(HashMap<String, Position>);
+pub struct Locations {
+    found: HashMap<String, Position>,
+    duplicate: Option<(Position, String)>,
+}
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    /// `seen`: the mapping's keys so far.
+    Map {
+        path: String,
+        key: Option<String>,
+        seen: HashSet<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 impl Locations {
@@ -31,6 +44,7 @@ impl Locations {
     /// where it failed).
     pub fn of_yaml(text: &str) -> Self {
         let mut found = HashMap::new();
+        let mut duplicate = None;
         let mut stack: Vec<Frame> = Vec::new();
         let mut parser = Parser::new_from_str(text);
         while let Ok((event, mark)) = parser.next_token() {
@@ -58,12 +72,17 @@ impl Locations {
                     found.entry(item.clone()).or_insert(at);
                     Some(item)
                 }
-                Some(Frame::Map { path, key }) => match key.take() {
+                Some(Frame::Map { path, key, seen }) => match key.take() {
                     Some(key) => Some(join(path, &key)),
                     None => {
                         // A key: the field's position is its name, where an editor would look.
                         let name = match &event {
-                            Event::Scalar(name, ..) => name.clone(),
+                            Event::Scalar(name, ..) => {
+                                if !seen.insert(name.clone()) && duplicate.is_none() {
+                                    duplicate = Some((at, format!("{name:?} is a key this mapping already has")));
+                                }
+                                name.clone()
+                            }
                             _ => String::from("?"),
                         };
                         found.entry(join(path, &name)).or_insert(at);
@@ -76,19 +95,29 @@ impl Locations {
                 continue;
             };
             match event {
-                Event::MappingStart(..) => stack.push(Frame::Map { path: node, key: None }),
+                Event::MappingStart(..) => stack.push(Frame::Map { path: node, key: None, seen: HashSet::new() }),
                 Event::SequenceStart(..) => stack.push(Frame::Seq { path: node, next: 0 }),
                 _ => {}
             }
         }
-        Locations(found)
+        Locations { found, duplicate }
+    }
+
+    /// The first thing in `text` (the file these are the locations of) that YAML readers, or a
+    /// reader and an editor, take two ways, with where it is:
+    /// - a mapping key written twice (`roles: {analyst: .., analyst: ..}`, `mode` twice): serde
+    ///   keeps the last one silently, so a role's first block, deny included, would be dropped;
+    /// - U+0085, U+2028 or U+2029, which YAML reads as line breaks where editors show none: a
+    ///   comment holding one can hide live rules.
+    pub fn hazard(&self, text: &str) -> Option<(Position, String)> {
+        hidden_line_break(text).or_else(|| self.duplicate.clone())
     }
 
     /// The position of `path`, or of its nearest ancestor that has one.
     pub fn find(&self, path: &str) -> Option<Position> {
         let mut path = path;
         loop {
-            if let Some(at) = self.0.get(path) {
+            if let Some(at) = self.found.get(path) {
                 return Some(*at);
             }
             let cut = path.rfind(['.', '['])?;
@@ -97,51 +126,12 @@ impl Locations {
     }
 }
 
-/// The first thing in `text` that YAML readers (or a reader and an editor) take two ways, with
-/// where it is:
-/// - a mapping key written twice (`roles: {analyst: .., analyst: ..}`, `mode` twice): serde
-///   keeps the last one silently, so a role's first block, deny included, would be dropped;
-/// - U+0085, U+2028 or U+2029, which YAML reads as line breaks where editors show none: a
-///   comment holding one can hide live rules.
-pub fn yaml_hazard(text: &str) -> Option<(Position, String)> {
-    if let Some((at, c)) = text.char_indices().find(|(_, c)| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}')) {
-        let before = text.get(..at).unwrap_or_default();
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        return Some((Position { line, column }, format!("{c:?} is a line break to YAML that editors do not show")));
-    }
-    // Per open collection: the keys of a mapping so far, and whether its next node is a key.
-    let mut stack: Vec<Option<(HashSet<String>, bool)>> = Vec::new();
-    let mut parser = Parser::new_from_str(text);
-    while let Ok((event, mark)) = parser.next_token() {
-        if matches!(event, Event::StreamEnd) {
-            break;
-        }
-        if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
-            stack.pop();
-            continue;
-        }
-        if !matches!(event, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(..)) {
-            continue;
-        }
-        if let Some(Some((keys, next_is_key))) = stack.last_mut() {
-            if *next_is_key {
-                if let Event::Scalar(name, ..) = &event {
-                    if !keys.insert(name.clone()) {
-                        let at = Position { line: mark.line(), column: mark.col() + 1 };
-                        return Some((at, format!("{name:?} is a key this mapping already has")));
-                    }
-                }
-            }
-            *next_is_key = !*next_is_key;
-        }
-        match event {
-            Event::MappingStart(..) => stack.push(Some((HashSet::new(), true))),
-            Event::SequenceStart(..) => stack.push(None),
-            _ => {}
-        }
-    }
-    None
+fn hidden_line_break(text: &str) -> Option<(Position, String)> {
+    let (at, c) = text.char_indices().find(|(_, c)| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}'))?;
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((Position { line, column }, format!("{c:?} is a line break to YAML that editors do not show")))
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -170,7 +160,7 @@ mod tests {
 
     #[test]
     fn finds_duplicate_keys_and_hidden_line_breaks() {
-        let at = |text: &str| yaml_hazard(text).map(|(at, why)| (at.line, at.column, why));
+        let at = |text: &str| Locations::of_yaml(text).hazard(text).map(|(at, why)| (at.line, at.column, why));
         assert_eq!(at(POLICY), None);
         let twice = "roles:\n  analyst:\n    allow: []\n  viewer: {}\n  analyst:\n    allow: []\n";
         assert_eq!(at(twice).map(|(l, c, _)| (l, c)), Some((5, 3)));

@@ -221,7 +221,7 @@ pub fn plugin_config_with(
 /// A filter configuration file (YAML or JSON) as JSON; errors say `file:line:column: cause`.
 pub fn read_filter_config(path: &Path) -> Result<Value, Failure> {
     let text = read(path)?;
-    if let Some((at, why)) = crate::locate::yaml_hazard(&text) {
+    if let Some((at, why)) = crate::locate::Locations::of_yaml(&text).hazard(&text) {
         return Err(Failure(format!("{}:{}:{}: {why}", path.display(), at.line, at.column)));
     }
     serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {

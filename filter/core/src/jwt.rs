@@ -439,9 +439,7 @@ impl Verifier {
             // An address the issuer says it never verified proves no domain (Cognito sends the
             // flag as a string). Issuers that leave the flag out (Entra ID) only hand out
             // addresses they manage.
-            if matches!(claims.get("email_verified"), Some(Value::Bool(false)))
-                || claims.get("email_verified").and_then(Value::as_str) == Some("false")
-            {
+            if claims.get("email_verified").is_some_and(|flag| *flag == false || *flag == "false") {
                 return Err(AuthError::ClaimRejected("email_verified".into()));
             }
         }

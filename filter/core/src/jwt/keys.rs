@@ -266,19 +266,16 @@ fn compile_jwk(i: usize, raw: &Value) -> Result<Option<Key>, ConfigError> {
         return Ok(None);
     }
     for field in ["n", "e", "x", "y", "k"] {
-        if let Some(v) = obj.get(field) {
-            let ok = v.as_str().is_some_and(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).is_ok());
-            if !ok {
-                return Err(ConfigError::new(at(&format!(".{field}")), "not base64url"));
-            }
+        let Some(v) = obj.get(field) else { continue };
+        let bytes = v
+            .as_str()
+            .and_then(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok())
+            .ok_or_else(|| ConfigError::new(at(&format!(".{field}")), "not base64url"))?;
+        // The RSA verifier (the `rsa` crate) refuses moduli over 4096 bits at each signature:
+        // such a key would load, then answer every token with a bad signature.
+        if field == "n" && bytes.iter().skip_while(|b| **b == 0).count() > MAX_RSA_BYTES {
+            return Err(ConfigError::new(at(".n"), "an RSA key over 4096 bits, which the verifier cannot use"));
         }
-    }
-    // The RSA verifier (the `rsa` crate) refuses moduli over 4096 bits at each signature: such a
-    // key would load, then answer every token with a bad signature.
-    let modulus =
-        obj.get("n").and_then(Value::as_str).and_then(|n| URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok());
-    if modulus.is_some_and(|n| n.iter().skip_while(|b| **b == 0).count() > MAX_RSA_BYTES) {
-        return Err(ConfigError::new(at(".n"), "an RSA key over 4096 bits, which the verifier cannot use"));
     }
     let jwk: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(raw.clone()).map_err(|e| ConfigError::new(at(""), format!("not a usable JWK: {e}")))?;

@@ -128,10 +128,23 @@ $(WASM_OPT):
 	@if command -v npm >/dev/null; then \
 	    npm install --silent --no-audit --no-fund --prefix build/tools binaryen@132 >/dev/null; fi
 
+# pip checks each download against the index's sha256. A download that arrives damaged (seen
+# once on a CI machine: a wheel whose hash did not match) fails the install, so it is tried three
+# times, each time fetched anew rather than from pip's cache. The versions of everything the tests
+# install, down to the dependencies of dependencies, are pinned in constraints.txt: they run against
+# the set they were written against.
+define pip_install
+	@for attempt in 1 2 3; do \
+	    $(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+	        -c test-harness/e2e/constraints.txt -r $(1) && exit 0; \
+	    echo "pip install -r $(1): attempt $$attempt failed"; sleep $$((attempt * 5)); \
+	done; exit 1
+endef
+
 venv: $(VENV)/.installed
-$(VENV)/.installed: test-harness/e2e/requirements.txt
+$(VENV)/.installed: test-harness/e2e/requirements.txt test-harness/e2e/constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r test-harness/e2e/requirements.txt
+	$(call pip_install,test-harness/e2e/requirements.txt)
 	touch $@
 
 # PostgreSQL, for the tests of import-noetl and sync-noetl (each starts its own server with initdb
@@ -289,7 +302,7 @@ fuzz-tools:
 # workers, checked against an oracle; prints crashes, wrong decisions, the memory slope and
 # callouts per session per TTL, writes build/soak.svg, and fails on a crash or a wrong decision.
 soak: build venv
-	$(PY) -m pip install --quiet --disable-pip-version-check -r test-harness/e2e/requirements-soak.txt
+	$(call pip_install,test-harness/e2e/requirements-soak.txt)
 	PLAYBOOK_GUARD_WASM=$(CURDIR)/$(WASM) PLAYBOOK_GUARD_CLI=$(CURDIR)/$(CLI) \
 	    PLAYBOOK_GUARD_VALIDATION_SERVICE=$(CURDIR)/$(STANDIN) $(PY) test-harness/e2e/soak.py
 

@@ -114,10 +114,14 @@ const CASES: &[Case] = &[
     ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: &p data/x, name: *p}"}"#), ADMIN),
     ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: data/x, path: data/y}"}"#), ADMIN),
     ("POST", "/api/catalog/register", Some(r#"{"content": "metadata: {path: yes, name: data/x}"}"#), ADMIN),
+    // List: the Rust server ignores `path` and lists every entry, so `path` narrows nothing.
     ("POST", "/api/catalog/list", Some(r#"{"resource_type": "playbook"}"#), VIEW_EVERY),
-    ("POST", "/api/catalog/list", Some(r#"{"path": "data/x"}"#), ALL),
-    ("POST", "/api/catalog/list", Some(r#"{"path": "system/x"}"#), [200, 403, 403, 200]),
+    ("POST", "/api/catalog/list", Some(r#"{"path": "data/x"}"#), VIEW_EVERY),
+    ("POST", "/api/catalog/list", Some(r#"{"path": "data/x", "include_archived": true}"#), VIEW_EVERY),
+    // Agents (Python server only, which narrows to `path`).
     ("POST", "/api/catalog/agents/list", Some(r#"{}"#), VIEW_EVERY),
+    ("POST", "/api/catalog/agents/list", Some(r#"{"path": "data/x"}"#), ALL),
+    ("POST", "/api/catalog/agents/list", Some(r#"{"path": "system/x"}"#), [200, 403, 403, 200]),
     ("POST", "/api/catalog/resource", Some(r#"{"path": "system/reset"}"#), [200, 403, 403, 200]),
     ("POST", "/api/catalog/resource", Some(r#"{"path": "data/x", "version": "latest"}"#), ALL),
     ("POST", "/api/catalog/resource", Some(r#"{"path": "data/x", "catalog_id": 0}"#), VIEW_EVERY),

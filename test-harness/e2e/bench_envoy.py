@@ -19,8 +19,9 @@ rounds. Before measuring, each configuration must answer the benchmark request 2
 without a token (401/403), so a filter that is not
 in the chain, or a native filter that checks nothing, cannot pass as a fast one.
 
-Prints each round, then a table of medians with the ratios and the latency each filter adds, and
-writes the medians and every round to build/bench.json (drawn by `bench-plot` as build/bench.svg).
+Prints each round, then a table of medians with the ratios, the latency each filter adds and
+Envoy's CPU time per request (read from /proc around each wrk run), the ratios again by that CPU
+time, and writes the medians and every round to build/bench.json (drawn by `bench-plot` as build/bench.svg).
 
     .venv/bin/python test-harness/e2e/bench_envoy.py [--duration 8] [--rounds 3] [--connections 16]
 """
@@ -195,12 +196,27 @@ def parse_wrk(out):
     return result
 
 
-def run_wrk(url, token, duration, connections, pin):
+def cpu_ns(pid):
+    """The CPU time process `pid` has run, all its threads together, in nanoseconds (the first
+    field of each thread's /proc schedstat: time on a CPU, not time waiting for one)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended between the listing and the read
+    return total
+
+
+def run_wrk(url, token, duration, connections, pin, envoy_pid=None):
+    """One wrk run; with `envoy_pid`, also the CPU time that Envoy spent per request (`cpu_us`)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
            "-H", f"Authorization: Bearer {token}", url]
     if pin:
         cmd = ["taskset", "-c", str(WRK_CPU), *cmd]
+    cpu_before = cpu_ns(envoy_pid) if envoy_pid else 0
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu_spent = cpu_ns(envoy_pid) - cpu_before if envoy_pid else 0
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = parse_wrk(proc.stdout)
@@ -209,6 +225,8 @@ def run_wrk(url, token, duration, connections, pin):
                            f"every time:\n{proc.stdout}")
     if result["socket_errors"]:
         raise RuntimeError(f"wrk saw socket errors:\n{proc.stdout}")
+    if envoy_pid and result["requests"]:
+        result["cpu_us"] = cpu_spent / 1000 / result["requests"]
     return result
 
 
@@ -249,7 +267,7 @@ def check_envoy(name, envoy, token):
 
 
 def median_of(rounds):
-    return {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50", "p99")}
+    return {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50", "p99", "cpu_us")}
 
 
 def ratios(med):
@@ -265,6 +283,14 @@ def ratios(med):
             "module_guard_over_none": rps[MODULE_GUARD] / rps[NONE]}
 
 
+def cpu_ratios(med):
+    """The same ratios read from Envoy's CPU time per request: how many requests one core of
+    Envoy's serves, with what else runs on the machine (wrk's scheduling, a neighbour on the
+    host) left out. A saturated Envoy's req/s is the inverse of its CPU time per request, so
+    the two agree on a quiet machine; on a busy one this is the steadier."""
+    return ratios({name: {"rps": 1 / m["cpu_us"]} for name, m in med.items()})
+
+
 # The issue's goals for the native build, on the cache-hit path: (ratio, at least, what it says).
 GOALS = (("module_guard_over_native", 1.3, "playbook-guard native / jwt_authn+rbac"),
          ("module_guard_over_none", 0.85, "playbook-guard native / no filter"))
@@ -273,29 +299,31 @@ GOALS = (("module_guard_over_native", 1.3, "playbook-guard native / jwt_authn+rb
 def print_table(rounds, med):
     none = med[NONE]
     print(f"\n{'median of ' + str(rounds):<{NAME_WIDTH + 1}}{'req/s':>10}{'vs none':>9}{'vs floor':>10}"
-          f"{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}")
+          f"{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'CPU us':>8}")
     for name in CONFIGS:
         m = med[name]
         added = ("", "") if name == NONE else (f"{m['p50'] - none['p50']:+.3f}", f"{m['p99'] - none['p99']:+.3f}")
         # Each playbook-guard build against its own floor; the rest against the Wasm floor.
         floor = med[GUARDS.get(name, FLOOR)]
         print(f"{name:<{NAME_WIDTH + 1}}{m['rps']:>10.0f}{m['rps'] / none['rps']:>9.3f}{m['rps'] / floor['rps']:>10.3f}"
-              f"{m['p50']:>9.3f}{m['p99']:>9.3f}{added[0]:>9}{added[1]:>9}")
-    print()
-    r = ratios(med)
-    print(f"playbook-guard / floor: {r['guard_over_floor']:.3f}")
-    print(f"playbook-guard / jwt_authn+rbac: {r['guard_over_native']:.3f}")
-    print(f"playbook-guard windowed (stats_window_ms {STATS_WINDOW_MS}) / floor: {r['guard_windowed_over_floor']:.3f}")
-    print(f"playbook-guard native / module floor: {r['module_guard_over_module_floor']:.3f}")
+              f"{m['p50']:>9.3f}{m['p99']:>9.3f}{added[0]:>9}{added[1]:>9}{m['cpu_us']:>8.2f}")
+    print("(CPU us: Envoy's CPU time per request, all its threads, microseconds)\n")
+    r, c = ratios(med), cpu_ratios(med)
+    print(f"{'ratio':<60}{'by req/s':>9}{'by CPU':>9}")
+    for key, what in (("guard_over_floor", "playbook-guard / floor"),
+                      ("guard_over_native", "playbook-guard / jwt_authn+rbac"),
+                      ("guard_windowed_over_floor", f"playbook-guard windowed (stats_window_ms {STATS_WINDOW_MS}) / floor"),
+                      ("module_guard_over_module_floor", "playbook-guard native / module floor")):
+        print(f"{what:<60}{r[key]:>9.3f}{c[key]:>9.3f}")
     for key, goal, what in GOALS:
         verdict = "met" if r[key] >= goal else "NOT met"
-        print(f"{what}: {r[key]:.3f} (goal >= {goal}: {verdict})")
+        print(f"{what:<60}{r[key]:>9.3f}{c[key]:>9.3f}   goal >= {goal} by req/s: {verdict}")
 
 
 def report(args, pinned, results, med):
     """What build/bench.json holds: the set-up, then per configuration its medians and rounds."""
     def figures(r):
-        return {"rps": r["rps"], "p50_ms": r["p50"], "p99_ms": r["p99"],
+        return {"rps": r["rps"], "p50_ms": r["p50"], "p99_ms": r["p99"], "cpu_us": r["cpu_us"],
                 **({"requests": r["requests"]} if "requests" in r else {})}
 
     return {
@@ -306,6 +334,7 @@ def report(args, pinned, results, med):
                             **({"floor": GUARDS[name]} if name in GUARDS else {})}
                            for name in CONFIGS],
         "ratios": ratios(med),
+        "cpu_ratios": cpu_ratios(med),
     }
 
 
@@ -368,10 +397,11 @@ def main():
             # row has come out 5 to 8% apart. Rotating the order spreads that over all of them.
             start = (rnd - 1) % len(CONFIGS)
             for name in CONFIGS[start:] + CONFIGS[:start]:
-                r = run_wrk(envoys[name].url + REQUEST_PATH, token, args.duration, args.connections, pinned)
+                r = run_wrk(envoys[name].url + REQUEST_PATH, token, args.duration, args.connections, pinned,
+                            envoy_pid=envoys[name].proc.pid)
                 results[name].append(r)
                 print(f"  round {rnd} {name:<{NAME_WIDTH}} {r['rps']:>9.0f} req/s   p50 {r['p50']:7.3f} ms   "
-                      f"p99 {r['p99']:7.3f} ms   ({r['requests']} requests)", flush=True)
+                      f"p99 {r['p99']:7.3f} ms   {r['cpu_us']:6.2f} us CPU   ({r['requests']} requests)", flush=True)
 
         callouts = service.calls(SID)
         assert callouts == warm, f"{callouts - warm} callouts for {SID} during the load, expected none"

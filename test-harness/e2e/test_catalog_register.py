@@ -98,10 +98,16 @@ def test_text_that_is_base64_to_python_and_yaml_to_rust_needs_both_paths(registe
     "metadata: {<<: {path: system/x}, name: data/x}\n",
     "metadata: {path: !!str data/x}\n",
     "metadata: {path: yes, name: data/x}\n",
-], ids=["alias", "duplicate-key", "merge-key", "tag", "yaml-1.1-bool"])
+    "metadata: {?path: system/x, name: data/x}\n",
+], ids=["alias", "duplicate-key", "merge-key", "tag", "yaml-1.1-bool", "flow-explicit-key"])
 def test_yaml_read_two_ways_needs_modify_on_every_playbook(register, content):
     denied(register("developer", content), "*")
     assert register("admin", content).status == 200
+
+
+def test_a_flow_key_written_with_a_question_mark_is_the_key_itself_to_noetl(register):
+    # PyYAML (and libyaml, under the Rust server) read `{?path: ...}` as the key `path`.
+    assert register("admin", "metadata: {?path: system/x, name: data/x}\n").json()["path"] == "system/x"
 
 
 def test_python_and_rust_readings_that_part_need_both(register):

@@ -19,7 +19,8 @@
 //! reproduced is YAML itself: PyYAML, libyaml and the parser here (`yaml-rust2`) agree on plain
 //! documents but not on every construct, so any construct where they may part, or that lets one
 //! node stand for another, makes the request need the permission on every playbook: anchors and
-//! aliases, tags, merge keys (`<<`), a key given twice, complex keys, several documents,
+//! aliases, tags, merge keys (`<<`), a key given twice, complex keys, a plain scalar that starts
+//! with `?` or `:` (an explicit key to some readers), several documents,
 //! directives, line breaks only YAML 1.1 knows (NEL, U+2028, U+2029), a byte-order mark, a
 //! control character, nesting deeper than [`MAX_DEPTH`]. So does a plain scalar one of the
 //! readers would not take as a string (`yes`, `0o12`, `1_000`, `1:30`, `2026-01-01`, `.inf`),
@@ -257,6 +258,11 @@ impl Document {
                 Event::SequenceEnd | Event::MappingEnd => {
                     stack.pop();
                     continue;
+                }
+                // yaml-rust2 reads `{?path: x}` as the key `?path`, PyYAML and libyaml as the
+                // explicit key `path`; a plain scalar may not start with either indicator.
+                Event::Scalar(value, TScalarStyle::Plain, _, None) if value.starts_with(['?', ':']) => {
+                    return Err("a plain YAML scalar that starts with `?` or `:`".into())
                 }
                 Event::Scalar(value, style, _, None) => Node::Scalar(value, style),
                 Event::SequenceStart(_, None) => Node::Sequence,
@@ -512,6 +518,14 @@ mod tests {
             ("metadata: {path: data/x}\n---\nmetadata: {path: system/x}\n", "several"),
             ("%YAML 1.1\n---\nmetadata: {path: data/x}\n", "directive"),
             ("metadata: {path: data/x}\n? [a]\n: b\n", "complex"),
+            // `?` opens an explicit key in a flow mapping to PyYAML and libyaml.
+            ("metadata: {?path: system/x, name: data/x}\n", "starts with"),
+            ("metadata: {?\"path\": system/x, name: data/x}\n", "starts with"),
+            ("{?path: system/x, metadata: {name: data/x}}\n", "starts with"),
+            ("metadata: {name: data/x}\n? metadata\n: {path: system/x}\n", "twice"),
+            ("{metadata: {name: data/x}, ?metadata: {path: system/x}}\n", "starts with"),
+            ("metadata: {path: data/x}\nnote: ?x\n", "starts with"),
+            ("metadata: {path: data/x}\nnote: :x\n", "starts with"),
             ("metadata: {path: data/x}\nname: a\u{85}path: system/x\n", "holds"),
             ("metadata: {path: data/x}\nname: a\u{2028}path: system/x\n", "holds"),
             ("\u{feff}metadata: {path: data/x}\n", "holds"),

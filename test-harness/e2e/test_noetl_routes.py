@@ -48,10 +48,17 @@ def test_execute_by_catalog_id_needs_execute_on_every_playbook(body_envoy, catal
     assert (denied["playbook_path"], denied["permission_type"]) == ("*", "execute")
 
 
-@pytest.mark.parametrize("catalog_id", [None, 0, "", False])
-def test_a_falsy_catalog_id_leaves_the_choice_to_path(envoy, catalog_id):
+@pytest.mark.parametrize("catalog_id", [None, ""])
+def test_a_catalog_id_no_server_takes_leaves_the_choice_to_path(envoy, catalog_id):
     body = {"path": "data/x", "catalog_id": catalog_id}
     assert post(envoy, "/api/execute", body, "analyst").status == 200
+
+
+@pytest.mark.parametrize("catalog_id", [0, False])
+def test_a_catalog_id_only_the_python_server_leaves_to_path_is_looked_up(envoy, catalog_id):
+    # The Rust server runs catalog row 0 for `catalog_id: 0`; with no resolver, every playbook.
+    body = {"path": "data/x", "catalog_id": catalog_id}
+    assert statuses(lambda r: post(envoy, "/api/execute", body, r)) == expect(200, 403, 403, 403)
 
 
 def test_a_batch_with_one_forbidden_item_is_refused(body_envoy):

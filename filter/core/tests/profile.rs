@@ -66,7 +66,8 @@ const CASES: &[Case] = &[
     ("GET", "/api/health", None, ALL),
     ("POST", "/api/auth/session/validate", Some("{}"), ALL),
     ("GET", "/docs", None, ALL),
-    // Run: path, catalog_id in each truthy spelling, falsy ones leaving it to path.
+    // Run: path; catalog_id in each spelling NoETL takes (the Rust server takes 0 too, so false
+    // and 0 are looked up as well); null and "" leave it to path.
     ("POST", "/api/execute", Some(r#"{"path": "data/daily_load"}"#), [200, 200, 200, 403]),
     ("POST", "/api/execute", Some(r#"{"path": "system/reset"}"#), [200, 403, 403, 403]),
     ("POST", "/api/execute", Some(r#"{"path": "examples/x", "version": 2}"#), [200, 200, 403, 403]),
@@ -75,9 +76,9 @@ const CASES: &[Case] = &[
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": " 12 "}"#), ADMIN),
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": "1_000"}"#), ADMIN),
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": true}"#), ADMIN),
-    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": 0}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": 0}"#), ADMIN),
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": ""}"#), [200, 200, 200, 403]),
-    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": false}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": false}"#), ADMIN),
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": null}"#), [200, 200, 200, 403]),
     ("POST", "/api/execute", Some(r#"{"version": 2}"#), [400, 400, 400, 400]),
     // Batch: every item.
@@ -89,6 +90,8 @@ const CASES: &[Case] = &[
     ),
     ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a"}, {"path": "system/b"}]}"#), ADMIN),
     ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a"}, {"catalog_id": 9}]}"#), ADMIN),
+    // The Rust server runs catalog row 0 for `catalog_id: 0`, not `path`.
+    ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a", "catalog_id": 0}]}"#), ADMIN),
     // Gateway GraphQL.
     (
         "POST",

@@ -61,6 +61,13 @@ def test_a_catalog_id_only_the_python_server_leaves_to_path_is_looked_up(envoy, 
     assert statuses(lambda r: post(envoy, "/api/execute", body, r)) == expect(200, 403, 403, 403)
 
 
+def test_ai_analysis_without_a_body_runs_the_default_playbook(envoy):
+    # FastAPI reads no body as the optional body's None: ops/execution_ai_analyze, and view on
+    # the run (every playbook without a resolver). Only admin holds both.
+    assert statuses(lambda r: post(envoy, "/api/executions/42/analyze/ai", "", r)) == expect(200, 403, 403, 403)
+    assert post(envoy, "/api/executions/42/analyze/ai", " ", "admin").status == 400
+
+
 def test_a_batch_with_one_forbidden_item_is_refused(body_envoy):
     allowed = {"executions": [{"path": "data/a"}, {"path": "data/b", "workload": {}}]}
     assert post(body_envoy, "/api/execute/batch", allowed, "analyst").status == 200

@@ -149,6 +149,11 @@ const CASES: &[Case] = &[
     ),
     ("POST", "/api/catalog/playbooks/generate/ai", Some(r#"{}"#), [200, 200, 403, 403]),
     ("POST", "/api/executions/42/analyze/ai", Some(r#"{}"#), ADMIN),
+    // No body at all is FastAPI's default request (the default playbook); only spaces are not.
+    ("POST", "/api/executions/42/analyze/ai", None, ADMIN),
+    ("POST", "/api/executions/42/analyze/ai", Some(""), ADMIN),
+    ("POST", "/api/executions/42/analyze/ai", Some(" "), BAD),
+    ("POST", "/api/execute", Some(""), BAD),
     // MCP.
     (
         "POST",

@@ -61,6 +61,16 @@ def test_a_catalog_id_only_the_python_server_leaves_to_path_is_looked_up(envoy, 
     assert statuses(lambda r: post(envoy, "/api/execute", body, r)) == expect(200, 403, 403, 403)
 
 
+@pytest.mark.parametrize("field", [{"execution_pool": "system"}, {"dedup": {"key": "k"}}, {"parent_execution_id": 1}])
+def test_how_noetl_runs_a_playbook_is_for_the_restricted_roles(envoy, field):
+    # The Rust server sends the run's commands to `execution_pool` (the `system` pool's workers
+    # for a data/ playbook), and its runtimes set dedup and parent_execution_id.
+    body = {"path": "data/x", **field}
+    assert statuses(lambda r: post(envoy, "/api/execute", body, r)) == expect(200, 403, 403, 403)
+    denied = post(envoy, "/api/execute", body, "analyst").json()
+    assert denied["reason"] == "restricted", denied
+
+
 def test_ai_analysis_without_a_body_runs_the_default_playbook(envoy):
     # FastAPI reads no body as the optional body's None: ops/execution_ai_analyze, and view on
     # the run (every playbook without a resolver). Only admin holds both.

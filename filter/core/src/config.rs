@@ -774,6 +774,11 @@ pub struct PlaybookSourceConfig {
     /// With `json_fields`: no field given means every playbook (a listing without a filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all_if_absent: Option<bool>,
+    /// With `json_fields`: body fields (JSON pointers, relative to the item under `each`) that,
+    /// when given (not null), make the request need a `restricted_roles` role too: fields
+    /// that change how NoETL runs the playbook, not which one (`execution_pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted_fields: Option<Vec<String>>,
     /// With `graphql_variable`: fields whose calls need one of the `restricted_roles`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graphql_restricted_fields: Option<Vec<String>>,

@@ -586,6 +586,7 @@ fn compile_source(cfg: &PlaybookSourceConfig, path: &PathMatch) -> Result<Playbo
         ("each", cfg.each.is_some()),
         ("default", cfg.default.is_some()),
         ("all_if_absent", cfg.all_if_absent.is_some()),
+        ("restricted_fields", cfg.restricted_fields.is_some()),
     ] {
         if set && !json {
             return Err(ConfigError::new(field, "goes with `json_fields` or `json_pointer`"));
@@ -856,6 +857,10 @@ mod tests {
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"all_playbooks": true, "each": "/e"}}}]),
                 "[0].authorize.playbook.each",
+            ),
+            (
+                json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"path_capture": true, "restricted_fields": ["/e"]}}}]),
+                "[0].authorize.playbook.restricted_fields",
             ),
             (
                 json!([{"match": {"path": "/a"}, "authorize": {"permission": "x", "playbook": {"graphql_variable": "name", "graphql_restricted_fields": ["a.b"]}}}]),

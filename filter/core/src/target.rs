@@ -91,6 +91,7 @@ pub struct JsonSource {
     each: Option<String>,
     fields: Vec<JsonField>,
     otherwise: Otherwise,
+    restricted: Vec<String>,
 }
 
 impl JsonSource {
@@ -127,19 +128,34 @@ impl JsonSource {
                 return Err(ConfigError::new("all_if_absent", "give `default` or `all_if_absent`, not both"))
             }
         };
-        Ok(JsonSource { each: cfg.each.clone(), fields: compiled, otherwise })
+        let restricted = cfg.restricted_fields.clone().unwrap_or_default();
+        for (i, pointer) in restricted.iter().enumerate() {
+            check_pointer(pointer, &format!("restricted_fields[{i}]"))?;
+        }
+        Ok(JsonSource { each: cfg.each.clone(), fields: compiled, otherwise, restricted })
     }
 
-    /// The targets named by `json`: one per item under `each`, else one.
+    /// The targets named by `json`: one per item under `each`, else one; and a restricted
+    /// one for each restricted field an item gives.
     pub fn targets(&self, json: &Value) -> Result<Vec<Target>, PlaybookError> {
-        let Some(each) = &self.each else {
-            return Ok(vec![self.item(json)?]);
+        let items = match &self.each {
+            None => std::slice::from_ref(json),
+            Some(each) => match json.pointer(each) {
+                Some(Value::Array(items)) if !items.is_empty() => items.as_slice(),
+                Some(Value::Array(_)) => return Err(PlaybookError::Missing("an empty array")),
+                _ => return Err(PlaybookError::NotAnArray(each.clone())),
+            },
         };
-        match json.pointer(each) {
-            Some(Value::Array(items)) if !items.is_empty() => items.iter().map(|item| self.item(item)).collect(),
-            Some(Value::Array(_)) => Err(PlaybookError::Missing("an empty array")),
-            _ => Err(PlaybookError::NotAnArray(each.clone())),
+        let mut targets = Vec::with_capacity(items.len());
+        for item in items {
+            targets.push(self.item(item)?);
+            for pointer in &self.restricted {
+                if item.pointer(pointer).is_some_and(|v| !v.is_null()) {
+                    targets.push(Target::Restricted(format!("body field {pointer}")));
+                }
+            }
         }
+        Ok(targets)
     }
 
     fn item(&self, json: &Value) -> Result<Target, PlaybookError> {
@@ -184,6 +200,9 @@ impl JsonSource {
             Otherwise::Missing => {}
             Otherwise::Default(d) => out.push_str(&format!(", else {d}")),
             Otherwise::Every => out.push_str(", else every playbook"),
+        }
+        if !self.restricted.is_empty() {
+            out.push_str(&format!("; restricted roles if given: {}", self.restricted.join(", ")));
         }
         match &self.each {
             Some(each) => format!("each item of {each}: {out}"),
@@ -323,6 +342,22 @@ mod tests {
     }
 
     #[test]
+    fn restricted_fields_given_in_any_item_add_a_restricted_target() {
+        let s = source(json!({"each": "/executions", "json_fields": [{"pointer": "/path"}],
+                              "restricted_fields": ["/execution_pool", "/dedup/key"]}));
+        let restricted = |pointer: &str| Target::Restricted(format!("body field {pointer}"));
+        let body = json!({"executions": [{"path": "data/a", "execution_pool": null}, {"path": "data/b"}]});
+        assert_eq!(s.targets(&body).unwrap(), [playbook("data/a"), playbook("data/b")], "null is not given");
+        let body = json!({"executions": [{"path": "data/a"}, {"path": "data/b", "execution_pool": "",
+                                                               "dedup": {"key": 0}}]});
+        assert_eq!(
+            s.targets(&body).unwrap(),
+            [playbook("data/a"), playbook("data/b"), restricted("/execution_pool"), restricted("/dedup/key")]
+        );
+        assert!(s.describe().ends_with("; restricted roles if given: /execution_pool, /dedup/key"), "{}", s.describe());
+    }
+
+    #[test]
     fn json_content_types_as_starlette_reads_them() {
         let h = |v: &str| vec![("Content-Type".to_string(), v.to_string())];
         assert!(is_json_content_type(&[]));
@@ -358,6 +393,10 @@ mod tests {
         assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}, {"pointer": "b"}]})), "json_fields[1].pointer");
         assert_eq!(bad(json!({"json_fields": []})), "json_fields");
         assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}], "each": "x"})), "each");
+        assert_eq!(
+            bad(json!({"json_fields": [{"pointer": "/a"}], "restricted_fields": ["/b", "c"]})),
+            "restricted_fields[1]"
+        );
         assert_eq!(bad(json!({"json_fields": [{"pointer": "/a"}], "default": "a/../b"})), "default");
         assert_eq!(
             bad(json!({"json_fields": [{"pointer": "/a"}], "default": "a", "all_if_absent": true})),

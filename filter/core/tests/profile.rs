@@ -81,6 +81,12 @@ const CASES: &[Case] = &[
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": false}"#), ADMIN),
     ("POST", "/api/execute", Some(r#"{"path": "data/x", "catalog_id": null}"#), [200, 200, 200, 403]),
     ("POST", "/api/execute", Some(r#"{"version": 2}"#), [400, 400, 400, 400]),
+    // How NoETL's runtimes run a playbook is theirs to say: the restricted roles only.
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "execution_pool": "system"}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "dedup": {"key": "k"}}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "parent_execution_id": 7}"#), ADMIN),
+    ("POST", "/api/execute", Some(r#"{"path": "data/x", "execution_pool": null}"#), [200, 200, 200, 403]),
+    ("POST", "/api/execute", Some(r#"{"path": "system/x", "execution_pool": "shared"}"#), ADMIN),
     // Batch: every item.
     (
         "POST",
@@ -92,6 +98,12 @@ const CASES: &[Case] = &[
     ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a"}, {"catalog_id": 9}]}"#), ADMIN),
     // The Rust server runs catalog row 0 for `catalog_id: 0`, not `path`.
     ("POST", "/api/execute/batch", Some(r#"{"executions": [{"path": "data/a", "catalog_id": 0}]}"#), ADMIN),
+    (
+        "POST",
+        "/api/execute/batch",
+        Some(r#"{"executions": [{"path": "data/a"}, {"path": "data/b", "execution_pool": "system"}]}"#),
+        ADMIN,
+    ),
     // Gateway GraphQL.
     (
         "POST",

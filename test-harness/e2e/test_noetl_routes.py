@@ -71,6 +71,13 @@ def test_how_noetl_runs_a_playbook_is_for_the_restricted_roles(envoy, field):
     assert denied["reason"] == "restricted", denied
 
 
+@pytest.mark.parametrize("path", ["/data/x", "data//x", "data/x/", "data/./x"])
+def test_a_playbook_name_not_in_normal_form_is_refused(envoy, path):
+    # NoETL compares names as written: each is another catalog entry than data/x there.
+    resp = post(envoy, "/api/execute", {"path": path}, "admin")
+    assert (resp.status, resp.json()["reason"]) == (400, "invalid_playbook_path"), resp.body
+
+
 def test_ai_analysis_without_a_body_runs_the_default_playbook(envoy):
     # FastAPI reads no body as the optional body's None: ops/execution_ai_analyze, and view on
     # the run (every playbook without a resolver). Only admin holds both.

@@ -35,6 +35,11 @@ pub enum PathError {
     /// (`.system/x` is the suite of `system/x` there).
     #[error("playbook path starts or ends with '.'")]
     EdgeDot,
+    /// A playbook name written other than in its normal form: a `/` at either end, or an empty
+    /// or `.` segment. NoETL compares names as written, so `/data/x` or `data//x` is another
+    /// catalog entry there, and another string to its own LIKE patterns, than `data/x`.
+    #[error("playbook path is not in normal form (a '/' at either end, or an empty or '.' segment)")]
+    NotNormal,
     /// A character outside the configured alphabet (`playbook_path_chars`).
     #[error("playbook path holds {0:?}, outside the allowed characters")]
     OutsideAlphabet(char),
@@ -46,14 +51,17 @@ pub enum PathError {
 pub struct PlaybookPath(String);
 
 impl PlaybookPath {
-    /// Normalises a playbook path as found in a request (already percent-decoded). A name that
-    /// another reader could take for another is refused: one that still holds `%`, a
-    /// backslash, a control character, a segment with whitespace at either end, or a `.` at
-    /// either end.
+    /// Reads a playbook path as found in a request (already percent-decoded). A name that
+    /// another reader could take for another is refused: one not in normal form, one that still
+    /// holds `%`, a backslash, a control character, a segment with whitespace at either end, or
+    /// a `.` at either end.
     pub fn parse(raw: &str) -> Result<Self, PathError> {
         let normalised = join_segments(raw)?;
         if normalised.is_empty() {
             return Err(PathError::Empty);
+        }
+        if normalised != raw {
+            return Err(PathError::NotNormal);
         }
         if normalised.contains('%') {
             return Err(PathError::Encoded);
@@ -222,15 +230,13 @@ mod tests {
     }
 
     #[test]
-    fn playbook_paths_normalise_to_one_spelling() {
-        for (raw, want) in [
-            ("data/daily_load", "data/daily_load"),
-            ("/data/daily_load", "data/daily_load"),
-            ("data//daily_load/", "data/daily_load"),
-            ("./data/./x", "data/x"),
-            ("api_integration/amadeus_ai_api", "api_integration/amadeus_ai_api"),
-        ] {
-            assert_eq!(PlaybookPath::parse(raw).unwrap().as_str(), want, "{raw}");
+    fn playbook_paths_are_taken_only_in_normal_form() {
+        for raw in ["data/daily_load", "api_integration/amadeus_ai_api", "a"] {
+            assert_eq!(PlaybookPath::parse(raw).unwrap().as_str(), raw);
+        }
+        // NoETL compares names as written: each of these is another catalog entry there.
+        for raw in ["/data/daily_load", "data/daily_load/", "data//daily_load", "./data/./x", "data/./x", "/a/"] {
+            assert_eq!(PlaybookPath::parse(raw), Err(PathError::NotNormal), "{raw}");
         }
     }
 
@@ -261,7 +267,8 @@ mod tests {
             ("data/\u{85}x", PathError::ForbiddenCharacter),
             (".system/x", PathError::EdgeDot),
             ("..system/x", PathError::EdgeDot),
-            ("./..../system/x", PathError::EdgeDot),
+            ("./..../system/x", PathError::NotNormal),
+            ("..../system/x", PathError::EdgeDot),
             ("system/x.", PathError::EdgeDot),
             ("system/x/..x.", PathError::EdgeDot),
         ] {

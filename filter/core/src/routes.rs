@@ -782,8 +782,10 @@ mod tests {
         assert_eq!(source.from_head("/api/catalog/", &[]), Err(PlaybookError::Missing("empty path or header")));
         assert!(!source.needs_body());
         let source = source_of(&r, "GET", "/api/run/by-header");
-        let headers = vec![("x-playbook".to_string(), "/data//x".to_string())];
+        let headers = vec![("x-playbook".to_string(), "data/x".to_string())];
         assert_eq!(path_of(&source.from_head("/api/run/by-header", &headers).unwrap()[0]), "data/x");
+        let headers = vec![("x-playbook".to_string(), "/data//x".to_string())];
+        assert_eq!(source.from_head("/", &headers), Err(PlaybookError::Path(PathError::NotNormal)));
         let headers = vec![("x-playbook".to_string(), "data/../system/x".to_string())];
         assert_eq!(source.from_head("/", &headers), Err(PlaybookError::Path(PathError::DotDot)));
         assert!(matches!(source.from_head("/", &[]), Err(PlaybookError::Missing(_))));

@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
+use playbook_guard_core::jwt::{is_role_name, MAX_ROLE_BYTES};
+use playbook_guard_core::like::LikeSet;
 use playbook_guard_core::path::PlaybookPath;
 use playbook_guard_core::policy::{Policy, PolicyDocument, Rule};
 use postgres::{Client, NoTls};
@@ -194,13 +196,25 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
     let mut body = String::from("roles:\n");
     let mut warnings = Vec::new();
     let mut rules = BTreeMap::new();
+    // What the filter cannot take is left out, with a warning, a role or a row at a time, and
+    // leaving a grant out only ever refuses more: one bad row must not stop every later import
+    // (`sync-noetl` would keep serving the last policy, grants revoked since included).
     for (role, rows) in &tables.roles {
+        if !is_role_name(role) {
+            warnings.push(format!(
+                "{schema}.roles role_name {}: no session can carry it (empty, or holding a comma, \
+                 whitespace or a control character, or over {MAX_ROLE_BYTES} bytes); its {} row(s) left out",
+                quote(role),
+                rows.len()
+            ));
+            continue;
+        }
         let _ = writeln!(body, "  {}:", quote(role));
-        let granting: Vec<&Row> = rows.iter().filter(|r| grants(r)).collect();
-        if granting.is_empty() {
-            body.push_str("    allow: []\n");
-        } else {
+        let usable = |row: &Row| grants(row) && unusable_pattern(row).is_none();
+        if rows.iter().any(usable) {
             body.push_str("    allow:\n");
+        } else {
+            body.push_str("    allow: []\n");
         }
         for row in rows {
             let source = format!("{schema}.playbook_permissions permission_id {}", row.id);
@@ -209,6 +223,12 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
                     "{source} (role {role}) grants nothing (no can_* set, or no path and no allow_pattern); left out"
                 ));
                 let _ = writeln!(body, "    # {source}: grants nothing, left out");
+                continue;
+            }
+            if let Some((which, why)) = unusable_pattern(row) {
+                warnings
+                    .push(format!("{source} (role {role}): {which} {why}; the row is left out (it grants nothing)"));
+                let _ = writeln!(body, "    # {source}: {which} cannot be compiled, left out");
                 continue;
             }
             for (which, pattern) in [("allow_pattern", &row.allow_pattern), ("deny_pattern", &row.deny_pattern)] {
@@ -250,6 +270,19 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
     Policy::compile(&doc).map_err(|e| Failure(format!("the imported policy does not compile: {e}")))?;
     warnings.extend(lint(&doc).into_iter().map(|w| format!("{}: {}", w.path, w.message)));
     Ok(Imported { text, doc, rules, warnings })
+}
+
+/// The row's pattern the filter cannot compile, and why: one ending in a lone `\`, which
+/// PostgreSQL refuses too once a match reaches it, or one too large to compile. Leaving the row
+/// out is never more than NoETL allows: its check errors on such a pattern (503), or matches
+/// fewer paths than no deny at all would.
+fn unusable_pattern(row: &Row) -> Option<(&'static str, String)> {
+    [("allow_pattern", &row.allow_pattern), ("deny_pattern", &row.deny_pattern)].into_iter().find_map(
+        |(which, pattern)| {
+            let pattern = pattern.as_deref()?;
+            LikeSet::new(&[pattern]).err().map(|e| (which, format!("{}: {}", quote(pattern), e.message)))
+        },
+    )
 }
 
 /// Whether a row can grant anything: some action, and some way to match a path.
@@ -407,5 +440,39 @@ mod tests {
         assert_eq!(render(&tables, "auth").unwrap().doc.version, imported.doc.version, "same rows, same version");
         tables.roles.insert("idle".into(), vec![row(8, "idle", None, None, [true, false, false])]);
         assert_ne!(render(&tables, "auth").unwrap().doc.version, imported.doc.version);
+    }
+
+    #[test]
+    fn a_row_or_role_the_filter_cannot_take_is_left_out_and_the_rest_imported() {
+        let mut tables = Tables::default();
+        tables.roles.insert("analyst".into(), vec![row(1, "analyst", Some("data/%"), None, [true, true, false])]);
+        tables.roles.insert(
+            "other".into(),
+            vec![
+                row(2, "other", Some("%"), Some("tmp\\"), [true; 3]),
+                row(3, "other", Some("ops\\"), None, [true; 3]),
+                row(4, "other", Some("ops/%"), None, [false, true, false]),
+            ],
+        );
+        tables.roles.insert("ops,admin".into(), vec![row(5, "ops,admin", Some("%"), None, [true; 3])]);
+        tables.roles.insert(" ".into(), vec![row(6, " ", Some("%"), None, [true; 3])]);
+        let imported = render(&tables, "auth").unwrap();
+        assert_eq!(imported.doc.roles["analyst"].allow[0].like, ["data/%"], "the good role is imported");
+        let other = &imported.doc.roles["other"].allow;
+        assert_eq!(other.len(), 1, "only row 4 of other: {}", imported.text);
+        assert_eq!(other[0].like, ["ops/%"]);
+        assert!(!imported.doc.roles.contains_key("ops,admin") && !imported.doc.roles.contains_key(" "));
+        let warned = imported.warnings.join("\n");
+        for expected in [
+            "permission_id 2 (role other): deny_pattern \"tmp\\\\\"",
+            "permission_id 3 (role other): allow_pattern \"ops\\\\\"",
+            "role_name \"ops,admin\": no session can carry it",
+            "role_name \" \": no session can carry it",
+        ] {
+            assert!(warned.contains(expected), "{expected} in {warned}");
+        }
+        let policy = Policy::compile(&imported.doc).unwrap();
+        let path = PlaybookPath::parse("tmp/x").unwrap();
+        assert!(!policy.decide(&["other"], "execute", &path).allowed, "a row left out grants nothing");
     }
 }

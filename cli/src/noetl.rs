@@ -210,25 +210,17 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
             continue;
         }
         let _ = writeln!(body, "  {}:", quote(role));
-        let usable = |row: &Row| grants(row) && unusable_pattern(row).is_none();
-        if rows.iter().any(usable) {
+        let fates: Vec<Option<LeftOut>> = rows.iter().map(left_out).collect();
+        if fates.iter().any(Option::is_none) {
             body.push_str("    allow:\n");
         } else {
             body.push_str("    allow: []\n");
         }
-        for row in rows {
+        for (row, fate) in rows.iter().zip(fates) {
             let source = format!("{schema}.playbook_permissions permission_id {}", row.id);
-            if !grants(row) {
-                warnings.push(format!(
-                    "{source} (role {role}) grants nothing (no can_* set, or no path and no allow_pattern); left out"
-                ));
-                let _ = writeln!(body, "    # {source}: grants nothing, left out");
-                continue;
-            }
-            if let Some((which, why)) = unusable_pattern(row) {
-                warnings
-                    .push(format!("{source} (role {role}): {which} {why}; the row is left out (it grants nothing)"));
-                let _ = writeln!(body, "    # {source}: {which} cannot be compiled, left out");
+            if let Some(LeftOut { warning, comment }) = fate {
+                warnings.push(format!("{source} (role {role}){warning}"));
+                let _ = writeln!(body, "    # {source}: {comment}");
                 continue;
             }
             for (which, pattern) in [("allow_pattern", &row.allow_pattern), ("deny_pattern", &row.deny_pattern)] {
@@ -272,15 +264,37 @@ pub fn render(tables: &Tables, schema: &str) -> Result<Imported, Failure> {
     Ok(Imported { text, doc, rules, warnings })
 }
 
-/// The row's pattern the filter cannot compile, and why: one ending in a lone `\`, which
-/// PostgreSQL refuses too once a match reaches it, or one too large to compile. Leaving the row
-/// out is never more than NoETL allows: its check errors on such a pattern (503), or matches
-/// fewer paths than no deny at all would.
-fn unusable_pattern(row: &Row) -> Option<(&'static str, String)> {
+/// Why a row becomes no rule: the rest of its warning, after its source and role, and of its
+/// comment in the file.
+struct LeftOut {
+    warning: String,
+    comment: String,
+}
+
+/// Whether the row is left out: it grants nothing, or the filter cannot compile one of its
+/// patterns (one ending in a lone `\`, which PostgreSQL refuses too once a match reaches it, or
+/// one too large to compile). Leaving such a row out is never more than NoETL allows: its check
+/// errors on such a pattern (503), or matches fewer paths than no deny at all would. Each
+/// pattern is compiled here once per import.
+fn left_out(row: &Row) -> Option<LeftOut> {
+    if !grants(row) {
+        return Some(LeftOut {
+            warning: " grants nothing (no can_* set, or no path and no allow_pattern); left out".into(),
+            comment: "grants nothing, left out".into(),
+        });
+    }
     [("allow_pattern", &row.allow_pattern), ("deny_pattern", &row.deny_pattern)].into_iter().find_map(
         |(which, pattern)| {
             let pattern = pattern.as_deref()?;
-            LikeSet::new(&[pattern]).err().map(|e| (which, format!("{}: {}", quote(pattern), e.message)))
+            let error = LikeSet::new(&[pattern]).err()?;
+            Some(LeftOut {
+                warning: format!(
+                    ": {which} {}: {}; the row is left out (it grants nothing)",
+                    quote(pattern),
+                    error.message
+                ),
+                comment: format!("{which} cannot be compiled, left out"),
+            })
         },
     )
 }
